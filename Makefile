@@ -1,0 +1,35 @@
+# Two commands (README): `make demo` runs the pipeline end to end on the demo dataset,
+# `make test` runs the test suite. Both create the virtualenv and install on first use.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.fmriflow-installed
+DEMO_DIR ?= data/demo
+DEMO_SUBJECTS ?= 24
+JOBS ?= 2
+PYTEST_ARGS ?=
+
+# Scripts of Snakemake jobs must find the venv's python and fmriflow.
+export PATH := $(abspath $(BIN)):$(PATH)
+
+.PHONY: install demo test clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml requirements.lock
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -c requirements.lock -e ".[test]"
+	@touch $@
+
+demo: install
+	@test -f $(DEMO_DIR)/bids/dataset_description.json || \
+		$(BIN)/fmriflow demo-data $(DEMO_DIR) --subjects $(DEMO_SUBJECTS) --jobs $(JOBS)
+	$(BIN)/snakemake --profile profiles/local --cores $(JOBS)
+	@echo "Report: $(abspath results/report/fmriflow_report.html)"
+
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf results .snakemake

@@ -1,0 +1,36 @@
+# fmriflow: raw BIDS fMRI -> fMRIPrep derivatives -> A424 grid -> denoised BOLD
+#           -> A424 region time series -> connectivity -> report.
+#
+# Outputs (<output_dir> = config output_dir, "results" by default):
+#   <output_dir>/bids/                    manifest.tsv (every raw file, sha256, TR, shape), validation.json
+#   <output_dir>/fmriflow/                BIDS-Derivatives root (dataset_description.json)
+#       atlases/atlas-A424/               the atlas used, with its look-up table
+#       sub-*/[ses-*/]func/               per run: QC row, BOLD + mask on the atlas grid, denoised BOLD,
+#                                         A424 time series + coverage, Pearson FC; each with a JSON sidecar
+#       group/                            group-mean FC and group difference
+#   <output_dir>/report/fmriflow_report.html
+#   <output_dir>/logs/<rule>/...          one log per job
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/bids.smk"
+include: "workflow/rules/atlas.smk"
+include: "workflow/rules/preproc.smk"
+include: "workflow/rules/resample.smk"
+include: "workflow/rules/denoise.smk"
+include: "workflow/rules/parcellate.smk"
+include: "workflow/rules/connectivity.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    input:
+        all_outputs(),
+    default_target: True

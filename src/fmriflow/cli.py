@@ -1,0 +1,123 @@
+"""The ``fmriflow`` command line: the library's steps outside Snakemake."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+
+from . import __version__
+from .errors import InputError
+
+DEFAULT_CACHE = "resources/atlases/A424"
+
+
+def _demo_data(args: argparse.Namespace) -> None:
+    from .atlas import fetch_a424
+    from .demo import generate_demo
+
+    files = fetch_a424(args.atlas_cache, args.atlas_dir)
+    summary = generate_demo(
+        args.out, files["labels_img"], files["coordinates"], n_subjects=args.subjects, n_trs=args.trs,
+        tr=args.tr, bold_res=args.bold_res, seed=args.seed, jobs=args.jobs, overwrite=args.overwrite,
+    )
+    print(f"demo dataset written to {args.out} ({summary.get('n_subjects', args.subjects)} subjects)")
+
+
+def _fetch_atlas(args: argparse.Namespace) -> None:
+    from .atlas import fetch_a424
+
+    for key, path in fetch_a424(args.atlas_cache, args.atlas_dir).items():
+        print(f"{key}: {path}")
+
+
+def _parcellate(args: argparse.Namespace) -> None:
+    from .atlas import load_labels_table
+    from .io import write_tsv
+    from .parcellate import parcellate
+    from .provenance import write_sidecar
+
+    if args.labels:
+        labels = load_labels_table(args.labels)
+    else:
+        values = np.unique(np.rint(np.asarray(nib.load(args.atlas).dataobj)).astype(int))
+        values = values[values > 0]
+        labels = pd.DataFrame({"index": values, "name": [str(v) for v in values]})
+    result = parcellate(args.bold, args.atlas, labels, args.mask, strategy=args.strategy, min_coverage=args.min_coverage)
+    write_tsv(args.out, result.timeseries)
+    inputs = [p for p in (args.bold, args.atlas, args.labels, args.mask) if p]
+    write_sidecar(args.out, "parcellate", inputs, parameters={"strategy": args.strategy, "min_coverage": args.min_coverage},
+                  metadata_fields={"RegionsBelowCoverage": result.dropped})
+    if args.coverage:
+        write_tsv(args.coverage, result.coverage)
+
+
+def _connectivity(args: argparse.Namespace) -> None:
+    from .connectivity import PEARSON_METADATA, pearson
+    from .io import read_tsv, write_tsv
+    from .provenance import write_sidecar
+
+    write_tsv(args.out, pearson(read_tsv(args.timeseries)), index=True)
+    write_sidecar(args.out, "connectivity", [args.timeseries], parameters={"kind": args.kind}, metadata_fields=PEARSON_METADATA)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fmriflow", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"fmriflow {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def atlas_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--atlas-dir", help="folder holding the A424 files (else $FMRIFLOW_ATLAS_DIR, the cache, or a download)")
+        p.add_argument("--atlas-cache", default=DEFAULT_CACHE, help=f"atlas cache folder (default {DEFAULT_CACHE})")
+
+    p = sub.add_parser("demo-data", help="write the synthetic demo dataset (raw BIDS, fMRIPrep-shaped derivatives, ground truth)")
+    p.add_argument("out", type=Path)
+    p.add_argument("--subjects", type=int, default=24)
+    p.add_argument("--trs", type=int, default=200, help="volumes per run")
+    p.add_argument("--tr", type=float, default=2.0, help="repetition time in seconds")
+    p.add_argument("--bold-res", type=int, default=2, choices=(2, 3, 4), help="voxel size (mm) of the preprocessed BOLD")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--jobs", type=int, default=1, help="subjects generated in parallel")
+    p.add_argument("--overwrite", action="store_true")
+    atlas_options(p)
+    p.set_defaults(func=_demo_data)
+
+    p = sub.add_parser("fetch-atlas", help="download (or copy) and verify the A424 atlas into the cache")
+    atlas_options(p)
+    p.set_defaults(func=_fetch_atlas)
+
+    p = sub.add_parser("parcellate", help="region time series of a 4D BOLD image")
+    p.add_argument("--bold", required=True)
+    p.add_argument("--atlas", required=True, help="label image on the BOLD grid")
+    p.add_argument("--labels", help="look-up TSV with index and name columns (default: the image's labels)")
+    p.add_argument("--mask", help="brain mask; voxels outside it are ignored")
+    p.add_argument("--strategy", choices=("mean", "median"), default="mean")
+    p.add_argument("--min-coverage", type=float, default=0.0)
+    p.add_argument("--coverage", help="also write per-region coverage to this TSV")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=_parcellate)
+
+    p = sub.add_parser("connectivity", help="connectivity matrix of region time series")
+    p.add_argument("--timeseries", required=True)
+    p.add_argument("--kind", choices=("pearson",), default="pearson")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=_connectivity)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (InputError, RuntimeError, FileNotFoundError) as exc:
+        print(f"fmriflow {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,135 @@
+"""The ``bids`` step: find the runs, index the dataset, validate it, write a manifest.
+
+Run discovery is a cheap glob + pybids filename parse, because Snakemake repeats it
+every time it parses the workflow (on SLURM: in every job); the full pybids index and
+the official validator run once, in the ``bids`` rule.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import pandas as pd
+from bids.layout import BIDSLayout, parse_file_entities
+
+from .errors import InputError
+from .io import sha256sum
+from .naming import run_key
+
+BOLD_GLOBS = ("sub-*/func/*_bold.nii.gz", "sub-*/func/*_bold.nii", "sub-*/ses-*/func/*_bold.nii.gz", "sub-*/ses-*/func/*_bold.nii")
+
+
+def discover_runs(bids_dir: str | Path, subjects: list[str] | None = None, tasks: list[str] | None = None) -> dict[str, Path]:
+    """Map run key -> raw BOLD path for every BOLD run (optionally filtered)."""
+    bids_dir = Path(bids_dir)
+    if not (bids_dir / "dataset_description.json").is_file():
+        raise InputError(bids_dir, "not a BIDS dataset (no dataset_description.json)")
+    runs: dict[str, Path] = {}
+    for pattern in BOLD_GLOBS:
+        for path in sorted(bids_dir.glob(pattern)):
+            entities = parse_file_entities(str(path))
+            if subjects and entities.get("subject") not in subjects:
+                continue
+            if tasks and entities.get("task") not in tasks:
+                continue
+            key = run_key(entities)
+            if key in runs:
+                raise InputError(path, f"run {key} is stored twice ({runs[key].name} and {path.name})")
+            runs[key] = path
+    if not runs:
+        raise InputError(bids_dir, "no BOLD runs found (expected sub-*/[ses-*/]func/*_bold.nii[.gz])")
+    return dict(sorted(runs.items()))
+
+
+def validator_executable() -> str:
+    """The ``bids-validator-deno`` installed beside this Python, else on PATH."""
+    beside = Path(sys.executable).with_name("bids-validator-deno")
+    found = str(beside) if beside.exists() else shutil.which("bids-validator-deno")
+    if not found:
+        raise RuntimeError("bids-validator-deno is not installed (pip install bids-validator-deno)")
+    return found
+
+
+def run_validator(bids_dir: str | Path) -> dict:
+    """Run the official BIDS validator; return its issues as counts and a list."""
+    proc = subprocess.run(
+        [validator_executable(), str(bids_dir), "--format", "json"],
+        capture_output=True, text=True, check=False,
+    )
+    try:
+        result = json.loads(proc.stdout)
+    except json.JSONDecodeError as exc:
+        raise RuntimeError(f"bids-validator-deno gave no JSON (exit {proc.returncode}): {proc.stderr[-2000:]}") from exc
+    issues = result.get("issues", {}).get("issues", [])
+    summary = result.get("summary", {})
+    errors = [i for i in issues if i.get("severity") == "error"]
+    warnings = [i for i in issues if i.get("severity") == "warning"]
+    return {
+        "validator": "bids-validator-deno",
+        "validator_version": result.get("summary", {}).get("schemaVersion"),
+        "n_errors": len(errors),
+        "n_warnings": len(warnings),
+        "errors": [_issue_line(i) for i in errors],
+        "warnings": sorted({i.get("code", "?") for i in warnings}),
+        "summary": {k: summary.get(k) for k in ("subjects", "sessions", "tasks", "totalFiles", "size") if k in summary},
+    }
+
+
+def _issue_line(issue: dict) -> str:
+    where = issue.get("location", "")
+    return f"{issue.get('code', '?')}: {where} {issue.get('issueMessage', '')}".strip()
+
+
+def build_manifest(bids_dir: str | Path) -> pd.DataFrame:
+    """One row per file of the raw dataset: path, sha256, entities, and for NIfTI images shape and TR.
+
+    Uses pybids' full index so the entities are those any BIDS tool would read.
+    """
+    bids_dir = Path(bids_dir)
+    layout = BIDSLayout(bids_dir, validate=False, derivatives=False)
+    rows = []
+    for f in sorted(layout.get(return_type="object"), key=lambda f: f.path):
+        rel = Path(f.path).relative_to(bids_dir.resolve()) if Path(f.path).is_absolute() else Path(f.path)
+        ent = f.get_entities()
+        row = {
+            "path": rel.as_posix(),
+            "sha256": sha256sum(f.path),
+            "subject": ent.get("subject"),
+            "session": ent.get("session"),
+            "task": ent.get("task"),
+            "run": ent.get("run"),
+            "suffix": ent.get("suffix"),
+            "shape": None,
+            "tr": None,
+        }
+        if rel.name.endswith((".nii", ".nii.gz")):
+            try:
+                img = nib.load(f.path)
+            except Exception as exc:  # nibabel raises several types for damaged files
+                raise InputError(f.path, f"unreadable NIfTI ({exc})") from exc
+            row["shape"] = "x".join(map(str, img.shape))
+            if ent.get("suffix") == "bold":
+                row["tr"] = bold_repetition_time(f.path, layout.get_metadata(f.path))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def bold_repetition_time(path: str | Path, sidecar: dict, tolerance: float = 1e-3) -> float:
+    """RepetitionTime from the sidecar, checked against the NIfTI header."""
+    if "RepetitionTime" not in sidecar:
+        raise InputError(path, "no RepetitionTime in the BOLD sidecar")
+    tr = float(sidecar["RepetitionTime"])
+    img = nib.load(path)
+    if img.ndim != 4:
+        raise InputError(path, f"BOLD must be 4D, got shape {img.shape}")
+    zooms = img.header.get_zooms()
+    unit = img.header.get_xyzt_units()[1]
+    header_tr = float(zooms[3]) * {"msec": 1e-3, "usec": 1e-6}.get(unit, 1.0)
+    if abs(header_tr - tr) > tolerance:
+        raise InputError(path, f"header TR {header_tr:g} s disagrees with sidecar RepetitionTime {tr:g} s")
+    return tr

@@ -1,0 +1,100 @@
+"""Atomic, deterministic file writing and checksums.
+
+Every artefact is written to a temporary name in its destination folder and renamed
+into place, so a killed job never leaves a file that looks complete (DESIGN.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pandas as pd
+
+_CHUNK = 1 << 20
+
+
+def sha256sum(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes (followed through symlinks)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` on success.
+
+    The temporary name keeps the final suffixes (``.nii.gz`` etc.) so that writers
+    choosing a format from the extension behave as for the real name.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = "".join(path.suffixes)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.chmod(tmp_path, 0o644)
+        os.replace(tmp_path, path)
+    finally:
+        if os.path.lexists(tmp_path):
+            tmp_path.unlink()
+
+
+def write_text(path: str | Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    """Write JSON with sorted keys and a trailing newline, so reruns are byte-identical."""
+    write_text(path, json.dumps(_jsonable(data), indent=2, sort_keys=True) + "\n")
+
+
+def read_json(path: str | Path) -> Any:
+    with open(path, encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+def write_tsv(path: str | Path, frame: pd.DataFrame, *, index: bool = False) -> None:
+    """Write a TSV with 'n/a' for missing values (the BIDS convention) and full float precision."""
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, sep="\t", index=index, na_rep="n/a", float_format="%.9g", lineterminator="\n")
+
+
+def read_tsv(path: str | Path, **kwargs: Any) -> pd.DataFrame:
+    return pd.read_csv(path, sep="\t", na_values=["n/a"], keep_default_na=False, **kwargs)
+
+
+def save_nifti(img: Any, path: str | Path) -> None:
+    """Save a nibabel image atomically (nibabel's gzip writer stores mtime 0: deterministic)."""
+    import nibabel as nib
+
+    with atomic_path(path) as tmp:
+        nib.save(img, tmp)
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    return obj

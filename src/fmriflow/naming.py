@@ -1,0 +1,76 @@
+"""BIDS-Derivatives file names, built from entities in one place.
+
+A *run key* is a raw BOLD file's path relative to the dataset root with the ``_bold``
+suffix and extension removed, e.g. ``sub-01/ses-1/func/sub-01_ses-1_task-rest_run-1``.
+Every derivative of that run is the run key plus derivative entities in BIDS order,
+plus a suffix and an extension. Snakemake rules use ``{run}`` as the run-key wildcard.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping
+
+from bids.layout import parse_file_entities
+
+# Entities that derivatives add after the raw ones, in the order of the BIDS schema
+# (``atlas`` and ``stat`` as XCP-D names them; see DESIGN.md).
+DERIVATIVE_ENTITIES = ("space", "res", "den", "atlas", "stat", "desc")
+
+# The run-level entities of a raw BOLD file, in BIDS order.
+RUN_ENTITIES = ("subject", "session", "task", "acquisition", "ceagent", "reconstruction", "direction", "run", "echo")
+_KEYS = {
+    "subject": "sub", "session": "ses", "task": "task", "acquisition": "acq", "ceagent": "ce",
+    "reconstruction": "rec", "direction": "dir", "run": "run", "echo": "echo",
+}
+
+TEMPLATE_SPACE = "MNI152NLin6Asym"
+TEMPLATE_RES = "2"
+
+
+def run_key(entities: Mapping[str, object]) -> str:
+    """The run key of a raw BOLD run from its entities (pybids names)."""
+    if "subject" not in entities or "task" not in entities:
+        raise ValueError(f"a BOLD run needs subject and task entities, got {dict(entities)}")
+    parts = [f"{_KEYS[name]}-{_format(entities[name])}" for name in RUN_ENTITIES if entities.get(name) is not None]
+    folder = [f"sub-{entities['subject']}"]
+    if entities.get("session") is not None:
+        folder.append(f"ses-{entities['session']}")
+    return "/".join([*folder, "func", "_".join(parts)])
+
+
+def run_key_from_path(bold_path: str | Path) -> str:
+    return run_key(parse_file_entities(str(bold_path)))
+
+
+def derivative(run: str, *, suffix: str, extension: str, **entities: object) -> str:
+    """``run`` (a run key, or a ``{run}`` wildcard) followed by derivative entities.
+
+    >>> derivative("sub-01/func/sub-01_task-rest", space="MNI152NLin6Asym", res="2",
+    ...            atlas="A424", stat="mean", suffix="timeseries", extension=".tsv")
+    'sub-01/func/sub-01_task-rest_space-MNI152NLin6Asym_res-2_atlas-A424_stat-mean_timeseries.tsv'
+    """
+    return f"{run}_{entities_name(suffix=suffix, extension=extension, **entities)}"
+
+
+def entities_name(*, suffix: str, extension: str, **entities: object) -> str:
+    """Derivative entities in BIDS order, suffix and extension: a name for group-level files."""
+    unknown = set(entities) - set(DERIVATIVE_ENTITIES)
+    if unknown:
+        raise ValueError(f"unknown derivative entities {sorted(unknown)}; allowed: {DERIVATIVE_ENTITIES}")
+    parts = [f"{name}-{entities[name]}" for name in DERIVATIVE_ENTITIES if entities.get(name) is not None]
+    return "_".join([*parts, suffix]) + extension
+
+
+def template_derivative(run: str, **kwargs: object) -> str:
+    """A derivative on the atlas grid (MNI152NLin6Asym, res-2)."""
+    return derivative(run, space=TEMPLATE_SPACE, res=TEMPLATE_RES, **kwargs)
+
+
+def subject_of(run: str) -> str:
+    return run.split("/", 1)[0].removeprefix("sub-")
+
+
+def _format(value: object) -> str:
+    # pybids parses run-01 as the integer 1 but keeps its padding in a PaddedInt's str().
+    return str(value)

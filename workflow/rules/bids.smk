@@ -1,0 +1,24 @@
+rule bids:
+    """Validate the raw dataset and list every file with its sha256, TR and shape."""
+    input:
+        f"{BIDS_DIR}/dataset_description.json",
+        list(RUNS.values()),
+    output:
+        manifest=f"{OUT}/bids/manifest.tsv",
+        validation=f"{OUT}/bids/validation.json",
+    params:
+        bids_dir=BIDS_DIR,
+    log:
+        f"{LOGS}/bids/bids.log",
+    script:
+        "../scripts/bids.py"
+
+
+rule dataset_description:
+    """The derivatives root's dataset_description.json (GeneratedBy, ConfigurationHash)."""
+    output:
+        f"{DERIV}/dataset_description.json",
+    log:
+        f"{LOGS}/bids/dataset_description.log",
+    script:
+        "../scripts/dataset_description.py"

@@ -1,0 +1,16 @@
+rule resample:
+    """BOLD and brain mask on the atlas grid; a link when the grid already matches."""
+    input:
+        bold=fmriprep_file("bold"),
+        mask=fmriprep_file("mask"),
+        atlas=ATLAS_IMG,
+        qc=rules.preproc_derivatives.output.qc,
+    output:
+        bold=grid("{run}", desc="preproc", suffix="bold", extension=".nii.gz"),
+        mask=grid("{run}", desc="brain", suffix="mask", extension=".nii.gz"),
+    resources:
+        mem_mb=3000,
+    log:
+        f"{LOGS}/resample/{{run}}.log",
+    script:
+        "../scripts/resample.py"

@@ -1,0 +1,15 @@
+from fmriflow.preproc import PreprocFiles
+from fmriflow.smk import logged
+from fmriflow.steps import preproc_derivatives_step
+
+with logged(snakemake.log[0]):
+    i = snakemake.input
+    preproc_derivatives_step(
+        snakemake.wildcards.run,
+        PreprocFiles(i.bold, i.mask, i.confounds),
+        i.raw_bold,
+        i.manifest,
+        snakemake.config["bids_dir"],
+        snakemake.output.qc,
+        snakemake.config,
+    )
