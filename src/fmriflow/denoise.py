@@ -64,7 +64,7 @@ def denoise_run(
         raise InputError(bold, "BOLD contains NaN or infinite values")
     cleaned = clean_img(
         nib.Nifti1Image(data, img.affine, img.header), confounds=confounds.to_numpy(), sample_mask=sample_mask, detrend=detrend,
-        standardize="zscore_sample" if standardize else False, low_pass=low_pass,
+        standardize="zscore_sample" if standardize else None, low_pass=low_pass,
         high_pass=high_pass, t_r=tr, mask_img=mask,
     )
     out_img = nib.Nifti1Image(np.asarray(cleaned.dataobj, dtype=np.float32), img.affine, img.header)

@@ -1,0 +1,48 @@
+"""Shared fixtures: the A424 atlas (through the product's own fetch) and small synthetic images."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_ATLASES = REPO.parent / "shared" / "data" / "atlases"
+
+
+@pytest.fixture(scope="session")
+def atlas_dir() -> Path:
+    """A folder holding the verified A424 files.
+
+    Uses FMRIFLOW_ATLAS_DIR, else the reference copy in ../shared, else the product's
+    own download into the cache; fails (never skips) when none is possible.
+    """
+    from fmriflow.atlas import ATLAS_DIR_ENV, fetch_a424
+
+    source = os.environ.get(ATLAS_DIR_ENV) or (str(SHARED_ATLASES) if SHARED_ATLASES.is_dir() else None)
+    files = fetch_a424(REPO / "resources" / "atlases" / "A424", source)
+    return files["labels_img"].parent
+
+
+@pytest.fixture(scope="session")
+def a424_img(atlas_dir) -> nib.Nifti1Image:
+    return nib.load(atlas_dir / "A424+2mm.nii.gz")
+
+
+@pytest.fixture(scope="session")
+def a424_labels(atlas_dir):
+    from fmriflow.atlas import a424_labels_table
+
+    return a424_labels_table(atlas_dir / "A424_Coordinates.dat")
+
+
+def random_bold(shape, n_t, affine, seed=0, mean=100.0):
+    rng = np.random.default_rng(seed)
+    data = (mean + rng.standard_normal((*shape, n_t))).astype(np.float32)
+    img = nib.Nifti1Image(data, affine)
+    img.header.set_xyzt_units("mm", "sec")
+    img.header["pixdim"][4] = 2.0
+    return img

@@ -1,0 +1,45 @@
+"""Atomic writes leave nothing behind on failure; sidecars are deterministic and complete."""
+
+import hashlib
+import json
+
+import pytest
+
+from fmriflow import io, provenance
+
+
+def test_atomic_write_failure_keeps_old_file(tmp_path):
+    target = tmp_path / "out.tsv"
+    target.write_text("good\n")
+    with pytest.raises(RuntimeError):
+        with io.atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("killed")
+    assert target.read_text() == "good\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.tsv"]
+
+
+def test_sidecar_records_inputs_and_is_deterministic(tmp_path):
+    src = tmp_path / "in.txt"
+    src.write_bytes(b"abc")
+    art = tmp_path / "x_bold.nii.gz"
+    art.write_bytes(b"")
+    path = provenance.write_sidecar(art, "demo", [src], parameters={"b": 1, "a": 2}, metadata_fields={"RepetitionTime": 2.0})
+    assert path == tmp_path / "x_bold.json"
+    first = path.read_bytes()
+    provenance.write_sidecar(art, "demo", [src], parameters={"a": 2, "b": 1}, metadata_fields={"RepetitionTime": 2.0})
+    assert path.read_bytes() == first
+    data = json.loads(first)
+    assert data["Provenance"]["Inputs"] == [{"path": str(src), "sha256": hashlib.sha256(b"abc").hexdigest()}]
+    assert data["Sources"] == [str(src)] and data["RepetitionTime"] == 2.0
+    assert {"fmriflow", "numpy", "nilearn", "nibabel"} <= set(data["Provenance"]["Software"])
+
+
+def test_dataset_description_refuses_other_version(tmp_path):
+    provenance.write_dataset_description(tmp_path, {"a": 1})
+    desc = json.loads((tmp_path / "dataset_description.json").read_text())
+    assert desc["DatasetType"] == "derivative" and desc["GeneratedBy"][0]["Name"] == "fmriflow"
+    desc["GeneratedBy"][0]["Version"] = "0.0.0-other"
+    (tmp_path / "dataset_description.json").write_text(json.dumps(desc))
+    with pytest.raises(RuntimeError, match="written by fmriflow 0.0.0-other"):
+        provenance.write_dataset_description(tmp_path, {"a": 1})

@@ -1,0 +1,316 @@
+"""Tests of fmriflow.report: the self-contained HTML report.
+
+Scope: the page is written, links to nothing outside itself, embeds valid PNGs, names the
+source of every figure, shows the QC and ground-truth numbers of its inputs, rejects bad
+inputs naming the file, and is byte-identical across builds. Inputs are small and synthetic.
+"""
+
+from __future__ import annotations
+
+import base64
+import shutil
+import struct
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fmriflow.errors import InputError
+from fmriflow.io import write_json, write_tsv
+from fmriflow.provenance import sidecar_path
+from fmriflow.report import build_report
+
+N_REGIONS = 424
+SUBJECTS = ["01", "02", "03", "04"]
+RESPONSE = {"01": 0, "02": 1, "03": 0, "04": 1}
+PLANTED = [(1, 2, 0.4), (181, 361, -0.3), (397, 424, 0.5)]
+DROPPED_LABEL = 10  # region dropped in sub-02's run
+ENTITIES = "_space-MNI152NLin6Asym_res-2_atlas-A424"
+
+
+def _names() -> list[str]:
+    out = []
+    for k in range(1, N_REGIONS + 1):
+        group = "Cortex" if k <= 360 else "Subcortex" if k <= 396 else "Cerebellum"
+        hemi = "R" if k <= 180 else "L" if k <= 360 else "R" if k % 2 else "L"
+        out.append(f"{group}_{hemi}_{k:03d}")
+    return out
+
+
+def _fc(rng: np.random.Generator, responder: bool) -> np.ndarray:
+    series = rng.standard_normal((60, N_REGIONS))
+    if responder:  # plant the edges: shared signal raises (or lowers) their correlation
+        for i, j, delta in PLANTED:
+            shared = rng.standard_normal(60)
+            series[:, i - 1] += shared
+            series[:, j - 1] += np.sign(delta) * shared
+    return np.corrcoef(series, rowvar=False)
+
+
+def _matrix_tsv(path: Path, values: np.ndarray, names: list[str]) -> None:
+    write_tsv(path, pd.DataFrame(values, index=pd.Index(names, name="Node"), columns=names), index=True)
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("report_inputs")
+    rng = np.random.default_rng(0)
+    names = _names()
+    participants = root / "participants.tsv"
+    write_tsv(participants, pd.DataFrame({
+        "participant_id": [f"sub-{s}" for s in SUBJECTS],
+        "age": [31.5, 44.0, np.nan, 28.25],
+        "sex": ["F", "M", "F", "n/a"],
+        "response": [RESPONSE[s] for s in SUBJECTS],
+        "site": ["01", "01", "02", "02"],
+    }))
+    manifest = root / "manifest.tsv"
+    write_tsv(manifest, pd.DataFrame({
+        "path": [f"sub-{s}/func/sub-{s}_task-rest_bold.nii.gz" for s in SUBJECTS],
+        "sha256": [f"{k:064x}" for k in range(len(SUBJECTS))],
+        "subject": SUBJECTS, "session": [None] * 4, "task": ["rest"] * 4, "run": [None] * 4,
+        "suffix": ["bold"] * 4, "shape": ["91x109x91x60"] * 4, "tr": [2.0] * 4,
+    }))
+    validation = root / "validation.json"
+    write_json(validation, {
+        "validator": "bids-validator-deno", "validator_version": "1.0", "n_errors": 1, "n_warnings": 2,
+        "errors": ["CODE_X: sub-03 <script>alert(1)</script>"], "warnings": ["README_MISSING", "TSV_ADDITIONAL"],
+        "summary": {"subjects": SUBJECTS},
+    })
+    qc, coverage, mean_fd = [], [], {}
+    for k, s in enumerate(SUBJECTS):
+        func = root / f"sub-{s}" / "func"
+        run = f"sub-{s}/func/sub-{s}_task-rest"
+        mean_fd[f"sub-{s}_task-rest"] = 0.1 + 0.0712345 * k
+        path = func / f"sub-{s}_task-rest{ENTITIES}_desc-preproc_qc.tsv"
+        write_tsv(path, pd.DataFrame([{
+            "run": run, "subject": s, "n_volumes": 60, "tr": 2.0, "grid": "91x109x91", "voxel_size_mm": 2.0,
+            "brain_voxels": 200000, "mean_fd": mean_fd[f"sub-{s}_task-rest"], "max_fd": 0.6 + 0.1 * k,
+            "fd_threshold": 0.5, "n_high_motion": k, "mean_std_dvars": 1.01,
+        }]))
+        qc.append(str(path))
+        cov = rng.uniform(0.6, 1.0, N_REGIONS)
+        used = np.ones(N_REGIONS, dtype=bool)
+        if s == "02":
+            cov[DROPPED_LABEL - 1], used[DROPPED_LABEL - 1] = 0.2, False
+        path = func / f"sub-{s}_task-rest{ENTITIES}_stat-coverage_bold.tsv"
+        write_tsv(path, pd.DataFrame({
+            "index": np.arange(1, N_REGIONS + 1), "name": names, "n_voxels": 50,
+            "n_voxels_in_mask": np.round(cov * 50).astype(int), "coverage": cov, "used": used,
+        }))
+        coverage.append(str(path))
+
+    fcs = {s: _fc(rng, bool(RESPONSE[s])) for s in SUBJECTS}
+    fcs["02"][DROPPED_LABEL - 1, :] = fcs["02"][:, DROPPED_LABEL - 1] = np.nan
+    group = root / "group"
+    group_fc = group / f"task-rest{ENTITIES}_stat-pearsoncorrelation_desc-mean_relmat.tsv"
+    _matrix_tsv(group_fc, np.nanmean(np.stack(list(fcs.values())), axis=0), names)
+    by = {g: np.mean([fcs[s] for s in SUBJECTS if RESPONSE[s] == g], axis=0) for g in (0, 1)}
+    group_diff = group / f"task-rest{ENTITIES}_stat-pearsoncorrelation_desc-diff_relmat.tsv"
+    _matrix_tsv(group_diff, by[1] - by[0], names)
+    write_json(sidecar_path(group_diff), {"GroupColumn": "response", "Levels": ["0", "1"], "N": {"0": 2, "1": 2},
+                                          "Contrast": "1 minus 0"})
+    edges = root / "ground_truth_edges.tsv"
+    write_tsv(edges, pd.DataFrame([{
+        "region_i": i, "region_j": j, "name_i": names[i - 1], "name_j": names[j - 1],
+        "corr_nonresponder": 0.0, "corr_responder": d, "delta": d} for i, j, d in PLANTED]))
+    config = {"bids_dir": "data/demo/bids", "preproc": {"mode": "lite"}, "parcellate": {"min_coverage": 0.5},
+              "report": {"group_column": "response"}}
+    kwargs = dict(participants=participants, manifest=manifest, validation=validation, qc=qc, coverage=coverage,
+                  group_fc=group_fc, group_diff=group_diff, ground_truth_edges=edges, config=config)
+    return {"root": root, "kwargs": kwargs, "mean_fd": mean_fd}
+
+
+@pytest.fixture(scope="module")
+def built(inputs, tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("report") / "report.html"
+    summary = build_report(out, **inputs["kwargs"])
+    text = out.read_text(encoding="utf-8")
+    page = _Page()
+    page.feed(text)
+    return {"out": out, "summary": summary, "text": text, "page": page}
+
+
+class _Page(HTMLParser):
+    """Collects image sources, attributes naming resources, figure captions and table cells."""
+
+    def __init__(self):
+        super().__init__()
+        self.images: list[str] = []
+        self.resource_attrs: list[tuple[str, str, str]] = []
+        self.captions: list[str] = []
+        self.tables: dict[str, list[list[str]]] = {}
+        self._caption: list[str] | None = None
+        self._table: str | None = None
+        self._cell: list[str] | None = None
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        for name in ("src", "href", "data", "srcset", "poster"):
+            if name in attrs:
+                self.resource_attrs.append((tag, name, attrs[name]))
+        if tag == "img":
+            self.images.append(attrs.get("src", ""))
+        elif tag == "figcaption":
+            self._caption = []
+        elif tag == "table":
+            self._table = attrs.get("id", f"table-{len(self.tables)}")
+            self.tables[self._table] = []
+        elif tag == "tr" and self._table is not None:
+            self.tables[self._table].append([])
+        elif tag in ("td", "th"):
+            self._cell = []
+
+    def handle_endtag(self, tag):
+        if tag == "figcaption":
+            self.captions.append("".join(self._caption))
+            self._caption = None
+        elif tag == "table":
+            self._table = None
+        elif tag in ("td", "th") and self._cell is not None and self._table is not None:
+            self.tables[self._table][-1].append("".join(self._cell))
+            self._cell = None
+
+    def handle_data(self, data):
+        if self._caption is not None:
+            self._caption.append(data)
+        if self._cell is not None:
+            self._cell.append(data)
+
+
+def _rows(page: _Page, table_id: str) -> list[dict[str, str]]:
+    header, *rows = page.tables[table_id]
+    return [dict(zip(header, row)) for row in rows]
+
+
+def test_report_is_written_with_all_sections(built):
+    assert built["out"].is_file()
+    assert built["summary"]["sections"] == ["summary", "dataset", "run-qc", "coverage", "connectivity", "provenance"]
+    for section in built["summary"]["sections"]:
+        assert f'<section id="{section}">' in built["text"]
+    assert built["summary"]["n_subjects"] == 4 and built["summary"]["n_runs"] == 4
+    assert built["summary"]["dropped_regions"] == [_names()[DROPPED_LABEL - 1]]
+
+
+def test_images_are_embedded_pngs(built):
+    images = built["page"].images
+    assert len(images) == len(built["summary"]["figures"]) == 4
+    for src in images:
+        prefix = "data:image/png;base64,"
+        assert src.startswith(prefix)
+        data = base64.b64decode(src[len(prefix):], validate=True)
+        assert data[:8] == b"\x89PNG\r\n\x1a\n"
+        assert data[12:16] == b"IHDR"
+        width, height = struct.unpack(">II", data[16:24])
+        assert width > 0 and height > 0
+
+
+def test_page_links_to_nothing_outside_itself(built):
+    text = built["text"].lower()
+    assert "http://" not in text and "https://" not in text
+    for tag, name, value in built["page"].resource_attrs:
+        assert value.startswith(("data:", "#")), (tag, name, value)
+    assert "<script" not in text and "<link" not in text
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in built["text"]  # input text is escaped
+
+
+def test_each_caption_names_its_sources(built):
+    figures, captions = built["summary"]["figures"], built["page"].captions
+    assert len(captions) == len(figures)
+    for figure, caption in zip(figures, captions):
+        assert figure["sources"]
+        for source in figure["sources"]:
+            assert source in caption
+    assert Path(built["summary"]["figures"][2]["sources"][0]).name.endswith("desc-mean_relmat.tsv")
+
+
+def test_qc_table_has_one_row_per_run_with_its_mean_fd(built, inputs):
+    rows = _rows(built["page"], "qc-table")
+    assert [r["Run"] for r in rows] == sorted(inputs["mean_fd"])
+    for row in rows:
+        assert row["Mean FD (mm)"] == f"{inputs['mean_fd'][row['Run']]:.3f}"
+    dropped = {r["Run"]: r["Regions dropped"] for r in rows}
+    assert dropped == {"sub-01_task-rest": "0", "sub-02_task-rest": "1", "sub-03_task-rest": "0", "sub-04_task-rest": "0"}
+    assert {r["Subject"] for r in rows} == set(SUBJECTS)
+
+
+def test_ground_truth_table_shows_the_observed_difference(built, inputs):
+    diff = pd.read_csv(inputs["kwargs"]["group_diff"], sep="\t", index_col=0).to_numpy()
+    upper = np.abs(diff[np.triu_indices(N_REGIONS, k=1)])
+    upper = upper[np.isfinite(upper)]  # edges of the region dropped in one run are undefined
+    rows = _rows(built["page"], "ground-truth")
+    assert len(rows) == len(PLANTED)
+    for row, (i, j, delta) in zip(rows, PLANTED):
+        assert (int(row["Label i"]), int(row["Label j"])) == (i, j)
+        assert float(row["Observed difference"]) == pytest.approx(diff[i - 1, j - 1], abs=6e-5)
+        assert float(row["Planted delta"]) == pytest.approx(delta)
+        assert int(row["Rank by |observed|"]) == 1 + int((upper > abs(diff[i - 1, j - 1])).sum())
+    gt = built["summary"]["ground_truth"]
+    assert gt["n_planted"] == 3 and gt["n_edges"] == upper.size
+
+
+def test_group_comparison_and_provenance_are_shown(built, inputs):
+    page = built["page"]
+    meta = {r["Key"]: r["Value"] for r in _rows(page, "group-comparison")}
+    assert meta["GroupColumn"] == "response" and meta["Contrast"] == "1 minus 0"
+    software = {r["Key"] for r in _rows(page, "software")}
+    assert {"fmriflow", "python", "numpy", "matplotlib"} <= software
+    manifest = _rows(page, "manifest")
+    assert [r["sha256"] for r in manifest] == [f"{k:064x}" for k in range(4)]
+    assert "min_coverage: 0.5" in built["text"]  # the config, as YAML
+    assert "lite" in built["text"]
+    counts = {r["Column"]: r["Summary"] for r in _rows(page, "group-counts")}
+    assert counts["response"] == "0: 2 \u00b7 1: 2"
+    assert counts["site"] == "01: 2 \u00b7 02: 2"  # text stays text
+    assert counts["age"].startswith("n=3, mean")
+
+
+def test_two_builds_are_byte_identical(inputs, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # outside any git checkout whose state might change between builds
+    a, b = tmp_path / "a" / "report.html", tmp_path / "b" / "report.html"
+    build_report(a, **inputs["kwargs"])
+    build_report(b, **inputs["kwargs"])
+    assert a.read_bytes() == b.read_bytes()
+
+
+def test_optional_inputs_can_be_left_out(inputs, tmp_path):
+    kwargs = {**inputs["kwargs"], "group_diff": None, "ground_truth_edges": None, "config": None}
+    summary = build_report(tmp_path / "r.html", **kwargs)
+    assert len(summary["figures"]) == 3 and summary["ground_truth"] is None
+
+
+def test_missing_qc_file_is_named(inputs, tmp_path):
+    missing = tmp_path / "sub-09_task-rest_desc-preproc_qc.tsv"
+    kwargs = {**inputs["kwargs"], "qc": [*inputs["kwargs"]["qc"], missing]}
+    with pytest.raises(InputError, match="sub-09_task-rest_desc-preproc_qc.tsv: file not found"):
+        build_report(tmp_path / "r.html", **kwargs)
+    assert not (tmp_path / "r.html").exists()
+
+
+def test_bad_matrix_and_bad_edges_are_named(inputs, tmp_path):
+    bad = tmp_path / "bad_relmat.tsv"
+    pd.DataFrame(np.zeros((3, 3)), index=pd.Index(["a", "b", "c"], name="Node"), columns=["a", "b", "c"]).to_csv(bad, sep="\t")
+    with pytest.raises(InputError, match="bad_relmat.tsv: 3 regions"):
+        build_report(tmp_path / "r.html", **{**inputs["kwargs"], "group_fc": bad})
+    edges = tmp_path / "edges.tsv"
+    pd.DataFrame({"region_i": [1], "region_j": [999], "delta": [0.1]}).to_csv(edges, sep="\t", index=False)
+    with pytest.raises(InputError, match="edges.tsv: region labels"):
+        build_report(tmp_path / "r.html", **{**inputs["kwargs"], "ground_truth_edges": edges})
+    with pytest.raises(ValueError, match="needs 'group_diff'"):
+        build_report(tmp_path / "r.html", **{**inputs["kwargs"], "group_diff": None})
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
+def test_git_commit_is_recorded(inputs, tmp_path, monkeypatch):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.org"]
+    subprocess.run([*git, "init", "-q"], cwd=repo, check=True)
+    subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", "x"], cwd=repo, check=True)
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, check=True, capture_output=True, text=True).stdout.strip()
+    monkeypatch.chdir(repo)
+    build_report(tmp_path / "r.html", **inputs["kwargs"])
+    assert f"git commit {commit}" in (tmp_path / "r.html").read_text(encoding="utf-8")
