@@ -314,3 +314,19 @@ def test_git_commit_is_recorded(inputs, tmp_path, monkeypatch):
     monkeypatch.chdir(repo)
     build_report(tmp_path / "r.html", **inputs["kwargs"])
     assert f"git commit {commit}" in (tmp_path / "r.html").read_text(encoding="utf-8")
+
+
+def test_matrices_are_put_in_label_order_by_region_name(inputs, tmp_path):
+    """A matrix whose rows come in another order is reordered by name: label k is row k-1."""
+    kwargs = inputs["kwargs"]
+    table = pd.read_csv(kwargs["group_diff"], sep="\t", index_col=0)
+    order = np.random.default_rng(3).permutation(N_REGIONS)
+    shuffled = tmp_path / "shuffled_relmat.tsv"
+    table.iloc[order, order].to_csv(shuffled, sep="\t", na_rep="n/a")
+    observed = []
+    for name, diff in (("shuffled.html", shuffled), ("ordered.html", kwargs["group_diff"])):
+        build_report(tmp_path / name, **{**kwargs, "group_diff": diff})
+        page = _Page()
+        page.feed((tmp_path / name).read_text(encoding="utf-8"))
+        observed.append([(r["Observed difference"], r["Rank by |observed|"]) for r in _rows(page, "ground-truth")])
+    assert observed[0] == observed[1]

@@ -560,7 +560,7 @@ def _png(draw: Callable, width: float, height: float) -> str:
         FigureCanvasAgg(fig)
         draw(fig)
         buffer = io.BytesIO()
-        fig.savefig(buffer, format="png", dpi=DPI, metadata={"Software": None})
+        fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight", pad_inches=0.1, metadata={"Software": None})
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
@@ -579,7 +579,7 @@ def _draw_fd(fig, runs: pd.DataFrame) -> None:
         ax.set_xlabel(f"{len(runs)} runs, in run-label order")
     ax.set_ylabel("framewise displacement (mm)")
     ax.set_ylim(bottom=0)
-    ax.legend(loc="upper right", fontsize=8)
+    ax.legend(loc="lower left", bbox_to_anchor=(0.0, 1.0), ncols=3, frameon=False, fontsize=8)
 
 
 def _draw_coverage(fig, matrix: np.ndarray, labels: list[str], regions: pd.DataFrame, threshold) -> None:

@@ -1,0 +1,1017 @@
+"""Synthetic demo dataset: raw BIDS, fMRIPrep-shaped derivatives and the known truth.
+
+The demo lets the whole workflow run, and be checked, without real data: it writes a
+raw BIDS dataset, derivatives shaped like fMRIPrep's (``--output-spaces
+MNI152NLin6Asym:res-2``) and the ground truth the analysis should recover, namely
+which A424 region pairs (edges) differ in functional connectivity between simulated
+responders and non-responders.
+
+Generative model
+----------------
+Networks
+    The 424 A424 regions are split into ``K = 8`` networks by seeded k-means on the
+    region centres with ``|x|`` in place of ``x``, so that homologous left/right
+    regions share a network, as in resting-state networks.
+Population covariance (unit diagonal, so it is also the correlation)
+    ``Sigma0 = B B' + D`` with ``B[r, k] = lam`` for the network ``k`` of region ``r``
+    (``lam = 0.6``), a global column ``B[r, K] = g`` for every region (``g = 0.25``)
+    and ``D = (1 - lam**2 - g**2) I``. Within-network correlation is
+    ``lam**2 + g**2 = 0.4225``, between-network ``g**2 = 0.0625``: real resting-state
+    FC is positive on average between networks, which the global factor mimics.
+Group effect
+    Responders have ``Sigma1 = Sigma0 + c (e_i e_j' + e_j e_i')`` on 16 disjoint region
+    pairs ``(i, j)`` in different networks (``c = 0.35``): the correlation difference
+    on those edges is exactly ``c`` and zero elsewhere. The perturbation has
+    eigenvalues ``+-c`` and ``Sigma0 >= D = 0.5775 I``, so ``Sigma1`` is positive
+    definite (also checked by its Cholesky factor). Edge regions have at least 40
+    voxels and lie far from the dropout sphere, so every subject observes them.
+Region signals
+    A stationary VAR(1), ``x_t = phi x_{t-1} + sqrt(1 - phi**2) L eps_t`` with
+    ``L = chol(Sigma)``, ``eps_t ~ N(0, I)`` and ``x_0 = L eps_0``, so ``Sigma`` is the
+    exact covariance of every ``x_t``; ``phi = 0.6 ** (TR / 2 s)`` gives lag-1
+    autocorrelation 0.6 at TR 2 s whatever the TR.
+Voxels (percent signal change units, ``%``)
+    ``y_v(t) = b_v (1 + 0.01 (a_v x_r(t) + sigma eta_v(t) + sum_k w_vk n_k(t)))``,
+    ``a_v = 1`` for voxels of atlas region ``r``, 0 elsewhere; ``sigma = 1.5``;
+    ``eta ~ N(0, 1)`` white. ``b_v`` follows the inverted MNI152 T1 intensity
+    (``1100 - 500 T1``: CSF bright, white matter dark, as in T2* EPI) times a
+    subject scale ``U(0.8, 1.2)`` and 3 % voxel jitter.
+Nuisance regressors ``n_k``, all affine in columns of the confounds TSV, so that
+regressing those columns removes them exactly
+    - motion: 6 rigid-body parameters, random walks (steps 0.03 mm and 0.0006 rad,
+      times a subject level ``exp(N(0, 0.4**2))``) smoothed over 1.5 TR; half of the
+      subjects get 1-3 one-volume spikes (0.6-1.5 mm, 0.002-0.005 rad). Weights per
+      millimetre (radians times 50 mm) ``0.6 % (beta0 + beta . xi_v + 0.5 zeta_v)``
+      with ``xi_v`` the scaled voxel position: smooth in space, so region means are
+      affected, plus voxel-level scatter.
+    - ``csf`` and ``white_matter``: independent AR(1) series (``phi = 0.9`` at TR 2 s,
+      unit variance) with compartment weights (CSF 2.0, WM 1.5 on their own series,
+      0.3 otherwise, 25 % jitter). Non-atlas in-mask voxels are CSF below the median
+      T1 intensity and WM above it. The TSV columns are
+      ``mean(b_c) (1 + 0.01 w_c s_c(t))``, the compartment mean of that component.
+    - drift: the high-pass cosine columns, weight ``1 % / j`` for the j-th cosine
+      (times a smooth spatial pattern).
+Brain mask
+    nilearn's MNI152 brain mask (offline copy) on the BOLD grid, union the atlas
+    labels; half of the subjects lose an orbitofrontal signal-dropout sphere (centre
+    ``(0, 36, -22)`` mm jittered by 3 mm, radius ``U(12, 20)`` mm), so some regions
+    are partly or wholly missing for them.
+Confounds (as fMRIPrep computes them, on the simulated data)
+    ``global_signal`` (mask mean), ``framewise_displacement`` (Power: sum of absolute
+    translation differences plus 50 mm times sum of absolute rotation differences),
+    ``dvars``/``std_dvars`` (nipype's ComputeDVARS; intensity normalised to 1000 at the
+    median of the temporal-mean image), DCT-II ``cosineNN`` for a 128 s high-pass,
+    ``a_comp_cor_00-04`` (PCA of in-mask non-atlas voxels) and ``t_comp_cor_00-04``
+    (PCA of the 2 % highest-variance in-mask voxels) after removing the cosines and
+    the mean and scaling each voxel to unit variance, and ``motion_outlier_NN`` for
+    volumes with FD > 0.5 mm or std_dvars > 1.5.
+Raw BOLD
+    the same simulated volumes on a 4 mm grid (every second voxel of the 2 mm
+    grid), rounded to int16. It is the preprocessed signal, not a simulated
+    acquisition (no motion is applied to the image): it exists so that the raw BIDS
+    layer is complete and valid.
+
+Randomness comes from ``numpy.random.SeedSequence(seed)``: child 0 draws the
+population (networks, edges, participants), child ``s`` draws subject ``s``, so
+every file is the same for any ``jobs`` and a rerun is byte-identical.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any, Iterable
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+
+from . import CODE_URL, __version__
+from .atlas import A424_N_REGIONS, a424_labels_table
+from .errors import InputError
+from .io import atomic_path, save_nifti, sha256sum, write_json, write_text, write_tsv
+from .naming import TEMPLATE_RES, TEMPLATE_SPACE, derivative
+from .provenance import BIDS_VERSION
+
+GENERATOR_NAME = "fmriflow demo-data"
+TASK = "rest"
+RAW_RES = 4
+BOLD_RESOLUTIONS = (2, 3, 4)
+_ATLAS_SHAPE = (91, 109, 91)
+_ATLAS_RES = 2.0
+_MNI_CODE = 4  # NIfTI xform code "mni"
+_SCANNER_CODE = 1  # NIfTI xform code "scanner" (raw, native data)
+_TR_CHUNK = 25  # TRs simulated at a time: bounds the temporaries, fixed for determinism
+_VOXEL_CHUNK = 32768  # voxels per float64 block in the confound computations
+
+
+@dataclass(frozen=True)
+class DemoModel:
+    """Every constant of the generative model (see the module docstring)."""
+
+    n_networks: int = 8
+    network_loading: float = 0.6
+    global_loading: float = 0.25
+    n_edges: int = 16
+    edge_delta: float = 0.35
+    edge_min_voxels: int = 40
+    edge_min_dropout_distance_mm: float = 45.0
+    ar_coef_at_tr2: float = 0.6
+    signal_pct: float = 1.0
+    noise_pct: float = 1.5
+    baseline_intercept: float = 1100.0
+    baseline_t1_slope: float = -500.0
+    baseline_subject_range: tuple = (0.8, 1.2)
+    baseline_voxel_jitter: float = 0.03
+    motion_trans_step_mm: float = 0.03
+    motion_rot_step_rad: float = 0.0006
+    motion_level_log_sd: float = 0.4
+    motion_smooth_tr: float = 1.5
+    motion_rot_radius_mm: float = 50.0
+    motion_pct_per_mm: float = 0.6
+    spike_fraction: float = 0.5
+    spike_count_range: tuple = (1, 3)
+    spike_trans_mm: tuple = (0.6, 1.5)
+    spike_rot_rad: tuple = (0.002, 0.005)
+    physio_ar_coef_at_tr2: float = 0.9
+    csf_weight_own: float = 2.0
+    wm_weight_own: float = 1.5
+    physio_weight_other: float = 0.3
+    physio_weight_jitter: float = 0.25
+    drift_pct: float = 1.0
+    spatial_scatter: float = 0.5
+    dropout_fraction: float = 0.5
+    dropout_center_mm: tuple = (0.0, 36.0, -22.0)
+    dropout_center_jitter_mm: float = 3.0
+    dropout_radius_mm: tuple = (12.0, 20.0)
+    high_pass_cutoff_s: float = 128.0
+    n_compcor: int = 5
+    tcompcor_fraction: float = 0.02
+    fd_threshold_mm: float = 0.5
+    std_dvars_threshold: float = 1.5
+    dvars_intensity_normalization: float = 1000.0
+    raw_res_mm: int = RAW_RES
+
+    def ar_coef(self, tr: float) -> float:
+        return self.ar_coef_at_tr2 ** (tr / 2.0)
+
+    def physio_ar_coef(self, tr: float) -> float:
+        return self.physio_ar_coef_at_tr2 ** (tr / 2.0)
+
+
+MODEL = DemoModel()
+
+_MOTION = ("trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z")
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def generate_demo(
+    out_dir: str | Path,
+    atlas_img: str | Path,
+    coordinates: str | Path,
+    *,
+    n_subjects: int = 24,
+    n_trs: int = 200,
+    tr: float = 2.0,
+    bold_res: int = 2,
+    seed: int = 0,
+    jobs: int = 1,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Write the synthetic demo dataset under ``out_dir``.
+
+    Parameters
+    ----------
+    out_dir : path
+        Destination; holds ``bids/``, ``derivatives/fmriprep/`` and ``ground_truth/``.
+        It is built in a hidden sibling folder and renamed into place at the end, so a
+        killed run leaves nothing that looks complete.
+    atlas_img, coordinates : path
+        ``A424+2mm.nii.gz`` and ``A424_Coordinates.dat``.
+    n_subjects : int
+        A multiple of 4 (at least 4), so that response, drug within response and site
+        are exactly balanced.
+    n_trs : int
+        Volumes per run, at least 20.
+    tr : float
+        Repetition time in seconds, in (0, 10].
+    bold_res : {2, 3, 4}
+        Voxel size (mm) of the preprocessed BOLD. At 2 the images lie on the A424 grid
+        and carry ``res-2`` in their names; otherwise the grid covers the same field of
+        view at that voxel size and the ``res`` entity is left out.
+    seed : int
+        Non-negative seed of all randomness.
+    jobs : int
+        Subjects simulated in parallel processes; results do not depend on it.
+    overwrite : bool
+        Replace an existing non-empty ``out_dir`` (only after the new one is complete).
+
+    Returns
+    -------
+    dict
+        Paths of the three roots, counts and the subject labels.
+
+    Raises
+    ------
+    ValueError
+        For bad arguments.
+    FileExistsError
+        If ``out_dir`` exists, is not empty and ``overwrite`` is false.
+    fmriflow.errors.InputError
+        If the atlas files are not the A424 atlas.
+    """
+    _check_args(n_subjects, n_trs, tr, bold_res, seed, jobs)
+    tr = float(tr)
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise FileExistsError(f"{out_dir} exists and is not a folder")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
+        raise FileExistsError(
+            f"{out_dir} exists and is not empty; pass overwrite=True to replace it, "
+            "or choose another folder"
+        )
+
+    labels_table = a424_labels_table(coordinates)
+    atlas = nib.load(atlas_img)
+    atlas_labels = _load_atlas_labels(atlas, atlas_img)
+    grid_shape, grid_affine = bold_grid(atlas.affine, bold_res)
+    raw_shape, raw_affine = bold_grid(atlas.affine, RAW_RES)
+
+    seq = np.random.SeedSequence(seed)
+    pop_seq, *subject_seqs = seq.spawn(n_subjects + 1)
+    pop_rng = np.random.default_rng(pop_seq)
+
+    networks = _assign_networks(labels_table, pop_rng)
+    edges = _choose_edges(atlas_labels, atlas.affine, networks, pop_rng)
+    sigma0, sigma1 = population_covariances(networks, edges)
+    chol = {0: np.linalg.cholesky(sigma0), 1: np.linalg.cholesky(sigma1)}
+    participants = _participants(n_subjects, pop_rng)
+    n_dropout = int(round(MODEL.dropout_fraction * n_subjects))
+    n_spikes = int(round(MODEL.spike_fraction * n_subjects))
+    has_dropout = np.zeros(n_subjects, bool)
+    has_dropout[pop_rng.permutation(n_subjects)[:n_dropout]] = True
+    has_spikes = np.zeros(n_subjects, bool)
+    has_spikes[pop_rng.permutation(n_subjects)[:n_spikes]] = True
+
+    shared = _shared_arrays(
+        atlas, atlas_labels, grid_shape, grid_affine, raw_shape, raw_affine, bold_res
+    )
+    shared.update(
+        chol=chol, n_trs=n_trs, tr=tr, bold_res=bold_res, region_names=list(labels_table["name"])
+    )
+    specs = [
+        {
+            "label": row.participant_id.removeprefix("sub-"),
+            "response": int(row.response),
+            "seed_seq": subject_seqs[i],
+            "dropout": bool(has_dropout[i]),
+            "spikes": bool(has_spikes[i]),
+        }
+        for i, row in enumerate(participants.itertuples())
+    ]
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.incomplete-", dir=out_dir.parent))
+    try:
+        shared["root"] = str(staging)
+        _write_bids_top(staging / "bids", participants, n_trs, tr)
+        _write_fmriprep_top(staging / "derivatives" / "fmriprep")
+        results = _run_subjects(specs, shared, jobs)
+        _write_ground_truth(
+            staging / "ground_truth",
+            labels_table=labels_table,
+            networks=networks,
+            edges=edges,
+            sigma0=sigma0,
+            sigma1=sigma1,
+            participants=participants,
+            results=results,
+            settings={
+                "n_subjects": n_subjects, "n_trs": n_trs, "tr": tr, "bold_res": bold_res,
+                "seed": seed,
+                "atlas_sha256": sha256sum(atlas_img), "coordinates_sha256": sha256sum(coordinates),
+            },
+        )
+        _move_into_place(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+    return {
+        "out_dir": str(out_dir),
+        "bids": str(out_dir / "bids"),
+        "fmriprep": str(out_dir / "derivatives" / "fmriprep"),
+        "ground_truth": str(out_dir / "ground_truth"),
+        "subjects": [s["label"] for s in specs],
+        "n_subjects": n_subjects,
+        "n_trs": n_trs,
+        "tr": tr,
+        "bold_res": bold_res,
+        "n_edges": len(edges),
+        "n_files": sum(1 for p in out_dir.rglob("*") if p.is_file()),
+        "seed": seed,
+        "jobs": jobs,
+    }
+
+
+def bold_grid(atlas_affine: np.ndarray, res: int) -> tuple[tuple[int, int, int], np.ndarray]:
+    """Shape and affine of a ``res`` mm grid covering the A424 2 mm field of view.
+
+    The voxel centres start at the atlas origin and run over the same extent, so at
+    2 mm this is the atlas grid itself and at 4 mm every second atlas voxel.
+    """
+    span = (np.array(_ATLAS_SHAPE) - 1) * _ATLAS_RES
+    shape = tuple(int(n) for n in np.floor(span / res + 1e-9).astype(int) + 1)
+    affine = np.array(atlas_affine, dtype=float).copy()
+    affine[:3, :3] = np.diag(np.sign(np.diag(atlas_affine)[:3]) * float(res))
+    return shape, affine
+
+
+def population_covariances(networks: np.ndarray, edges: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """``Sigma0`` (non-responders) and ``Sigma1`` (responders); both unit-diagonal.
+
+    ``networks`` holds the network (0..K-1) of each region in label order; ``edges``
+    the 1-based labels ``region_i``, ``region_j`` of the planted edges.
+    """
+    n, k = len(networks), MODEL.n_networks
+    loadings = np.zeros((n, k + 1))
+    loadings[np.arange(n), networks] = MODEL.network_loading
+    loadings[:, k] = MODEL.global_loading
+    unique = 1.0 - MODEL.network_loading**2 - MODEL.global_loading**2
+    sigma0 = loadings @ loadings.T + unique * np.eye(n)
+    sigma1 = sigma0.copy()
+    i = edges["region_i"].to_numpy() - 1
+    j = edges["region_j"].to_numpy() - 1
+    sigma1[i, j] += MODEL.edge_delta
+    sigma1[j, i] += MODEL.edge_delta
+    for name, sigma in (("non-responder", sigma0), ("responder", sigma1)):
+        if np.linalg.eigvalsh(sigma)[0] <= 0:
+            raise RuntimeError(f"the {name} covariance is not positive definite; model constants are inconsistent")
+    return sigma0, sigma1
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def _check_args(n_subjects, n_trs, tr, bold_res, seed, jobs) -> None:
+    def is_int(v):
+        return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+    if not is_int(n_subjects) or n_subjects < 4 or n_subjects % 4:
+        raise ValueError(
+            f"n_subjects must be a multiple of 4 and at least 4 (got {n_subjects!r}): response, "
+            "drug within response group and site are balanced exactly"
+        )
+    if not is_int(n_trs) or n_trs < 20:
+        raise ValueError(f"n_trs must be an integer of at least 20 (got {n_trs!r})")
+    if isinstance(tr, bool) or not isinstance(tr, (int, float, np.number)) or not (0 < float(tr) <= 10):
+        raise ValueError(f"tr must be a number of seconds in (0, 10] (got {tr!r})")
+    if not is_int(bold_res) or bold_res not in BOLD_RESOLUTIONS:
+        raise ValueError(f"bold_res must be one of {BOLD_RESOLUTIONS} (mm), got {bold_res!r}")
+    if not is_int(seed) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer (got {seed!r})")
+    if not is_int(jobs) or jobs < 1:
+        raise ValueError(f"jobs must be a positive integer (got {jobs!r})")
+
+
+def _load_atlas_labels(atlas: Any, path: str | Path) -> np.ndarray:
+    if atlas.shape != _ATLAS_SHAPE:
+        raise InputError(path, f"expected the A424 2 mm grid {_ATLAS_SHAPE}, got shape {atlas.shape}")
+    affine = atlas.affine
+    if not np.allclose(affine[:3, :3], np.diag([-_ATLAS_RES, _ATLAS_RES, _ATLAS_RES])):
+        raise InputError(path, f"expected an axis-aligned 2 mm affine (LAS), got\n{affine}")
+    labels = np.rint(np.asarray(atlas.dataobj)).astype(np.int16)
+    present = np.unique(labels[labels > 0])
+    if present.min() < 1 or present.max() > A424_N_REGIONS:
+        raise InputError(path, f"labels must lie in 1..{A424_N_REGIONS}")
+    return labels
+
+
+# --------------------------------------------------------------------------- population
+
+
+def _assign_networks(labels_table: pd.DataFrame, rng: np.random.Generator) -> np.ndarray:
+    from scipy.cluster.vq import kmeans2
+
+    # |x| so that homologous regions of the two hemispheres fall in the same network.
+    points = np.column_stack([labels_table["x"].abs(), labels_table["y"], labels_table["z"]]).astype(float)
+    _, assignment = kmeans2(points, MODEL.n_networks, minit="++", seed=rng)
+    # Number networks by their first region, so names do not depend on k-means' order.
+    order = {old: new for new, old in enumerate(dict.fromkeys(assignment.tolist()))}
+    return np.array([order[a] for a in assignment], dtype=int)
+
+
+def _choose_edges(labels: np.ndarray, affine: np.ndarray, networks: np.ndarray, rng: np.random.Generator) -> pd.DataFrame:
+    counts = np.bincount(labels.ravel(), minlength=A424_N_REGIONS + 1)[1:]
+    ijk = np.argwhere(labels > 0)
+    lab = labels[labels > 0].astype(int)
+    xyz = nib.affines.apply_affine(affine, ijk)
+    centroids = np.stack([np.bincount(lab, weights=xyz[:, a], minlength=A424_N_REGIONS + 1)[1:] for a in range(3)], 1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        centroids /= counts[:, None]
+    far = np.linalg.norm(centroids - np.array(MODEL.dropout_center_mm), axis=1) >= MODEL.edge_min_dropout_distance_mm
+    candidates = np.flatnonzero((counts >= MODEL.edge_min_voxels) & far)
+    candidates = candidates[rng.permutation(len(candidates))]
+    used: set[int] = set()
+    pairs = []
+    for a in candidates:
+        if a in used:
+            continue
+        partner = next((b for b in candidates if b not in used and b != a and networks[b] != networks[a]), None)
+        if partner is None:
+            continue
+        used.update((a, partner))
+        pairs.append(tuple(sorted((int(a), int(partner)))))
+        if len(pairs) == MODEL.n_edges:
+            break
+    if len(pairs) < MODEL.n_edges:
+        raise RuntimeError("could not choose enough disjoint cross-network edges")
+    pairs.sort()
+    i, j = np.array(pairs).T
+    return pd.DataFrame({"region_i": i + 1, "region_j": j + 1})
+
+
+def _participants(n: int, rng: np.random.Generator) -> pd.DataFrame:
+    width = max(2, len(str(n)))
+    quarter = n // 4
+    # Cells response x drug of equal size; sites alternate within each cell, starting
+    # on a different site in alternate cells, so site is balanced overall.
+    response = np.repeat([0, 0, 1, 1], quarter)
+    drug = np.repeat(["drugA", "drugB", "drugA", "drugB"], quarter)
+    site = np.concatenate([
+        np.where((np.arange(quarter) + cell) % 2 == 0, "site1", "site2") for cell in range(4)
+    ])
+    order = rng.permutation(n)
+    table = pd.DataFrame({
+        "participant_id": [f"sub-{i + 1:0{width}d}" for i in range(n)],
+        "age": rng.integers(20, 66, size=n),
+        "sex": rng.choice(np.array(["F", "M"]), size=n),
+        "response": response[order],
+        "drug": drug[order],
+        "site": site[order],
+    })
+    return table
+
+
+# --------------------------------------------------------------------------- grids
+
+
+def _axis_indices(src_affine, src_shape, dst_affine, dst_shape):
+    """Nearest source index along each axis for a destination grid (axis-aligned affines)."""
+    for aff in (src_affine, dst_affine):
+        if not np.allclose(aff[:3, :3], np.diag(np.diag(aff[:3, :3]))):
+            raise ValueError("only axis-aligned (diagonal) affines are supported")
+    out = []
+    for ax in range(3):
+        world = dst_affine[ax, 3] + dst_affine[ax, ax] * np.arange(dst_shape[ax])
+        idx = np.floor((world - src_affine[ax, 3]) / src_affine[ax, ax] + 0.5).astype(int)
+        out.append((idx, (idx >= 0) & (idx < src_shape[ax])))
+    return out
+
+
+def _nearest(src: np.ndarray, src_affine, dst_affine, dst_shape, fill=0) -> np.ndarray:
+    axes = _axis_indices(src_affine, src.shape, dst_affine, dst_shape)
+    clipped = [np.clip(i, 0, n - 1) for (i, _), n in zip(axes, src.shape)]
+    out = src[np.ix_(*clipped)].copy()
+    valid = axes[0][1][:, None, None] & axes[1][1][None, :, None] & axes[2][1][None, None, :]
+    out[~valid] = fill
+    return out
+
+
+def _shared_arrays(atlas, atlas_labels, grid_shape, grid_affine, raw_shape, raw_affine, bold_res) -> dict:
+    from nilearn.datasets import load_mni152_brain_mask, load_mni152_template
+
+    template = load_mni152_template(resolution=2)
+    brain = load_mni152_brain_mask(resolution=2)
+    t1 = np.asarray(template.get_fdata(), dtype=np.float32)
+    labels = _nearest(atlas_labels, atlas.affine, grid_affine, grid_shape)
+    mask = _nearest(np.asarray(brain.dataobj) > 0, brain.affine, grid_affine, grid_shape, fill=False)
+    mask |= labels > 0
+    t1_grid = _nearest(t1, template.affine, grid_affine, grid_shape)
+    # raw grid -> BOLD grid flat (Fortran) index of the voxel it samples
+    axes = _axis_indices(grid_affine, grid_shape, raw_affine, raw_shape)
+    ii, jj, kk = np.meshgrid(*[np.clip(i, 0, n - 1) for (i, _), n in zip(axes, grid_shape)], indexing="ij")
+    raw_source = np.ravel_multi_index((ii, jj, kk), grid_shape, order="F").ravel(order="F")
+    return {
+        "labels": labels,
+        "mask": mask,
+        "t1_grid": t1_grid,
+        "grid_affine": grid_affine,
+        "raw_affine": raw_affine,
+        "raw_shape": raw_shape,
+        "raw_source": raw_source,
+        "template": t1,
+        "template_affine": template.affine,
+    }
+
+
+# --------------------------------------------------------------------------- subjects
+
+
+_WORKER_SHARED: dict | None = None
+
+
+def _init_worker(shared: dict) -> None:
+    global _WORKER_SHARED
+    _WORKER_SHARED = shared
+
+
+def _worker(spec: dict) -> dict:
+    assert _WORKER_SHARED is not None
+    return _simulate_subject(spec, _WORKER_SHARED)
+
+
+def _run_subjects(specs: list[dict], shared: dict, jobs: int) -> list[dict]:
+    jobs = min(jobs, len(specs))
+    if jobs == 1:
+        return [_simulate_subject(spec, shared) for spec in specs]
+    # spawn: workers start clean (no inherited BLAS thread pools or locks).
+    with ProcessPoolExecutor(
+        max_workers=jobs, mp_context=get_context("spawn"), initializer=_init_worker, initargs=(shared,)
+    ) as pool:
+        return list(pool.map(_worker, specs))
+
+
+def _simulate_subject(spec: dict, shared: dict) -> dict:
+    """Simulate one subject and write all of its files; return its ground-truth facts."""
+    rng = np.random.default_rng(spec["seed_seq"])
+    root = Path(shared["root"])
+    label, n_trs, tr = spec["label"], shared["n_trs"], shared["tr"]
+    sub = f"sub-{label}"
+    grid_affine = shared["grid_affine"]
+    labels3d, mask3d = shared["labels"], shared["mask"].copy()
+    shape = labels3d.shape
+
+    # --- latent region signals: stationary VAR(1) with covariance Sigma_group
+    chol = shared["chol"][spec["response"]]
+    phi = MODEL.ar_coef(tr)
+    innov = rng.standard_normal((n_trs, chol.shape[0])) @ chol.T
+    x = np.empty_like(innov)
+    x[0] = innov[0]
+    scale = np.sqrt(1.0 - phi**2)
+    for t in range(1, n_trs):
+        x[t] = phi * x[t - 1] + scale * innov[t]
+
+    # --- subject attributes
+    dropout = None
+    if spec["dropout"]:
+        centre = np.array(MODEL.dropout_center_mm) + rng.normal(0, MODEL.dropout_center_jitter_mm, 3)
+        radius = rng.uniform(*MODEL.dropout_radius_mm)
+        ijk = np.indices(shape).reshape(3, -1).T
+        xyz = nib.affines.apply_affine(grid_affine, ijk).reshape(*shape, 3)
+        mask3d &= np.linalg.norm(xyz - centre, axis=-1) > radius
+        dropout = {"center_mm": centre.round(3).tolist(), "radius_mm": round(float(radius), 3)}
+    motion, spikes = _motion(rng, n_trs, spec["spikes"])
+    phys_phi = MODEL.physio_ar_coef(tr)
+    physio = np.empty((n_trs, 2))
+    e = rng.standard_normal((n_trs, 2))
+    physio[0] = e[0]
+    for t in range(1, n_trs):
+        physio[t] = phys_phi * physio[t - 1] + np.sqrt(1 - phys_phi**2) * e[t]
+    cosines = dct_highpass_basis(n_trs, tr, MODEL.high_pass_cutoff_s)
+    subject_scale = rng.uniform(*MODEL.baseline_subject_range)
+
+    # --- voxels, atlas (grey-matter) voxels first so the signal is added to a slice
+    flat_labels = labels3d.ravel(order="F")
+    flat_mask = mask3d.ravel(order="F")
+    in_gm = np.flatnonzero(flat_mask & (flat_labels > 0))
+    in_other = np.flatnonzero(flat_mask & (flat_labels == 0))
+    vox = np.concatenate([in_gm, in_other])
+    n_gm, n_vox = len(in_gm), len(vox)
+    region = flat_labels[in_gm].astype(np.intp) - 1
+    t1v = shared["t1_grid"].ravel(order="F")[vox]
+    wm = np.zeros(n_vox, bool)
+    wm[n_gm:] = t1v[n_gm:] >= np.median(t1v[n_gm:])
+    csf = np.zeros(n_vox, bool)
+    csf[n_gm:] = ~wm[n_gm:]
+
+    baseline = (MODEL.baseline_intercept + MODEL.baseline_t1_slope * t1v) * subject_scale
+    baseline *= 1 + MODEL.baseline_voxel_jitter * rng.standard_normal(n_vox)
+    baseline = baseline.astype(np.float32)
+
+    # nuisance regressors (affine in confound columns) and their voxel weights
+    ijk = np.array(np.unravel_index(vox, shape, order="F")).T
+    xi = nib.affines.apply_affine(grid_affine, ijk) / np.array([70.0, 90.0, 60.0])
+    design = np.column_stack([np.ones(n_vox), xi])  # smooth spatial patterns
+
+    def pattern(n):
+        beta = rng.standard_normal((4, n))
+        return design @ beta + MODEL.spatial_scatter * rng.standard_normal((n_vox, n))
+
+    motion_units = motion.copy()
+    motion_units[:, 3:] *= MODEL.motion_rot_radius_mm  # radians -> mm of arc
+    w_motion = MODEL.motion_pct_per_mm * pattern(6)
+    own = {"csf": np.where(csf, MODEL.csf_weight_own, MODEL.physio_weight_other),
+           "wm": np.where(wm, MODEL.wm_weight_own, MODEL.physio_weight_other)}
+    w_physio = np.column_stack([own["csf"], own["wm"]]) * (
+        1 + MODEL.physio_weight_jitter * rng.standard_normal((n_vox, 2))
+    )
+    n_cos = cosines.shape[1]
+    w_drift = pattern(n_cos) * (MODEL.drift_pct / np.arange(1, n_cos + 1)) if n_cos else np.zeros((n_vox, 0))
+    regressors = np.column_stack([motion_units, physio, cosines * np.sqrt(n_trs / 2.0)]).astype(np.float32)
+    weights_t = np.ascontiguousarray(np.column_stack([w_motion, w_physio, w_drift]).T, dtype=np.float32)
+
+    # --- simulate in TR chunks (float32 throughout)
+    xs = x.astype(np.float32)
+    amp = np.float32(MODEL.signal_pct)
+    bold = np.empty((n_trs, n_vox), np.float32)
+    pct_scale = (baseline * np.float32(0.01)).astype(np.float32)
+    for t0 in range(0, n_trs, _TR_CHUNK):
+        sl = slice(t0, min(n_trs, t0 + _TR_CHUNK))
+        p = rng.standard_normal((sl.stop - sl.start, n_vox), dtype=np.float32)
+        p *= np.float32(MODEL.noise_pct)
+        p += regressors[sl] @ weights_t
+        p[:, :n_gm] += amp * xs[sl][:, region]
+        p *= pct_scale
+        p += baseline
+        bold[sl] = p
+
+    # --- confounds
+    confounds, compcor_meta = _confounds(
+        bold, motion, physio, cosines, baseline, csf, wm, own, n_gm
+    )
+
+    # --- write
+    func = root / "derivatives" / "fmriprep" / sub / "func"
+    run = f"{sub}/func/{sub}_task-{TASK}"
+    res_entity = TEMPLATE_RES if shared["bold_res"] == 2 else None
+    ents = {"space": TEMPLATE_SPACE, "res": res_entity}
+    deriv_root = root / "derivatives" / "fmriprep"
+    zooms3 = tuple(float(abs(grid_affine[a, a])) for a in range(3))
+    preproc = deriv_root / derivative(run, suffix="bold", extension=".nii.gz", desc="preproc", **ents)
+    hdr = _header((*shape, n_trs), grid_affine, np.float32, (*zooms3, tr), _MNI_CODE)
+    _save_volumes(preproc, hdr, _scatter_volumes(bold, vox, int(np.prod(shape)), np.float32))
+    write_json(preproc.with_name(preproc.name.replace(".nii.gz", ".json")), {
+        "RepetitionTime": tr,
+        "SkullStripped": False,
+        "TaskName": TASK,
+        "Description": f"Synthetic preprocessed BOLD written by {GENERATOR_NAME} (not by fMRIPrep).",
+    })
+    mask_path = deriv_root / derivative(run, suffix="mask", extension=".nii.gz", desc="brain", **ents)
+    mhdr = _header(shape, grid_affine, np.uint8, zooms3, _MNI_CODE)
+    save_nifti(nib.Nifti1Image(mask3d.astype(np.uint8), grid_affine, mhdr), mask_path)
+    write_json(mask_path.with_name(mask_path.name.replace(".nii.gz", ".json")), {"Type": "Brain"})
+    conf_path = func / f"{sub}_task-{TASK}_desc-confounds_timeseries.tsv"
+    write_tsv(conf_path, confounds)
+    write_json(conf_path.with_suffix(".json"), compcor_meta)
+
+    # raw BIDS: 4 mm, int16, same simulated volumes (see module docstring)
+    raw_dir = root / "bids" / sub
+    pos = np.full(int(np.prod(shape)), -1, np.int64)
+    pos[vox] = np.arange(n_vox)
+    src = pos[shared["raw_source"]]
+    keep = np.flatnonzero(src >= 0)
+    raw_vals = np.clip(np.rint(bold[:, src[keep]]), 0, np.iinfo(np.int16).max).astype(np.int16)
+    raw_shape = shared["raw_shape"]
+    raw_zooms = (float(RAW_RES),) * 3
+    rhdr = _header((*raw_shape, n_trs), shared["raw_affine"], np.int16, (*raw_zooms, tr), _SCANNER_CODE)
+    raw_bold = raw_dir / "func" / f"{sub}_task-{TASK}_bold.nii.gz"
+    _save_volumes(raw_bold, rhdr, _scatter_volumes(raw_vals, keep, int(np.prod(raw_shape)), np.int16))
+    write_json(raw_bold.with_name(f"{sub}_task-{TASK}_bold.json"), {"RepetitionTime": tr, "TaskName": TASK})
+    template = shared["template"]
+    head = template > 0
+    t1w = np.zeros(template.shape, np.float32)
+    t1w[head] = template[head] * 1000 * subject_scale + rng.normal(0, 10, int(head.sum()))
+    t1w = np.clip(np.rint(t1w), 0, np.iinfo(np.int16).max).astype(np.int16)
+    thdr = _header(template.shape, shared["template_affine"], np.int16, (2.0, 2.0, 2.0), _SCANNER_CODE)
+    save_nifti(nib.Nifti1Image(t1w, shared["template_affine"], thdr), raw_dir / "anat" / f"{sub}_T1w.nii.gz")
+
+    # ground truth: latent region signals
+    gt = pd.DataFrame(x, columns=shared["region_names"])
+    write_tsv(root / "ground_truth" / f"{sub}_desc-true_timeseries.tsv", gt)
+
+    # coverage of each region: voxels in this subject's mask / voxels on the grid
+    on_grid = np.bincount(flat_labels, minlength=A424_N_REGIONS + 1)[1:]
+    seen = np.bincount(flat_labels[in_gm], minlength=A424_N_REGIONS + 1)[1:]
+    partial = np.flatnonzero((seen < on_grid) & (seen > 0)) + 1
+    absent = np.flatnonzero(seen == 0) + 1
+    fd = confounds["framewise_displacement"].to_numpy()
+    return {
+        "participant_id": sub,
+        "response": spec["response"],
+        "group": "responder" if spec["response"] else "non-responder",
+        "dropout": dropout,
+        "motion_spikes_volume": spikes,
+        "n_motion_outliers": int(sum(c.startswith("motion_outlier") for c in confounds.columns)),
+        "mean_framewise_displacement": round(float(np.nanmean(fd)), 6),
+        "n_voxels_in_mask": int(n_vox),
+        "regions_partial_coverage": partial.tolist(),
+        "regions_absent": absent.tolist(),
+        "baseline_scale": round(float(subject_scale), 6),
+    }
+
+
+def _motion(rng: np.random.Generator, n_trs: int, with_spikes: bool) -> tuple[np.ndarray, list[int]]:
+    """Six rigid-body parameters (mm, mm, mm, rad, rad, rad): smoothed random walks + spikes."""
+    from scipy.ndimage import gaussian_filter1d
+
+    level = np.exp(rng.normal(0.0, MODEL.motion_level_log_sd))
+    steps = rng.standard_normal((n_trs, 6)) * level
+    steps[:, :3] *= MODEL.motion_trans_step_mm
+    steps[:, 3:] *= MODEL.motion_rot_step_rad
+    walk = gaussian_filter1d(np.cumsum(steps, axis=0), MODEL.motion_smooth_tr, axis=0, mode="nearest")
+    walk -= walk[0]
+    spikes: list[int] = []
+    if with_spikes:
+        lo, hi = MODEL.spike_count_range
+        n = int(rng.integers(lo, hi + 1))
+        spikes = sorted(rng.choice(np.arange(2, n_trs - 2), size=n, replace=False).tolist())
+        for t in spikes:
+            direction = rng.standard_normal(3)
+            walk[t, :3] += direction / np.linalg.norm(direction) * rng.uniform(*MODEL.spike_trans_mm)
+            rot = rng.standard_normal(3)
+            walk[t, 3:] += rot / np.linalg.norm(rot) * rng.uniform(*MODEL.spike_rot_rad)
+    return walk, spikes
+
+
+def dct_highpass_basis(n_trs: int, tr: float, cutoff_s: float = 128.0) -> np.ndarray:
+    """DCT-II cosine regressors of a ``cutoff_s`` high-pass filter, as fMRIPrep writes them.
+
+    Order ``max(floor(2 n tr / cutoff), 1)``, the constant term dropped, each column
+    ``sqrt(2 / n) cos(pi k (t + 1/2) / n)`` for ``k = 1 .. order - 1``.
+    """
+    order = max(int(np.floor(2 * n_trs * tr / cutoff_s)), 1)
+    t = np.arange(n_trs)
+    k = np.arange(1, order)
+    return np.sqrt(2.0 / n_trs) * np.cos(np.pi / n_trs * (t[:, None] + 0.5) * k[None, :])
+
+
+# --------------------------------------------------------------------------- confounds
+
+
+def _expansions(name: str, values: np.ndarray) -> dict[str, np.ndarray]:
+    """fMRIPrep's expansions: backward difference (first row n/a) and squares."""
+    deriv = np.concatenate([[np.nan], np.diff(values)])
+    return {
+        name: values,
+        f"{name}_derivative1": deriv,
+        f"{name}_derivative1_power2": deriv**2,
+        f"{name}_power2": values**2,
+    }
+
+
+def framewise_displacement(motion: np.ndarray, radius_mm: float = 50.0) -> np.ndarray:
+    """Power et al. (2012) FD from (trans mm x3, rot rad x3); first value NaN."""
+    diff = np.abs(np.diff(motion, axis=0))
+    fd = diff[:, :3].sum(1) + radius_mm * diff[:, 3:].sum(1)
+    return np.concatenate([[np.nan], fd])
+
+
+def _confounds(bold, motion, physio, cosines, baseline, csf, wm, own, n_gm):
+    n_trs, n_vox = bold.shape
+    columns: dict[str, np.ndarray] = {}
+    gs = bold.mean(axis=1, dtype=np.float64)
+    csf_col = baseline[csf].mean(dtype=np.float64) * (1 + 0.01 * MODEL.csf_weight_own * physio[:, 0])
+    wm_col = baseline[wm].mean(dtype=np.float64) * (1 + 0.01 * MODEL.wm_weight_own * physio[:, 1])
+    for name, values in (("global_signal", gs), ("csf", csf_col), ("white_matter", wm_col)):
+        columns.update(_expansions(name, values))
+
+    # Pre-filter (mean + cosines) used by CompCor, and the per-voxel statistics of DVARS.
+    basis, _ = np.linalg.qr(np.column_stack([np.ones(n_trs), cosines]))
+    norm = MODEL.dvars_intensity_normalization / np.median(bold.mean(axis=0, dtype=np.float64))
+    diff_sq = np.zeros(n_trs - 1)
+    sd_sum = 0.0
+    variance = np.empty(n_vox)
+    gram_a = np.zeros((n_trs, n_trs))
+    acomp = np.zeros(n_vox, bool)
+    acomp[n_gm:] = True  # in-mask voxels outside the atlas labels (WM + CSF)
+    for v0 in range(0, n_vox, _VOXEL_CHUNK):
+        block = bold[:, v0 : v0 + _VOXEL_CHUNK].astype(np.float64) * norm
+        # DVARS (nipype ComputeDVARS): robust SD, lag-1 AR (Yule-Walker), temporal differences
+        q75, q25 = np.percentile(block, [75, 25], axis=0, method="lower")
+        sd = (q75 - q25) / 1.349
+        centred = block - block.mean(axis=0)
+        denom = np.einsum("tv,tv->v", centred, centred)
+        ar1 = np.einsum("tv,tv->v", centred[1:], centred[:-1]) / np.where(denom > 0, denom, 1.0)
+        ok = sd > 0  # nipype drops zero-variance voxels
+        sd_sum += float((np.sqrt(2 * (1 - ar1[ok])) * sd[ok]).sum())
+        d = np.diff(block, axis=0)
+        diff_sq += np.einsum("tv,tv->t", d, d)
+        # CompCor input: remove mean + cosines, variance-normalise
+        resid = block - basis @ (basis.T @ block)
+        var = resid.var(axis=0)
+        variance[v0 : v0 + block.shape[1]] = var
+        sel = acomp[v0 : v0 + block.shape[1]] & (var > 0)
+        if sel.any():
+            z = resid[:, sel] / np.sqrt(var[sel])
+            gram_a += z @ z.T
+    dvars = np.sqrt(diff_sq / n_vox)
+    std_dvars = dvars / (sd_sum / n_vox)
+    n_top = max(int(np.ceil(MODEL.tcompcor_fraction * n_vox)), MODEL.n_compcor + 1)
+    top = np.sort(np.argsort(variance, kind="stable")[-n_top:])
+    block = bold[:, top].astype(np.float64)
+    resid = block - basis @ (basis.T @ block)
+    z = resid / np.sqrt(resid.var(axis=0))
+    a_comp, a_meta = _pca_components(gram_a, "a_comp_cor", {"Method": "aCompCor", "Mask": "combined"})
+    t_comp, t_meta = _pca_components(z @ z.T, "t_comp_cor", {"Method": "tCompCor"})
+
+    fd = framewise_displacement(motion, MODEL.motion_rot_radius_mm)
+    columns["std_dvars"] = np.concatenate([[np.nan], std_dvars])
+    columns["dvars"] = np.concatenate([[np.nan], dvars])
+    columns["framewise_displacement"] = fd
+    columns.update(t_comp)
+    columns.update(a_comp)
+    for k in range(cosines.shape[1]):
+        columns[f"cosine{k:02d}"] = cosines[:, k]
+    for i, name in enumerate(_MOTION):
+        columns.update(_expansions(name, motion[:, i]))
+    outliers = np.flatnonzero(
+        (np.nan_to_num(fd) > MODEL.fd_threshold_mm) | (np.nan_to_num(columns["std_dvars"]) > MODEL.std_dvars_threshold)
+    )
+    for n, t in enumerate(outliers):
+        one_hot = np.zeros(n_trs, dtype=np.int64)
+        one_hot[t] = 1
+        columns[f"motion_outlier_{n:02d}"] = one_hot
+    meta = {**t_meta, **a_meta}
+    for k in range(cosines.shape[1]):
+        meta[f"cosine{k:02d}"] = {
+            "Method": "DCT-II high-pass basis",
+            "CutoffPeriod": MODEL.high_pass_cutoff_s,
+            "Description": "Discrete cosine regressor of the high-pass filter (constant term dropped).",
+        }
+    return pd.DataFrame(columns), meta
+
+
+def _pca_components(gram: np.ndarray, prefix: str, fields: dict) -> tuple[dict, dict]:
+    """Leading left singular vectors of the (time x voxel) matrix, from its Gram matrix."""
+    evals, evecs = np.linalg.eigh(gram)
+    evals, evecs = evals[::-1].clip(min=0), evecs[:, ::-1]
+    singular = np.sqrt(evals)
+    explained = evals / evals.sum()
+    cumulative = np.cumsum(explained)
+    comps, meta = {}, {}
+    for k in range(MODEL.n_compcor):
+        u = evecs[:, k]
+        u = u * (1.0 if u[np.argmax(np.abs(u))] >= 0 else -1.0)  # fixed sign convention
+        name = f"{prefix}_{k:02d}"
+        comps[name] = u
+        meta[name] = {
+            **fields,
+            "Retained": True,
+            "SingularValue": float(singular[k]),
+            "VarianceExplained": float(explained[k]),
+            "CumulativeVarianceExplained": float(cumulative[k]),
+        }
+    return comps, meta
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _header(shape, affine, dtype, zooms, code) -> nib.Nifti1Header:
+    hdr = nib.Nifti1Header()
+    hdr.set_data_dtype(dtype)
+    hdr.set_data_shape(shape)
+    hdr.set_qform(affine, code=code)
+    hdr.set_sform(affine, code=code)
+    hdr.set_zooms(zooms)
+    hdr.set_xyzt_units("mm", "sec" if len(shape) == 4 else "unknown")
+    return hdr
+
+
+def _scatter_volumes(values: np.ndarray, index: np.ndarray, size: int, dtype) -> Iterable[np.ndarray]:
+    """Full volumes (Fortran-ordered flat) with ``values[t]`` at ``index``, one at a time."""
+    buf = np.zeros(size, dtype)
+    for row in values:
+        buf[index] = row
+        yield buf
+
+
+def _save_volumes(path: Path, header: nib.Nifti1Header, volumes: Iterable[np.ndarray]) -> None:
+    """Write a 4D NIfTI one volume at a time (no full 4D array in memory).
+
+    Uses nibabel's own header writer and its deterministic gzip opener (mtime 0, the
+    compression level nibabel uses), so the bytes are those ``nibabel.save`` writes.
+    """
+    from nibabel.openers import Opener
+
+    with atomic_path(path) as tmp:
+        with Opener(tmp, "wb") as fobj:
+            header = header.copy()
+            header.write_to(fobj)  # sets vox_offset and writes the empty extension flag
+            for vol in volumes:
+                fobj.write(vol.tobytes())
+
+
+def _write_bids_top(bids: Path, participants: pd.DataFrame, n_trs: int, tr: float) -> None:
+    bids.mkdir(parents=True, exist_ok=True)
+    write_json(bids / "dataset_description.json", {
+        "Name": "fmriflow synthetic resting-state demo",
+        "BIDSVersion": BIDS_VERSION,
+        "DatasetType": "raw",
+        "License": "CC0",
+        "Authors": ["fmriflow demo generator"],
+        "GeneratedBy": [{
+            "Name": GENERATOR_NAME,
+            "Version": __version__,
+            "CodeURL": CODE_URL,
+            "Description": "Synthetic data from a documented generative model (fmriflow.demo).",
+        }],
+    })
+    write_text(bids / "README", (
+        "fmriflow synthetic resting-state demo\n"
+        "=====================================\n\n"
+        f"Simulated data written by {GENERATOR_NAME} {__version__} (module fmriflow.demo), "
+        "not acquired from people.\n"
+        f"{len(participants)} participants, one resting-state run each ({n_trs} volumes, TR {tr:g} s).\n"
+        "The BOLD images are the simulated signal on a 4 mm grid aligned with MNI space; the\n"
+        "T1w images are the MNI152 template with noise. The generative model, its parameters\n"
+        "and the planted connectivity differences between responders and non-responders are\n"
+        "in ../ground_truth/ground_truth.json.\n"
+    ))
+    write_tsv(bids / "participants.tsv", participants)
+    write_json(bids / "participants.json", {
+        "participant_id": {"Description": "Participant label"},
+        "age": {"Description": "Simulated age", "Units": "year"},
+        "sex": {"Description": "Simulated sex", "Levels": {"F": "female", "M": "male"}},
+        "response": {
+            "Description": "Simulated treatment response; responders have the planted connectivity differences",
+            "Levels": {"0": "non-responder", "1": "responder"},
+        },
+        "drug": {"Description": "Simulated treatment arm", "Levels": {"drugA": "drug A", "drugB": "drug B"}},
+        "site": {"Description": "Simulated acquisition site", "Levels": {"site1": "site 1", "site2": "site 2"}},
+    })
+
+
+def _write_fmriprep_top(root: Path) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    write_json(root / "dataset_description.json", {
+        "Name": "fmriflow synthetic demo: fMRIPrep-shaped derivatives",
+        "BIDSVersion": BIDS_VERSION,
+        "DatasetType": "derivative",
+        "GeneratedBy": [{
+            "Name": GENERATOR_NAME,
+            "Version": __version__,
+            "CodeURL": CODE_URL,
+            "Description": "Synthetic derivatives laid out like fMRIPrep's; fMRIPrep did not produce them.",
+        }],
+    })
+
+
+def _write_ground_truth(
+    gt: Path, *, labels_table, networks, edges, sigma0, sigma1, participants, results, settings
+) -> None:
+    names = labels_table["name"].to_numpy()
+    i = edges["region_i"].to_numpy() - 1
+    j = edges["region_j"].to_numpy() - 1
+    table = pd.DataFrame({
+        "region_i": i + 1,
+        "region_j": j + 1,
+        "name_i": names[i],
+        "name_j": names[j],
+        "network_i": networks[i],
+        "network_j": networks[j],
+        "corr_nonresponder": sigma0[i, j],
+        "corr_responder": sigma1[i, j],
+        "delta": sigma1[i, j] - sigma0[i, j],
+    })
+    write_tsv(gt / "edges.tsv", table)
+    model = asdict(MODEL)
+    model["ar_coef"] = MODEL.ar_coef(settings["tr"])
+    model["physio_ar_coef"] = MODEL.physio_ar_coef(settings["tr"])
+    model["unique_variance"] = 1 - MODEL.network_loading**2 - MODEL.global_loading**2
+    model["within_network_corr"] = MODEL.network_loading**2 + MODEL.global_loading**2
+    model["between_network_corr"] = MODEL.global_loading**2
+    info = {
+        "Description": (
+            "Ground truth of the fmriflow synthetic demo. Region signals follow a VAR(1) whose "
+            "stationary covariance is Sigma0 = B B' + D (non-responders) or Sigma1 = Sigma0 plus "
+            "'edge_delta' on the listed edges (responders); see fmriflow.demo's docstring."
+        ),
+        "GeneratedBy": {"Name": GENERATOR_NAME, "Version": __version__, "CodeURL": CODE_URL},
+        "settings": settings,
+        "model": model,
+        "edges": table[["region_i", "region_j", "name_i", "name_j"]].to_dict(orient="records"),
+        "regions": [
+            {"index": int(r.index), "name": r.name, "network": int(networks[k]), "x": float(r.x), "y": float(r.y), "z": float(r.z)}
+            for k, r in enumerate(labels_table.itertuples())
+        ],
+        "subjects": {
+            res["participant_id"]: {**participants.iloc[n].drop("participant_id").to_dict(), **res}
+            for n, res in enumerate(results)
+        },
+        "files": {
+            "edges": "edges.tsv",
+            "true_timeseries": "sub-<label>_desc-true_timeseries.tsv (n_trs rows x 424 regions, column = region name)",
+        },
+    }
+    write_json(gt / "ground_truth.json", info)
+
+
+def _move_into_place(staging: Path, out_dir: Path) -> None:
+    if out_dir.exists():
+        if any(out_dir.iterdir()):
+            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
+            os.replace(out_dir, old / "previous")
+            os.replace(staging, out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+            return
+        out_dir.rmdir()
+    os.replace(staging, out_dir)

@@ -1,0 +1,178 @@
+"""The real Snakemake DAG on a small demo dataset, checked against independent computations.
+
+Runs ``snakemake --profile profiles/local`` as a user would, then recomputes the region
+time series with nilearn's NiftiLabelsMasker and the FC with numpy's corrcoef.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from bids.layout import parse_file_entities
+from nilearn.maskers import NiftiLabelsMasker
+
+from fmriflow.io import read_tsv, sha256sum
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.integration
+
+
+def run_snakemake(workdir: Path, config: dict, *extra: str) -> subprocess.CompletedProcess:
+    cfg = workdir / "config.yaml"
+    cfg.write_text(yaml.safe_dump(config))
+    cmd = [sys.executable, "-m", "snakemake", "--profile", "profiles/local", "--cores", "2",
+           "--configfile", str(cfg), "--directory", str(REPO), *extra]
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=1200)
+
+
+def make_demo(out: Path, atlas_dir: Path, **kwargs) -> Path:
+    from fmriflow.demo import generate_demo
+
+    generate_demo(out, atlas_dir / "A424+2mm.nii.gz", atlas_dir / "A424_Coordinates.dat", jobs=2, **kwargs)
+    return out
+
+
+def demo_config(demo: Path, results: Path) -> dict:
+    return {
+        "bids_dir": str(demo / "bids"),
+        "output_dir": str(results),
+        "preproc": {"mode": "derivatives", "derivatives_dir": str(demo / "derivatives" / "fmriprep")},
+        "report": {"group_column": "response", "ground_truth": str(demo / "ground_truth" / "edges.tsv")},
+    }
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory, atlas_dir):
+    base = tmp_path_factory.mktemp("wf")
+    demo = make_demo(base / "demo", atlas_dir, n_subjects=4, n_trs=60, seed=3)
+    results = base / "results"
+    proc = run_snakemake(base, demo_config(demo, results))
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    return demo, results, base
+
+
+def _runs(results: Path) -> list[Path]:
+    return sorted((results / "fmriflow").glob("sub-*/func/*_stat-mean_timeseries.tsv"))
+
+
+def test_every_run_has_timeseries_and_fc(pipeline):
+    demo, results, _ = pipeline
+    raw = sorted((demo / "bids").glob("sub-*/func/*_bold.nii.gz"))
+    assert len(raw) == 4 and len(_runs(results)) == 4
+    assert (results / "report" / "fmriflow_report.html").stat().st_size > 10_000
+    validation = json.loads((results / "bids" / "validation.json").read_text())
+    assert validation["n_errors"] == 0
+
+
+def test_timeseries_equal_nilearn_masker(pipeline, a424_labels):
+    _, results, _ = pipeline
+    atlas = results / "fmriflow/atlases/atlas-A424/atlas-A424_space-MNI152NLin6Asym_res-2_dseg.nii.gz"
+    for ts_path in _runs(results):
+        stem = ts_path.name.split("_space-")[0]
+        denoised = ts_path.with_name(f"{stem}_space-MNI152NLin6Asym_res-2_desc-denoised_bold.nii.gz")
+        mask = ts_path.with_name(f"{stem}_space-MNI152NLin6Asym_res-2_desc-brain_mask.nii.gz")
+        ours = read_tsv(ts_path)
+        assert list(ours.columns) == a424_labels["name"].tolist()
+        masker = NiftiLabelsMasker(labels_img=str(atlas), mask_img=str(mask), strategy="mean")
+        ref = masker.fit_transform(str(denoised))
+        ids = masker.region_ids_
+        coverage = read_tsv(ts_path.with_name(f"{stem}_space-MNI152NLin6Asym_res-2_atlas-A424_stat-coverage_bold.tsv"))
+        used = dict(zip(coverage["index"], coverage["used"].astype(str) == "True"))
+        compared = 0
+        for col in range(ref.shape[1]):
+            label = int(ids[col])
+            if used[label]:
+                np.testing.assert_allclose(ours.iloc[:, label - 1], ref[:, col], atol=1e-5, rtol=0)
+                compared += 1
+            else:
+                assert ours.iloc[:, label - 1].isna().all()
+        assert compared > 400
+
+
+def test_fc_equals_corrcoef(pipeline):
+    _, results, _ = pipeline
+    for ts_path in _runs(results):
+        ts = read_tsv(ts_path).to_numpy()
+        fc_path = ts_path.with_name(ts_path.name.replace("stat-mean_timeseries", "stat-pearsoncorrelation_relmat"))
+        fc = read_tsv(fc_path, index_col=0)
+        assert fc.shape == (424, 424)
+        valid = np.isfinite(ts).all(axis=0)
+        np.testing.assert_allclose(fc.to_numpy()[np.ix_(valid, valid)], np.corrcoef(ts[:, valid], rowvar=False), atol=1e-7)
+        assert np.isnan(fc.to_numpy()[~valid]).all()
+
+
+def test_names_parse_as_bids_derivatives(pipeline):
+    _, results, _ = pipeline
+    root = results / "fmriflow"
+    assert json.loads((root / "dataset_description.json").read_text())["DatasetType"] == "derivative"
+    files = [p for p in root.glob("sub-*/func/*") if p.suffix != ".json"]
+    assert len(files) == 4 * 7
+    for path in files:
+        ent = parse_file_entities(str(path))
+        assert ent["subject"] == path.parts[-3].removeprefix("sub-") and ent["task"] == "rest", path
+        if "space-" in path.name:
+            assert ent["space"] == "MNI152NLin6Asym", path
+        assert path.name.split("_")[-1].split(".")[0] == ent["suffix"], path
+
+
+def test_sidecars_record_true_checksums(pipeline):
+    _, results, _ = pipeline
+    artefacts = [p for p in (results / "fmriflow").rglob("*") if p.is_file() and p.suffix in (".tsv", ".gz")]
+    assert artefacts
+    for path in artefacts:
+        sidecar = path.with_name(path.name.split(".")[0] + ".json")
+        assert sidecar.is_file(), f"no sidecar for {path}"
+        record = json.loads(sidecar.read_text())["Provenance"]
+        for item in record["Inputs"]:
+            assert sha256sum(item["path"]) == item["sha256"], (path, item["path"])
+
+
+def test_manifest_lists_raw_files(pipeline):
+    demo, results, _ = pipeline
+    manifest = read_tsv(results / "bids" / "manifest.tsv", dtype={"path": str})
+    raw_files = sorted(p.relative_to(demo / "bids").as_posix() for p in (demo / "bids").rglob("*") if p.is_file())
+    assert sorted(manifest["path"]) == raw_files
+    for _, row in manifest.iterrows():
+        assert sha256sum(demo / "bids" / row["path"]) == row["sha256"]
+    bold = manifest[manifest["suffix"] == "bold"]
+    bold = bold[bold["path"].str.endswith(".nii.gz")]
+    assert (bold["tr"].astype(float) == 2.0).all()
+
+
+def test_rerun_has_nothing_to_do(pipeline):
+    demo, results, base = pipeline
+    proc = run_snakemake(base, demo_config(demo, results), "--dry-run")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Nothing to be done" in proc.stdout + proc.stderr
+
+
+def test_coarser_bold_is_resampled(tmp_path, atlas_dir):
+    demo = make_demo(tmp_path / "demo4", atlas_dir, n_subjects=2, n_trs=40, bold_res=4, seed=5)
+    results = tmp_path / "results"
+    proc = run_snakemake(tmp_path, demo_config(demo, results))
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    resampled = sorted((results / "fmriflow").glob("sub-*/func/*_desc-preproc_bold.nii.gz"))
+    assert len(resampled) == 2
+    for path in resampled:
+        img = nib.load(path)
+        assert img.shape[:3] == (91, 109, 91) and not path.is_symlink()
+        assert json.loads(path.with_name(path.name.replace(".nii.gz", ".json")).read_text())["Provenance"]["Parameters"]["resampled"]
+
+
+def test_missing_derivative_is_named(tmp_path, atlas_dir):
+    demo = make_demo(tmp_path / "demo", atlas_dir, n_subjects=2, n_trs=20, bold_res=4, seed=7)
+    victim = next((demo / "derivatives" / "fmriprep").glob("sub-02/func/*_desc-brain_mask.nii.gz"))
+    victim.unlink()
+    proc = run_snakemake(tmp_path, demo_config(demo, tmp_path / "results"))
+    assert proc.returncode != 0
+    assert "sub-02_task-rest_space-MNI152NLin6Asym_res-2_desc-brain_mask.nii.gz" in proc.stderr
+    assert "not found" in proc.stderr
+    assert not (tmp_path / "results" / "fmriflow").exists()
