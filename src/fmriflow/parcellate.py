@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import InputError
+from .io import load_nifti
 
 STRATEGIES = ("mean", "median")
 
@@ -100,7 +101,7 @@ def parcellate(
 
 
 def _load(img):
-    return img if isinstance(img, nib.spatialimages.SpatialImage) else nib.load(img)
+    return img if isinstance(img, nib.spatialimages.SpatialImage) else load_nifti(img)
 
 
 def _name(img) -> str | None:

@@ -38,7 +38,9 @@ def sidecar_path(artefact: str | Path) -> Path:
     """The JSON sidecar of an artefact: same name, extension replaced by ``.json``."""
     artefact = Path(artefact)
     name = artefact.name
-    for ext in (".nii.gz", ".tsv.gz", ".nii", ".tsv", ".html", ".json", ".png", ".svg"):
+    if name.endswith(".json"):
+        raise ValueError(f"{artefact}: a JSON artefact carries its provenance inside, not in a sidecar")
+    for ext in (".nii.gz", ".tsv.gz", ".nii", ".tsv", ".html", ".png", ".svg"):
         if name.endswith(ext):
             return artefact.with_name(name[: -len(ext)] + ".json")
     return artefact.with_name(name + ".json")

@@ -35,8 +35,9 @@ A424_GROUPS = (("Cortex R", 1, 180), ("Cortex L", 181, 360), ("Subcortex", 361, 
 
 DPI = 100  # fixed, so that figure bytes do not depend on the machine's defaults
 _MAX_TICK_RUNS = 40  # beyond this many runs, per-run tick labels are left out of figures
-_MAX_INLINE_SOURCES = 6
-_DIFF_META_KEYS = ("GroupColumn", "Levels", "N", "Contrast", "Note")  # shown from the group difference's sidecar  # beyond this many files, a caption lists its sources in a <details>
+_MAX_INLINE_SOURCES = 6  # beyond this many files, a caption lists its sources in a <details>
+_QC_NUMBERS = ("n_volumes", "tr", "mean_fd", "max_fd", "fd_threshold", "n_high_motion", "mean_std_dvars")
+_DIFF_META_KEYS = ("GroupColumn", "Levels", "N", "Contrast", "Note")  # shown from the group difference's sidecar
 
 
 def build_report(
@@ -67,11 +68,19 @@ def build_report(
         The one-row run QC tables and the per-run A424 coverage tables.
     group_fc, group_diff : path
         Group-mean FC matrix and (optionally) a group difference; the difference's JSON
-        sidecar, if any, is shown (``GroupColumn``, ``Levels``, ``N``).
+        sidecar, if any, is shown (``GroupColumn``, ``Levels``, ``N``, ``Contrast``, ``Note``).
+        Matrices are put in atlas-label order by region name (names of the coverage tables).
     ground_truth_edges : path, optional
-        Planted edges of a demo dataset: their planted and observed differences are compared.
+        Planted edges of a demo dataset (atlas labels ``region_i``, ``region_j`` and ``delta``):
+        their planted and observed differences are compared, and each edge is ranked among
+        all edges by absolute observed difference.
     config : mapping or path (YAML/JSON), optional
         The resolved config, shown in the provenance section.
+
+    Raises
+    ------
+    InputError
+        An input file is missing or unusable; the message names it.
 
     Returns
     -------
@@ -97,7 +106,7 @@ def build_report(
     fc = _read_matrix(group_fc, regions)
     diff = _read_matrix(group_diff, regions) if group_diff is not None else None
     diff_meta = _read_diff_meta(group_diff) if group_diff is not None else {}
-    edges = _read_edges(ground_truth_edges, len(regions)) if ground_truth_edges is not None else None
+    edges = _read_edges(ground_truth_edges, regions) if ground_truth_edges is not None else None
     config = _read_config(config)
 
     figures = _Figures()
@@ -105,7 +114,7 @@ def build_report(
     recovery = _recovery(edges, diff) if edges is not None else None
     dropped = _dropped_regions(cov, regions)
     sections = [
-        ("summary", "Summary", _summary_section(people, files, checks, runs, dropped, config, validation)),
+        ("summary", "Summary", _summary_section(people, files, checks, run_table, dropped, config, validation)),
         ("dataset", "Dataset", _dataset_section(people, participants)),
         ("run-qc", "Run QC", _qc_section(run_table, runs, qc, coverage, figures)),
         ("coverage", "Coverage", _coverage_section(cov, regions, dropped, coverage, config, figures)),
@@ -132,7 +141,8 @@ def build_report(
 
 
 def _summary_section(people, files, checks, runs, dropped, config, validation_path) -> str:
-    n_bold = int((files.get("suffix") == "bold").sum()) if "suffix" in files else None
+    is_image = files["path"].str.endswith((".nii", ".nii.gz"))
+    n_bold = int((is_image & (files["suffix"] == "bold")).sum()) if "suffix" in files else None
     cards = [
         ("Subjects (participants.tsv)", people["participant_id"].nunique(), ""),
         ("Subjects with processed runs", runs["subject"].nunique(), ""),
@@ -294,7 +304,7 @@ def _run_table(runs: pd.DataFrame, cov: dict[str, pd.DataFrame]) -> pd.DataFrame
         columns=["label", "min_coverage", "median_coverage", "n_dropped"],
     )
     table = runs.merge(cov_rows, on="label", how="outer").sort_values("label", kind="stable")
-    for col in ("subject", "n_volumes", "tr", "mean_fd", "max_fd", "n_high_motion", "fd_threshold", "mean_std_dvars"):
+    for col in _QC_NUMBERS:
         if col not in table:
             table[col] = np.nan
     table["subject"] = _subjects(table["label"])
@@ -306,16 +316,15 @@ def _dropped_regions(cov: dict[str, pd.DataFrame], regions: pd.DataFrame) -> pd.
     coverage = np.vstack([t["coverage"].to_numpy(dtype=float) for t in cov.values()])
     table = regions.assign(
         n_dropped=(~used).sum(axis=0),
-        min_coverage=np.nanmin(coverage, axis=0) if np.isfinite(coverage).any() else np.nan,
-        median_coverage=np.nanmedian(coverage, axis=0) if np.isfinite(coverage).any() else np.nan,
+        min_coverage=coverage.min(axis=0),
+        median_coverage=np.median(coverage, axis=0),
     )
     return table[table["n_dropped"] > 0].reset_index(drop=True)
 
 
 def _recovery(edges: pd.DataFrame, diff: np.ndarray) -> dict:
     """Planted vs observed difference at each planted edge, and its rank among all edges."""
-    i, j = edges["region_i"].to_numpy() - 1, edges["region_j"].to_numpy() - 1
-    observed = diff[i, j]
+    observed = diff[edges["pos_i"].to_numpy(), edges["pos_j"].to_numpy()]
     upper = diff[np.triu_indices(diff.shape[0], k=1)]
     magnitudes = np.abs(upper[np.isfinite(upper)])
     ranks = [1 + int((magnitudes > abs(v)).sum()) if np.isfinite(v) else np.nan for v in observed]
@@ -403,6 +412,9 @@ def _read_qc(paths: list[PathLike]) -> pd.DataFrame:
         table = _read_table(path, ["run", "mean_fd", "max_fd"])
         if table.empty:
             raise InputError(path, "QC table has no rows")
+        for col in _QC_NUMBERS:
+            if col in table and not pd.api.types.is_numeric_dtype(table[col]):
+                raise InputError(path, f"column {col!r} must hold numbers (or 'n/a'), got {table[col].tolist()}")
         frames.append(table)
     runs = pd.concat(frames, ignore_index=True)
     runs["label"] = [Path(str(r)).name for r in runs["run"]]
@@ -421,6 +433,10 @@ def _read_coverage(paths: list[PathLike]) -> dict[str, pd.DataFrame]:
         table = _read_table(path, ["index", "name", "coverage", "used"]).sort_values("index", kind="stable")
         table = table.reset_index(drop=True)
         table["used"] = _as_bool(table["used"], path)
+        values = pd.to_numeric(table["coverage"], errors="coerce")
+        if not values.between(0.0, 1.0).all():
+            raise InputError(path, "column 'coverage' must hold a number within [0, 1] in every row")
+        table["coverage"] = values.astype(float)
         label = _coverage_label(path)
         if label in tables:
             raise InputError(path, f"a second coverage table for run {label}")
@@ -491,7 +507,8 @@ def _existing_sidecar(path: PathLike | None) -> Path | None:
     return sidecar_path(path) if path is not None and sidecar_path(path).is_file() else None
 
 
-def _read_edges(path: PathLike, n_regions: int) -> pd.DataFrame:
+def _read_edges(path: PathLike, regions: pd.DataFrame) -> pd.DataFrame:
+    """Planted edges, with the matrix positions (``pos_i``, ``pos_j``) of their atlas labels."""
     edges = _read_table(path, ["region_i", "region_j", "delta"])
     for col in ("name_i", "name_j", "corr_nonresponder", "corr_responder"):
         if col not in edges:
@@ -499,9 +516,12 @@ def _read_edges(path: PathLike, n_regions: int) -> pd.DataFrame:
     labels = edges[["region_i", "region_j"]]
     if not all(pd.api.types.is_integer_dtype(labels[c]) for c in labels):
         raise InputError(path, "region_i and region_j must be integer atlas labels in every row")
-    if ((labels < 1) | (labels > n_regions)).any().any() or (labels["region_i"] == labels["region_j"]).any():
-        raise InputError(path, f"region labels must be distinct pairs within 1..{n_regions}")
-    return edges
+    position = {int(label): k for k, label in enumerate(regions["index"])}
+    known = labels.isin(list(position)).all().all()
+    if not known or (labels["region_i"] == labels["region_j"]).any():
+        raise InputError(path, "region labels must be distinct pairs of the atlas labels "
+                               f"({min(position)}..{max(position)}) in every row")
+    return edges.assign(pos_i=labels["region_i"].map(position), pos_j=labels["region_j"].map(position))
 
 
 def _read_config(config: Mapping[str, Any] | PathLike | None) -> dict | None:
@@ -585,9 +605,9 @@ def _draw_fd(fig, runs: pd.DataFrame) -> None:
 def _draw_coverage(fig, matrix: np.ndarray, labels: list[str], regions: pd.DataFrame, threshold) -> None:
     top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=[1, 1.4])
     x = regions["index"].to_numpy(dtype=float)
-    top.fill_between(x, np.nanmin(matrix, axis=0), np.nanmax(matrix, axis=0), step="mid", color="#c6dbef",
+    top.fill_between(x, matrix.min(axis=0), matrix.max(axis=0), step="mid", color="#c6dbef",
                      label="min-max across runs")
-    top.step(x, np.nanmedian(matrix, axis=0), where="mid", color="#08519c", lw=0.8, label="median")
+    top.step(x, np.median(matrix, axis=0), where="mid", color="#08519c", lw=0.8, label="median")
     if isinstance(threshold, (int, float)):
         top.axhline(threshold, ls="--", lw=1, color="#a50f15", label=f"min_coverage {threshold:g}")
     top.set_ylim(0, 1.02)
@@ -634,7 +654,7 @@ def _groups(n_regions: int) -> tuple:
 
 
 def _boundaries(n_regions: int) -> list[int]:
-    """Labels after which a new region group starts (as 0-based row positions of the next group)."""
+    """The last label of every group but the last one: a boundary line is drawn just after each."""
     return [stop for _, _, stop in _groups(n_regions)[:-1]]
 
 

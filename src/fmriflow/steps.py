@@ -11,20 +11,18 @@ import shutil
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import nibabel as nib
 import numpy as np
 import pandas as pd
 
 from . import atlas as atlas_mod
-from .connectivity import PEARSON_METADATA, fisher_mean, pearson
-from .denoise import denoise_run
+from .connectivity import PEARSON_METADATA, fisher_mean, fisher_z, pearson
 from .errors import InputError
-from .ingest import build_manifest, run_validator
-from .io import atomic_path, read_json, read_tsv, write_json, write_tsv
-from .parcellate import parcellate
+from .io import atomic_path, read_tsv, write_json, write_tsv
 from .preproc import PreprocFiles, check_run
-from .provenance import write_sidecar
-from .resample import to_atlas_grid
+from .provenance import build_sidecar, write_sidecar
+
+# nilearn and pybids take seconds to import: the steps that need them import them
+# inside, so each Snakemake job pays only for its own step.
 
 Config = Mapping[str, Any]
 
@@ -43,17 +41,19 @@ def atlas_step(out_img: str, out_labels: str, cache_dir: str, local_dir: str | N
 
 def bids_step(bids_dir: str, out_manifest: str, out_validation: str, *, validate: bool = True, fail_on_errors: bool = True) -> None:
     """Validate the raw dataset and write the manifest of every file (sha256, TR, shape)."""
+    from .ingest import build_manifest, run_validator
+
     report = run_validator(bids_dir) if validate else {"validator": None, "n_errors": 0, "n_warnings": 0, "errors": [], "warnings": []}
     if fail_on_errors and report["n_errors"]:
         listing = "\n  ".join(report["errors"][:20])
         raise InputError(bids_dir, f"the BIDS validator reports {report['n_errors']} error(s):\n  {listing}\n"
                          "(set bids.fail_on_errors: false to go on regardless)")
     manifest = build_manifest(bids_dir)
-    write_json(out_validation, report)
+    inputs = [Path(bids_dir) / "dataset_description.json"]
+    parameters = {"validate": validate, "fail_on_errors": fail_on_errors}
+    write_json(out_validation, {**report, "Provenance": build_sidecar("bids", inputs, parameters)["Provenance"]})
     write_tsv(out_manifest, manifest)
-    for out in (out_manifest, out_validation):
-        write_sidecar(out, "bids", [Path(bids_dir) / "dataset_description.json"],
-                      parameters={"validate": validate, "fail_on_errors": fail_on_errors})
+    write_sidecar(out_manifest, "bids", inputs, parameters=parameters)
 
 
 def preproc_derivatives_step(run: str, files: PreprocFiles, raw_bold: str, manifest: str, bids_dir: str,
@@ -71,6 +71,8 @@ def preproc_derivatives_step(run: str, files: PreprocFiles, raw_bold: str, manif
 
 
 def resample_step(bold: str, mask: str, atlas_img: str, qc: str, out_bold: str, out_mask: str, config: Config) -> None:
+    from .resample import to_atlas_grid
+
     info = to_atlas_grid(bold, mask, atlas_img, out_bold, out_mask)
     for src, out in ((bold, out_bold), (mask, out_mask)):
         write_sidecar(out, "resample", [src, atlas_img, qc], parameters=info,
@@ -78,6 +80,8 @@ def resample_step(bold: str, mask: str, atlas_img: str, qc: str, out_bold: str, 
 
 
 def denoise_step(bold: str, mask: str, fmriprep_bold: str, confounds: str, out: str, config: Config) -> None:
+    from .denoise import denoise_run
+
     section = config["denoise"]
     info = denoise_run(
         bold, mask, fmriprep_bold, out, strategy=section["strategy"], strategy_options=section["strategy_options"],
@@ -90,6 +94,10 @@ def denoise_step(bold: str, mask: str, fmriprep_bold: str, confounds: str, out: 
 
 def parcellate_step(bold: str, mask: str, atlas_img: str, atlas_labels: str, out_timeseries: str,
                     out_coverage: str, config: Config) -> None:
+    import nibabel as nib
+
+    from .parcellate import parcellate
+
     section = config["parcellate"]
     result = parcellate(bold, atlas_img, atlas_mod.load_labels_table(atlas_labels), mask,
                         strategy=section["strategy"], min_coverage=section["min_coverage"])
@@ -127,7 +135,8 @@ def group_connectivity_step(matrices: Sequence[str], participants: str, group_co
         levels = sorted({group_of.get(s) for s in subjects} - {None, "n/a", ""})
         if len(levels) == 2:
             low, high = ([f.to_numpy() for f, s in zip(fcs, subjects) if group_of.get(s) == lvl] for lvl in levels)
-            diff = np.arctanh(np.clip(fisher_mean(high), -0.999999, 0.999999)) - np.arctanh(np.clip(fisher_mean(low), -0.999999, 0.999999))
+            diff = fisher_z(fisher_mean(high)) - fisher_z(fisher_mean(low))
+            np.fill_diagonal(diff, np.nan)
             meta.update({"Levels": levels, "Contrast": f"{levels[1]} minus {levels[0]} (Fisher z)",
                          "N": {levels[0]: len(low), levels[1]: len(high)}})
         else:

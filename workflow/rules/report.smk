@@ -15,7 +15,7 @@ rule report:
         group_diff=rules.group_connectivity.output.diff,
         ground_truth=ground_truth(),
     output:
-        html=f"{OUT}/report/fmriflow_report.html",
+        html=report(f"{OUT}/report/fmriflow_report.html", caption="../report/report.rst", category="Report"),
     log:
         f"{LOGS}/report/report.log",
     script:
