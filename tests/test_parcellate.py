@@ -82,3 +82,57 @@ def test_rejects_nan_voxels(a424_img, a424_labels, tmp_path):
 def test_rejects_3d(a424_img, a424_labels):
     with pytest.raises(InputError, match="4D"):
         parcellate(a424_img, a424_img, a424_labels)
+
+
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
+def test_files_stream_to_the_same_result(bold, a424_img, a424_labels, mask, tmp_path, suffix, monkeypatch):
+    """Streaming from disk in small chunks equals the in-memory reduction and nilearn."""
+    import fmriflow.parcellate as parc
+
+    monkeypatch.setattr(parc, "CHUNK_BYTES", 5 * 902629 * 4)  # 5 volumes per chunk: 12 volumes -> 3 chunks
+    path = tmp_path / f"bold{suffix}"
+    nib.save(bold, path)
+    from_file = parcellate(path, a424_img, a424_labels, mask, min_coverage=0.0)
+    in_memory = parcellate(bold, a424_img, a424_labels, mask, min_coverage=0.0)
+    pd.testing.assert_frame_equal(from_file.timeseries, in_memory.timeseries)
+
+
+def test_scaled_integers_are_unscaled(a424_img, a424_labels, tmp_path):
+    """int16 data with scl_slope/scl_inter: the result is in the scaled units, as nilearn reads them."""
+    rng = np.random.default_rng(4)
+    data = rng.integers(-2000, 2000, size=(*a424_img.shape, 4)).astype(np.int16)
+    img = nib.Nifti1Image(data, a424_img.affine)
+    img.header.set_slope_inter(0.5, 100.0)
+    path = tmp_path / "scaled.nii.gz"
+    nib.save(img, path)
+    ours = parcellate(path, a424_img, a424_labels, min_coverage=0.0)
+    ref = _nilearn(path, a424_img, None, "mean")
+    np.testing.assert_allclose(ours.timeseries.iloc[:, ref.columns.to_numpy() - 1].to_numpy(), ref.to_numpy(), atol=1e-5)
+
+
+def test_truncated_gzip_names_the_file(bold, a424_img, a424_labels, tmp_path):
+    path = tmp_path / "cut_bold.nii.gz"
+    nib.save(bold, path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises((InputError, EOFError), match="cut_bold.nii.gz|Compressed file ended"):
+        parcellate(path, a424_img, a424_labels)
+
+
+def test_several_atlases_in_one_pass(bold, a424_img, a424_labels, mask):
+    """A second atlas (cortex merged into hemispheres) reduces from the same read."""
+    from fmriflow.parcellate import parcellate_many
+
+    labels = np.rint(np.asarray(a424_img.dataobj)).astype(int)
+    hemis = np.where(labels == 0, 0, np.where(labels <= 180, 1, np.where(labels <= 360, 2, 3)))
+    hemi_img = nib.Nifti1Image(hemis.astype(np.int16), a424_img.affine)
+    hemi_lut = pd.DataFrame({"index": [1, 2, 3], "name": ["ctx_R", "ctx_L", "other"]})
+    a, b = parcellate_many(bold, [(a424_img, a424_labels), (hemi_img, hemi_lut)], mask, min_coverage=0.0)
+    assert a.timeseries.shape == (12, 424) and b.timeseries.shape == (12, 3)
+    ref = _nilearn(bold, hemi_img, mask, "mean")
+    np.testing.assert_allclose(b.timeseries.to_numpy(), ref[[1, 2, 3]].to_numpy(), atol=1e-5)
+
+
+def test_labels_missing_from_table_rejected(bold, a424_img, a424_labels):
+    with pytest.raises(InputError, match="missing from its look-up table"):
+        parcellate(bold, a424_img, a424_labels.iloc[:-2])

@@ -110,7 +110,7 @@ _ATLAS_RES = 2.0
 _MNI_CODE = 4  # NIfTI xform code "mni"
 _SCANNER_CODE = 1  # NIfTI xform code "scanner" (raw, native data)
 _TR_CHUNK = 25  # TRs simulated at a time: bounds the temporaries, fixed for determinism
-_VOXEL_CHUNK = 32768  # voxels per float64 block in the confound computations
+_VOXEL_CHUNK = 32768  # voxels per block in the confound computations
 _QUANTUM_INV = 16  # preprocessed BOLD values are multiples of 1/16
 
 
@@ -237,7 +237,6 @@ def generate_demo(
 
 
 def _generate(out_dir, atlas_img, coordinates, n_subjects, n_trs, tr, bold_res, seed, jobs, overwrite):
-
     if out_dir.exists() and not out_dir.is_dir():
         raise FileExistsError(f"{out_dir} exists and is not a folder")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
@@ -268,9 +267,7 @@ def _generate(out_dir, atlas_img, coordinates, n_subjects, n_trs, tr, bold_res, 
     has_spikes = np.zeros(n_subjects, bool)
     has_spikes[pop_rng.permutation(n_subjects)[:n_spikes]] = True
 
-    shared = _shared_arrays(
-        atlas, atlas_labels, grid_shape, grid_affine, raw_shape, raw_affine, bold_res
-    )
+    shared = _shared_arrays(atlas, atlas_labels, grid_shape, grid_affine, raw_shape, raw_affine)
     shared.update(
         chol=chol, n_trs=n_trs, tr=tr, bold_res=bold_res, region_names=list(labels_table["name"])
     )
@@ -301,6 +298,7 @@ def _generate(out_dir, atlas_img, coordinates, n_subjects, n_trs, tr, bold_res, 
             sigma1=sigma1,
             participants=participants,
             results=results,
+            off_grid=np.setdiff1d(np.arange(1, A424_N_REGIONS + 1), shared["labels"]).tolist(),
             settings={
                 "n_subjects": n_subjects, "n_trs": n_trs, "tr": tr, "bold_res": bold_res,
                 "seed": seed,
@@ -494,7 +492,7 @@ def _nearest(src: np.ndarray, src_affine, dst_affine, dst_shape, fill=0) -> np.n
     return out
 
 
-def _shared_arrays(atlas, atlas_labels, grid_shape, grid_affine, raw_shape, raw_affine, bold_res) -> dict:
+def _shared_arrays(atlas, atlas_labels, grid_shape, grid_affine, raw_shape, raw_affine) -> dict:
     from nilearn.datasets import load_mni152_brain_mask, load_mni152_template
 
     template = load_mni152_template(resolution=2)
@@ -563,51 +561,83 @@ def _run_subjects(specs: list[dict], shared: dict, jobs: int) -> list[dict]:
 def _simulate_subject(spec: dict, shared: dict) -> dict:
     """Simulate one subject and write all of its files; return its ground-truth facts."""
     rng = np.random.default_rng(spec["seed_seq"])
-    root = Path(shared["root"])
-    label, n_trs, tr = spec["label"], shared["n_trs"], shared["tr"]
-    sub = f"sub-{label}"
+    n_trs, tr = shared["n_trs"], shared["tr"]
     grid_affine = shared["grid_affine"]
     labels3d, mask3d = shared["labels"], shared["mask"].copy()
     shape = labels3d.shape
 
-    # --- latent region signals: stationary VAR(1) with covariance Sigma_group
-    chol = shared["chol"][spec["response"]]
-    phi = MODEL.ar_coef(tr)
+    # latent region signals: stationary VAR(1) with covariance Sigma of the group
+    x = _var1(rng, shared["chol"][spec["response"]], MODEL.ar_coef(tr), n_trs)
+
+    dropout = None
+    if spec["dropout"]:
+        centre = np.array(MODEL.dropout_center_mm) + rng.normal(0, MODEL.dropout_center_jitter_mm, 3)
+        radius = rng.uniform(*MODEL.dropout_radius_mm)
+        xyz = nib.affines.apply_affine(grid_affine, np.indices(shape).reshape(3, -1).T).reshape(*shape, 3)
+        mask3d &= np.linalg.norm(xyz - centre, axis=-1) > radius
+        dropout = {"center_mm": centre.round(3).tolist(), "radius_mm": round(float(radius), 3)}
+    motion, spikes = _motion(rng, n_trs, spec["spikes"])
+    physio = _var1(rng, np.eye(2), MODEL.physio_ar_coef(tr), n_trs)  # csf, white matter
+    cosines = dct_highpass_basis(n_trs, tr, MODEL.high_pass_cutoff_s)
+    subject_scale = rng.uniform(*MODEL.baseline_subject_range)
+
+    # in-mask voxels as flat (Fortran, NIfTI-order) indices, atlas voxels first so that
+    # the region signal is added to a contiguous slice
+    flat_labels = labels3d.ravel(order="F")
+    flat_mask = mask3d.ravel(order="F")
+    in_gm = np.flatnonzero(flat_mask & (flat_labels > 0))
+    vox = np.concatenate([in_gm, np.flatnonzero(flat_mask & (flat_labels == 0))])
+    n_gm = len(in_gm)
+    t1v = shared["t1_grid"].ravel(order="F")[vox]
+    xyz = nib.affines.apply_affine(grid_affine, np.array(np.unravel_index(vox, shape, order="F")).T)
+    bold, baseline, csf, wm = _voxel_bold(
+        rng, x, flat_labels[in_gm].astype(np.intp) - 1, t1v, xyz, motion, physio, cosines, subject_scale
+    )
+    confounds, confounds_meta = _confounds(bold, motion, physio, cosines, baseline, csf, wm, n_gm)
+
+    _write_subject_files(
+        rng, spec["label"], shared, bold=bold, vox=vox, mask3d=mask3d, confounds=confounds,
+        confounds_meta=confounds_meta, x=x, subject_scale=subject_scale,
+    )
+
+    # coverage: regions partly or wholly outside this subject's mask
+    on_grid = np.bincount(flat_labels, minlength=A424_N_REGIONS + 1)[1:]
+    seen = np.bincount(flat_labels[in_gm], minlength=A424_N_REGIONS + 1)[1:]
+    fd = confounds["framewise_displacement"].to_numpy()
+    return {
+        "participant_id": f"sub-{spec['label']}",
+        "response": spec["response"],
+        "group": "responder" if spec["response"] else "non-responder",
+        "dropout": dropout,
+        "motion_spikes_volume": spikes,
+        "n_motion_outliers": int(sum(c.startswith("motion_outlier") for c in confounds.columns)),
+        "mean_framewise_displacement": round(float(np.nanmean(fd)), 6),
+        "n_voxels_in_mask": len(vox),
+        "regions_partial_coverage": (np.flatnonzero((seen < on_grid) & (seen > 0)) + 1).tolist(),
+        "regions_absent": (np.flatnonzero(seen == 0) + 1).tolist(),
+        "baseline_scale": round(float(subject_scale), 6),
+    }
+
+
+def _var1(rng: np.random.Generator, chol: np.ndarray, phi: float, n_trs: int) -> np.ndarray:
+    """Stationary VAR(1) ``x_t = phi x_{t-1} + sqrt(1 - phi^2) L e_t``, ``x_0 = L e_0``:
+    every ``x_t`` has covariance ``L L'`` exactly."""
     innov = rng.standard_normal((n_trs, chol.shape[0])) @ chol.T
     x = np.empty_like(innov)
     x[0] = innov[0]
     scale = np.sqrt(1.0 - phi**2)
     for t in range(1, n_trs):
         x[t] = phi * x[t - 1] + scale * innov[t]
+    return x
 
-    # --- subject attributes
-    dropout = None
-    if spec["dropout"]:
-        centre = np.array(MODEL.dropout_center_mm) + rng.normal(0, MODEL.dropout_center_jitter_mm, 3)
-        radius = rng.uniform(*MODEL.dropout_radius_mm)
-        ijk = np.indices(shape).reshape(3, -1).T
-        xyz = nib.affines.apply_affine(grid_affine, ijk).reshape(*shape, 3)
-        mask3d &= np.linalg.norm(xyz - centre, axis=-1) > radius
-        dropout = {"center_mm": centre.round(3).tolist(), "radius_mm": round(float(radius), 3)}
-    motion, spikes = _motion(rng, n_trs, spec["spikes"])
-    phys_phi = MODEL.physio_ar_coef(tr)
-    physio = np.empty((n_trs, 2))
-    e = rng.standard_normal((n_trs, 2))
-    physio[0] = e[0]
-    for t in range(1, n_trs):
-        physio[t] = phys_phi * physio[t - 1] + np.sqrt(1 - phys_phi**2) * e[t]
-    cosines = dct_highpass_basis(n_trs, tr, MODEL.high_pass_cutoff_s)
-    subject_scale = rng.uniform(*MODEL.baseline_subject_range)
 
-    # --- voxels, atlas (grey-matter) voxels first so the signal is added to a slice
-    flat_labels = labels3d.ravel(order="F")
-    flat_mask = mask3d.ravel(order="F")
-    in_gm = np.flatnonzero(flat_mask & (flat_labels > 0))
-    in_other = np.flatnonzero(flat_mask & (flat_labels == 0))
-    vox = np.concatenate([in_gm, in_other])
-    n_gm, n_vox = len(in_gm), len(vox)
-    region = flat_labels[in_gm].astype(np.intp) - 1
-    t1v = shared["t1_grid"].ravel(order="F")[vox]
+def _voxel_bold(rng, x, region, t1v, xyz, motion, physio, cosines, subject_scale):
+    """The voxel model of the module docstring: (time x voxel) float32 BOLD.
+
+    The first ``len(region)`` voxels are atlas voxels of ``region`` (0-based); the rest
+    are in-mask voxels outside the atlas, split into CSF (darker T1) and WM (brighter).
+    """
+    n_trs, n_vox, n_gm = len(x), len(t1v), len(region)
     wm = np.zeros(n_vox, bool)
     wm[n_gm:] = t1v[n_gm:] >= np.median(t1v[n_gm:])
     csf = np.zeros(n_vox, bool)
@@ -617,34 +647,31 @@ def _simulate_subject(spec: dict, shared: dict) -> dict:
     baseline *= 1 + MODEL.baseline_voxel_jitter * rng.standard_normal(n_vox)
     baseline = baseline.astype(np.float32)
 
-    # nuisance regressors (affine in confound columns) and their voxel weights
-    ijk = np.array(np.unravel_index(vox, shape, order="F")).T
-    xi = nib.affines.apply_affine(grid_affine, ijk) / np.array([70.0, 90.0, 60.0])
-    design = np.column_stack([np.ones(n_vox), xi])  # smooth spatial patterns
+    # nuisance weights: smooth spatial patterns (linear in position) plus voxel scatter
+    design = np.column_stack([np.ones(n_vox), xyz / np.array([70.0, 90.0, 60.0])])
 
     def pattern(n):
-        beta = rng.standard_normal((4, n))
-        return design @ beta + MODEL.spatial_scatter * rng.standard_normal((n_vox, n))
+        return design @ rng.standard_normal((4, n)) + MODEL.spatial_scatter * rng.standard_normal((n_vox, n))
 
-    motion_units = motion.copy()
-    motion_units[:, 3:] *= MODEL.motion_rot_radius_mm  # radians -> mm of arc
+    motion_mm = motion.copy()
+    motion_mm[:, 3:] *= MODEL.motion_rot_radius_mm  # radians -> mm of arc
     w_motion = MODEL.motion_pct_per_mm * pattern(6)
-    own = {"csf": np.where(csf, MODEL.csf_weight_own, MODEL.physio_weight_other),
-           "wm": np.where(wm, MODEL.wm_weight_own, MODEL.physio_weight_other)}
-    w_physio = np.column_stack([own["csf"], own["wm"]]) * (
-        1 + MODEL.physio_weight_jitter * rng.standard_normal((n_vox, 2))
-    )
+    own = np.column_stack([
+        np.where(csf, MODEL.csf_weight_own, MODEL.physio_weight_other),
+        np.where(wm, MODEL.wm_weight_own, MODEL.physio_weight_other),
+    ])
+    w_physio = own * (1 + MODEL.physio_weight_jitter * rng.standard_normal((n_vox, 2)))
     n_cos = cosines.shape[1]
     w_drift = pattern(n_cos) * (MODEL.drift_pct / np.arange(1, n_cos + 1)) if n_cos else np.zeros((n_vox, 0))
-    regressors = np.column_stack([motion_units, physio, cosines * np.sqrt(n_trs / 2.0)]).astype(np.float32)
+    # cosines scaled to unit amplitude, so the drift weights are in percent
+    regressors = np.column_stack([motion_mm, physio, cosines * np.sqrt(n_trs / 2.0)]).astype(np.float32)
     weights_t = np.ascontiguousarray(np.column_stack([w_motion, w_physio, w_drift]).T, dtype=np.float32)
 
-    # --- simulate in TR chunks (float32 throughout)
     xs = x.astype(np.float32)
     amp = np.float32(MODEL.signal_pct)
+    pct_scale = baseline * np.float32(0.01)
     bold = np.empty((n_trs, n_vox), np.float32)
-    pct_scale = (baseline * np.float32(0.01)).astype(np.float32)
-    for t0 in range(0, n_trs, _TR_CHUNK):
+    for t0 in range(0, n_trs, _TR_CHUNK):  # float32, in TR chunks to bound the temporaries
         sl = slice(t0, min(n_trs, t0 + _TR_CHUNK))
         p = rng.standard_normal((sl.stop - sl.start, n_vox), dtype=np.float32)
         p *= np.float32(MODEL.noise_pct)
@@ -658,78 +685,62 @@ def _simulate_subject(spec: dict, shared: dict) -> dict:
         np.rint(p, out=p)
         p /= np.float32(_QUANTUM_INV)
         bold[sl] = p
+    return bold, baseline, csf, wm
 
-    # --- confounds
-    confounds, compcor_meta = _confounds(bold, motion, physio, cosines, baseline, csf, wm, n_gm)
 
-    # --- write
-    func = root / "derivatives" / "fmriprep" / sub / "func"
+def _write_subject_files(rng, label, shared, *, bold, vox, mask3d, confounds, confounds_meta, x, subject_scale):
+    root = Path(shared["root"])
+    sub = f"sub-{label}"
+    n_trs, tr = shared["n_trs"], shared["tr"]
+    shape, grid_affine = mask3d.shape, shared["grid_affine"]
+
+    # fMRIPrep-shaped derivatives; the res entity only on the atlas grid (2 mm)
+    deriv = root / "derivatives" / "fmriprep"
     run = f"{sub}/func/{sub}_task-{TASK}"
-    res_entity = TEMPLATE_RES if shared["bold_res"] == 2 else None
-    ents = {"space": TEMPLATE_SPACE, "res": res_entity}
-    deriv_root = root / "derivatives" / "fmriprep"
-    zooms3 = tuple(float(abs(grid_affine[a, a])) for a in range(3))
-    preproc = deriv_root / derivative(run, suffix="bold", extension=".nii.gz", desc="preproc", **ents)
-    hdr = _header((*shape, n_trs), grid_affine, np.float32, (*zooms3, tr), _MNI_CODE)
-    _save_volumes(preproc, hdr, _scatter_volumes(bold, vox, int(np.prod(shape)), np.float32))
-    write_json(preproc.with_name(preproc.name.replace(".nii.gz", ".json")), {
+    ents = {"space": TEMPLATE_SPACE, "res": TEMPLATE_RES if shared["bold_res"] == 2 else None}
+    zooms = tuple(float(abs(grid_affine[a, a])) for a in range(3))
+    preproc = deriv / derivative(run, suffix="bold", extension=".nii.gz", desc="preproc", **ents)
+    header = _header((*shape, n_trs), grid_affine, np.float32, (*zooms, tr), _MNI_CODE)
+    _save_volumes(preproc, header, _scatter_volumes(bold, vox, mask3d.size, np.float32))
+    write_json(_json_of(preproc), {
         "RepetitionTime": tr,
         "SkullStripped": False,
         "TaskName": TASK,
         "Description": f"Synthetic preprocessed BOLD written by {GENERATOR_NAME} (not by fMRIPrep).",
     })
-    mask_path = deriv_root / derivative(run, suffix="mask", extension=".nii.gz", desc="brain", **ents)
-    mhdr = _header(shape, grid_affine, np.uint8, zooms3, _MNI_CODE)
-    save_nifti(nib.Nifti1Image(mask3d.astype(np.uint8), grid_affine, mhdr), mask_path)
-    write_json(mask_path.with_name(mask_path.name.replace(".nii.gz", ".json")), {"Type": "Brain"})
-    conf_path = func / f"{sub}_task-{TASK}_desc-confounds_timeseries.tsv"
-    write_tsv(conf_path, confounds)
-    write_json(conf_path.with_suffix(".json"), compcor_meta)
+    mask = deriv / derivative(run, suffix="mask", extension=".nii.gz", desc="brain", **ents)
+    header = _header(shape, grid_affine, np.uint8, zooms, _MNI_CODE)
+    save_nifti(nib.Nifti1Image(mask3d.astype(np.uint8), grid_affine, header), mask)
+    write_json(_json_of(mask), {"Type": "Brain"})
+    conf = deriv / f"{run}_desc-confounds_timeseries.tsv"
+    write_tsv(conf, confounds)
+    write_json(conf.with_suffix(".json"), confounds_meta)
 
-    # raw BIDS: 4 mm, int16, same simulated volumes (see module docstring)
-    raw_dir = root / "bids" / sub
-    pos = np.full(int(np.prod(shape)), -1, np.int64)
-    pos[vox] = np.arange(n_vox)
-    src = pos[shared["raw_source"]]
-    keep = np.flatnonzero(src >= 0)
-    raw_vals = np.clip(np.rint(bold[:, src[keep]]), 0, np.iinfo(np.int16).max).astype(np.int16)
+    # raw BIDS: the same volumes on the 4 mm grid, int16 (see the module docstring)
+    raw = root / "bids" / sub
+    position = np.full(mask3d.size, -1, np.int64)
+    position[vox] = np.arange(len(vox))
+    source = position[shared["raw_source"]]
+    keep = np.flatnonzero(source >= 0)
+    values = np.clip(np.rint(bold[:, source[keep]]), 0, np.iinfo(np.int16).max).astype(np.int16)
     raw_shape = shared["raw_shape"]
-    raw_zooms = (float(RAW_RES),) * 3
-    rhdr = _header((*raw_shape, n_trs), shared["raw_affine"], np.int16, (*raw_zooms, tr), _SCANNER_CODE)
-    raw_bold = raw_dir / "func" / f"{sub}_task-{TASK}_bold.nii.gz"
-    _save_volumes(raw_bold, rhdr, _scatter_volumes(raw_vals, keep, int(np.prod(raw_shape)), np.int16))
-    write_json(raw_bold.with_name(f"{sub}_task-{TASK}_bold.json"), {"RepetitionTime": tr, "TaskName": TASK})
+    header = _header((*raw_shape, n_trs), shared["raw_affine"], np.int16, (float(RAW_RES),) * 3 + (tr,), _SCANNER_CODE)
+    raw_bold = raw / "func" / f"{sub}_task-{TASK}_bold.nii.gz"
+    _save_volumes(raw_bold, header, _scatter_volumes(values, keep, int(np.prod(raw_shape)), np.int16))
+    write_json(_json_of(raw_bold), {"RepetitionTime": tr, "TaskName": TASK})
     template = shared["template"]
     head = template > 0
     t1w = np.zeros(template.shape, np.float32)
     t1w[head] = template[head] * 1000 * subject_scale + rng.normal(0, 10, int(head.sum()))
     t1w = np.clip(np.rint(t1w), 0, np.iinfo(np.int16).max).astype(np.int16)
-    thdr = _header(template.shape, shared["template_affine"], np.int16, (2.0, 2.0, 2.0), _SCANNER_CODE)
-    save_nifti(nib.Nifti1Image(t1w, shared["template_affine"], thdr), raw_dir / "anat" / f"{sub}_T1w.nii.gz")
+    header = _header(template.shape, shared["template_affine"], np.int16, (2.0, 2.0, 2.0), _SCANNER_CODE)
+    save_nifti(nib.Nifti1Image(t1w, shared["template_affine"], header), raw / "anat" / f"{sub}_T1w.nii.gz")
 
-    # ground truth: latent region signals
-    gt = pd.DataFrame(x, columns=shared["region_names"])
-    write_tsv(root / "ground_truth" / f"{sub}_desc-true_timeseries.tsv", gt)
+    write_tsv(root / "ground_truth" / f"{sub}_desc-true_timeseries.tsv", pd.DataFrame(x, columns=shared["region_names"]))
 
-    # coverage of each region: voxels in this subject's mask / voxels on the grid
-    on_grid = np.bincount(flat_labels, minlength=A424_N_REGIONS + 1)[1:]
-    seen = np.bincount(flat_labels[in_gm], minlength=A424_N_REGIONS + 1)[1:]
-    partial = np.flatnonzero((seen < on_grid) & (seen > 0)) + 1
-    absent = np.flatnonzero(seen == 0) + 1
-    fd = confounds["framewise_displacement"].to_numpy()
-    return {
-        "participant_id": sub,
-        "response": spec["response"],
-        "group": "responder" if spec["response"] else "non-responder",
-        "dropout": dropout,
-        "motion_spikes_volume": spikes,
-        "n_motion_outliers": int(sum(c.startswith("motion_outlier") for c in confounds.columns)),
-        "mean_framewise_displacement": round(float(np.nanmean(fd)), 6),
-        "n_voxels_in_mask": int(n_vox),
-        "regions_partial_coverage": partial.tolist(),
-        "regions_absent": absent.tolist(),
-        "baseline_scale": round(float(subject_scale), 6),
-    }
+
+def _json_of(nifti: Path) -> Path:
+    return nifti.with_name(nifti.name.removesuffix(".nii.gz") + ".json")
 
 
 def _motion(rng: np.random.Generator, n_trs: int, with_spikes: bool) -> tuple[np.ndarray, list[int]]:
@@ -838,8 +849,12 @@ def _confounds(bold, motion, physio, cosines, baseline, csf, wm, n_gm):
     resid = block - (block @ basis) @ basis.T
     z = resid / np.sqrt(np.einsum("vt,vt->v", resid, resid) / n_trs)[:, None]
     gram_t = z.T @ z
-    a_comp, a_meta = _pca_components(gram_a, "a_comp_cor", {"Method": "aCompCor", "Mask": "combined"})
-    t_comp, t_meta = _pca_components(gram_t, "t_comp_cor", {"Method": "tCompCor"})
+    # Project the pre-filter out of the Gram matrices in float64 as well, so the float32
+    # rounding leaves no trace of the mean or the cosines in the components.
+    basis64 = np.linalg.qr(np.column_stack([np.ones(n_trs), cosines]))[0]
+    filt = np.eye(n_trs) - basis64 @ basis64.T
+    a_comp, a_meta = _pca_components(filt @ gram_a @ filt, "a_comp_cor", {"Method": "aCompCor", "Mask": "combined"})
+    t_comp, t_meta = _pca_components(filt @ gram_t @ filt, "t_comp_cor", {"Method": "tCompCor"})
 
     fd = framewise_displacement(motion, MODEL.motion_rot_radius_mm)
     columns["std_dvars"] = np.concatenate([[np.nan], std_dvars])
@@ -870,7 +885,7 @@ def _confounds(bold, motion, physio, cosines, baseline, csf, wm, n_gm):
 
 def _pca_components(gram: np.ndarray, prefix: str, fields: dict) -> tuple[dict, dict]:
     """Leading left singular vectors of the (time x voxel) matrix, from its Gram matrix."""
-    evals, evecs = np.linalg.eigh(gram)
+    evals, evecs = np.linalg.eigh((gram + gram.T) / 2)
     evals, evecs = evals[::-1].clip(min=0), evecs[:, ::-1]
     singular = np.sqrt(evals)
     explained = evals / evals.sum()
@@ -990,7 +1005,7 @@ def _write_fmriprep_top(root: Path) -> None:
 
 
 def _write_ground_truth(
-    gt: Path, *, labels_table, networks, edges, sigma0, sigma1, participants, results, settings
+    gt: Path, *, labels_table, networks, edges, sigma0, sigma1, participants, results, off_grid, settings
 ) -> None:
     names = labels_table["name"].to_numpy()
     i = edges["region_i"].to_numpy() - 1
@@ -1027,6 +1042,9 @@ def _write_ground_truth(
             {"index": int(r.index), "name": r.name, "network": int(networks[k]), "x": float(r.x), "y": float(r.y), "z": float(r.z)}
             for k, r in enumerate(labels_table.itertuples())
         ],
+        # regions with no voxel on the BOLD grid (1-voxel regions can fall between 3 or
+        # 4 mm voxels); a subject's regions_absent also counts them
+        "regions_not_on_grid": off_grid,
         "subjects": {
             res["participant_id"]: {**participants.iloc[n].drop("participant_id").to_dict(), **res}
             for n, res in enumerate(results)

@@ -1,25 +1,31 @@
 """Region time series from a label atlas: exact means (or medians) over in-mask voxels.
 
-Equal to nilearn's ``NiftiLabelsMasker`` on the same image and mask, without its
-per-call overhead: the BOLD array is read once and reduced with one sorted gather and
-``np.add.reduceat`` in float64. Regions whose in-mask coverage falls below
-``min_coverage`` (or that have no voxels) stay in the output as NaN columns, so the
-table always has one column per atlas label, in label order.
+Equal to nilearn's ``NiftiLabelsMasker`` on the same image and mask, without its cost:
+the BOLD is streamed a few volumes at a time (decompressed with ISA-L, memory-mapped
+when uncompressed, sliced when in memory), each chunk's atlas voxels are gathered in
+region order and reduced with ``np.add.reduceat`` in float64. Memory stays at one chunk,
+so a 490-volume UK Biobank run needs tens of MB instead of the 1.8 GB array; time is
+bounded by decompression. Several atlases are reduced from one pass over the data.
+
+Regions whose in-mask coverage falls below ``min_coverage`` (or that have no voxels)
+stay in the output as NaN columns: the table always has one column per atlas label.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator, Sequence
 
 import nibabel as nib
 import numpy as np
 import pandas as pd
+from isal import igzip
 
 from .errors import InputError
-from .io import load_nifti
 
 STRATEGIES = ("mean", "median")
+CHUNK_BYTES = 64 << 20  # volumes read per step: ~64 MB whatever the grid
 
 
 @dataclass
@@ -30,6 +36,18 @@ class Parcellation:
     @property
     def dropped(self) -> list[str]:
         return self.coverage.loc[~self.coverage["used"], "name"].tolist()
+
+
+@dataclass
+class _Plan:
+    """Which voxels feed which region, for one atlas."""
+
+    labels: pd.DataFrame
+    voxels: np.ndarray  # flat (Fortran-order) voxel indices, sorted by region
+    starts: np.ndarray  # first position of each used region in ``voxels``
+    regions: np.ndarray  # column of each used region
+    counts: np.ndarray  # voxels per used region
+    coverage: pd.DataFrame
 
 
 def parcellate(
@@ -46,62 +64,138 @@ def parcellate(
     ``labels`` is the atlas look-up table (columns ``index`` and ``name``); the atlas
     and mask must be on the BOLD grid (the resample step guarantees it).
     """
+    return parcellate_many(bold, [(labels_img, labels)], mask_img, strategy=strategy, min_coverage=min_coverage)[0]
+
+
+def parcellate_many(
+    bold: str | Path | nib.Nifti1Image,
+    atlases: Sequence[tuple[str | Path | nib.Nifti1Image, pd.DataFrame]],
+    mask_img: str | Path | nib.Nifti1Image | None = None,
+    *,
+    strategy: str = "mean",
+    min_coverage: float = 0.5,
+) -> list[Parcellation]:
+    """Like :func:`parcellate` for several ``(labels_img, labels)`` atlases, reading the BOLD once."""
     if strategy not in STRATEGIES:
         raise ValueError(f"'strategy' must be one of {STRATEGIES}; {strategy!r} was provided")
     if not 0.0 <= min_coverage <= 1.0:
         raise ValueError(f"'min_coverage' must be within [0, 1]; {min_coverage!r} was provided")
-    bold_img, atlas = _load(bold), _load(labels_img)
-    if bold_img.ndim != 4:
-        raise InputError(_name(bold), f"BOLD must be 4D, got shape {bold_img.shape}")
-    if bold_img.shape[:3] != atlas.shape[:3] or not np.allclose(bold_img.affine, atlas.affine, atol=1e-4):
-        raise InputError(_name(labels_img), f"atlas grid {atlas.shape[:3]} differs from the BOLD grid {bold_img.shape[:3]}; resample first")
-    label_data = np.asarray(atlas.dataobj)
-    label_vol = np.rint(label_data).astype(np.int64).ravel(order="F")
-    in_mask = np.ones(label_vol.shape, bool)
+    source = _Source(bold)
+    in_mask = None
     if mask_img is not None:
-        mask = _load(mask_img)
-        if mask.shape[:3] != atlas.shape[:3]:
-            raise InputError(_name(mask_img), f"mask grid {mask.shape[:3]} differs from the BOLD grid {bold_img.shape[:3]}")
+        mask = _load_small(mask_img)
+        _check_grid(mask, source, mask_img, "mask")
         in_mask = np.asarray(mask.dataobj).ravel(order="F") > 0
+    plans = []
+    for img, labels in atlases:
+        atlas = _load_small(img)
+        _check_grid(atlas, source, img, "atlas")
+        plans.append(_plan(atlas, labels, in_mask, min_coverage, img))
 
+    outputs = [np.full((source.n_volumes, p.labels.shape[0]), np.nan) for p in plans]
+    for start, chunk in source.chunks():
+        stop = start + chunk.shape[0]
+        for plan, values in zip(plans, outputs):
+            block = chunk[:, plan.voxels].astype(np.float64) * source.slope + source.inter  # (k, n_voxels)
+            if not np.isfinite(block).all():
+                raise InputError(source.name, f"BOLD contains NaN or infinite values inside atlas regions (volumes {start}-{stop - 1})")
+            if plan.regions.size == 0:
+                continue
+            if strategy == "mean":
+                values[start:stop, plan.regions] = np.add.reduceat(block, plan.starts, axis=1) / plan.counts
+            else:
+                ends = np.r_[plan.starts[1:], plan.voxels.size]
+                for s, e, r in zip(plan.starts, ends, plan.regions):
+                    values[start:stop, r] = np.median(block[:, s:e], axis=1)
+    return [
+        Parcellation(pd.DataFrame(values, columns=plan.labels["name"].astype(str).tolist()), plan.coverage)
+        for plan, values in zip(plans, outputs)
+    ]
+
+
+def _plan(atlas: nib.Nifti1Image, labels: pd.DataFrame, in_mask: np.ndarray | None, min_coverage: float, source) -> _Plan:
+    label_vol = np.rint(np.asarray(atlas.dataobj)).astype(np.int64).ravel(order="F")
     index = labels["index"].to_numpy(dtype=np.int64)
+    unknown = np.setdiff1d(np.unique(label_vol[label_vol > 0]), index)
+    if unknown.size:
+        raise InputError(_name(source), f"atlas labels {unknown[:10].tolist()} are missing from its look-up table")
     position = np.full(max(int(index.max()), int(label_vol.max())) + 1, -1, dtype=np.int64)
     position[index] = np.arange(index.size)
-    region = np.where(label_vol > 0, position[label_vol], -1)
+    region = np.where(label_vol > 0, position[np.maximum(label_vol, 0)], -1)
     n_total = np.bincount(region[region >= 0], minlength=index.size)
-    selected = np.flatnonzero((region >= 0) & in_mask)
+    keep = region >= 0 if in_mask is None else (region >= 0) & in_mask
+    selected = np.flatnonzero(keep)
     n_in = np.bincount(region[selected], minlength=index.size)
     coverage = np.divide(n_in, n_total, out=np.zeros(index.size), where=n_total > 0)
     used = (n_in > 0) & (coverage >= min_coverage)
 
-    # Gather the voxels of the used regions, sorted by region, then reduce per region.
     selected = selected[used[region[selected]]]
-    order = np.argsort(region[selected], kind="stable")
-    selected, owner = selected[order], region[selected][order]
-    n_t = bold_img.shape[3]
-    data = np.asanyarray(bold_img.dataobj).reshape(-1, n_t, order="F")
-    voxels = np.asarray(data[selected], dtype=np.float64)  # (n_voxels, T)
-    if not np.isfinite(voxels).all():
-        raise InputError(_name(bold), "BOLD contains NaN or infinite values inside atlas regions")
-    values = np.full((n_t, index.size), np.nan)
-    starts = np.flatnonzero(np.r_[True, owner[1:] != owner[:-1]]) if owner.size else np.array([], int)
-    regions_used = owner[starts]
-    if strategy == "mean":
-        values[:, regions_used] = (np.add.reduceat(voxels, starts, axis=0) / n_in[regions_used, None]).T
-    else:
-        for start, stop, r in zip(starts, np.r_[starts[1:], owner.size], regions_used):
-            values[:, r] = np.median(voxels[start:stop], axis=0)
-
-    names = labels["name"].astype(str).tolist()
-    cov = pd.DataFrame({
-        "index": index, "name": names, "n_voxels": n_total, "n_voxels_in_mask": n_in,
-        "coverage": coverage, "used": used,
+    owner = region[selected]
+    order = np.argsort(owner, kind="stable")
+    selected, owner = selected[order], owner[order]
+    starts = np.flatnonzero(np.r_[True, owner[1:] != owner[:-1]]) if owner.size else np.zeros(0, np.int64)
+    regions = owner[starts]
+    table = pd.DataFrame({
+        "index": index, "name": labels["name"].astype(str).to_numpy(), "n_voxels": n_total,
+        "n_voxels_in_mask": n_in, "coverage": coverage, "used": used,
     })
-    return Parcellation(pd.DataFrame(values, columns=names), cov)
+    return _Plan(labels, selected, starts, regions, n_in[regions].astype(np.float64), table)
 
 
-def _load(img):
-    return img if isinstance(img, nib.spatialimages.SpatialImage) else load_nifti(img)
+class _Source:
+    """A 4D BOLD image read as chunks of whole volumes, each flattened in NIfTI (Fortran) order."""
+
+    def __init__(self, bold: str | Path | nib.Nifti1Image):
+        self.name = _name(bold)
+        self.img = bold if isinstance(bold, nib.spatialimages.SpatialImage) else nib.load(bold)
+        if self.img.ndim != 4:
+            raise InputError(self.name, f"BOLD must be 4D, got shape {self.img.shape}")
+        self.shape = self.img.shape[:3]
+        self.affine = self.img.affine
+        self.n_volumes = self.img.shape[3]
+        self.n_voxels = int(np.prod(self.shape))
+        # nibabel moves scl_slope/scl_inter from the header into the array proxy on load.
+        self.slope = float(getattr(self.img.dataobj, "slope", 1.0))
+        self.inter = float(getattr(self.img.dataobj, "inter", 0.0))
+
+    def chunks(self) -> Iterator[tuple[int, np.ndarray]]:
+        dataobj = self.img.dataobj
+        if isinstance(dataobj, np.ndarray):  # in memory: values as they are
+            flat = dataobj.reshape(self.n_voxels, self.n_volumes, order="F")
+            step = self._step(flat.dtype.itemsize)
+            for start in range(0, self.n_volumes, step):
+                yield start, flat[:, start:start + step].T
+            return
+        path = Path(dataobj.file_like)
+        dtype = self.img.header.get_data_dtype()
+        step = self._step(dtype.itemsize)
+        if path.suffix != ".gz":
+            frames = np.memmap(path, dtype=dtype, mode="r", offset=dataobj.offset, shape=(self.n_volumes, self.n_voxels))
+            for start in range(0, self.n_volumes, step):
+                yield start, frames[start:start + step]
+            return
+        with igzip.open(path, "rb") as fh:
+            fh.read(dataobj.offset)
+            frame_bytes = self.n_voxels * dtype.itemsize
+            buffer = bytearray(step * frame_bytes)
+            for start in range(0, self.n_volumes, step):
+                k = min(step, self.n_volumes - start)
+                view = memoryview(buffer)[: k * frame_bytes]
+                if fh.readinto(view) != len(view):
+                    raise InputError(path, f"file ends before volume {start + k} of {self.n_volumes} (truncated?)")
+                yield start, np.frombuffer(buffer, dtype=dtype, count=k * self.n_voxels).reshape(k, self.n_voxels)
+
+    def _step(self, itemsize: int) -> int:
+        return max(1, CHUNK_BYTES // (self.n_voxels * itemsize))
+
+
+def _check_grid(img: nib.Nifti1Image, source: _Source, path, what: str) -> None:
+    if img.shape[:3] != source.shape or not np.allclose(img.affine, source.affine, atol=1e-4):
+        raise InputError(_name(path), f"{what} grid {img.shape[:3]} differs from the BOLD grid {source.shape}; resample first")
+
+
+def _load_small(img):
+    return img if isinstance(img, nib.spatialimages.SpatialImage) else nib.load(img)
 
 
 def _name(img) -> str | None:
