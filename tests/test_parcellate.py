@@ -115,7 +115,7 @@ def test_truncated_gzip_names_the_file(bold, a424_img, a424_labels, tmp_path):
     nib.save(bold, path)
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
-    with pytest.raises((InputError, EOFError), match="cut_bold.nii.gz|Compressed file ended"):
+    with pytest.raises(InputError, match="cut_bold.nii.gz.*truncated"):
         parcellate(path, a424_img, a424_labels)
 
 

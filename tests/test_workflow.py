@@ -40,31 +40,51 @@ def make_demo(out: Path, atlas_dir: Path, **kwargs) -> Path:
     return out
 
 
-def demo_config(demo: Path, results: Path) -> dict:
+def demo_config(demo: Path, results: Path, **extra) -> dict:
     return {
         "bids_dir": str(demo / "bids"),
         "output_dir": str(results),
         "preproc": {"mode": "derivatives", "derivatives_dir": str(demo / "derivatives" / "fmriprep")},
         "report": {"group_column": "response", "ground_truth": str(demo / "ground_truth" / "edges.tsv")},
+        **extra,
     }
 
 
+def coarse_atlas(folder: Path, a424: nib.Nifti1Image) -> dict:
+    """A user's atlas on a 4 mm grid: A424's four region groups (cortex R/L, subcortex, cerebellum)."""
+    labels = np.rint(np.asarray(a424.dataobj)).astype(int)[::2, ::2, ::2]
+    groups = np.digitize(labels, [1, 181, 361, 397])  # 0 background, 1..4
+    affine = a424.affine.copy()
+    affine[:3, :3] *= 2
+    folder.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(groups.astype(np.int16), affine), folder / "groups.nii.gz")
+    pd.DataFrame({"index": [1, 2, 3, 4], "name": ["CortexR", "CortexL", "Subcortex", "Cerebellum"]}).to_csv(
+        folder / "groups.tsv", sep="\t", index=False)
+    return {"image": str(folder / "groups.nii.gz"), "labels": str(folder / "groups.tsv")}
+
+
 @pytest.fixture(scope="module")
-def pipeline(tmp_path_factory, atlas_dir):
+def pipeline(tmp_path_factory, atlas_dir, a424_img):
+    """One DAG run with every option on: a second atlas, partial and tangent FC, dynamic FC."""
     base = tmp_path_factory.mktemp("wf")
     demo = make_demo(base / "demo", atlas_dir, n_subjects=4, n_trs=60, seed=3)
     results = base / "results"
-    proc = run_snakemake(base, demo_config(demo, results))
+    config = demo_config(
+        demo, results,
+        atlas={"extra": {"Groups": coarse_atlas(base / "atlas", a424_img)}},
+        connectivity={"kinds": ["pearson", "partial", "tangent"], "sliding_window": {"window": 30, "step": 15}},
+    )
+    proc = run_snakemake(base, config)
     assert proc.returncode == 0, proc.stderr[-5000:]
-    return demo, results, base
+    return demo, results, base, config
 
 
-def _runs(results: Path) -> list[Path]:
-    return sorted((results / "fmriflow").glob("sub-*/func/*_stat-mean_timeseries.tsv"))
+def _runs(results: Path, atlas: str = "A424") -> list[Path]:
+    return sorted((results / "fmriflow").glob(f"sub-*/func/*_atlas-{atlas}_stat-mean_timeseries.tsv"))
 
 
 def test_every_run_has_timeseries_and_fc(pipeline):
-    demo, results, _ = pipeline
+    demo, results, _, _ = pipeline
     raw = sorted((demo / "bids").glob("sub-*/func/*_bold.nii.gz"))
     assert len(raw) == 4 and len(_runs(results)) == 4
     assert (results / "report" / "fmriflow_report.html").stat().st_size > 10_000
@@ -73,7 +93,7 @@ def test_every_run_has_timeseries_and_fc(pipeline):
 
 
 def test_timeseries_equal_nilearn_masker(pipeline, a424_labels):
-    _, results, _ = pipeline
+    _, results, _, _ = pipeline
     atlas = results / "fmriflow/atlases/atlas-A424/atlas-A424_space-MNI152NLin6Asym_res-2_dseg.nii.gz"
     for ts_path in _runs(results):
         stem = ts_path.name.split("_space-")[0]
@@ -98,23 +118,26 @@ def test_timeseries_equal_nilearn_masker(pipeline, a424_labels):
 
 
 def test_fc_equals_corrcoef(pipeline):
-    _, results, _ = pipeline
-    for ts_path in _runs(results):
+    _, results, _, _ = pipeline
+    for ts_path in _runs(results) + _runs(results, "Groups"):
         ts = read_tsv(ts_path).to_numpy()
         fc_path = ts_path.with_name(ts_path.name.replace("stat-mean_timeseries", "stat-pearsoncorrelation_relmat"))
         fc = read_tsv(fc_path, index_col=0)
-        assert fc.shape == (424, 424)
+        assert fc.shape == (ts.shape[1],) * 2
+        np.testing.assert_allclose(np.load(fc_path.with_suffix(".npy")), fc.to_numpy(), atol=1e-8, rtol=0)  # TSV: 9 digits
         valid = np.isfinite(ts).all(axis=0)
         np.testing.assert_allclose(fc.to_numpy()[np.ix_(valid, valid)], np.corrcoef(ts[:, valid], rowvar=False), atol=1e-7)
         assert np.isnan(fc.to_numpy()[~valid]).all()
 
 
 def test_names_parse_as_bids_derivatives(pipeline):
-    _, results, _ = pipeline
+    _, results, _, _ = pipeline
     root = results / "fmriflow"
     assert json.loads((root / "dataset_description.json").read_text())["DatasetType"] == "derivative"
     files = [p for p in root.glob("sub-*/func/*") if p.suffix != ".json"]
-    assert len(files) == 4 * 7
+    # per run: qc, BOLD, mask, denoised BOLD; per atlas: time series, coverage, pearson and
+    # partial (TSV + NPY), dynamic FC
+    assert len(files) == 4 * (4 + 2 * 7)
     for path in files:
         ent = parse_file_entities(str(path))
         assert ent["subject"] == path.parts[-3].removeprefix("sub-") and ent["task"] == "rest", path
@@ -124,8 +147,8 @@ def test_names_parse_as_bids_derivatives(pipeline):
 
 
 def test_sidecars_record_true_checksums(pipeline):
-    _, results, _ = pipeline
-    artefacts = [p for p in (results / "fmriflow").rglob("*") if p.is_file() and p.suffix in (".tsv", ".gz")]
+    _, results, _, _ = pipeline
+    artefacts = [p for p in (results / "fmriflow").rglob("*") if p.is_file() and p.suffix in (".tsv", ".gz", ".npy")]
     assert artefacts
     for path in artefacts:
         sidecar = path.with_name(path.name.split(".")[0] + ".json")
@@ -136,7 +159,7 @@ def test_sidecars_record_true_checksums(pipeline):
 
 
 def test_manifest_lists_raw_files(pipeline):
-    demo, results, _ = pipeline
+    demo, results, _, _ = pipeline
     manifest = read_tsv(results / "bids" / "manifest.tsv", dtype={"path": str})
     raw_files = sorted(p.relative_to(demo / "bids").as_posix() for p in (demo / "bids").rglob("*") if p.is_file())
     assert sorted(manifest["path"]) == raw_files
@@ -148,8 +171,8 @@ def test_manifest_lists_raw_files(pipeline):
 
 
 def test_rerun_has_nothing_to_do(pipeline):
-    demo, results, base = pipeline
-    proc = run_snakemake(base, demo_config(demo, results), "--dry-run")
+    demo, results, base, config = pipeline
+    proc = run_snakemake(base, config, "--dry-run")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Nothing to be done" in proc.stdout + proc.stderr
 
@@ -176,3 +199,45 @@ def test_missing_derivative_is_named(tmp_path, atlas_dir):
     assert "sub-02_task-rest_space-MNI152NLin6Asym_res-2_desc-brain_mask.nii.gz" in proc.stderr
     assert "not found" in proc.stderr
     assert not (tmp_path / "results" / "fmriflow").exists()
+
+
+def test_second_atlas_equals_nilearn_on_its_resampled_grid(pipeline, a424_img):
+    """The user's 4 mm atlas is put on the BOLD grid by nearest neighbour, as nilearn would."""
+    from nilearn.image import resample_to_img
+
+    _, results, base, _ = pipeline
+    on_grid = results / "fmriflow/atlases/atlas-Groups/atlas-Groups_space-MNI152NLin6Asym_res-2_dseg.nii.gz"
+    expected = resample_to_img(nib.load(base / "atlas" / "groups.nii.gz"), a424_img, interpolation="nearest")
+    np.testing.assert_array_equal(np.asarray(nib.load(on_grid).dataobj), np.asarray(expected.dataobj))
+    assert json.loads(on_grid.with_name(on_grid.name.replace(".nii.gz", ".json")).read_text())["Provenance"]["Parameters"]["Resampled"]
+    for ts_path in _runs(results, "Groups"):
+        stem = ts_path.name.split("_space-")[0]
+        denoised = ts_path.with_name(f"{stem}_space-MNI152NLin6Asym_res-2_desc-denoised_bold.nii.gz")
+        mask = ts_path.with_name(f"{stem}_space-MNI152NLin6Asym_res-2_desc-brain_mask.nii.gz")
+        ref = NiftiLabelsMasker(labels_img=str(on_grid), mask_img=str(mask)).fit_transform(str(denoised))
+        ours = read_tsv(ts_path)
+        assert list(ours.columns) == ["CortexR", "CortexL", "Subcortex", "Cerebellum"]
+        np.testing.assert_allclose(ours.to_numpy(), ref, atol=1e-5)
+
+
+def test_partial_tangent_and_dynamic_outputs(pipeline):
+    from nilearn.connectome import ConnectivityMeasure
+
+    _, results, _, _ = pipeline
+    group = results / "fmriflow" / "group"
+    runs = _runs(results)
+    for ts_path in runs:
+        ts = read_tsv(ts_path)
+        valid = np.isfinite(ts.to_numpy()).all(axis=0)
+        partial = np.load(ts_path.with_name(ts_path.name.replace("stat-mean_timeseries.tsv", "stat-partialcorrelation_relmat.npy")))
+        ref = ConnectivityMeasure(kind="partial correlation").fit_transform([ts.to_numpy()[:, valid]])[0]
+        np.testing.assert_allclose(partial[np.ix_(valid, valid)], ref, atol=1e-8)
+        dynamic = np.load(ts_path.with_name(ts_path.name.replace("stat-mean_timeseries.tsv", "stat-pearsoncorrelation_desc-dynamic_relmat.npy")))
+        assert dynamic.shape == (3, 424, 424)  # windows of 30 volumes every 15 in 60
+    for stat in ("pearsoncorrelation", "partialcorrelation", "tangent"):
+        stack = np.load(group / f"space-MNI152NLin6Asym_res-2_atlas-A424_stat-{stat}_desc-stack_relmat.npy")
+        listing = read_tsv(group / f"space-MNI152NLin6Asym_res-2_atlas-A424_stat-{stat}_desc-stack_runs.tsv", dtype=str)
+        assert stack.shape == (4, 424, 424) and len(listing) == 4 and "response" in listing
+    pearson = np.load(group / "space-MNI152NLin6Asym_res-2_atlas-A424_stat-pearsoncorrelation_desc-stack_relmat.npy")
+    first = np.load(runs[0].with_name(runs[0].name.replace("stat-mean_timeseries.tsv", "stat-pearsoncorrelation_relmat.npy")))
+    np.testing.assert_array_equal(pearson[0], first)

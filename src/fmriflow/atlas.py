@@ -150,3 +150,36 @@ def load_labels_table(path: str | Path) -> pd.DataFrame:
     if table["index"].duplicated().any():
         raise InputError(path, "atlas look-up table repeats an index")
     return table
+
+
+def label_atlas_on_grid(image: str | Path, labels_tsv: str | Path, reference: str | Path):
+    """A user's label atlas on the reference (BOLD) grid, with its look-up table.
+
+    The image is resampled with nearest neighbour only when its grid differs from the
+    reference; the returned ``info`` says which happened, for the sidecar.
+    """
+    import nibabel as nib
+    from nilearn.image import resample_to_img
+
+    from .io import open_nifti
+
+    table = load_labels_table(labels_tsv)
+    original = img = open_nifti(image)
+    ref = open_nifti(reference)
+    if img.ndim != 3:
+        raise InputError(image, f"a label atlas must be a 3D image, got shape {img.shape}")
+    data = np.asarray(img.dataobj)
+    if not np.allclose(data, np.rint(data)):
+        raise InputError(image, "a label atlas must hold integer labels (is it a probabilistic atlas?)")
+    same = img.shape == ref.shape[:3] and np.allclose(img.affine, ref.affine, atol=1e-4)
+    if not same:
+        img = resample_to_img(img, ref, interpolation="nearest", force_resample=True, copy_header=True)
+    labels = np.rint(np.asarray(img.dataobj)).astype(np.int32)
+    unknown = np.setdiff1d(np.unique(labels[labels > 0]), table["index"].to_numpy())
+    if unknown.size:
+        raise InputError(labels_tsv, f"labels {unknown[:10].tolist()} of {Path(image).name} are not in the table")
+    out = nib.Nifti1Image(labels, ref.affine)
+    out.header.set_xyzt_units("mm")
+    info = {"Resampled": not same, "Interpolation": "nearest" if not same else None,
+            "OriginalGrid": list(map(int, original.shape)), "OriginalAffine": original.affine.tolist()}
+    return out, table, info

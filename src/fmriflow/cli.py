@@ -6,7 +6,6 @@ import argparse
 import sys
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pandas as pd
 
@@ -37,14 +36,14 @@ def _fetch_atlas(args: argparse.Namespace) -> None:
 
 def _parcellate(args: argparse.Namespace) -> None:
     from .atlas import load_labels_table
-    from .io import write_tsv
+    from .io import open_nifti, write_tsv
     from .parcellate import parcellate
     from .provenance import write_sidecar
 
     if args.labels:
         labels = load_labels_table(args.labels)
     else:
-        values = np.unique(np.rint(np.asarray(nib.load(args.atlas).dataobj)).astype(int))
+        values = np.unique(np.rint(np.asarray(open_nifti(args.atlas).dataobj)).astype(int))
         values = values[values > 0]
         labels = pd.DataFrame({"index": values, "name": [str(v) for v in values]})
     result = parcellate(args.bold, args.atlas, labels, args.mask, strategy=args.strategy, min_coverage=args.min_coverage)
@@ -57,12 +56,23 @@ def _parcellate(args: argparse.Namespace) -> None:
 
 
 def _connectivity(args: argparse.Namespace) -> None:
-    from .connectivity import PEARSON_METADATA, pearson
+    from .connectivity import METADATA, run_matrix, tangent
     from .io import read_tsv, write_tsv
     from .provenance import write_sidecar
 
-    write_tsv(args.out, pearson(read_tsv(args.timeseries)), index=True)
-    write_sidecar(args.out, "connectivity", [args.timeseries], parameters={"kind": args.kind}, metadata_fields=PEARSON_METADATA)
+    ts = read_tsv(args.timeseries)
+    inputs = [args.timeseries]
+    if args.kind == "tangent":
+        if not args.reference or len(args.reference) < 2:
+            raise InputError(None, "--kind tangent needs --reference with at least 2 time-series files (the group it is relative to)")
+        group = [read_tsv(p) for p in args.reference]
+        stack, _ = tangent([ts, *group], fit_on=range(1, len(group) + 1))
+        matrix = pd.DataFrame(stack[0], index=pd.Index(ts.columns, name="Node"), columns=ts.columns)
+        inputs += list(args.reference)
+    else:
+        matrix = run_matrix(ts, args.kind)
+    write_tsv(args.out, matrix, index=True)
+    write_sidecar(args.out, "connectivity", inputs, parameters={"kind": args.kind}, metadata_fields=METADATA[args.kind])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -103,7 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("connectivity", help="connectivity matrix of region time series")
     p.add_argument("--timeseries", required=True)
-    p.add_argument("--kind", choices=("pearson",), default="pearson")
+    p.add_argument("--kind", choices=("pearson", "partial", "tangent"), default="pearson")
+    p.add_argument("--reference", nargs="+", help="tangent only: time-series files of the reference group")
     p.add_argument("--out", required=True)
     p.set_defaults(func=_connectivity)
     return parser

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -11,7 +12,7 @@ from nilearn.interfaces.fmriprep import load_confounds_strategy
 from nilearn.signal import clean
 
 from .errors import InputError
-from .io import load_nifti, save_nifti
+from .io import load_nifti, open_nifti, save_nifti
 
 # nilearn's named strategies (nilearn.interfaces.fmriprep.load_confounds_strategy).
 STRATEGIES = ("simple", "scrubbing", "compcor", "ica_aroma")
@@ -58,7 +59,7 @@ def denoise_run(
     confounds, sample_mask = select_confounds(fmriprep_bold, strategy, strategy_options)
     if len(confounds) != n_volumes:
         raise InputError(fmriprep_bold, f"{len(confounds)} confound rows for {n_volumes} volumes in {bold}")
-    mask_img = nib.load(mask)
+    mask_img = open_nifti(mask)
     if mask_img.shape[:3] != img.shape[:3]:
         raise InputError(mask, f"mask grid {mask_img.shape[:3]} differs from the BOLD grid {img.shape[:3]}")
     in_mask = np.asarray(mask_img.dataobj) > 0
@@ -69,11 +70,15 @@ def denoise_run(
     del img  # the 4D array goes before the output array is allocated: one 4D copy at a time
     if not np.isfinite(series).all():
         raise InputError(bold, "BOLD contains NaN or infinite values inside the brain mask")
-    cleaned = clean(
-        series, confounds=confounds.to_numpy(), sample_mask=sample_mask, detrend=detrend,
-        standardize="zscore_sample" if standardize else None, low_pass=low_pass,
-        high_pass=high_pass, t_r=tr,
-    )
+    with warnings.catch_warnings():
+        # nilearn 0.13 announces a change in how confounds are scaled before the
+        # projection; residuals do not depend on that scaling.
+        warnings.filterwarnings("ignore", message=".*confounds will be standardized", category=DeprecationWarning)
+        cleaned = clean(
+            series, confounds=confounds.to_numpy(), sample_mask=sample_mask, detrend=detrend,
+            standardize="zscore_sample" if standardize else None, low_pass=low_pass,
+            high_pass=high_pass, t_r=tr,
+        )
     out_data = np.zeros((*shape, cleaned.shape[0]), dtype=np.float32)
     out_data[in_mask] = cleaned.T
     out_img = nib.Nifti1Image(out_data, affine, header)

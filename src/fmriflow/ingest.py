@@ -13,12 +13,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import nibabel as nib
 import pandas as pd
 from bids.layout import BIDSLayout, parse_file_entities
 
 from .errors import InputError
-from .io import sha256sum
+from .io import open_nifti, sha256sum
 from .naming import run_key
 
 BOLD_GLOBS = ("sub-*/func/*_bold.nii.gz", "sub-*/func/*_bold.nii", "sub-*/ses-*/func/*_bold.nii.gz", "sub-*/ses-*/func/*_bold.nii")
@@ -108,10 +107,7 @@ def build_manifest(bids_dir: str | Path) -> pd.DataFrame:
             "tr": None,
         }
         if rel.name.endswith((".nii", ".nii.gz")):
-            try:
-                img = nib.load(f.path)
-            except Exception as exc:  # nibabel raises several types for damaged files
-                raise InputError(f.path, f"unreadable NIfTI ({exc})") from exc
+            img = open_nifti(f.path)
             row["shape"] = "x".join(map(str, img.shape))
             if ent.get("suffix") == "bold":
                 row["tr"] = bold_repetition_time(f.path, layout.get_metadata(f.path))
@@ -124,7 +120,7 @@ def bold_repetition_time(path: str | Path, sidecar: dict, tolerance: float = 1e-
     if "RepetitionTime" not in sidecar:
         raise InputError(path, "no RepetitionTime in the BOLD sidecar")
     tr = float(sidecar["RepetitionTime"])
-    img = nib.load(path)
+    img = open_nifti(path)
     if img.ndim != 4:
         raise InputError(path, f"BOLD must be 4D, got shape {img.shape}")
     zooms = img.header.get_zooms()

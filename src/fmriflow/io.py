@@ -94,17 +94,35 @@ def save_nifti(img: Any, path: str | Path) -> None:
             nib.save(img, tmp)
 
 
+def open_nifti(path: str | Path) -> Any:
+    """``nibabel.load`` (lazy: header now, data on access) with an error that names the file."""
+    import nibabel as nib
+
+    try:
+        return nib.load(path)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # nibabel raises several types for damaged or foreign files
+        from .errors import InputError
+
+        raise InputError(path, f"not a readable NIfTI image ({exc})") from exc
+
+
 def load_nifti(path: str | Path) -> Any:
     """Load a NIfTI image fully into memory (``.nii.gz`` decompressed with ISA-L)."""
     import nibabel as nib
 
+    from .errors import InputError
+
+    img = open_nifti(path)
     if not str(path).endswith(".gz"):
-        img = nib.load(path)
         return img.__class__(np.asanyarray(img.dataobj), img.affine, img.header)
-    with igzip.open(path, "rb") as fh:
-        holder = nib.FileHolder(filename=str(path), fileobj=fh)
-        img = nib.Nifti1Image.from_file_map({"header": holder, "image": holder})
-        data = np.asanyarray(img.dataobj)
+    try:
+        with igzip.open(path, "rb") as fh:
+            holder = nib.FileHolder(filename=str(path), fileobj=fh)
+            data = np.asanyarray(img.__class__.from_file_map({"header": holder, "image": holder}).dataobj)
+    except (EOFError, OSError, ValueError) as exc:
+        raise InputError(path, f"cannot read the image data, is the file truncated? ({exc})") from exc
     return nib.Nifti1Image(data, img.affine, img.header)
 
 

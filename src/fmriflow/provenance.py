@@ -40,7 +40,7 @@ def sidecar_path(artefact: str | Path) -> Path:
     name = artefact.name
     if name.endswith(".json"):
         raise ValueError(f"{artefact}: a JSON artefact carries its provenance inside, not in a sidecar")
-    for ext in (".nii.gz", ".tsv.gz", ".nii", ".tsv", ".html", ".png", ".svg"):
+    for ext in (".nii.gz", ".tsv.gz", ".nii", ".tsv", ".npy", ".html", ".png", ".svg"):
         if name.endswith(ext):
             return artefact.with_name(name[: -len(ext)] + ".json")
     return artefact.with_name(name + ".json")

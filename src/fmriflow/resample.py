@@ -10,7 +10,7 @@ import numpy as np
 from nilearn.image import resample_to_img
 
 from .errors import InputError
-from .io import atomic_path, save_nifti
+from .io import atomic_path, open_nifti, save_nifti
 
 
 def same_grid(a: nib.spatialimages.SpatialImage, b: nib.spatialimages.SpatialImage, atol: float = 1e-4) -> bool:
@@ -25,7 +25,7 @@ def to_atlas_grid(bold: str | Path, mask: str | Path, atlas: str | Path, out_bol
     sidecar says so. Otherwise BOLD is resampled with continuous interpolation and the
     mask with nearest neighbour; the input must already be in the template space.
     """
-    bold_img, mask_img, atlas_img = nib.load(bold), nib.load(mask), nib.load(atlas)
+    bold_img, mask_img, atlas_img = open_nifti(bold), open_nifti(mask), open_nifti(atlas)
     if bold_img.ndim != 4:
         raise InputError(bold, f"BOLD must be 4D, got shape {bold_img.shape}")
     if same_grid(bold_img, atlas_img):

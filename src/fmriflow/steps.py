@@ -39,6 +39,18 @@ def atlas_step(out_img: str, out_labels: str, cache_dir: str, local_dir: str | N
                       metadata_fields={"Name": "A424", "SpatialReference": "MNI152NLin6Asym res-2", "Source": source})
 
 
+def extra_atlas_step(name: str, image: str, labels: str, reference: str, out_img: str, out_labels: str) -> None:
+    """A user's label atlas, checked and put on the template grid, in the derivatives root."""
+    from .io import save_nifti
+
+    img, table, info = atlas_mod.label_atlas_on_grid(image, labels, reference)
+    save_nifti(img, out_img)
+    write_tsv(out_labels, table)
+    for out in (out_img, out_labels):
+        write_sidecar(out, "atlas", [image, labels, reference], parameters=info,
+                      metadata_fields={"Name": name, "SpatialReference": "MNI152NLin6Asym res-2 (A424 grid)"})
+
+
 def bids_step(bids_dir: str, out_manifest: str, out_validation: str, *, validate: bool = True, fail_on_errors: bool = True) -> None:
     """Validate the raw dataset and write the manifest of every file (sha256, TR, shape)."""
     from .ingest import build_manifest, run_validator
@@ -92,34 +104,52 @@ def denoise_step(bold: str, mask: str, fmriprep_bold: str, confounds: str, out: 
                   metadata_fields={"RepetitionTime": info["RepetitionTime"], "Denoised": True})
 
 
-def parcellate_step(bold: str, mask: str, atlas_img: str, atlas_labels: str, out_timeseries: str,
-                    out_coverage: str, config: Config) -> None:
-    import nibabel as nib
-
-    from .parcellate import parcellate
+def parcellate_step(bold: str, mask: str, atlases: Sequence[tuple[str, str]], out_timeseries: Sequence[str],
+                    out_coverage: Sequence[str], config: Config) -> None:
+    """Region time series and coverage for every atlas, from one read of the BOLD."""
+    from .io import open_nifti
+    from .parcellate import parcellate_many
 
     section = config["parcellate"]
-    result = parcellate(bold, atlas_img, atlas_mod.load_labels_table(atlas_labels), mask,
-                        strategy=section["strategy"], min_coverage=section["min_coverage"])
-    tr = float(nib.load(bold).header.get_zooms()[3])
-    write_tsv(out_timeseries, result.timeseries)
-    write_tsv(out_coverage, result.coverage)
-    inputs = [bold, mask, atlas_img, atlas_labels]
-    dropped = {"RegionsBelowCoverage": result.dropped, "MinCoverage": section["min_coverage"]}
-    write_sidecar(out_timeseries, "parcellate", inputs, config=section,
-                  metadata_fields={"RepetitionTime": tr, "SamplingFrequency": 1.0 / tr, **dropped})
-    write_sidecar(out_coverage, "parcellate", inputs, config=section, metadata_fields=dropped)
+    tables = [(img, atlas_mod.load_labels_table(lut)) for img, lut in atlases]
+    results = parcellate_many(bold, tables, mask, strategy=section["strategy"], min_coverage=section["min_coverage"])
+    tr = float(open_nifti(bold).header.get_zooms()[3])
+    for (img, lut), result, ts_path, cov_path in zip(atlases, results, out_timeseries, out_coverage):
+        write_tsv(ts_path, result.timeseries)
+        write_tsv(cov_path, result.coverage)
+        inputs = [bold, mask, img, lut]
+        dropped = {"RegionsBelowCoverage": result.dropped, "MinCoverage": section["min_coverage"]}
+        write_sidecar(ts_path, "parcellate", inputs, config=section,
+                      metadata_fields={"RepetitionTime": tr, "SamplingFrequency": 1.0 / tr, **dropped})
+        write_sidecar(cov_path, "parcellate", inputs, config=section, metadata_fields=dropped)
 
 
-def connectivity_step(timeseries: str, out: str, config: Config) -> None:
-    fc = pearson(read_tsv(timeseries))
-    write_tsv(out, fc, index=True)
-    write_sidecar(out, "connectivity", [timeseries], config=config["connectivity"], metadata_fields=PEARSON_METADATA)
+def connectivity_step(timeseries: str, out_tsv: Sequence[str], out_npy: Sequence[str], kinds: Sequence[str],
+                      config: Config, out_dynamic: str | None = None) -> None:
+    """Per-run matrices of each kind, as TSV (with region names) and NPY; optionally dynamic FC."""
+    from .connectivity import METADATA, run_matrix, sliding_window
+
+    ts = read_tsv(timeseries)
+    section = config["connectivity"]
+    for kind, tsv, npy in zip(kinds, out_tsv, out_npy):
+        matrix = run_matrix(ts, kind)
+        write_tsv(tsv, matrix, index=True)
+        with atomic_path(npy) as tmp:
+            np.save(tmp, matrix.to_numpy())
+        write_sidecar(tsv, "connectivity", [timeseries], config=section, metadata_fields=METADATA[kind])
+    if out_dynamic:
+        window = section["sliding_window"]
+        dynamic = sliding_window(ts, window["window"], window["step"])
+        with atomic_path(out_dynamic) as tmp:
+            np.save(tmp, dynamic)
+        write_sidecar(out_dynamic, "connectivity", [timeseries], config=section,
+                      metadata_fields={**METADATA["pearson"], "WindowVolumes": window["window"],
+                                       "StepVolumes": window["step"], "Shape": list(dynamic.shape)})
 
 
 def group_connectivity_step(matrices: Sequence[str], participants: str, group_column: str | None,
                             out_mean: str, out_diff: str, config: Config) -> None:
-    """Fisher-z mean FC over all runs, and the difference between the two levels of ``group_column``."""
+    """Fisher-z mean Pearson FC over all runs, and the difference between the two levels of ``group_column``."""
     fcs = [read_tsv(p, index_col=0) for p in matrices]
     names = list(fcs[0].columns)
     mean = pd.DataFrame(fisher_mean([f.to_numpy() for f in fcs]), index=pd.Index(names, name="Node"), columns=names)
@@ -130,7 +160,7 @@ def group_connectivity_step(matrices: Sequence[str], participants: str, group_co
     meta: dict[str, Any] = {**PEARSON_METADATA, "GroupColumn": group_column}
     diff = np.full(mean.shape, np.nan)
     if group_column and group_column in table:
-        subjects = [Path(p).name.split("_")[0] for p in matrices]
+        subjects = [_subject(p) for p in matrices]
         group_of = dict(zip(table["participant_id"], table[group_column]))
         levels = sorted({group_of.get(s) for s in subjects} - {None, "n/a", ""})
         if len(levels) == 2:
@@ -145,3 +175,45 @@ def group_connectivity_step(matrices: Sequence[str], participants: str, group_co
         meta["Note"] = f"no column {group_column!r} in {participants}"
     write_tsv(out_diff, pd.DataFrame(diff, index=pd.Index(names, name="Node"), columns=names), index=True)
     write_sidecar(out_diff, "connectivity", [*matrices, participants], metadata_fields=meta)
+
+
+def stack_step(kind: str, runs: Sequence[str], inputs: Sequence[str], participants: str,
+               out_stack: str, out_runs: str, config: Config, out_reference: str | None = None) -> None:
+    """Runs x regions x regions stack of one kind for modelling, with a table of its runs.
+
+    ``inputs`` are per-run NPY matrices (pearson, partial) or, for tangent, per-run time
+    series: the tangent reference is fitted on all runs here (unsupervised); model code
+    refits it on training subjects only (fmriflow.connectivity.tangent's ``fit_on``).
+    """
+    from .connectivity import METADATA, tangent
+
+    section = config["connectivity"]
+    meta: dict[str, Any] = {**METADATA[kind], "Runs": out_runs}
+    if kind == "tangent":
+        stack, reference = tangent([read_tsv(p) for p in inputs])
+        meta["Reference"] = "geometric mean of all runs' covariances"
+    else:
+        stack = np.stack([np.load(p) for p in inputs])
+        if section["fisher_z"]:
+            stack = fisher_z(stack)
+            for matrix in stack:
+                np.fill_diagonal(matrix, np.nan)
+        meta["FisherZ"] = bool(section["fisher_z"])
+    meta["Shape"] = list(stack.shape)
+    table = read_tsv(participants, dtype=str)
+    listing = pd.DataFrame({"run": list(runs), "participant_id": [f"sub-{r.split('/')[0].removeprefix('sub-')}" for r in runs]})
+    listing = listing.merge(table, on="participant_id", how="left")
+    write_tsv(out_runs, listing)
+    with atomic_path(out_stack) as tmp:
+        np.save(tmp, stack)
+    write_sidecar(out_stack, "connectivity", [*inputs, participants], config=section, metadata_fields=meta)
+    write_sidecar(out_runs, "connectivity", [participants], metadata_fields={"Description": f"row order of {Path(out_stack).name}"})
+    if out_reference:
+        with atomic_path(out_reference) as tmp:
+            np.save(tmp, reference)
+        write_sidecar(out_reference, "connectivity", inputs, config=section,
+                      metadata_fields={"Description": "tangent reference covariance (valid regions only)"})
+
+
+def _subject(path: str) -> str:
+    return Path(path).name.split("_")[0]

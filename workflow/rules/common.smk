@@ -6,6 +6,7 @@ from pathlib import Path
 from snakemake.utils import validate
 
 from fmriflow import naming
+from fmriflow.connectivity import STAT
 from fmriflow.ingest import discover_runs
 from fmriflow.preproc import locate_run
 
@@ -16,10 +17,12 @@ OUT = config["output_dir"]
 DERIV = f"{OUT}/fmriflow"
 LOGS = f"{OUT}/logs"
 BIDS_DIR = config["bids_dir"]
-ATLAS = config["atlas"]["name"]
-ATLAS_DIR = f"{DERIV}/atlases/atlas-{ATLAS}"
-ATLAS_IMG = f"{ATLAS_DIR}/atlas-{ATLAS}_space-{naming.TEMPLATE_SPACE}_res-{naming.TEMPLATE_RES}_dseg.nii.gz"
-ATLAS_LABELS = f"{ATLAS_DIR}/atlas-{ATLAS}_dseg.tsv"
+ATLAS = "A424"  # the atlas of the foundation models; config atlas.extra adds others
+EXTRA_ATLASES = config["atlas"]["extra"]
+ATLASES = [ATLAS, *EXTRA_ATLASES]
+KINDS = config["connectivity"]["kinds"]
+RUN_KINDS = [k for k in KINDS if k != "tangent"]
+DYNAMIC = config["connectivity"]["sliding_window"]["window"] is not None
 
 if not Path(BIDS_DIR).is_dir():
     raise WorkflowError(
@@ -38,6 +41,7 @@ if config["preproc"]["mode"] == "derivatives":
 
 wildcard_constraints:
     run="|".join(re.escape(run) for run in RUNS),
+    atlas="|".join(ATLASES),
 
 
 def out(run, **entities):
@@ -50,15 +54,37 @@ def grid(run, **entities):
     return f"{DERIV}/{naming.template_derivative(run, **entities)}"
 
 
+def atlas_img(atlas):
+    return f"{DERIV}/atlases/atlas-{atlas}/atlas-{atlas}_space-{naming.TEMPLATE_SPACE}_res-{naming.TEMPLATE_RES}_dseg.nii.gz"
+
+
+def atlas_labels(atlas):
+    return f"{DERIV}/atlases/atlas-{atlas}/atlas-{atlas}_dseg.tsv"
+
+
+def relmat(run, atlas, kind, extension=".tsv", desc=None):
+    """A connectivity matrix of one run (or the {run} wildcard) for an atlas and kind."""
+    return grid(run, atlas=atlas, stat=STAT[kind], desc=desc, suffix="relmat", extension=extension)
+
+
+def group_file(atlas, stat, desc, suffix="relmat", extension=".tsv"):
+    """A group-level file for an atlas and a stat label (e.g. STAT["pearson"], or "{stat}")."""
+    return f"{DERIV}/group/" + naming.entities_name(
+        space=naming.TEMPLATE_SPACE, res=naming.TEMPLATE_RES, atlas=atlas, stat=stat,
+        desc=desc, suffix=suffix, extension=extension,
+    )
+
+
 def fmriprep_file(kind):
     """Input function: the fMRIPrep output ``kind`` (bold, mask, confounds) of a run."""
     return lambda wildcards: str(getattr(PREPROC[wildcards.run], kind))
 
 
 def all_outputs():
-    runs = list(RUNS)
     return [
         f"{DERIV}/dataset_description.json",
-        *[grid(r, atlas=ATLAS, stat="pearsoncorrelation", suffix="relmat", extension=".tsv") for r in runs],
+        *[relmat(r, a, k, ext) for r in RUNS for a in ATLASES for k in RUN_KINDS for ext in (".tsv", ".npy")],
+        *[relmat(r, a, "pearson", ".npy", desc="dynamic") for r in RUNS for a in ATLASES if DYNAMIC],
+        *[group_file(a, STAT[k], "stack", extension=".npy") for a in ATLASES for k in KINDS],
         f"{OUT}/report/fmriflow_report.html",
     ]

@@ -1,33 +1,68 @@
 rule connectivity:
-    """Pearson FC between all atlas regions of one run."""
+    """Connectivity matrices of one run and atlas, each kind as TSV (region names) and NPY."""
     input:
-        timeseries=rules.parcellate.output.timeseries,
+        timeseries=timeseries("{run}", "{atlas}"),
     output:
-        relmat=grid("{run}", atlas=ATLAS, stat="pearsoncorrelation", suffix="relmat", extension=".tsv"),
+        tsv=[relmat("{run}", "{atlas}", k, ".tsv") for k in RUN_KINDS],
+        npy=[relmat("{run}", "{atlas}", k, ".npy") for k in RUN_KINDS],
+        dynamic=[relmat("{run}", "{atlas}", "pearson", ".npy", desc="dynamic")] if DYNAMIC else [],
+    params:
+        kinds=RUN_KINDS,
     log:
-        f"{LOGS}/connectivity/{{run}}.log",
+        f"{LOGS}/connectivity/{{run}}_atlas-{{atlas}}.log",
     script:
         "../scripts/connectivity.py"
 
 
-def group_fc(desc):
-    return f"{DERIV}/group/" + naming.entities_name(
-        space=naming.TEMPLATE_SPACE, res=naming.TEMPLATE_RES, atlas=ATLAS, stat="pearsoncorrelation",
-        desc=desc, suffix="relmat", extension=".tsv",
-    )
-
-
 rule group_connectivity:
-    """Fisher-z mean FC over runs and the difference between the two groups of report.group_column."""
+    """Fisher-z mean Pearson FC over runs and the difference between the two groups of report.group_column."""
     input:
-        relmats=expand(rules.connectivity.output.relmat, run=RUNS),
+        relmats=expand(relmat("{run}", "{{atlas}}", "pearson"), run=RUNS),
         participants=f"{BIDS_DIR}/participants.tsv",
     output:
-        mean=group_fc("mean"),
-        diff=group_fc("groupdiff"),
+        mean=group_file("{atlas}", STAT["pearson"], "mean"),
+        diff=group_file("{atlas}", STAT["pearson"], "groupdiff"),
     params:
         group_column=config["report"]["group_column"],
     log:
-        f"{LOGS}/connectivity/group.log",
+        f"{LOGS}/connectivity/group_atlas-{{atlas}}.log",
     script:
         "../scripts/group_connectivity.py"
+
+
+KIND_OF_STAT = {stat: kind for kind, stat in STAT.items()}
+
+
+rule connectivity_stack:
+    """Runs x regions x regions stack of one per-run kind (a modelling input), with its row table."""
+    input:
+        matrices=lambda wildcards: [relmat(r, wildcards.atlas, KIND_OF_STAT[wildcards.stat], ".npy") for r in RUNS],
+        participants=f"{BIDS_DIR}/participants.tsv",
+    output:
+        stack=group_file("{atlas}", "{stat}", "stack", extension=".npy"),
+        runs=group_file("{atlas}", "{stat}", "stack", suffix="runs"),
+    params:
+        runs=list(RUNS),
+    wildcard_constraints:
+        stat="|".join(STAT[k] for k in RUN_KINDS),
+    log:
+        f"{LOGS}/connectivity/stack_atlas-{{atlas}}_stat-{{stat}}.log",
+    script:
+        "../scripts/connectivity_stack.py"
+
+
+rule tangent_stack:
+    """Tangent-space connectivity of every run around the group geometric mean (all runs)."""
+    input:
+        matrices=expand(timeseries("{run}", "{{atlas}}"), run=RUNS),
+        participants=f"{BIDS_DIR}/participants.tsv",
+    output:
+        stack=group_file("{atlas}", STAT["tangent"], "stack", extension=".npy"),
+        runs=group_file("{atlas}", STAT["tangent"], "stack", suffix="runs"),
+        reference=group_file("{atlas}", STAT["tangent"], "reference", extension=".npy"),
+    params:
+        runs=list(RUNS),
+    log:
+        f"{LOGS}/connectivity/stack_atlas-{{atlas}}_stat-tangent.log",
+    script:
+        "../scripts/connectivity_stack.py"

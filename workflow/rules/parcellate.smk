@@ -1,15 +1,19 @@
+def timeseries(run, atlas):
+    return grid(run, atlas=atlas, stat=config["parcellate"]["strategy"], suffix="timeseries", extension=".tsv")
+
+
 rule parcellate:
-    """Region time series (time x region, one column per atlas label) and per-region coverage."""
+    """Region time series (time x region, one column per label) and coverage, every atlas from one read."""
     input:
         bold=rules.denoise.output.bold,
         mask=rules.resample.output.mask,
-        atlas=ATLAS_IMG,
-        labels=ATLAS_LABELS,
+        atlases=[atlas_img(a) for a in ATLASES],
+        labels=[atlas_labels(a) for a in ATLASES],
     output:
-        timeseries=grid("{run}", atlas=ATLAS, stat=config["parcellate"]["strategy"], suffix="timeseries", extension=".tsv"),
-        coverage=grid("{run}", atlas=ATLAS, stat="coverage", suffix="bold", extension=".tsv"),
+        timeseries=[timeseries("{run}", a) for a in ATLASES],
+        coverage=[grid("{run}", atlas=a, stat="coverage", suffix="bold", extension=".tsv") for a in ATLASES],
     resources:
-        mem_mb=3000,
+        mem_mb=1000,
     log:
         f"{LOGS}/parcellate/{{run}}.log",
     script:

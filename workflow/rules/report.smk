@@ -10,9 +10,9 @@ rule report:
         manifest=rules.bids.output.manifest,
         validation=rules.bids.output.validation,
         qc=expand(rules.preproc_derivatives.output.qc, run=RUNS),
-        coverage=expand(rules.parcellate.output.coverage, run=RUNS),
-        group_fc=rules.group_connectivity.output.mean,
-        group_diff=rules.group_connectivity.output.diff,
+        coverage=[grid(r, atlas=ATLAS, stat="coverage", suffix="bold", extension=".tsv") for r in RUNS],
+        group_fc=group_file(ATLAS, STAT["pearson"], "mean"),
+        group_diff=group_file(ATLAS, STAT["pearson"], "groupdiff"),
         ground_truth=ground_truth(),
     output:
         html=report(f"{OUT}/report/fmriflow_report.html", caption="../report/report.rst", category="Report"),

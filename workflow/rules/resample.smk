@@ -3,7 +3,7 @@ rule resample:
     input:
         bold=fmriprep_file("bold"),
         mask=fmriprep_file("mask"),
-        atlas=ATLAS_IMG,
+        atlas=atlas_img(ATLAS),
         qc=rules.preproc_derivatives.output.qc,
     output:
         bold=grid("{run}", desc="preproc", suffix="bold", extension=".nii.gz"),

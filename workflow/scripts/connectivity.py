@@ -2,4 +2,6 @@ from fmriflow.smk import logged
 from fmriflow.steps import connectivity_step
 
 with logged(snakemake.log[0]):
-    connectivity_step(snakemake.input.timeseries, snakemake.output.relmat, snakemake.config)
+    o = snakemake.output
+    connectivity_step(snakemake.input.timeseries, list(o.tsv), list(o.npy), snakemake.params.kinds,
+                      snakemake.config, out_dynamic=o.dynamic[0] if o.dynamic else None)

@@ -3,4 +3,5 @@ from fmriflow.steps import parcellate_step
 
 with logged(snakemake.log[0]):
     i, o = snakemake.input, snakemake.output
-    parcellate_step(i.bold, i.mask, i.atlas, i.labels, o.timeseries, o.coverage, snakemake.config)
+    atlases = list(zip(i.atlases, i.labels))
+    parcellate_step(i.bold, i.mask, atlases, list(o.timeseries), list(o.coverage), snakemake.config)

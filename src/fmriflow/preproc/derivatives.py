@@ -9,7 +9,7 @@ import nibabel as nib
 import numpy as np
 
 from ..errors import InputError
-from ..io import read_tsv
+from ..io import open_nifti, read_tsv
 from ..naming import derivative
 from ..qc import motion_summary
 
@@ -43,13 +43,13 @@ def locate_run(deriv_root: str | Path, run: str, space: str = "MNI152NLin6Asym",
 
 def check_run(files: PreprocFiles, raw_tr: float, fd_threshold: float = 0.5) -> dict:
     """Check one run's fMRIPrep outputs against each other and the raw data; return QC numbers."""
-    img = nib.load(files.bold)
+    img = open_nifti(files.bold)
     if img.ndim != 4:
         raise InputError(files.bold, f"preprocessed BOLD must be 4D, got shape {img.shape}")
     tr = float(img.header.get_zooms()[3])
     if abs(tr - raw_tr) > 1e-3:
         raise InputError(files.bold, f"TR {tr:g} s differs from the raw BOLD's RepetitionTime {raw_tr:g} s")
-    mask = nib.load(files.mask)
+    mask = open_nifti(files.mask)
     if mask.shape != img.shape[:3] or not np.allclose(mask.affine, img.affine, atol=1e-4):
         raise InputError(files.mask, f"brain mask grid {mask.shape} differs from the BOLD grid {img.shape[:3]}")
     confounds = read_tsv(files.confounds)
