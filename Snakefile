@@ -8,6 +8,8 @@
 #       sub-*/[ses-*/]func/               per run: QC row, BOLD + mask on the atlas grid, denoised BOLD,
 #                                         A424 time series + coverage, Pearson FC; each with a JSON sidecar
 #       group/                            group-mean FC and group difference
+#   <output_dir>/dataset/atlas-A424/       model-ready windows (memory-mapped), splits, scaling, dataset card
+#   <output_dir>/pretrain/<model>/        pretrained masked autoencoder (model.pt), metrics.csv
 #   <output_dir>/report/fmriflow_report.html
 #   <output_dir>/logs/<rule>/...          one log per job
 
@@ -30,6 +32,7 @@ include: "workflow/rules/resample.smk"
 include: "workflow/rules/denoise.smk"
 include: "workflow/rules/parcellate.smk"
 include: "workflow/rules/connectivity.smk"
+include: "workflow/rules/pretrain.smk"
 include: "workflow/rules/report.smk"
 
 

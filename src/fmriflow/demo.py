@@ -23,7 +23,7 @@ Group effect
     pairs ``(i, j)`` in different networks (``c = 0.35``): the correlation difference
     on those edges is exactly ``c`` and zero elsewhere. The perturbation has
     eigenvalues ``+-c`` and ``Sigma0 >= D = 0.5775 I``, so ``Sigma1`` is positive
-    definite (also checked by its Cholesky factor). Edge regions have at least 40
+    definite (also checked numerically). Edge regions have at least 40
     voxels and lie far from the dropout sphere, so every subject observes them.
 Region signals
     A stationary VAR(1), ``x_t = phi x_{t-1} + sqrt(1 - phi**2) L eps_t`` with
@@ -35,7 +35,8 @@ Voxels (percent signal change units, ``%``)
     ``a_v = 1`` for voxels of atlas region ``r``, 0 elsewhere; ``sigma = 1.5``;
     ``eta ~ N(0, 1)`` white. ``b_v`` follows the inverted MNI152 T1 intensity
     (``1100 - 500 T1``: CSF bright, white matter dark, as in T2* EPI) times a
-    subject scale ``U(0.8, 1.2)`` and 3 % voxel jitter.
+    subject scale ``U(0.8, 1.2)`` and 3 % voxel jitter. Values are stored rounded to
+    1/16 (quantisation SD 0.018, about 1e-3 of the noise SD; smaller, faster gzip).
 Nuisance regressors ``n_k``, all affine in columns of the confounds TSV, so that
 regressing those columns removes them exactly
     - motion: 6 rigid-body parameters, random walks (steps 0.03 mm and 0.0006 rad,
@@ -65,15 +66,34 @@ Confounds (as fMRIPrep computes them, on the simulated data)
     (PCA of the 2 % highest-variance in-mask voxels) after removing the cosines and
     the mean and scaling each voxel to unit variance, and ``motion_outlier_NN`` for
     volumes with FD > 0.5 mm or std_dvars > 1.5.
-Raw BOLD
-    the same simulated volumes sampled (nearest voxel) on a 4 mm grid over the same
-    field of view (every second voxel of the 2 mm grid), rounded to int16. It is the preprocessed signal, not a simulated
-    acquisition (no motion is applied to the image): it exists so that the raw BIDS
-    layer is complete and valid.
+Raw BOLD and T1w
+    The raw BOLD is the same simulated volumes sampled (nearest voxel) on a 4 mm grid
+    over the same field of view (every second voxel of the 2 mm grid), rounded to
+    int16: not a simulated acquisition (motion is a regressor, the image does not
+    move). The T1w is nilearn's MNI152 template times 1000, plus noise. Both exist
+    so that the raw BIDS layer is complete and valid.
+Randomness
+    ``numpy.random.SeedSequence(seed)``: child 0 draws the population (networks,
+    edges, participants, who has dropout or spikes), child ``s`` subject ``s``; so
+    every file is the same for any ``jobs`` and a rerun is byte-identical.
 
-Randomness comes from ``numpy.random.SeedSequence(seed)``: child 0 draws the
-population (networks, edges, participants), child ``s`` draws subject ``s``, so
-every file is the same for any ``jobs`` and a rerun is byte-identical.
+Layout
+------
+::
+
+    out_dir/
+      bids/                      raw BIDS 1.10.0 (validator: 0 errors)
+        dataset_description.json, README, participants.tsv/.json
+        sub-XX/anat/sub-XX_T1w.nii.gz
+        sub-XX/func/sub-XX_task-rest_bold.nii.gz/.json
+      derivatives/fmriprep/      fMRIPrep-shaped, GeneratedBy the demo generator
+        sub-XX/func/sub-XX_task-rest_space-MNI152NLin6Asym_res-2_desc-preproc_bold.nii.gz/.json
+        sub-XX/func/sub-XX_task-rest_space-MNI152NLin6Asym_res-2_desc-brain_mask.nii.gz/.json
+        sub-XX/func/sub-XX_task-rest_desc-confounds_timeseries.tsv/.json
+      ground_truth/
+        edges.tsv, ground_truth.json, sub-XX_desc-true_timeseries.tsv
+
+``res-2`` appears only when ``bold_res`` is 2 (the A424 grid itself).
 """
 
 from __future__ import annotations
@@ -82,11 +102,12 @@ import contextlib
 import io
 import os
 import shutil
+import sys
 import tempfile
 import zlib
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
-from multiprocessing import get_context
+from multiprocessing import get_all_start_methods, get_context
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -538,7 +559,7 @@ def _worker(spec: dict) -> dict:
 
 def _single_threaded_blas():
     """One BLAS thread: with one process per core, BLAS threads only contend (and
-    measured slower even alone on the 2-core CI machine); it also keeps float
+    measured slower even alone on a 2-core test machine); it also keeps float
     results independent of the machine's core count."""
     try:
         from threadpoolctl import threadpool_limits  # a dependency of scikit-learn (nilearn)
@@ -551,9 +572,13 @@ def _run_subjects(specs: list[dict], shared: dict, jobs: int) -> list[dict]:
     jobs = min(jobs, len(specs))
     if jobs == 1:
         return [_simulate_subject(spec, shared) for spec in specs]
-    # spawn: workers start clean (no inherited BLAS thread pools or locks).
+    # fork on Linux: the workers inherit the arrays and never re-run the caller's
+    # __main__, which spawn and forkserver do: plain scripts and Snakemake `script:`
+    # files have no `if __name__ == "__main__"` guard and would recurse. Elsewhere
+    # (macOS, Windows) spawn, whose callers need that guard.
+    method = "fork" if sys.platform.startswith("linux") and "fork" in get_all_start_methods() else "spawn"
     with ProcessPoolExecutor(
-        max_workers=jobs, mp_context=get_context("spawn"), initializer=_init_worker, initargs=(shared,)
+        max_workers=jobs, mp_context=get_context(method), initializer=_init_worker, initargs=(shared,)
     ) as pool:
         return list(pool.map(_worker, specs))
 

@@ -217,3 +217,27 @@ def stack_step(kind: str, runs: Sequence[str], inputs: Sequence[str], participan
 
 def _subject(path: str) -> str:
     return Path(path).name.split("_")[0]
+
+
+def dataset_step(runs: Sequence[str], timeseries: Sequence[str], participants: str, out_card: str, config: Config) -> None:
+    """Model-ready windows of the time series: subject-level splits, scaling fitted on training subjects."""
+    from .dataset import build_dataset, make_splits, subject_labels
+
+    section = config["dataset"]
+    specs = [{"run": run, "subject": run.split("/")[0].removeprefix("sub-"), "timeseries": path,
+              "tr": float(_read_sidecar(path)["RepetitionTime"])} for run, path in zip(runs, timeseries)]
+    stratify = subject_labels(participants, section["stratify"]) if section["stratify"] else None
+    subjects = sorted({s["subject"] for s in specs})
+    if stratify is not None:
+        stratify = stratify.loc[[s for s in subjects if s in stratify.index]]
+    splits = make_splits(subjects, fractions=section["fractions"], seed=section["seed"], stratify=stratify)
+    # the card records the inputs with their sha256 (its Provenance field)
+    build_dataset(specs, splits, Path(out_card).parent, window=section["window"], stride=section["stride"],
+                  target_tr=section["target_tr"], seed=section["seed"])
+
+
+def _read_sidecar(path: str) -> dict:
+    from .io import read_json
+    from .provenance import sidecar_path
+
+    return read_json(sidecar_path(path))

@@ -87,4 +87,5 @@ def all_outputs():
         *[relmat(r, a, "pearson", ".npy", desc="dynamic") for r in RUNS for a in ATLASES if DYNAMIC],
         *[group_file(a, STAT[k], "stack", extension=".npy") for a in ATLASES for k in KINDS],
         f"{OUT}/report/fmriflow_report.html",
+        f"{OUT}/pretrain/{config['pretrain']['model']}/model.pt",
     ]

@@ -1,0 +1,362 @@
+"""Pretraining of the region-level foundation model (BrainLM-style masked autoencoder).
+
+One entry point for one process, several GPUs (``torchrun --nproc-per-node N``) and several
+nodes (``srun torchrun ...``): DDP starts when ``torchrun`` sets ``RANK``. Training is exactly
+resumable: the checkpoint holds model, optimiser, scheduler, step and RNG states, and the data
+order and masks are functions of (seed, step), so a run stopped at any checkpoint and resumed
+follows the same trajectory as an uninterrupted one. SIGTERM / SIGUSR1 (SLURM's warning before
+a time limit or preemption) write a checkpoint and stop; rerunning the same command continues.
+
+    python -m fmriflow.train --dataset DIR --coords LUT.tsv --out DIR [--model tiny] [--max-steps N] ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import dataclasses
+import json
+import math
+import os
+import random
+import shutil
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+CHECKPOINT = "checkpoint.pt"
+
+
+@dataclass
+class TrainConfig:
+    dataset: str  # folder written by fmriflow.dataset.build_dataset
+    coords: str  # atlas look-up TSV with x, y, z columns (region order of the dataset)
+    out: str  # run folder: checkpoint, metrics.csv, final encoder
+    model: str = "tiny"  # a name from fmriflow.models.brainlm's registry
+    batch_size: int = 8  # global batch per optimiser step, split evenly across ranks
+    max_steps: int = 200
+    lr: float = 3e-4  # peak learning rate
+    min_lr: float = 3e-5  # end of the cosine decay
+    warmup_steps: int = 20
+    weight_decay: float = 0.05  # on matrices only, not biases or norms
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float = 1.0
+    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp32
+    checkpoint_every: int = 50
+    eval_every: int = 50
+    log_every: int = 10  # host syncs for metrics happen only this often
+    num_workers: int = 2
+    seed: int = 0
+    compile: bool = False
+
+    @classmethod
+    def from_args(cls, argv: list[str] | None = None) -> "TrainConfig":
+        parser = argparse.ArgumentParser(prog="fmriflow-train", description=__doc__,
+                                         formatter_class=argparse.RawDescriptionHelpFormatter)
+        for field in dataclasses.fields(cls):
+            name = "--" + field.name.replace("_", "-")
+            if field.type == "bool":
+                parser.add_argument(name, action=argparse.BooleanOptionalAction, default=field.default)
+            elif field.name == "betas":
+                parser.add_argument(name, type=float, nargs=2, default=field.default)
+            elif field.default is dataclasses.MISSING:
+                parser.add_argument(name, required=True)
+            else:
+                parser.add_argument(name, type=type(field.default), default=field.default)
+        args = parser.parse_args(argv)
+        return cls(**{k: (tuple(v) if k == "betas" else v) for k, v in vars(args).items()})
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def master(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed() -> Dist:
+    if "RANK" not in os.environ:
+        device = torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+        return Dist(device=device)
+    rank, world, local = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local)
+        dist.init_process_group("nccl", device_id=torch.device("cuda", local))
+        device = torch.device("cuda", local)
+    else:
+        dist.init_process_group("gloo")
+        device = torch.device("cpu")
+    return Dist(rank, world, local, device)
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up, then cosine decay to ``min_lr`` at ``max_steps``."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
+    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * progress))
+
+
+def global_batches(n_samples: int, batch_size: int, seed: int, start_step: int) -> Iterator[tuple[int, np.ndarray]]:
+    """(step, sample indices of that step's global batch), as a pure function of (seed, step).
+
+    Epochs are seeded permutations; a batch never spans two epochs (the tail of an epoch is
+    dropped), so resuming at any step needs no replay.
+    """
+    per_epoch = n_samples // batch_size
+    if per_epoch == 0:
+        raise ValueError(f"batch size {batch_size} exceeds the {n_samples} training samples")
+    step = start_step
+    while True:
+        epoch, position = divmod(step, per_epoch)
+        order = np.random.default_rng([seed, epoch]).permutation(n_samples)
+        yield step, order[position * batch_size:(position + 1) * batch_size]
+        step += 1
+
+
+def mask_noise(seed: int, step: int, batch: int, n_tokens: int, device: torch.device) -> torch.Tensor:
+    """The masking noise of a global batch: identical on every rank, whatever the world size."""
+    generator = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, step]).generate_state(1)[0]))
+    return torch.rand(batch, n_tokens, generator=generator).to(device)
+
+
+class _RankBatches:
+    """This rank's share of each global batch from ``start_step`` on, for a DataLoader's batch_sampler."""
+
+    def __init__(self, n_samples: int, cfg: "TrainConfig", ddp: "Dist", start_step: int):
+        self.n_samples, self.cfg, self.ddp, self.start = n_samples, cfg, ddp, start_step
+
+    def __iter__(self):
+        local = self.cfg.batch_size // self.ddp.world
+        for step, indices in global_batches(self.n_samples, self.cfg.batch_size, self.cfg.seed, self.start):
+            if step >= self.cfg.max_steps:
+                return
+            yield indices[self.ddp.rank * local:(self.ddp.rank + 1) * local].tolist()
+
+    def __len__(self) -> int:
+        return max(0, self.cfg.max_steps - self.start)
+
+
+class _Stop:
+    """Set by SIGTERM / SIGUSR1; the loop checkpoints and exits at the next step boundary."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        self.signum = signum
+
+
+def train(cfg: TrainConfig, should_stop: Callable[[int], bool] | None = None) -> dict[str, Any]:
+    """Train (or resume) to ``cfg.max_steps``; ``should_stop(step)`` acts like a signal (tests, budgets)."""
+    from .dataset import RegionWindowDataset
+    from .io import read_tsv
+    from .models.brainlm import create_model
+
+    ddp = setup_distributed()
+    if cfg.batch_size % ddp.world:
+        raise ValueError(f"batch size {cfg.batch_size} is not divisible by the {ddp.world} processes")
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    lut = read_tsv(cfg.coords)
+    coords = torch.tensor(lut[["x", "y", "z"]].to_numpy(dtype=np.float32))
+    model = create_model(cfg.model, coords).to(ddp.device)
+    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and ddp.device.type == "cuda")
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr, betas=cfg.betas, fused=ddp.device.type == "cuda",
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_at(s, cfg) / cfg.lr)
+
+    step = 0
+    checkpoint = out / CHECKPOINT
+    if checkpoint.exists():
+        state = torch.load(checkpoint, map_location=ddp.device, weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        step = state["step"]
+        _set_rng(state["rng"])
+    trainable = DistributedDataParallel(model, device_ids=[ddp.local_rank] if ddp.device.type == "cuda" else None) if ddp.world > 1 else model
+    if cfg.compile:
+        trainable = torch.compile(trainable)
+
+    train_set = RegionWindowDataset(cfg.dataset, "train")
+    val_set = RegionWindowDataset(cfg.dataset, "val")
+    local = cfg.batch_size // ddp.world
+    stop = _Stop()
+    metrics = _Metrics(out / "train_log.csv", ddp.master, resume_step=step)
+    loss_sum = torch.zeros((), device=ddp.device)
+    t0, seen = time.perf_counter(), 0
+    n_tokens = None
+
+    loader = torch.utils.data.DataLoader(
+        train_set, batch_sampler=_RankBatches(len(train_set), cfg, ddp, step), num_workers=cfg.num_workers,
+        pin_memory=ddp.device.type == "cuda", persistent_workers=False,
+    )
+    for batch in loader:
+        x = batch["x"].to(ddp.device, non_blocking=True)
+        if n_tokens is None:
+            n_tokens = model.n_tokens(x.shape[1], x.shape[2])
+        noise = mask_noise(cfg.seed, step, cfg.batch_size, n_tokens, ddp.device)[ddp.rank * local:(ddp.rank + 1) * local]
+        with torch.autocast(ddp.device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss = trainable(x, noise=noise).loss
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        loss_sum += loss.detach()
+        seen += cfg.batch_size
+        step += 1
+
+        if step % cfg.log_every == 0 or step == cfg.max_steps:
+            if ddp.world > 1:
+                dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
+            elapsed = time.perf_counter() - t0
+            n_logged = cfg.log_every if step % cfg.log_every == 0 else step % cfg.log_every
+            metrics.write(step=step, train_loss=loss_sum.item() / n_logged, lr=scheduler.get_last_lr()[0],
+                          grad_norm=float(grad_norm), samples_per_s=seen / elapsed)
+            loss_sum.zero_()
+            t0, seen = time.perf_counter(), 0
+        if step % cfg.eval_every == 0 or step == cfg.max_steps:
+            metrics.write(step=step, val_loss=evaluate(model, val_set, cfg, ddp, bf16))
+        interrupted = stop.signum is not None or (should_stop is not None and should_stop(step))
+        if ddp.world > 1:  # every rank must agree to stop at the same step
+            flag = torch.tensor(float(interrupted), device=ddp.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            interrupted = bool(flag.item())
+        if step % cfg.checkpoint_every == 0 or step == cfg.max_steps or interrupted:
+            save_checkpoint(checkpoint, model, optimizer, scheduler, step, cfg, ddp)
+        if interrupted:
+            break
+
+    result = {"step": step, "interrupted": step < cfg.max_steps}
+    if ddp.master and step >= cfg.max_steps:
+        # The declared outputs appear only when training is complete (the running log and the
+        # checkpoint are not outputs, so a failed job's cleanup never deletes them).
+        shutil.copyfile(out / "train_log.csv", _tmp_then(out / "metrics.csv"))
+        os.replace(_tmp_then(out / "metrics.csv"), out / "metrics.csv")
+        torch.save({"model": model.state_dict(), "model_name": cfg.model, "config": dataclasses.asdict(cfg),
+                    "model_config": dataclasses.asdict(model.config)}, _tmp_then(out / "model.pt"))
+        os.replace(_tmp_then(out / "model.pt"), out / "model.pt")
+    if ddp.world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    return result
+
+
+@torch.no_grad()
+def evaluate(model, dataset, cfg: TrainConfig, ddp: Dist, bf16: bool, max_batches: int = 8) -> float:
+    """Masked-patch MSE on the validation split with fixed masks (the same every evaluation)."""
+    if len(dataset) == 0:
+        return float("nan")
+    model.eval()
+    losses = []
+    for b in range(min(max_batches, math.ceil(len(dataset) / cfg.batch_size))):
+        idx = range(b * cfg.batch_size, min(len(dataset), (b + 1) * cfg.batch_size))
+        x = torch.stack([dataset[i]["x"] for i in idx]).to(ddp.device)
+        noise = mask_noise(cfg.seed + 1, b, len(idx), model.n_tokens(x.shape[1], x.shape[2]), ddp.device)
+        with torch.autocast(ddp.device.type, dtype=torch.bfloat16, enabled=bf16):
+            losses.append(model(x, noise=noise).loss.float())
+    model.train()
+    return float(torch.stack(losses).mean())
+
+
+def save_checkpoint(path: Path, model, optimizer, scheduler, step: int, cfg: TrainConfig, ddp: Dist) -> None:
+    """Rank 0 writes model, optimiser, scheduler, step and RNG states atomically."""
+    if ddp.master:
+        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                 "step": step, "rng": _get_rng(), "config": dataclasses.asdict(cfg)}
+        tmp = _tmp_then(path)
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    if ddp.world > 1:
+        dist.barrier()
+
+
+def _tmp_then(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp")
+
+
+def _get_rng() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"].cpu())
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+class _Metrics:
+    """Metrics to CSV (always) and TensorBoard (when installed), rank 0 only."""
+
+    FIELDS = ("step", "train_loss", "val_loss", "lr", "grad_norm", "samples_per_s")
+
+    def __init__(self, path: Path, enabled: bool, resume_step: int):
+        self.enabled = enabled
+        if not enabled:
+            return
+        if path.exists():  # keep the rows up to the checkpoint we resume from
+            rows = [r for r in csv.DictReader(path.open()) if int(r["step"]) <= resume_step]
+        else:
+            rows = []
+        with path.open("w", newline="") as fh:
+            writer = csv.DictWriter(fh, self.FIELDS)
+            writer.writeheader()
+            writer.writerows(rows)
+        self.path = path
+        self.tb = None
+        with contextlib.suppress(ImportError):
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(path.parent / "tensorboard"), purge_step=resume_step + 1)
+
+    def write(self, **row: Any) -> None:
+        if not self.enabled:
+            return
+        with self.path.open("a", newline="") as fh:
+            csv.DictWriter(fh, self.FIELDS).writerow(row)
+        if self.tb is not None:
+            for key, value in row.items():
+                if key != "step":
+                    self.tb.add_scalar(key, value, row["step"])
+            self.tb.flush()
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = TrainConfig.from_args(argv)
+    result = train(cfg)
+    if result["interrupted"]:
+        print(f"fmriflow-train: interrupted at step {result['step']}; checkpoint written, rerun to continue", file=sys.stderr)
+        return 3
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""Pretraining on the CPU: the loss falls, resuming is exact, SIGTERM checkpoints, DDP equals one process."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from fmriflow.dataset import build_dataset, make_splits
+from fmriflow.train import TrainConfig, train
+
+N_REGIONS, N_TIME = 24, 120
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """8 subjects whose regions mix 3 AR(1) sources: structure a masked autoencoder can learn."""
+    root = tmp_path_factory.mktemp("train")
+    rng = np.random.default_rng(0)
+    loading = rng.standard_normal((3, N_REGIONS))
+    runs = []
+    for s in range(8):
+        src = np.zeros((N_TIME, 3))
+        for t in range(1, N_TIME):
+            src[t] = 0.8 * src[t - 1] + rng.standard_normal(3)
+        values = src @ loading + 0.3 * rng.standard_normal((N_TIME, N_REGIONS))
+        path = root / f"sub-{s:02d}_timeseries.tsv"
+        pd.DataFrame(values, columns=[f"r{i}" for i in range(N_REGIONS)]).to_csv(path, sep="\t", index=False)
+        runs.append({"run": f"sub-{s:02d}/func/sub-{s:02d}_task-rest", "subject": f"{s:02d}", "tr": 2.0, "timeseries": path})
+    splits = make_splits([r["subject"] for r in runs], fractions=(0.75, 0.25, 0.0), seed=0)
+    build_dataset(runs, splits, root / "dataset", window=40, stride=20)
+    coords = root / "coords.tsv"
+    pd.DataFrame({"index": range(1, N_REGIONS + 1), "name": [f"r{i}" for i in range(N_REGIONS)],
+                  "x": rng.uniform(-60, 60, N_REGIONS), "y": rng.uniform(-90, 60, N_REGIONS),
+                  "z": rng.uniform(-40, 70, N_REGIONS)}).to_csv(coords, sep="\t", index=False)
+    return root / "dataset", coords
+
+
+def config(data, out, **overrides) -> TrainConfig:
+    dataset, coords = data
+    base = dict(dataset=str(dataset), coords=str(coords), out=str(out), model="tiny", batch_size=8, max_steps=20,
+                warmup_steps=3, checkpoint_every=5, eval_every=10, log_every=1, num_workers=0, lr=3e-3)
+    return TrainConfig(**{**base, **overrides})
+
+
+def log(out) -> pd.DataFrame:
+    frame = pd.read_csv(Path(out) / "train_log.csv")
+    return frame.dropna(subset=["train_loss"]).set_index("step")
+
+
+def weights(out) -> dict:
+    return torch.load(Path(out) / "model.pt", weights_only=False)["model"]
+
+
+def test_loss_falls(data, tmp_path):
+    train(config(data, tmp_path, max_steps=150, lr=3e-3, log_every=10, eval_every=50))
+    losses = log(tmp_path)["train_loss"]
+    assert losses.iloc[-1] < 0.7 * losses.iloc[0], losses.tolist()
+    assert (tmp_path / "metrics.csv").is_file() and (tmp_path / "model.pt").is_file()
+
+
+def test_resume_is_exact(data, tmp_path):
+    train(config(data, tmp_path / "straight"))
+    result = train(config(data, tmp_path / "split"), should_stop=lambda step: step == 10)
+    assert result == {"step": 10, "interrupted": True}
+    assert not (tmp_path / "split" / "model.pt").exists()  # no final artefact before the end
+    train(config(data, tmp_path / "split"))
+    straight, split = log(tmp_path / "straight"), log(tmp_path / "split")
+    assert list(split.index) == list(range(1, 21))
+    np.testing.assert_allclose(split["train_loss"], straight["train_loss"], atol=1e-6, rtol=0)
+    for key, value in weights(tmp_path / "straight").items():
+        torch.testing.assert_close(weights(tmp_path / "split")[key], value, atol=1e-6, rtol=0)
+
+
+def _train_cmd(cfg: TrainConfig, launcher: list[str]) -> list[str]:
+    args = [f"--dataset={cfg.dataset}", f"--coords={cfg.coords}", f"--out={cfg.out}", f"--model={cfg.model}",
+            f"--batch-size={cfg.batch_size}", f"--max-steps={cfg.max_steps}", f"--warmup-steps={cfg.warmup_steps}",
+            f"--checkpoint-every={cfg.checkpoint_every}", f"--eval-every={cfg.eval_every}",
+            f"--log-every={cfg.log_every}", "--num-workers=0", f"--lr={cfg.lr}"]
+    return [*launcher, "-m", "fmriflow.train", *args]
+
+
+def test_sigterm_writes_checkpoint_and_rerun_continues(data, tmp_path):
+    long = dict(max_steps=1500, checkpoint_every=100000, eval_every=100000, log_every=5)
+    cfg = config(data, tmp_path / "killed", **long)
+    proc = subprocess.Popen(_train_cmd(cfg, [sys.executable]), stderr=subprocess.PIPE, text=True)
+    log_file = tmp_path / "killed" / "train_log.csv"
+    deadline = time.time() + 120
+    while time.time() < deadline and (not log_file.exists() or len(log_file.read_text().splitlines()) < 3):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 3, err
+    assert "checkpoint written, rerun to continue" in err
+    stopped_at = torch.load(tmp_path / "killed" / "checkpoint.pt", weights_only=False)["step"]
+    assert 10 <= stopped_at < 1500
+    # the rerun continues, and ends where an uninterrupted run ends
+    assert subprocess.run(_train_cmd(cfg, [sys.executable])).returncode == 0
+    train(config(data, tmp_path / "straight", **long))
+    for key, value in weights(tmp_path / "straight").items():
+        torch.testing.assert_close(weights(tmp_path / "killed")[key], value, atol=1e-6, rtol=0)
+
+
+def test_ddp_two_processes_equal_one(data, tmp_path):
+    """gloo DDP on 2 CPU processes (torchrun) = 1 process with the same global batch."""
+    cfg = config(data, tmp_path / "ddp", max_steps=10)
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    proc = subprocess.run(_train_cmd(cfg, launcher), capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    train(config(data, tmp_path / "single", max_steps=10))
+    for key, value in weights(tmp_path / "single").items():
+        torch.testing.assert_close(weights(tmp_path / "ddp")[key], value, atol=1e-5, rtol=1e-4)
+    np.testing.assert_allclose(log(tmp_path / "ddp")["train_loss"], log(tmp_path / "single")["train_loss"], atol=1e-5)
