@@ -46,6 +46,9 @@ def demo_config(demo: Path, results: Path, **extra) -> dict:
         "output_dir": str(results),
         "preproc": {"mode": "derivatives", "derivatives_dir": str(demo / "derivatives" / "fmriprep")},
         "report": {"group_column": "response", "ground_truth": str(demo / "ground_truth" / "edges.tsv")},
+        # short runs: 20-TR windows, and a few pretraining steps of the tiny model
+        "dataset": {"window": 20, "stride": 10, "fractions": [0.5, 0.25, 0.25]},
+        "pretrain": {"max_steps": 6, "batch_size": 4, "warmup_steps": 2, "checkpoint_every": 3},
         **extra,
     }
 
@@ -180,7 +183,9 @@ def test_rerun_has_nothing_to_do(pipeline):
 def test_coarser_bold_is_resampled(tmp_path, atlas_dir):
     demo = make_demo(tmp_path / "demo4", atlas_dir, n_subjects=2, n_trs=40, bold_res=4, seed=5)
     results = tmp_path / "results"
-    proc = run_snakemake(tmp_path, demo_config(demo, results))
+    config = demo_config(demo, results)
+    config["pretrain"]["batch_size"] = 2  # one training subject: 3 windows
+    proc = run_snakemake(tmp_path, config)
     assert proc.returncode == 0, proc.stderr[-5000:]
     resampled = sorted((results / "fmriflow").glob("sub-*/func/*_desc-preproc_bold.nii.gz"))
     assert len(resampled) == 2
@@ -241,3 +246,18 @@ def test_partial_tangent_and_dynamic_outputs(pipeline):
     pearson = np.load(group / "space-MNI152NLin6Asym_res-2_atlas-A424_stat-pearsoncorrelation_desc-stack_relmat.npy")
     first = np.load(runs[0].with_name(runs[0].name.replace("stat-mean_timeseries.tsv", "stat-pearsoncorrelation_relmat.npy")))
     np.testing.assert_array_equal(pearson[0], first)
+
+
+def test_dataset_and_pretraining_ran(pipeline):
+    """The DAG built the model-ready dataset and pretrained the tiny model on the CPU."""
+    import torch
+
+    _, results, _, _ = pipeline
+    card = json.loads((results / "dataset" / "atlas-A424" / "dataset_card.json").read_text())
+    assert card["n_regions"] == 424 and card["n_samples"] > 0
+    samples = np.load(results / "dataset" / "atlas-A424" / "samples.npy", mmap_mode="r")
+    assert samples.shape == (card["n_samples"], 424, 20)
+    metrics = pd.read_csv(results / "pretrain" / "tiny" / "metrics.csv")
+    assert metrics["step"].max() == 6 and metrics["val_loss"].notna().any()
+    state = torch.load(results / "pretrain" / "tiny" / "model.pt", weights_only=False)
+    assert state["model_name"] == "tiny" and state["model"]["coords"].shape == (424, 3)

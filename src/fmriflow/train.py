@@ -198,7 +198,7 @@ def train(cfg: TrainConfig, should_stop: Callable[[int], bool] | None = None) ->
         _set_rng(state["rng"])
     trainable = DistributedDataParallel(model, device_ids=[ddp.local_rank] if ddp.device.type == "cuda" else None) if ddp.world > 1 else model
     if cfg.compile:
-        trainable = torch.compile(trainable)
+        trainable = torch.compile(trainable, dynamic=False)  # dynamic shapes broke inductor backward (torch 2.11)
 
     train_set = RegionWindowDataset(cfg.dataset, "train")
     val_set = RegionWindowDataset(cfg.dataset, "val")
@@ -209,6 +209,8 @@ def train(cfg: TrainConfig, should_stop: Callable[[int], bool] | None = None) ->
     t0, seen = time.perf_counter(), 0
     n_tokens = None
 
+    if step == 0:  # the untrained model's validation loss: the baseline the curve starts from
+        metrics.write(step=0, val_loss=evaluate(model, val_set, cfg, ddp, bf16))
     loader = torch.utils.data.DataLoader(
         train_set, batch_sampler=_RankBatches(len(train_set), cfg, ddp, step), num_workers=cfg.num_workers,
         pin_memory=ddp.device.type == "cuda", persistent_workers=False,

@@ -1,5 +1,7 @@
 # Model-ready dataset and foundation-model pretraining (GPU on SLURM, CPU for the demo).
 
+import sys
+
 PRETRAIN = config["pretrain"]
 DATASET_DIR = f"{OUT}/dataset/atlas-{ATLAS}"
 PRETRAIN_DIR = f"{OUT}/pretrain/{PRETRAIN['model']}"
@@ -16,10 +18,10 @@ def pretrain_resources():
 
 
 def train_launcher():
-    """torchrun with one process per GPU; plain python on the CPU."""
+    """torchrun with one process per GPU; plain python on the CPU (the interpreter running Snakemake)."""
     if PRETRAIN["gpus"] == 0:
-        return "python"
-    return f"torchrun --standalone --nproc-per-node {PRETRAIN['gpus']}"
+        return sys.executable
+    return f"{sys.executable} -m torch.distributed.run --standalone --nproc-per-node {PRETRAIN['gpus']}"
 
 
 rule dataset:
