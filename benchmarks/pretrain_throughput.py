@@ -34,7 +34,7 @@ def peak_flops(name: str, override: float | None) -> float:
     raise SystemExit(f"unknown GPU {name!r}: pass --peak-tflops")
 
 
-def measure(args, precision: str, attention: str) -> dict:
+def measure(args, precision: str, attention: str, batch: int | None = None, compile: bool = False) -> dict:
     """Time `args.steps` optimiser steps after `args.warmup` untimed ones, on this process's GPU."""
     import torch.distributed as dist
 
@@ -51,8 +51,11 @@ def measure(args, precision: str, attention: str) -> dict:
     coords = torch.randn(args.regions, 3) * 40
     model = create_model(args.model, coords, attention=attention).to(device)
     trainable = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local]) if world > 1 else model
+    if compile:
+        trainable = torch.compile(trainable, dynamic=False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
-    x = torch.randn(args.batch, args.regions, args.timepoints, device=device)
+    batch = batch or args.batch
+    x = torch.randn(batch, args.regions, args.timepoints, device=device)
     bf16 = precision == "bf16"
     torch.backends.cuda.matmul.allow_tf32 = False  # fp32 means fp32, as BrainLM's script runs
     torch.backends.cudnn.allow_tf32 = False
@@ -76,11 +79,12 @@ def measure(args, precision: str, attention: str) -> dict:
         seconds = (time.perf_counter() - start) / args.steps
     except torch.OutOfMemoryError:
         return {"precision": precision, "attention": attention, "oom": True}
-    samples = args.batch * world / seconds
+    samples = batch * world / seconds
     flops = model_flops_per_sample(model.config, args.regions, args.timepoints)
     peak = peak_flops(torch.cuda.get_device_name(device), args.peak_tflops)
     return {
         "precision": precision, "attention": attention, "gpus": world, "gpu": torch.cuda.get_device_name(device),
+        "batch": batch, "compiled": compile,
         "step_ms": seconds * 1e3, "samples_per_s": samples,
         "tokens_per_s": samples * model.n_tokens(args.regions, args.timepoints),
         "mfu": flops * samples / (peak * world), "peak_mem_gib": torch.cuda.max_memory_allocated(device) / 2**30,
@@ -91,7 +95,8 @@ def measure(args, precision: str, attention: str) -> dict:
 def report(row: dict) -> str:
     if row.get("oom"):
         return f"  {row['precision']:>4} {row['attention']:<6} out of memory"
-    return (f"  {row['precision']:>4} {row['attention']:<6} {row['gpus']} GPU  {row['step_ms']:8.1f} ms/step  "
+    return (f"  {row['precision']:>4} {row['attention']:<6} {'compiled' if row['compiled'] else 'eager   '} "
+            f"batch {row['batch']:>3} x {row['gpus']} GPU  {row['step_ms']:8.1f} ms/step  "
             f"{row['samples_per_s']:8.1f} samples/s  {row['tokens_per_s'] / 1e6:6.2f} M tokens/s  "
             f"MFU {100 * row['mfu']:5.1f}%  peak {row['peak_mem_gib']:5.1f} GiB")
 
@@ -106,21 +111,24 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--gpus", type=int, nargs="+", default=[1], help="GPU counts to compare (bf16 step)")
     parser.add_argument("--no-eager", action="store_true", help="skip the fp32 eager-attention reference")
+    parser.add_argument("--eager-batch", type=int, default=8, help="batch of the fp32 eager reference (BrainLM's 111M ran at 8)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the bf16 step (dynamic=False)")
     parser.add_argument("--peak-tflops", type=float, help="dense bf16 peak per GPU if not an H100/H200/A100")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.worker:  # one DDP process launched by torchrun
-        row = measure(args, "bf16", "sdpa")
+        row = measure(args, "bf16", "sdpa", compile=args.compile)
         if row.get("rank", 0) == 0:
             print("RESULT " + json.dumps(row), flush=True)
         return
 
     print(f"{args.model} at {args.regions} regions x {args.timepoints} TRs, batch {args.batch} per GPU")
-    rows = [measure(args, "bf16", "sdpa")]
+    rows = [measure(args, "bf16", "sdpa", compile=args.compile)]
     print(report(rows[0]), flush=True)
     if not args.no_eager:
-        rows.append(measure(args, "fp32", "eager"))
+        torch._dynamo.reset()
+        rows.append(measure(args, "fp32", "eager", batch=args.eager_batch))
         print(report(rows[-1]), flush=True)
     multi = {}
     for n in [g for g in args.gpus if g > 1]:
@@ -129,6 +137,8 @@ def main() -> None:
                "--timepoints", str(args.timepoints), "--steps", str(args.steps), "--warmup", str(args.warmup)]
         if args.peak_tflops:
             cmd += ["--peak-tflops", str(args.peak_tflops)]
+        if args.compile:
+            cmd.append("--compile")
         out = subprocess.run(cmd, capture_output=True, text=True)
         line = next((l for l in out.stdout.splitlines() if l.startswith("RESULT ")), None)
         if line is None:
@@ -140,8 +150,9 @@ def main() -> None:
     base = rows[0]
     print("\nratios:")
     if len(rows) > 1 and not rows[1].get("oom"):
-        print(f"  bf16+SDPA vs fp32+eager (BrainLM's way): {base['samples_per_s'] / rows[1]['samples_per_s']:.1f}x samples/s, "
-              f"{rows[1]['peak_mem_gib'] / base['peak_mem_gib']:.1f}x less memory")
+        print(f"  bf16+SDPA (batch {base['batch']}) vs fp32+eager (batch {rows[1]['batch']}, BrainLM's way): "
+              f"{base['samples_per_s'] / rows[1]['samples_per_s']:.1f}x samples/s; peak memory "
+              f"{base['peak_mem_gib']:.1f} vs {rows[1]['peak_mem_gib']:.1f} GiB")
     print(f"  MFU, 1 GPU bf16: {100 * base['mfu']:.1f}% (target >= 35% on an H100)")
     for n, row in multi.items():
         print(f"  {n} GPUs vs 1: {row['samples_per_s'] / base['samples_per_s']:.2f}x samples/s (target >= 1.8x for 2)")

@@ -16,7 +16,6 @@ from typing import Any, Iterator
 
 import numpy as np
 import pandas as pd
-from isal import igzip
 
 _CHUNK = 1 << 20
 
@@ -85,6 +84,7 @@ def save_nifti(img: Any, path: str | Path) -> None:
     result. No file name and mtime 0 in the gzip header keep reruns byte-identical.
     """
     import nibabel as nib
+    from isal import igzip
 
     with atomic_path(path) as tmp:
         if str(path).endswith(".gz"):
@@ -111,6 +111,7 @@ def open_nifti(path: str | Path) -> Any:
 def load_nifti(path: str | Path) -> Any:
     """Load a NIfTI image fully into memory (``.nii.gz`` decompressed with ISA-L)."""
     import nibabel as nib
+    from isal import igzip
 
     from .errors import InputError
 
