@@ -11,8 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Mapping
 
-from bids.layout import parse_file_entities
-
 # Entities that derivatives add after the raw ones, in the order of the BIDS schema
 # (``atlas`` and ``stat`` as XCP-D names them; see DESIGN.md).
 DERIVATIVE_ENTITIES = ("space", "res", "den", "atlas", "stat", "desc")
@@ -40,6 +38,8 @@ def run_key(entities: Mapping[str, object]) -> str:
 
 
 def run_key_from_path(bold_path: str | Path) -> str:
+    from bids.layout import parse_file_entities  # pybids is slow to import; only this needs it
+
     return run_key(parse_file_entities(str(bold_path)))
 
 
