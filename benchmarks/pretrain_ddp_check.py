@@ -65,7 +65,12 @@ def main() -> None:
     first.send_signal(signal.SIGTERM)  # to torchrun, which forwards it to every rank
     _, err = first.communicate()
     stopped = time.perf_counter() - start
-    print(f"first run: exit {first.returncode} after {stopped:.1f} s; stderr tail: {err.strip().splitlines()[-1:] }")
+    import torch
+
+    checkpoint_step = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=False)["step"]
+    logged = int(pd.read_csv(log)["step"].max())
+    print(f"first run: SIGTERM, exit {first.returncode} after {stopped:.1f} s; last logged step {logged}, "
+          f"checkpoint written at step {checkpoint_step}")
     second = subprocess.run(cmd, capture_output=True, text=True)
     print(f"resumed run: exit {second.returncode}; {second.stderr.strip().splitlines()[-1:] if second.returncode else ''}")
     frame = pd.read_csv(log)
