@@ -119,3 +119,22 @@ def test_ddp_two_processes_equal_one(data, tmp_path):
     for key, value in weights(tmp_path / "single").items():
         torch.testing.assert_close(weights(tmp_path / "ddp")[key], value, atol=1e-5, rtol=1e-4)
     np.testing.assert_allclose(log(tmp_path / "ddp")["train_loss"], log(tmp_path / "single")["train_loss"], atol=1e-5)
+
+
+def test_sigterm_to_torchrun_with_loader_workers(data, tmp_path):
+    """SLURM signals torchrun, which signals each rank's process group, DataLoader workers included."""
+    cfg = config(data, tmp_path / "ddp", max_steps=3000, checkpoint_every=100000, eval_every=100000, log_every=5)
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    cmd = [c if c != "--num-workers=0" else "--num-workers=2" for c in _train_cmd(cfg, launcher)]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    log_file = tmp_path / "ddp" / "train_log.csv"
+    deadline = time.time() + 120
+    while time.time() < deadline and (not log_file.exists() or len(log_file.read_text().splitlines()) < 3):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    step = torch.load(tmp_path / "ddp" / "checkpoint.pt", weights_only=False)["step"]
+    assert 10 <= step < 3000
+    rows = pd.read_csv(log_file)
+    assert rows["step"].max() <= step + 5  # nothing ran past the checkpoint but the unfinished log interval

@@ -151,6 +151,16 @@ class _RankBatches:
         return max(0, self.cfg.max_steps - self.start)
 
 
+def _ignore_stop_signals(_worker_id: int) -> None:
+    """DataLoader workers leave SIGTERM / SIGUSR1 to the training process.
+
+    torchrun signals each rank's whole process group; a worker killed by it would crash
+    the rank's next batch fetch before the checkpoint is written.
+    """
+    for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
+
+
 class _Stop:
     """Set by SIGTERM / SIGUSR1; the loop checkpoints and exits at the next step boundary."""
 
@@ -213,7 +223,7 @@ def train(cfg: TrainConfig, should_stop: Callable[[int], bool] | None = None) ->
         metrics.write(step=0, val_loss=evaluate(model, val_set, cfg, ddp, bf16))
     loader = torch.utils.data.DataLoader(
         train_set, batch_sampler=_RankBatches(len(train_set), cfg, ddp, step), num_workers=cfg.num_workers,
-        pin_memory=ddp.device.type == "cuda", persistent_workers=False,
+        pin_memory=ddp.device.type == "cuda", persistent_workers=False, worker_init_fn=_ignore_stop_signals,
     )
     for batch in loader:
         x = batch["x"].to(ddp.device, non_blocking=True)
