@@ -60,7 +60,11 @@ def main() -> None:
     start = time.perf_counter()
     first = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, start_new_session=True)
     log = out / "train_log.csv"
-    while first.poll() is None and (not log.exists() or pd.read_csv(log)["step"].max() < args.steps // 3):
+    def last_step() -> int:
+        steps = pd.read_csv(log)["step"] if log.exists() else pd.Series(dtype=float)
+        return int(steps.max()) if steps.notna().any() else -1
+
+    while first.poll() is None and last_step() < args.steps // 3:
         time.sleep(0.5)
     first.send_signal(signal.SIGTERM)  # to torchrun, which forwards it to every rank
     _, err = first.communicate()
