@@ -261,3 +261,20 @@ def test_dataset_and_pretraining_ran(pipeline):
     assert metrics["step"].max() == 6 and metrics["val_loss"].notna().any()
     state = torch.load(results / "pretrain" / "tiny" / "model.pt", weights_only=False)
     assert state["model_name"] == "tiny" and state["model"]["coords"].shape == (424, 3)
+
+
+def test_pretrain_rule_asks_for_gpus_and_launches_torchrun(tmp_path, atlas_dir):
+    """With pretrain.gpus set, the job requests GPUs through the SLURM plugin's resources and runs torchrun."""
+    demo = make_demo(tmp_path / "demo", atlas_dir, n_subjects=2, n_trs=20, bold_res=4, seed=11)
+    config = demo_config(demo, tmp_path / "results")
+    config["pretrain"].update(gpus=2, gpu_model="h100", cpus_per_gpu=4, compile=True)
+    proc = run_snakemake(tmp_path, config, "--dry-run", "--printshellcmds", "--forcerun", "pretrain",
+                         str(tmp_path / "results" / "pretrain" / "tiny" / "model.pt"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    assert "-m torch.distributed.run --standalone --nproc-per-node 2 -m fmriflow.train" in out
+    assert "--compile" in out and "--batch-size 4" in out
+    block = out[out.index("rule pretrain:"):]
+    resources = next(line for line in block.splitlines() if "resources:" in line)
+    for item in ("gpu=2", "gpu_model=h100", "cpus_per_gpu=4", "runtime=120"):  # (mem_mb is capped by the local profile)
+        assert item in resources, resources

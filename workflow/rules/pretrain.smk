@@ -53,8 +53,10 @@ rule pretrain:
         dataset=DATASET_DIR,
         options=" ".join(
             f"--{key.replace('_', '-')} {PRETRAIN[key]}"
-            for key in ("model", "batch_size", "max_steps", "lr", "warmup_steps", "checkpoint_every", "precision", "seed")
-        ),
+            for key in ("model", "batch_size", "max_steps", "lr", "warmup_steps", "checkpoint_every", "precision", "seed",
+                        "num_workers")
+        )
+        + (" --compile" if PRETRAIN["compile"] else ""),
     threads: max(1, PRETRAIN["gpus"]) * PRETRAIN["cpus_per_gpu"] if PRETRAIN["gpus"] else 2
     resources:
         **pretrain_resources(),
@@ -62,4 +64,4 @@ rule pretrain:
         f"{LOGS}/pretrain/{PRETRAIN['model']}.log",
     shell:
         "{params.launcher} -m fmriflow.train --dataset {params.dataset} --coords {input.coords}"
-        " --out {params.out} {params.options} --num-workers 0 > {log} 2>&1"
+        " --out {params.out} {params.options} > {log} 2>&1"
