@@ -278,3 +278,4 @@ def test_pretrain_rule_asks_for_gpus_and_launches_torchrun(tmp_path, atlas_dir):
     resources = next(line for line in block.splitlines() if "resources:" in line)
     for item in ("gpu=2", "gpu_model=h100", "cpus_per_gpu=4", "runtime=120"):  # (mem_mb is capped by the local profile)
         assert item in resources, resources
+

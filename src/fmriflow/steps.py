@@ -17,7 +17,8 @@ import pandas as pd
 from . import atlas as atlas_mod
 from .connectivity import PEARSON_METADATA, fisher_mean, fisher_z, pearson
 from .errors import InputError
-from .io import atomic_path, read_tsv, write_json, write_tsv
+from .io import atomic_path, read_tsv, save_nifti, write_json, write_tsv
+from .naming import subject_of
 from .preproc import PreprocFiles, check_run
 from .provenance import build_sidecar, write_sidecar
 
@@ -41,8 +42,6 @@ def atlas_step(out_img: str, out_labels: str, cache_dir: str, local_dir: str | N
 
 def extra_atlas_step(name: str, image: str, labels: str, reference: str, out_img: str, out_labels: str) -> None:
     """A user's label atlas, checked and put on the template grid, in the derivatives root."""
-    from .io import save_nifti
-
     img, table, info = atlas_mod.label_atlas_on_grid(image, labels, reference)
     save_nifti(img, out_img)
     write_tsv(out_labels, table)
@@ -77,7 +76,7 @@ def preproc_derivatives_step(run: str, files: PreprocFiles, raw_bold: str, manif
     if row.empty:
         raise InputError(raw_bold, f"not listed in the manifest {manifest}")
     qc = check_run(files, float(row["tr"].iloc[0]), config["qc"]["fd_threshold"])
-    write_tsv(out_qc, pd.DataFrame([{"run": run, "subject": run.split("/")[0].removeprefix("sub-"), **qc}]))
+    write_tsv(out_qc, pd.DataFrame([{"run": run, "subject": subject_of(run), **qc}]))
     write_sidecar(out_qc, "preproc", [raw_bold, files.bold, files.mask, files.confounds],
                   parameters={"mode": "derivatives"}, config=config["preproc"])
 
@@ -201,7 +200,7 @@ def stack_step(kind: str, runs: Sequence[str], inputs: Sequence[str], participan
         meta["FisherZ"] = bool(section["fisher_z"])
     meta["Shape"] = list(stack.shape)
     table = read_tsv(participants, dtype=str)
-    listing = pd.DataFrame({"run": list(runs), "participant_id": [f"sub-{r.split('/')[0].removeprefix('sub-')}" for r in runs]})
+    listing = pd.DataFrame({"run": list(runs), "participant_id": [f"sub-{subject_of(r)}" for r in runs]})
     listing = listing.merge(table, on="participant_id", how="left")
     write_tsv(out_runs, listing)
     with atomic_path(out_stack) as tmp:
@@ -224,7 +223,7 @@ def dataset_step(runs: Sequence[str], timeseries: Sequence[str], participants: s
     from .dataset import build_dataset, make_splits, subject_labels
 
     section = config["dataset"]
-    specs = [{"run": run, "subject": run.split("/")[0].removeprefix("sub-"), "timeseries": path,
+    specs = [{"run": run, "subject": subject_of(run), "timeseries": path,
               "tr": float(_read_sidecar(path)["RepetitionTime"])} for run, path in zip(runs, timeseries)]
     stratify = subject_labels(participants, section["stratify"]) if section["stratify"] else None
     subjects = sorted({s["subject"] for s in specs})
