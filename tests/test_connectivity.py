@@ -108,3 +108,12 @@ def test_sliding_window_equals_windowed_corrcoef():
         np.testing.assert_allclose(dyn[i], np.corrcoef(ts.to_numpy()[start:start + 20], rowvar=False), atol=1e-10)
     with pytest.raises(ValueError, match="window"):
         sliding_window(ts, window=60, step=1)
+
+
+def test_pearson_equals_nilearn_correlation():
+    from nilearn.connectome import ConnectivityMeasure
+    from sklearn.covariance import EmpiricalCovariance
+
+    ts = _series()
+    ref = ConnectivityMeasure(kind="correlation", cov_estimator=EmpiricalCovariance()).fit_transform([ts.to_numpy()])[0]
+    np.testing.assert_allclose(pearson(ts).to_numpy(), ref, atol=1e-10)
