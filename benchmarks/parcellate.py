@@ -4,7 +4,7 @@ Writes one random float32 BOLD image (91 x 109 x 91 x 490 by default: UK Biobank
 .nii and .nii.gz, then times every case in its own subprocess so that each peak RSS is its
 own. Prints seconds, ratios and the largest difference to nilearn's output.
 
-    python benchmarks/parcellate.py [--volumes 490] [--workdir /tmp/fmriflow-bench]
+    python benchmarks/parcellate.py [--volumes 490] [--workdir DIR]   # DIR: default under the system temp folder
 
 The atlas comes from $FMRIFLOW_ATLAS_DIR, the cache or the pinned download (fmriflow.atlas).
 """
@@ -17,6 +17,7 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -115,7 +116,7 @@ def make_data(workdir: Path, atlas_dir: Path, volumes: int) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--volumes", type=int, default=490)
-    parser.add_argument("--workdir", type=Path, default=Path("/tmp/fmriflow-bench"))
+    parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "fmriflow-bench")
     parser.add_argument("--atlas-dir", type=Path, help="folder with the A424 files (default: fmriflow's atlas resolution)")
     parser.add_argument("--cases", nargs="*", default=list(CASES), help="subset of cases to run")
     parser.add_argument("--case", help=argparse.SUPPRESS)
