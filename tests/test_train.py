@@ -96,14 +96,27 @@ def _train_cmd(cfg: TrainConfig, launcher: list[str]) -> list[str]:
     return [*launcher, "-m", "fmriflow.train", *args]
 
 
+def _wait_for_step(log_file: Path, step: int, timeout: float = 120) -> None:
+    """Poll the running log until training has logged ``step`` (or the timeout passes)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if log_file.exists():
+            try:
+                steps = pd.read_csv(log_file)["step"]
+            except (pd.errors.ParserError, pd.errors.EmptyDataError):  # caught mid-write
+                steps = pd.Series(dtype=float)
+            if steps.notna().any() and steps.max() >= step:
+                return
+        time.sleep(0.2)
+    raise AssertionError(f"training did not reach step {step} within {timeout} s")
+
+
 def test_sigterm_writes_checkpoint_and_rerun_continues(data, tmp_path):
     long = dict(max_steps=1500, checkpoint_every=100000, eval_every=100000, log_every=5)
     cfg = config(data, tmp_path / "killed", **long)
     proc = subprocess.Popen(_train_cmd(cfg, [sys.executable]), stderr=subprocess.PIPE, text=True)
     log_file = tmp_path / "killed" / "train_log.csv"
-    deadline = time.time() + 120
-    while time.time() < deadline and (not log_file.exists() or len(log_file.read_text().splitlines()) < 3):
-        time.sleep(0.2)
+    _wait_for_step(log_file, 10)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 3, err
@@ -136,9 +149,7 @@ def test_sigterm_to_torchrun_with_loader_workers(data, tmp_path):
     cmd = [c if c != "--num-workers=0" else "--num-workers=2" for c in _train_cmd(cfg, launcher)]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, start_new_session=True)
     log_file = tmp_path / "ddp" / "train_log.csv"
-    deadline = time.time() + 120
-    while time.time() < deadline and (not log_file.exists() or len(log_file.read_text().splitlines()) < 3):
-        time.sleep(0.2)
+    _wait_for_step(log_file, 10)
     proc.send_signal(signal.SIGTERM)
     proc.communicate(timeout=120)
     assert proc.returncode != 0
