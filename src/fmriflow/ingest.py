@@ -93,7 +93,9 @@ def build_manifest(bids_dir: str | Path) -> pd.DataFrame:
     layout = BIDSLayout(bids_dir, validate=False, derivatives=False)
     rows = []
     for f in sorted(layout.get(return_type="object"), key=lambda f: f.path):
-        rel = Path(f.path).relative_to(bids_dir.resolve()) if Path(f.path).is_absolute() else Path(f.path)
+        # relative to pybids' own root, not a resolved path: a dataset reached through a
+        # symlink, or whose files are symlinks (DataLad/git-annex), keeps its BIDS names
+        rel = Path(f.path).relative_to(layout.root)
         ent = f.get_entities()
         row = {
             "path": rel.as_posix(),

@@ -7,6 +7,7 @@ all checks passed, and gives every artefact its provenance sidecar.
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -71,7 +72,8 @@ def preproc_derivatives_step(run: str, files: PreprocFiles, raw_bold: str, manif
                              out_qc: str, config: Config) -> None:
     """Check one run's existing fMRIPrep outputs and write its QC row."""
     table = read_tsv(manifest, dtype={"path": str})
-    rel = Path(raw_bold).resolve().relative_to(Path(bids_dir).resolve()).as_posix()
+    # absolute, not resolved: git-annex files are symlinks whose targets carry no BIDS name
+    rel = Path(os.path.relpath(os.path.abspath(raw_bold), os.path.abspath(bids_dir))).as_posix()
     row = table.loc[table["path"] == rel]
     if row.empty:
         raise InputError(raw_bold, f"not listed in the manifest {manifest}")

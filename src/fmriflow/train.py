@@ -184,6 +184,9 @@ def train(cfg: TrainConfig, should_stop: Callable[[int], bool] | None = None) ->
         raise ValueError(f"batch size {cfg.batch_size} is not divisible by the {ddp.world} processes")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
+    # every RNG the checkpoint records is seeded, so a rerun writes byte-identical checkpoints
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     lut = read_tsv(cfg.coords)
     coords = torch.tensor(lut[["x", "y", "z"]].to_numpy(dtype=np.float32))
