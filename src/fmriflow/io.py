@@ -116,12 +116,20 @@ class BlockWriter(io.RawIOBase):
 
     def write(self, data: Any) -> int:
         data = memoryview(data).cast("B")
+        n = len(data)
+        if self.buffer:  # top up the pending block first
+            take = min(self.BLOCK - len(self.buffer), n)
+            self.buffer += data[:take]
+            data = data[take:]
+            if len(self.buffer) == self.BLOCK:
+                self.sink.write(bytes(self.buffer))
+                self.buffer.clear()
+        while len(data) >= self.BLOCK:  # whole blocks straight from the caller's memory, no copy
+            self.sink.write(data[: self.BLOCK])
+            data = data[self.BLOCK:]
         self.buffer += data
-        self.position += len(data)
-        while len(self.buffer) >= self.BLOCK:
-            self.sink.write(self.buffer[: self.BLOCK])
-            del self.buffer[: self.BLOCK]
-        return len(data)
+        self.position += n
+        return n
 
     def tell(self) -> int:
         return self.position
