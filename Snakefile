@@ -10,6 +10,8 @@
 #       group/                            group-mean FC and group difference
 #   <output_dir>/dataset/atlas-A424/       model-ready windows (memory-mapped), splits, scaling, dataset card
 #   <output_dir>/pretrain/<model>/        pretrained masked autoencoder (model.pt), metrics.csv
+#   <output_dir>/finetune/<target>/       features/, setup-*/ (predictions, metrics, folds, attributions),
+#                                         variants.tsv (every variant and baseline of every set-up)
 #   <output_dir>/report/fmriflow_report.html
 #   <output_dir>/logs/<rule>/...          one log per job
 
@@ -33,6 +35,7 @@ include: "workflow/rules/denoise.smk"
 include: "workflow/rules/parcellate.smk"
 include: "workflow/rules/connectivity.smk"
 include: "workflow/rules/pretrain.smk"
+include: "workflow/rules/finetune.smk"
 include: "workflow/rules/report.smk"
 
 

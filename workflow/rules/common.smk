@@ -88,4 +88,5 @@ def all_outputs():
         *[group_file(a, STAT[k], "stack", extension=".npy") for a in ATLASES for k in KINDS],
         f"{OUT}/report/fmriflow_report.html",
         f"{OUT}/pretrain/{config['pretrain']['model']}/model.pt",
+        *([f"{OUT}/finetune/{config['finetune']['target']}/variants.tsv"] if config["finetune"]["enabled"] else []),
     ]

@@ -1,0 +1,89 @@
+"""Metrics for subject-level predictions: per fold, mean and sd over folds, bootstrap CI.
+
+Classification scores are probabilities of the positive class (label 1) and predictions
+threshold them at 0.5; regression scores are the predicted values. Windows are aggregated
+per subject (mean score) before any metric, so every subject counts once.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+from sklearn import metrics as skm
+
+CLASSIFICATION = ("mcc", "auroc", "accuracy", "balanced_accuracy", "f1")
+REGRESSION = ("mse", "mae", "pearson_r")
+
+
+def subject_scores(windows: pd.DataFrame) -> pd.DataFrame:
+    """Mean score per subject from window rows (columns subject, label, score, ...)."""
+    keys = [c for c in windows.columns if c not in ("score", "sample")]
+    return windows.groupby(keys, as_index=False, sort=True)["score"].mean()
+
+
+def compute(task: str, labels, scores) -> dict[str, float]:
+    """Every metric of ``task`` ('classification' or 'regression'); NaN where undefined."""
+    y = np.asarray(labels, dtype=float)
+    s = np.asarray(scores, dtype=float)
+    if task == "classification":
+        pred = (s >= 0.5).astype(int)
+        y = y.astype(int)
+        two_classes = len(np.unique(y)) == 2
+        return {
+            "mcc": float(skm.matthews_corrcoef(y, pred)),
+            "auroc": float(skm.roc_auc_score(y, s)) if two_classes else float("nan"),
+            "accuracy": float(skm.accuracy_score(y, pred)),
+            "balanced_accuracy": float(skm.balanced_accuracy_score(y, pred)) if two_classes else float("nan"),
+            "f1": float(skm.f1_score(y, pred, zero_division=0)),
+        }
+    if task == "regression":
+        constant = np.ptp(y) == 0 or np.ptp(s) == 0
+        return {
+            "mse": float(np.mean((y - s) ** 2)),
+            "mae": float(np.mean(np.abs(y - s))),
+            "pearson_r": float("nan") if constant else float(stats.pearsonr(y, s)[0]),
+        }
+    raise ValueError(f"'task' must be 'classification' or 'regression'. Got: {task!r}")
+
+
+def bootstrap_ci(task: str, labels, scores, n_boot: int = 1000, seed: int = 0,
+                 level: float = 0.95) -> dict[str, tuple[float, float]]:
+    """Percentile bootstrap CI of each metric, resampling subjects with replacement."""
+    y = np.asarray(labels, dtype=float)
+    s = np.asarray(scores, dtype=float)
+    rng = np.random.default_rng(seed)
+    draws: dict[str, list[float]] = {}
+    for _ in range(n_boot):
+        idx = rng.integers(0, len(y), len(y))
+        for name, value in compute(task, y[idx], s[idx]).items():
+            draws.setdefault(name, []).append(value)
+    alpha = (1 - level) / 2
+    return {name: (float(np.nanquantile(v, alpha)), float(np.nanquantile(v, 1 - alpha)))
+            if np.isfinite(v).any() else (float("nan"), float("nan"))
+            for name, v in ((k, np.asarray(vals)) for k, vals in draws.items())}
+
+
+def summarise(predictions: pd.DataFrame, task: str, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """One row per (setup, variant): mean and sd over folds, bootstrap CI on pooled folds.
+
+    ``predictions`` holds subject-level rows: setup, variant, repeat, fold, subject, label,
+    score. Fold metrics are computed within each (repeat, fold); the CI pools every
+    out-of-fold prediction of all repeats (a subject appears once per repeat).
+    """
+    names = CLASSIFICATION if task == "classification" else REGRESSION
+    rows = []
+    for (setup, variant), frame in predictions.groupby(["setup", "variant"], sort=False):
+        per_fold = pd.DataFrame([compute(task, f["label"], f["score"])
+                                 for _, f in frame.groupby(["repeat", "fold"])])
+        ci = bootstrap_ci(task, frame["label"], frame["score"], n_boot=n_boot, seed=seed)
+        pooled = compute(task, frame["label"], frame["score"])
+        row = {"setup": setup, "variant": variant, "n_subjects": frame["subject"].nunique(),
+               "n_folds": len(per_fold)}
+        for name in names:
+            row[f"{name}_mean"] = float(per_fold[name].mean())
+            row[f"{name}_sd"] = float(per_fold[name].std(ddof=1)) if len(per_fold) > 1 else float("nan")
+            row[f"{name}_pooled"] = pooled[name]
+            row[f"{name}_ci_low"], row[f"{name}_ci_high"] = ci[name]
+        rows.append(row)
+    return pd.DataFrame(rows)

@@ -1,0 +1,9 @@
+from pathlib import Path
+
+from fmriflow.finetune.run import features_step
+from fmriflow.smk import logged
+
+with logged(snakemake.log[0]):
+    section = snakemake.config["finetune"]
+    features_step(snakemake.params.dataset, snakemake.input.model, snakemake.input.coords,
+                  str(Path(snakemake.output.fc).parent), seed=section["seed"], device=section["device"])
