@@ -26,6 +26,7 @@ demo: install
 	@test -f $(DEMO_DIR)/bids/dataset_description.json || \
 		$(BIN)/fmriflow demo-data $(DEMO_DIR) --subjects $(DEMO_SUBJECTS) --jobs $(JOBS)
 	$(BIN)/snakemake --profile profiles/local --cores $(JOBS)
+	@$(BIN)/fmriflow finetune-summary results/finetune/response
 	@echo "Report: $(abspath results/report/fmriflow_report.html)"
 
 test: install

@@ -49,6 +49,10 @@ def demo_config(demo: Path, results: Path, **extra) -> dict:
         # short runs: 20-TR windows, and a few pretraining steps of the tiny model
         "dataset": {"window": 20, "stride": 10, "fractions": [0.5, 0.25, 0.25]},
         "pretrain": {"max_steps": 6, "batch_size": 4, "warmup_steps": 2, "checkpoint_every": 3},
+        # two variants, both baselines and the controls, at toy size
+        "finetune": {"variants": ["concat", "ts_only"], "folds": 2, "max_epochs": 2, "patience": 1,
+                     "resnet_width": 2, "embed_dim": 16, "bootstrap": 20, "ig_steps": 4,
+                     "setups": ["agnostic", "site"]},
         **extra,
     }
 
@@ -315,3 +319,39 @@ def test_rerun_from_raw_bids_is_byte_identical(tmp_path, atlas_dir):
         digests.append(files)
     assert len(digests[0]) > 80
     assert digests[0] == digests[1]
+
+
+def test_finetune_predicts_every_subject_once_per_repeat(pipeline):
+    """Subject-level CV: each labelled subject is a test subject exactly once per repeat; the
+    metrics table equals scikit-learn's metrics recomputed from the predictions file."""
+    from sklearn.metrics import matthews_corrcoef, roc_auc_score
+
+    demo, results, _, _ = pipeline
+    participants = read_tsv(demo / "bids" / "participants.tsv", dtype={"participant_id": str})
+    labels = dict(zip(participants.participant_id.str.removeprefix("sub-"), participants.response))
+    root = results / "finetune" / "response"
+    table = read_tsv(root / "variants.tsv")
+    setups = ["agnostic"] + [f"site-{s}" for s in sorted(participants.site.unique())]
+    expected = {"concat", "ts_only", "logistic", "ridge", "permuted_concat", "permuted_logistic"}
+    for setup in setups:
+        assert set(table.loc[table.setup == setup, "variant"]) == expected
+        preds = read_tsv(root / f"setup-{setup}" / "predictions.tsv", dtype={"subject": str})
+        for (variant, repeat), frame in preds.groupby(["variant", "repeat"]):
+            assert frame.subject.is_unique
+            assert (frame.label == frame.subject.map(labels)).all()
+        if setup == "agnostic":
+            assert set(preds.subject) == set(labels)
+            folds = read_tsv(root / f"setup-{setup}" / "folds.tsv", dtype={"subject": str})
+            for _, fold in folds.groupby(["repeat", "fold"]):
+                roles = fold.groupby("subject").role.nunique()
+                assert (roles == 1).all()  # no subject in two roles of one fold
+        metrics = read_tsv(root / f"setup-{setup}" / "metrics.tsv")
+        for _, row in metrics.iterrows():
+            frame = preds[preds.variant == row.variant]
+            assert row.mcc_pooled == pytest.approx(matthews_corrcoef(frame.label, frame.score >= 0.5))
+            if frame.label.nunique() == 2:
+                assert row.auroc_pooled == pytest.approx(roc_auc_score(frame.label, frame.score))
+    shares = read_tsv(root / "setup-agnostic" / "attribution_modality.tsv")
+    assert np.allclose(shares.ts_share + shares.fc_share, 1) and ((shares.ts_share > 0) & (shares.ts_share < 1)).all()
+    regions = read_tsv(root / "setup-agnostic" / "attribution_regions.tsv")
+    assert len(regions) == 424 and list(regions["rank"]) == list(range(1, 425))

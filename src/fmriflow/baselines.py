@@ -53,6 +53,10 @@ def fit_predict(name: str, task: str, x_train: np.ndarray, y_train: np.ndarray, 
                 seed: int = 0, inner_folds: int = 3) -> tuple[np.ndarray, dict]:
     """Nested-CV fit on the training subjects; scores for the test subjects and the chosen penalty."""
     model, grid = _estimator(name, task, seed)
+    if task == "classification" and np.bincount(y_train.astype(int), minlength=2).min() < 2:
+        # a class with fewer than two training subjects: no penalty can be chosen; predict the
+        # training class rate, which scores at chance, rather than fail the whole set-up
+        return np.full(len(x_test), float(np.mean(y_train))), {"fallback": "class prior"}
     if task == "classification":
         n_inner = max(2, min(inner_folds, int(np.bincount(y_train.astype(int)).min())))
         inner = StratifiedKFold(n_inner, shuffle=True, random_state=seed)

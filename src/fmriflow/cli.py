@@ -75,6 +75,12 @@ def _connectivity(args: argparse.Namespace) -> None:
     write_sidecar(args.out, "connectivity", inputs, parameters={"kind": args.kind}, metadata_fields=METADATA[args.kind])
 
 
+def _finetune_summary(args: argparse.Namespace) -> None:
+    from .finetune.summary import format_summary
+
+    print(format_summary(args.folder, args.top))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fmriflow", description=__doc__)
     parser.add_argument("--version", action="version", version=f"fmriflow {__version__}")
@@ -117,6 +123,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", nargs="+", help="tangent only: time-series files of the reference group")
     p.add_argument("--out", required=True)
     p.set_defaults(func=_connectivity)
+
+    p = sub.add_parser("finetune-summary", help="print the fine-tuning variant table and attributions")
+    p.add_argument("folder", type=Path, help="e.g. results/finetune/response")
+    p.add_argument("--top", type=int, default=10, help="top regions by attribution to list")
+    p.set_defaults(func=_finetune_summary)
     return parser
 
 
