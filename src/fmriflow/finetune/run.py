@@ -11,6 +11,8 @@ test windows. ``table_step`` gathers every set-up's metrics into one table.
 
 from __future__ import annotations
 
+import logging
+import time
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -25,6 +27,7 @@ from . import cohort as cohorts
 from . import features as feats
 from .trainer import TrainSettings, fit, predict
 
+log = logging.getLogger(__name__)
 FEATURE_FILES = ("samples.npy", "fc.npy", "ts_pretrained.npy", "ts_random.npy")
 PERMUTED = "permuted_"  # prefix of the label-permuted controls
 
@@ -97,18 +100,23 @@ def setup_step(setup: str, dataset: str, features_dir: str, participants: str, m
             fit_rows, val_rows, test_rows = cat(fit_s), cat(val_s), cat(test)
             test_subject = np.concatenate([[s] * len(rows_of[s]) for s in test])
 
-            def record(variant: str, scores: np.ndarray, per_window: bool, log: dict) -> None:
+            started = time.monotonic()
+            log.info("set-up %s, repeat %d, fold %d/%d: %d fit, %d validation, %d test subjects", setup, repeat,
+                     fold + 1, len(plan), len(fit_s), len(val_s), len(test))
+
+            def record(variant: str, scores: np.ndarray, per_window: bool, info: dict) -> None:
                 frame = pd.DataFrame({"subject": test_subject if per_window else test, "score": scores})
                 frame = frame.groupby("subject", as_index=False)["score"].mean()
                 frame["label"] = cohort.labels.loc[frame["subject"]].to_numpy()
                 preds.append(frame.assign(setup=setup, variant=variant, repeat=repeat, fold=fold))
-                logs.append({"setup": setup, "variant": variant, "repeat": repeat, "fold": fold, **log})
+                logs.append({"setup": setup, "variant": variant, "repeat": repeat, "fold": fold, **info})
+                log.info("  %-18s done at %.0f s", variant, time.monotonic() - started)
 
             for variant in section["variants"]:
                 encoder = "random" if variant == "no_pretrain" else "pretrained"
-                model_, target, log = fit(variant, cohort.task, ts[encoder], fc, y, fit_rows, val_rows, settings,
-                                          seed=seed * 1000 + fold)
-                record(variant, predict(model_, target, ts[encoder], fc, test_rows, settings), True, log)
+                model_, target, info = fit(variant, cohort.task, ts[encoder], fc, y, fit_rows, val_rows, settings,
+                                           seed=seed * 1000 + fold)
+                record(variant, predict(model_, target, ts[encoder], fc, test_rows, settings), True, info)
                 if variant == "concat" and section["attribution"]:
                     encoder_model = feats.load_encoder(model, xyz, True, section["seed"])
                     wrapped = FMMTCWithEncoder(encoder_model, model_)
@@ -123,9 +131,9 @@ def setup_step(setup: str, dataset: str, features_dir: str, participants: str, m
                 if variant == "concat" and section["permuted_control"]:
                     rng = np.random.default_rng(seed * 1000 + fold)
                     y_perm = _permute_subject_labels(y, rows_of, fit_s + val_s, rng)
-                    model_, target, log = fit(variant, cohort.task, ts[encoder], fc, y_perm, fit_rows, val_rows,
-                                              settings, seed=seed * 1000 + fold)
-                    record(PERMUTED + variant, predict(model_, target, ts[encoder], fc, test_rows, settings), True, log)
+                    model_, target, info = fit(variant, cohort.task, ts[encoder], fc, y_perm, fit_rows, val_rows,
+                                               settings, seed=seed * 1000 + fold)
+                    record(PERMUTED + variant, predict(model_, target, ts[encoder], fc, test_rows, settings), True, info)
 
             x_train = baselines.upper_triangle(np.stack([subject_fc[s] for s in train]))
             x_test = baselines.upper_triangle(np.stack([subject_fc[s] for s in test]))
