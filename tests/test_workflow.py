@@ -351,6 +351,7 @@ def test_finetune_predicts_every_subject_once_per_repeat(pipeline):
             assert row.mcc_pooled == pytest.approx(matthews_corrcoef(frame.label, frame.score >= 0.5))
             if frame.label.nunique() == 2:
                 assert row.auroc_pooled == pytest.approx(roc_auc_score(frame.label, frame.score))
+    assert not (root / "setup-site-site1" / "attribution_modality.tsv").exists()  # agnostic only
     shares = read_tsv(root / "setup-agnostic" / "attribution_modality.tsv")
     assert np.allclose(shares.ts_share + shares.fc_share, 1) and ((shares.ts_share > 0) & (shares.ts_share < 1)).all()
     regions = read_tsv(root / "setup-agnostic" / "attribution_regions.tsv")

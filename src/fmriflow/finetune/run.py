@@ -117,7 +117,8 @@ def setup_step(setup: str, dataset: str, features_dir: str, participants: str, m
                 model_, target, info = fit(variant, cohort.task, ts[encoder], fc, y, fit_rows, val_rows, settings,
                                            seed=seed * 1000 + fold)
                 record(variant, predict(model_, target, ts[encoder], fc, test_rows, settings), True, info)
-                if variant == "concat" and section["attribution"]:
+                # attributions on the agnostic set-up only: its test subjects cover every site
+                if variant == "concat" and section["attribution"] and setup == "agnostic":
                     encoder_model = feats.load_encoder(model, xyz, True, section["seed"])
                     wrapped = FMMTCWithEncoder(encoder_model, model_)
                     windows_x = np.asarray(data[samples[test_rows]], dtype=np.float32)
