@@ -117,6 +117,7 @@ import pandas as pd
 
 from . import CODE_URL, __version__
 from .atlas import A424_N_REGIONS, a424_labels_table
+from .confounds import dct_highpass_basis, expansions, framewise_displacement, one_hot_columns
 from .errors import InputError
 from .io import atomic_path, save_nifti, sha256sum, write_json, write_text, write_tsv
 from .naming import TEMPLATE_RES, TEMPLATE_SPACE, derivative
@@ -791,37 +792,7 @@ def _motion(rng: np.random.Generator, n_trs: int, with_spikes: bool) -> tuple[np
     return walk, spikes
 
 
-def dct_highpass_basis(n_trs: int, tr: float, cutoff_s: float = 128.0) -> np.ndarray:
-    """DCT-II cosine regressors of a ``cutoff_s`` high-pass filter, as fMRIPrep writes them.
-
-    Order ``max(floor(2 n tr / cutoff), 1)``, the constant term dropped, each column
-    ``sqrt(2 / n) cos(pi k (t + 1/2) / n)`` for ``k = 1 .. order - 1``.
-    """
-    order = max(int(np.floor(2 * n_trs * tr / cutoff_s)), 1)
-    t = np.arange(n_trs)
-    k = np.arange(1, order)
-    return np.sqrt(2.0 / n_trs) * np.cos(np.pi / n_trs * (t[:, None] + 0.5) * k[None, :])
-
-
 # --------------------------------------------------------------------------- confounds
-
-
-def _expansions(name: str, values: np.ndarray) -> dict[str, np.ndarray]:
-    """fMRIPrep's expansions: backward difference (first row n/a) and squares."""
-    deriv = np.concatenate([[np.nan], np.diff(values)])
-    return {
-        name: values,
-        f"{name}_derivative1": deriv,
-        f"{name}_derivative1_power2": deriv**2,
-        f"{name}_power2": values**2,
-    }
-
-
-def framewise_displacement(motion: np.ndarray, radius_mm: float = 50.0) -> np.ndarray:
-    """Power et al. (2012) FD from (trans mm x3, rot rad x3); first value NaN."""
-    diff = np.abs(np.diff(motion, axis=0))
-    fd = diff[:, :3].sum(1) + radius_mm * diff[:, 3:].sum(1)
-    return np.concatenate([[np.nan], fd])
 
 
 def _confounds(bold, motion, physio, cosines, baseline, csf, wm, n_gm):
@@ -831,7 +802,7 @@ def _confounds(bold, motion, physio, cosines, baseline, csf, wm, n_gm):
     csf_col = baseline[csf].mean(dtype=np.float64) * (1 + 0.01 * MODEL.csf_weight_own * physio[:, 0])
     wm_col = baseline[wm].mean(dtype=np.float64) * (1 + 0.01 * MODEL.wm_weight_own * physio[:, 1])
     for name, values in (("global_signal", gs), ("csf", csf_col), ("white_matter", wm_col)):
-        columns.update(_expansions(name, values))
+        columns.update(expansions(name, values))
 
     # One pass over contiguous (voxel x time) float32 blocks, sums accumulated in float64:
     # the per-voxel statistics of DVARS and the CompCor inputs.
@@ -890,14 +861,11 @@ def _confounds(bold, motion, physio, cosines, baseline, csf, wm, n_gm):
     for k in range(cosines.shape[1]):
         columns[f"cosine{k:02d}"] = cosines[:, k]
     for i, name in enumerate(_MOTION):
-        columns.update(_expansions(name, motion[:, i]))
+        columns.update(expansions(name, motion[:, i]))
     outliers = np.flatnonzero(
         (np.nan_to_num(fd) > MODEL.fd_threshold_mm) | (np.nan_to_num(columns["std_dvars"]) > MODEL.std_dvars_threshold)
     )
-    for n, t in enumerate(outliers):
-        one_hot = np.zeros(n_trs, dtype=np.int64)
-        one_hot[t] = 1
-        columns[f"motion_outlier_{n:02d}"] = one_hot
+    columns.update(one_hot_columns("motion_outlier", outliers, n_trs))
     meta = {**t_meta, **a_meta}
     for k in range(cosines.shape[1]):
         meta[f"cosine{k:02d}"] = {
