@@ -46,7 +46,9 @@ def demo_config(demo: Path, results: Path, **extra) -> dict:
         "output_dir": str(results),
         "preproc": {"mode": "derivatives", "derivatives_dir": str(demo / "derivatives" / "fmriprep")},
         "report": {"group_column": "response", "ground_truth": str(demo / "ground_truth" / "edges.tsv")},
-        # short runs: 20-TR windows, and a few pretraining steps of the tiny model
+        # short runs: 24 regressors (36P leaves no degrees of freedom in 40 volumes), 20-TR
+        # windows, and a few pretraining steps of the tiny model
+        "denoise": {"strategy": "24P"},
         "dataset": {"window": 20, "stride": 10, "fractions": [0.5, 0.25, 0.25]},
         "pretrain": {"max_steps": 6, "batch_size": 4, "warmup_steps": 2, "checkpoint_every": 3},
         **extra,
@@ -138,9 +140,9 @@ def test_names_parse_as_bids_derivatives(pipeline):
     root = results / "fmriflow"
     assert json.loads((root / "dataset_description.json").read_text())["DatasetType"] == "derivative"
     files = [p for p in root.glob("sub-*/func/*") if p.suffix != ".json"]
-    # per run: qc, BOLD, mask, denoised BOLD; per atlas: time series, coverage, pearson and
-    # partial (TSV + NPY), dynamic FC
-    assert len(files) == 4 * (4 + 2 * 7)
+    # per run: preproc and denoise QC, BOLD, mask, denoised BOLD; per atlas: time series,
+    # coverage, pearson and partial (TSV + NPY), dynamic FC
+    assert len(files) == 4 * (5 + 2 * 7)
     for path in files:
         ent = parse_file_entities(str(path))
         assert ent["subject"] == path.parts[-3].removeprefix("sub-") and ent["task"] == "rest", path

@@ -124,3 +124,34 @@ def one_hot_columns(prefix: str, volumes, n_trs: int) -> dict[str, np.ndarray]:
         one_hot[t] = 1
         columns[f"{prefix}_{n:02d}"] = one_hot
     return columns
+
+
+def rigid_matrix(params: np.ndarray, center: np.ndarray) -> np.ndarray:
+    """4 x 4 world (RAS mm) matrix of rigid-body parameters (trans mm x3, rot rad x3).
+
+    Convention (shared by the demo generator and the lite mode): a point ``x`` moves to
+    ``R (x - c) + c + t`` with ``R = Rz(rot_z) Ry(rot_y) Rx(rot_x)`` (rotations about the
+    fixed x, then y, then z axes, right-handed) and ``c`` the centre of rotation.
+    """
+    from scipy.spatial.transform import Rotation
+
+    params, center = np.asarray(params, float), np.asarray(center, float)
+    rotation = Rotation.from_euler("xyz", params[3:]).as_matrix()
+    matrix = np.eye(4)
+    matrix[:3, :3] = rotation
+    matrix[:3, 3] = center + params[:3] - rotation @ center
+    return matrix
+
+
+def rigid_parameters(matrix: np.ndarray, center: np.ndarray) -> np.ndarray:
+    """The parameters (trans mm x3, rot rad x3) of a rigid 4 x 4 matrix; inverse of ``rigid_matrix``.
+
+    A matrix with scaling or shear is projected onto the nearest rotation (polar decomposition).
+    """
+    from scipy.spatial.transform import Rotation
+
+    u, _, vt = np.linalg.svd(matrix[:3, :3])
+    rotation = u @ vt
+    center = np.asarray(center, float)
+    translation = matrix[:3, :3] @ center + matrix[:3, 3] - center
+    return np.r_[translation, Rotation.from_matrix(rotation).as_euler("xyz")]
