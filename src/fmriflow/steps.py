@@ -83,6 +83,31 @@ def preproc_derivatives_step(run: str, files: PreprocFiles, raw_bold: str, manif
                   parameters={"mode": "derivatives"}, config=config["preproc"])
 
 
+def preproc_lite_step(raw_bold: str, atlas_img: str, out_bold: str, out_mask: str, out_confounds: str,
+                      root: str, config: Config) -> None:
+    """``preproc.mode: lite`` for one run: fMRIPrep-shaped BOLD, mask, confounds and boldref, each with provenance."""
+    from .preproc.lite import DESCRIPTION, boldref_path, preprocess_run
+    from .provenance import write_dataset_description
+
+    section = config["preproc"]["lite"]
+    files = PreprocFiles(Path(out_bold), Path(out_mask), Path(out_confounds))
+    info = preprocess_run(raw_bold, atlas_img, files, transform=section["transform"], seed=section["seed"],
+                          threads=section["threads"])
+    meta = info.pop("ConfoundsMetadata")
+    common = {"Preprocessing": "fmriflow lite", "Description": DESCRIPTION}
+    inputs = [raw_bold, atlas_img]
+    write_sidecar(out_bold, "preproc", inputs, parameters=info, config=section,
+                  metadata_fields={**common, "RepetitionTime": info["RepetitionTime"], "SkullStripped": False,
+                                   "SpatialReference": "MNI152NLin2009aSym (nilearn's template) on the A424 grid"})
+    for path in (out_mask, boldref_path(files)):
+        write_sidecar(path, "preproc", inputs, parameters=info, config=section, metadata_fields=common)
+    # the confounds JSON keeps fMRIPrep's per-column metadata (aCompCor masks) beside the provenance
+    write_sidecar(out_confounds, "preproc", inputs, parameters=info, config=section, metadata_fields={**meta, **common})
+    description = Path(root) / "dataset_description.json"
+    if not description.exists():  # every run's job writes the same file; the first one is enough
+        write_dataset_description(root, config["preproc"], name="fmriflow lite preprocessing")
+
+
 def resample_step(bold: str, mask: str, atlas_img: str, qc: str, out_bold: str, out_mask: str, config: Config) -> None:
     from .resample import to_atlas_grid
 

@@ -74,7 +74,7 @@ if MODE == "fmriprep":
 
 
 if MODE == "lite":
-    from fmriflow.preproc.lite import expected_files as lite_files
+    from fmriflow.preproc.lite import boldref_path, expected_files as lite_files
 
     LITE_FILES = lite_files(f"{OUT}/{LITE_ROOT}", "{run}")
 
@@ -89,7 +89,9 @@ if MODE == "lite":
             mask=str(LITE_FILES.mask),
             confounds=str(LITE_FILES.confounds),
             sidecar=str(LITE_FILES.confounds.with_suffix(".json")),
-            boldref=str(LITE_FILES.bold).replace("_desc-preproc_bold", "_boldref"),
+            boldref=str(boldref_path(LITE_FILES)),
+        params:
+            root=f"{OUT}/{LITE_ROOT}",
         threads: config["preproc"]["lite"]["threads"]
         resources:
             mem_mb=6000,
