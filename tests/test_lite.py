@@ -62,36 +62,51 @@ def test_motion_parameters_recovered(lite_run, sub):
     # framewise displacement from the recovered parameters (Power, 50 mm) tracks the true one
     fd_true = np.abs(np.diff(true[:, :3], axis=0)).sum(1) + 50 * np.abs(np.diff(true[:, 3:], axis=0)).sum(1)
     fd = confounds["framewise_displacement"].to_numpy()[N_DUMMY + 1:]
-    assert np.corrcoef(fd, fd_true)[0, 1] > 0.9
+    assert np.median(np.abs(fd - fd_true)) < 0.1 and abs(fd.mean() / fd_true.mean() - 1) < 0.25
+    if fd_true.max() > 1.0:  # a motion spike: found at the same volume
+        assert np.argmax(fd) == np.argmax(fd_true)
 
 
 @pytest.mark.parametrize("sub", ["sub-01", "sub-02"])
 def test_registered_to_the_template(lite_run, sub, a424_img):
-    """The registered mean BOLD matches the generator's motion-free mean on the template grid."""
-    from nilearn.datasets import load_mni152_template
+    """The registered mean BOLD lies where the template's brain is, and matches the generator's truth.
+
+    The reference for comparison is the raw mean taken as if it were already in MNI space
+    (no registration): the generator put each head in a random pose (about 4 mm, 3 deg).
+    The truth is compared at the raw data's resolution (both smoothed by a 2 mm Gaussian):
+    at 2 mm the demo's BOLD is dominated by voxel-level detail that 4 mm data cannot carry.
+    """
+    from nilearn.datasets import load_mni152_brain_mask
     from nilearn.image import resample_to_img
+    from scipy.ndimage import gaussian_filter
+
+    def on_grid(img, interpolation="linear"):
+        return np.asarray(resample_to_img(img, a424_img, interpolation=interpolation, force_resample=True,
+                                          copy_header=True).dataobj)
+
+    def dice(image, mask):
+        inside = image > 0.5 * np.percentile(image[image > 0], 95)
+        return 2 * (inside & mask).sum() / (inside.sum() + mask.sum())
 
     demo, results = lite_run
     boldref = nib.load(_lite(results, sub, "space-MNI152NLin2009aSym_res-2_boldref.nii.gz"))
     mask = np.asarray(nib.load(_lite(results, sub, "space-MNI152NLin2009aSym_res-2_desc-brain_mask.nii.gz")).dataobj) > 0
     assert boldref.shape == a424_img.shape and np.allclose(boldref.affine, a424_img.affine)
-    assert mask.sum() > 150_000
+    ours = np.asarray(boldref.dataobj)
+    raw = nib.load(demo / "bids" / sub / "func" / f"{sub}_task-rest_bold.nii.gz")
+    unregistered = on_grid(nib.Nifti1Image(np.asarray(raw.dataobj, dtype=np.float32)[..., N_DUMMY:].mean(axis=3), raw.affine))
+
+    template_brain = on_grid(load_mni152_brain_mask(resolution=2), "nearest") > 0
+    d_registered, d_unregistered = dice(ours, template_brain), dice(unregistered, template_brain)
+    assert d_registered > 0.97 and d_registered > d_unregistered + 0.05, (d_registered, d_unregistered)
+    assert mask.sum() > 0.95 * template_brain.sum()
+
     truth = nib.load(demo / "derivatives" / "fmriprep" / sub / "func" /
                      f"{sub}_task-rest_space-MNI152NLin6Asym_res-2_desc-preproc_bold.nii.gz")
-    true_mean = np.asarray(truth.dataobj).mean(axis=3)
-    ours = np.asarray(boldref.dataobj)
-    r_registered = np.corrcoef(ours[mask], true_mean[mask])[0, 1]
-    # the raw mean taken as if it were already in MNI space (no registration), for comparison
-    raw = nib.load(demo / "bids" / sub / "func" / f"{sub}_task-rest_bold.nii.gz")
-    raw_mean = nib.Nifti1Image(np.asarray(raw.dataobj, dtype=np.float32)[..., N_DUMMY:].mean(axis=3), raw.affine)
-    unregistered = np.asarray(resample_to_img(raw_mean, a424_img, interpolation="linear", force_resample=True,
-                                              copy_header=True).dataobj)
-    r_unregistered = np.corrcoef(unregistered[mask], true_mean[mask])[0, 1]
-    assert r_registered > 0.95 and r_registered > r_unregistered + 0.05, (r_registered, r_unregistered)
-    # against the template itself: the demo's EPI contrast is the inverted T1 (CSF bright)
-    template = resample_to_img(load_mni152_template(resolution=2), a424_img, interpolation="linear",
-                               force_resample=True, copy_header=True)
-    assert np.corrcoef(ours[mask], np.asarray(template.dataobj)[mask])[0, 1] < -0.8
+    true_mean = gaussian_filter(np.asarray(truth.dataobj).mean(axis=3), 1.0)
+    r_registered = np.corrcoef(gaussian_filter(ours, 1.0)[mask], true_mean[mask])[0, 1]
+    r_unregistered = np.corrcoef(gaussian_filter(unregistered, 1.0)[mask], true_mean[mask])[0, 1]
+    assert r_registered > 0.9 and r_registered > r_unregistered + 0.3, (r_registered, r_unregistered)
 
 
 def test_chain_ran_and_sidecars_say_lite(lite_run):

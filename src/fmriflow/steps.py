@@ -80,7 +80,7 @@ def preproc_derivatives_step(run: str, files: PreprocFiles, raw_bold: str, manif
     qc = check_run(files, float(row["tr"].iloc[0]), config["qc"]["fd_threshold"])
     write_tsv(out_qc, pd.DataFrame([{"run": run, "subject": subject_of(run), **qc}]))
     write_sidecar(out_qc, "preproc", [raw_bold, files.bold, files.mask, files.confounds],
-                  parameters={"mode": "derivatives"}, config=config["preproc"])
+                  parameters={"mode": config["preproc"]["mode"]}, config=config["preproc"])
 
 
 def preproc_lite_step(raw_bold: str, atlas_img: str, out_bold: str, out_mask: str, out_confounds: str,
