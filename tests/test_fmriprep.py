@@ -273,7 +273,9 @@ def test_fmriprep_docker_wrapper_with_stub_image(tmp_path, atlas_dir):
     """The real fmriprep-docker wrapper runs a stub image tagged as the pinned fMRIPrep image.
 
     Public registries are unreachable in CI: the stub image is built FROM a local base image
-    with python3 and procps (free), named by $FMRIFLOW_TEST_DOCKER_BASE (default debian:bookworm-slim).
+    with python3 and procps (the wrapper runs `free`), named by $FMRIFLOW_TEST_DOCKER_BASE
+    (default debian:bookworm-slim), e.g. `debootstrap --variant=minbase --include=python3,procps
+    bookworm rootfs` and `tar -C rootfs -c . | docker import - NAME`.
     """
     from fmriflow.preproc.fmriprep import fmriprep_command
     from test_workflow import make_demo
@@ -288,11 +290,11 @@ def test_fmriprep_docker_wrapper_with_stub_image(tmp_path, atlas_dir):
         pytest.skip(f"{tag} exists and is not the stub: not overwriting a real fMRIPrep image")
     demo = make_demo(tmp_path / "demo", atlas_dir, n_subjects=2, n_trs=20, bold_res=2, seed=29)
     context = tmp_path / "image"
-    shutil.copytree(demo / "derivatives" / "fmriprep", context / "stub-source")
-    shutil.copy(STUBS / "fmriprep", context / "fmriprep")
-    (context / "Dockerfile").write_text(
-        f"FROM {base}\nLABEL fmriflow.stub=true\nCOPY stub-source /stub-source\nCOPY fmriprep /usr/local/bin/fmriprep\n"
-        "ENTRYPOINT [\"python3\", \"/usr/local/bin/fmriprep\"]\n")
+    shutil.copytree(demo / "derivatives" / "fmriprep" / "sub-01", context / "stub" / "source" / "sub-01")
+    shutil.copy(STUBS / "fmriprep", context / "stub" / "fmriprep")
+    (context / "Dockerfile").write_text(  # one file-system layer: cheap with any storage driver
+        f"FROM {base}\nLABEL fmriflow.stub=true\nENV FMRIFLOW_STUB_SOURCE=/stub/source\nCOPY stub /stub\n"
+        "ENTRYPOINT [\"python3\", \"/stub/fmriprep\"]\n")
     subprocess.run(["docker", "build", "-q", "-t", tag, str(context)], check=True, capture_output=True)
     license_file = tmp_path / "license.txt"
     license_file.write_text("user@example.org\n12345\n")
@@ -306,6 +308,8 @@ def test_fmriprep_docker_wrapper_with_stub_image(tmp_path, atlas_dir):
     assert "RUNNING: docker run" in proc.stdout
     call = json.loads((work / "stub_fmriprep_call.json").read_text())
     assert call["argv"][:3] == ["/data", "/out", "participant"]
-    assert call["parsed"]["fs_license_file"] == "/opt/freesurfer/license.txt" and call["parsed"]["work_dir"] == "/scratch"
+    # the wrapper binds the licence where fMRIPrep looks by default, and maps -w to /scratch
+    assert call["license"] == "/opt/freesurfer/license.txt" and call["parsed"]["work_dir"] == "/scratch"
+    assert call["parsed"]["participant_label"] == ["01"] and call["parsed"]["mem_mb"] == 8000
     files = expected_files(out, "sub-01/func/sub-01_task-rest")
     assert files.bold.is_file() and files.mask.is_file() and files.confounds.is_file()
