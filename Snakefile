@@ -3,11 +3,13 @@
 #
 # Outputs (<output_dir> = config output_dir, "results" by default):
 #   <output_dir>/bids/                    manifest.tsv (every raw file, sha256, TR, shape), validation.json
+#   <output_dir>/fmriprep/, work/fmriprep/ preproc.mode fmriprep: fMRIPrep's outputs, per-subject work dirs (kept)
+#   <output_dir>/preproc-lite/            preproc.mode lite: fMRIPrep-shaped outputs of the minimal preprocessing
 #   <output_dir>/fmriflow/                BIDS-Derivatives root (dataset_description.json)
 #       atlases/atlas-A424/               the atlas used, with its look-up table
 #       sub-*/[ses-*/]func/               per run: QC row, BOLD + mask on the atlas grid, denoised BOLD,
 #                                         A424 time series + coverage, Pearson FC; each with a JSON sidecar
-#       group/                            group-mean FC and group difference
+#       group/                            group-mean FC and group difference; desc-runs_qc.tsv (run QC, exclusions)
 #   <output_dir>/dataset/atlas-A424/       model-ready windows (memory-mapped), splits, scaling, dataset card
 #   <output_dir>/pretrain/<model>/        pretrained masked autoencoder (model.pt), metrics.csv
 #   <output_dir>/finetune/<target>/       features/, setup-*/ (predictions, metrics, folds, attributions),
@@ -33,6 +35,7 @@ include: "workflow/rules/preproc.smk"
 include: "workflow/rules/resample.smk"
 include: "workflow/rules/denoise.smk"
 include: "workflow/rules/parcellate.smk"
+include: "workflow/rules/qc.smk"
 include: "workflow/rules/connectivity.smk"
 include: "workflow/rules/pretrain.smk"
 include: "workflow/rules/finetune.smk"

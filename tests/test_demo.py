@@ -272,6 +272,9 @@ def test_failed_run_leaves_nothing(tmp_path, atlas_paths, monkeypatch):
         ({"seed": -1}, "seed"),
         ({"jobs": 0}, "jobs"),
         ({"jobs": True}, "jobs"),
+        ({"head_motion": -1.0}, "head_motion"),
+        ({"head_motion": True}, "head_motion"),
+        ({"dummy_volumes": 11}, "dummy_volumes"),
     ],
 )
 def test_bad_arguments(tmp_path, atlas_paths, kwargs, match):

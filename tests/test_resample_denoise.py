@@ -1,35 +1,38 @@
-"""Resampling against a closed form; denoising against an explicit least-squares fit."""
+"""Resampling to the atlas grid against a closed form; space, affine and orientation checks.
+
+(Denoising: tests/test_denoise.py.)
+"""
 
 import os
 
 import nibabel as nib
 import numpy as np
-import pandas as pd
 import pytest
 
-from fmriflow.denoise import denoise_run
 from fmriflow.errors import InputError
 from fmriflow.resample import to_atlas_grid
 
 
 def _linear_image(affine, shape, n_t=3):
-    """Each volume t holds f(x, y, z) = x + 2y - z + 10 t in world mm: trilinear-exact."""
+    """Each volume t holds f(x, y, z) = x + 2y - z + 10 t in world mm: interpolation-exact."""
     ijk = np.indices(shape).reshape(3, -1)
     xyz = (affine[:3, :3] @ ijk + affine[:3, 3:]).T
     base = (xyz[:, 0] + 2 * xyz[:, 1] - xyz[:, 2]).reshape(shape)
     data = np.stack([base + 10 * t for t in range(n_t)], axis=-1).astype(np.float32)
-    return nib.Nifti1Image(data, affine)
+    img = nib.Nifti1Image(data, affine)
+    img.header.set_xyzt_units("mm", "sec")
+    return img
 
 
-def test_same_grid_is_a_link(a424_img, tmp_path):
-    bold = tmp_path / "bold.nii.gz"
-    mask = tmp_path / "mask.nii.gz"
-    nib.save(_linear_image(a424_img.affine, a424_img.shape), bold)
-    nib.save(nib.Nifti1Image(np.ones(a424_img.shape, np.uint8), a424_img.affine), mask)
-    info = to_atlas_grid(bold, mask, tmp_path / "atlas.nii.gz" if False else _save(a424_img, tmp_path), tmp_path / "o/b.nii.gz", tmp_path / "o/m.nii.gz")
-    assert info["resampled"] is False
-    assert os.path.islink(tmp_path / "o/b.nii.gz")
-    assert (tmp_path / "o/b.nii.gz").read_bytes() == bold.read_bytes()
+def _run(folder, affine, shape, space="MNI152NLin6Asym", res="2", img=None):
+    """BOLD and mask named as fMRIPrep names them (the space entity is what the checks read)."""
+    entities = f"space-{space}" + (f"_res-{res}" if res else "")
+    folder.mkdir(parents=True, exist_ok=True)
+    bold = folder / f"sub-01_task-rest_{entities}_desc-preproc_bold.nii.gz"
+    mask = folder / f"sub-01_task-rest_{entities}_desc-brain_mask.nii.gz"
+    nib.save(img if img is not None else _linear_image(affine, shape), bold)
+    nib.save(nib.Nifti1Image(np.ones(shape, np.uint8), affine), mask)
+    return bold, mask
 
 
 def _save(img, folder):
@@ -38,93 +41,89 @@ def _save(img, folder):
     return path
 
 
-def test_coarser_grid_is_resampled_exactly_for_linear_signal(a424_img, tmp_path):
-    affine4 = np.diag([-4.0, 4.0, 4.0, 1.0])
-    affine4[:3, 3] = a424_img.affine[:3, 3]
-    shape4 = (46, 55, 46)
-    bold, mask = tmp_path / "b4.nii.gz", tmp_path / "m4.nii.gz"
-    nib.save(_linear_image(affine4, shape4), bold)
-    nib.save(nib.Nifti1Image(np.ones(shape4, np.uint8), affine4), mask)
-    info = to_atlas_grid(bold, mask, _save(a424_img, tmp_path), tmp_path / "b2.nii.gz", tmp_path / "m2.nii.gz")
-    assert info["resampled"] is True
-    out = nib.load(tmp_path / "b2.nii.gz")
+def _outputs(tmp_path):
+    return tmp_path / "o" / "b.nii.gz", tmp_path / "o" / "m.nii.gz"
+
+
+def test_same_grid_is_a_link(a424_img, tmp_path):
+    bold, mask = _run(tmp_path / "in", a424_img.affine, a424_img.shape)
+    out_bold, out_mask = _outputs(tmp_path)
+    info = to_atlas_grid(bold, mask, _save(a424_img, tmp_path), out_bold, out_mask)
+    assert info["resampled"] is False and info["Transform"] == "identity" and info["SourceOrientation"] == "LAS"
+    assert os.path.islink(out_bold)
+    assert out_bold.read_bytes() == bold.read_bytes()
+
+
+def _check_exact(out_bold, a424_img):
+    out = nib.load(out_bold)
     assert out.shape == (*a424_img.shape, 3) and np.allclose(out.affine, a424_img.affine)
     expected = np.asarray(_linear_image(a424_img.affine, a424_img.shape).dataobj)
     inner = (slice(10, 80), slice(10, 98), slice(10, 80))
     np.testing.assert_allclose(np.asarray(out.dataobj)[inner], expected[inner], atol=1e-2)
-    assert nib.load(tmp_path / "m2.nii.gz").get_data_dtype() == np.uint8
 
 
-def test_non_template_bold_rejected(a424_img, tmp_path):
+def test_coarser_grid_is_resampled_exactly_for_linear_signal(a424_img, tmp_path):
+    affine4 = np.diag([-4.0, 4.0, 4.0, 1.0])
+    affine4[:3, 3] = a424_img.affine[:3, 3]
+    bold, mask = _run(tmp_path / "in", affine4, (46, 55, 46), res=None)
+    out_bold, out_mask = _outputs(tmp_path)
+    info = to_atlas_grid(bold, mask, _save(a424_img, tmp_path), out_bold, out_mask)
+    assert info["resampled"] is True and info["interpolation"]["mask"] == "nearest"
+    _check_exact(out_bold, a424_img)
+    assert nib.load(out_mask).get_data_dtype() == np.uint8
+
+
+def test_other_mni_template_in_another_orientation(a424_img, tmp_path):
+    """MNI152NLin2009cAsym res-2 (TemplateFlow's 97 x 115 x 97 grid), stored RAS instead of LAS."""
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    affine[:3, 3] = [-96.0, -132.0, -78.0]
+    bold, mask = _run(tmp_path / "in", affine, (97, 115, 97), space="MNI152NLin2009cAsym")
+    out_bold, out_mask = _outputs(tmp_path)
+    info = to_atlas_grid(bold, mask, _save(a424_img, tmp_path), out_bold, out_mask)
+    assert info["resampled"] is True and info["SourceSpace"] == "MNI152NLin2009cAsym"
+    assert info["SourceOrientation"] == "RAS" and "interpolation" in info
+    assert info["Transform"].startswith("identity in MNI world coordinates: MNI152NLin2009cAsym taken as MNI152NLin6Asym")
+    _check_exact(out_bold, a424_img)  # a flip of the x axis is handled, not ignored
+
+
+@pytest.mark.parametrize("space", ["T1w", "fsnative", "func", None])
+def test_non_mni_space_is_refused(a424_img, tmp_path, space):
+    folder = tmp_path / "in"
+    if space is None:  # no space entity at all: native BOLD
+        folder.mkdir()
+        bold, mask = folder / "sub-01_task-rest_desc-preproc_bold.nii.gz", folder / "sub-01_task-rest_desc-brain_mask.nii.gz"
+        nib.save(_linear_image(a424_img.affine, a424_img.shape), bold)
+        nib.save(nib.Nifti1Image(np.ones(a424_img.shape, np.uint8), a424_img.affine), mask)
+    else:
+        bold, mask = _run(folder, a424_img.affine, a424_img.shape, space=space, res=None)
+    out_bold, out_mask = _outputs(tmp_path)
+    with pytest.raises(InputError, match=rf"{bold.name}: space {space!r} is not an MNI template space"):
+        to_atlas_grid(bold, mask, _save(a424_img, tmp_path), out_bold, out_mask)
+    assert not out_bold.exists()
+
+
+def test_bad_headers_are_refused(a424_img, tmp_path):
+    atlas = _save(a424_img, tmp_path)
+    out_bold, out_mask = _outputs(tmp_path)
+    # qform and sform that disagree
+    img = _linear_image(a424_img.affine, (20, 20, 20))
+    shifted = a424_img.affine.copy()
+    shifted[:3, 3] += 10
+    img.set_qform(shifted, code=1)
+    img.set_sform(a424_img.affine, code=4)
+    bold, mask = _run(tmp_path / "q", a424_img.affine, (20, 20, 20), img=img)
+    with pytest.raises(InputError, match="qform and sform disagree"):
+        to_atlas_grid(bold, mask, atlas, out_bold, out_mask)
+    # sheared axes
+    sheared = a424_img.affine.copy()
+    sheared[0, 1] = 1.0
+    bold, mask = _run(tmp_path / "s", sheared, (20, 20, 20))
+    with pytest.raises(InputError, match="not orthogonal"):
+        to_atlas_grid(bold, mask, atlas, out_bold, out_mask)
+    # far outside the atlas field of view
     far = np.diag([2.0, 2.0, 2.0, 1.0])
     far[:3, 3] = [5000, 5000, 5000]
-    bold, mask = tmp_path / "far.nii.gz", tmp_path / "farmask.nii.gz"
-    nib.save(_linear_image(far, (10, 10, 10)), bold)
-    nib.save(nib.Nifti1Image(np.ones((10, 10, 10), np.uint8), far), mask)
-    with pytest.raises(InputError, match="far.nii.gz: BOLD does not overlap"):
-        to_atlas_grid(bold, mask, _save(a424_img, tmp_path), tmp_path / "x.nii.gz", tmp_path / "y.nii.gz")
-
-
-MOTION = ["trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z"]
-
-
-def _fmriprep_run(root, n_t=80, shape=(6, 5, 4), seed=0):
-    """A tiny fMRIPrep-shaped run whose voxels are signal + a known mix of confounds."""
-    rng = np.random.default_rng(seed)
-    func = root / "sub-01" / "func"
-    func.mkdir(parents=True)
-    columns = {}
-    for name in MOTION + ["csf", "white_matter"]:
-        base = np.cumsum(rng.standard_normal(n_t)) * 0.1
-        columns[name] = base
-        if name in MOTION:
-            deriv = np.r_[np.nan, np.diff(base)]
-            columns[f"{name}_derivative1"] = deriv
-            columns[f"{name}_power2"] = base**2
-            columns[f"{name}_derivative1_power2"] = deriv**2
-    t = np.arange(n_t)
-    columns["cosine00"] = np.cos(np.pi * (t + 0.5) / n_t)
-    columns["framewise_displacement"] = np.r_[np.nan, np.abs(rng.standard_normal(n_t - 1)) * 0.1]
-    confounds = pd.DataFrame(columns)
-    confounds.to_csv(func / "sub-01_task-rest_desc-confounds_timeseries.tsv", sep="\t", index=False, na_rep="n/a")
-    (func / "sub-01_task-rest_desc-confounds_timeseries.json").write_text("{}")
-    n_vox = int(np.prod(shape))
-    signal = rng.standard_normal((n_t, n_vox))
-    mix = rng.standard_normal((confounds.shape[1], n_vox))
-    data = 500 + signal + np.nan_to_num(confounds.to_numpy()) @ mix
-    img = nib.Nifti1Image(data.T.reshape(*shape, n_t).astype(np.float32), np.diag([2.0, 2.0, 2.0, 1.0]))
-    img.header.set_xyzt_units("mm", "sec")
-    img.header["pixdim"][4] = 2.0
-    bold = func / "sub-01_task-rest_space-MNI152NLin6Asym_res-2_desc-preproc_bold.nii.gz"
-    nib.save(img, bold)
-    mask = func / "sub-01_task-rest_space-MNI152NLin6Asym_res-2_desc-brain_mask.nii.gz"
-    nib.save(nib.Nifti1Image(np.ones(shape, np.uint8), img.affine), mask)
-    return bold, mask, confounds, data
-
-
-def test_simple_strategy_equals_least_squares(tmp_path):
-    bold, mask, confounds, data = _fmriprep_run(tmp_path / "fmriprep")
-    out = tmp_path / "denoised_bold.nii.gz"
-    info = denoise_run(bold, mask, bold, out, strategy="simple")
-    # nilearn's "simple": 24 motion regressors, csf + white_matter, cosine drift terms.
-    chosen = [c for c in confounds.columns if c != "framewise_displacement"]
-    assert sorted(info["ConfoundRegressors"]) == sorted(chosen)
-    conf = confounds[chosen].to_numpy().copy()
-    first = np.isnan(conf[0])
-    conf[0, first] = conf[1, first]  # nilearn copies the second row into the undefined first one
-    t = np.arange(len(conf))
-    design = np.column_stack([np.ones_like(t), t, conf])
-    beta, *_ = np.linalg.lstsq(design, data, rcond=None)
-    expected = data - design @ beta
-    got = np.asarray(nib.load(out).dataobj).reshape(-1, len(conf)).T
-    np.testing.assert_allclose(got, expected, atol=2e-3)
-    assert info["NumberOfVolumesKept"] == len(conf)
-
-
-def test_row_count_mismatch_names_files(tmp_path):
-    bold, mask, confounds, _ = _fmriprep_run(tmp_path / "fmriprep")
-    path = bold.parent / "sub-01_task-rest_desc-confounds_timeseries.tsv"
-    confounds.iloc[:-5].to_csv(path, sep="\t", index=False, na_rep="n/a")
-    with pytest.raises(InputError, match="75 confound rows for 80 volumes"):
-        denoise_run(bold, mask, bold, tmp_path / "o.nii.gz")
-    assert not (tmp_path / "o.nii.gz").exists()
+    bold, mask = _run(tmp_path / "f", far, (10, 10, 10))
+    with pytest.raises(InputError, match="BOLD does not overlap"):
+        to_atlas_grid(bold, mask, atlas, out_bold, out_mask)
+    assert not out_bold.exists()

@@ -46,7 +46,9 @@ def demo_config(demo: Path, results: Path, **extra) -> dict:
         "output_dir": str(results),
         "preproc": {"mode": "derivatives", "derivatives_dir": str(demo / "derivatives" / "fmriprep")},
         "report": {"group_column": "response", "ground_truth": str(demo / "ground_truth" / "edges.tsv")},
-        # short runs: 20-TR windows, and a few pretraining steps of the tiny model
+        # short runs: 24 regressors (36P leaves no degrees of freedom in 40 volumes), 20-TR
+        # windows, and a few pretraining steps of the tiny model
+        "denoise": {"strategy": "24P"},
         "dataset": {"window": 20, "stride": 10, "fractions": [0.5, 0.25, 0.25]},
         "pretrain": {"max_steps": 6, "batch_size": 4, "warmup_steps": 2, "checkpoint_every": 3},
         # two variants, both baselines and the controls, at toy size
@@ -72,14 +74,18 @@ def coarse_atlas(folder: Path, a424: nib.Nifti1Image) -> dict:
 
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory, atlas_dir, a424_img):
-    """One DAG run with every option on: a second atlas, partial and tangent FC, dynamic FC."""
+    """One DAG run with every option on: a second atlas, partial and tangent FC, dynamic FC, and
+    a QC threshold between the two largest mean FDs, so that exactly one run is excluded."""
     base = tmp_path_factory.mktemp("wf")
     demo = make_demo(base / "demo", atlas_dir, n_subjects=4, n_trs=60, seed=3)
     results = base / "results"
+    truth = json.loads((demo / "ground_truth" / "ground_truth.json").read_text())["subjects"]
+    high, second = sorted((s["mean_framewise_displacement"] for s in truth.values()), reverse=True)[:2]
     config = demo_config(
         demo, results,
         atlas={"extra": {"Groups": coarse_atlas(base / "atlas", a424_img)}},
         connectivity={"kinds": ["pearson", "partial", "tangent"], "sliding_window": {"window": 30, "step": 15}},
+        qc={"max_mean_fd": (high + second) / 2},
     )
     proc = run_snakemake(base, config)
     assert proc.returncode == 0, proc.stderr[-5000:]
@@ -142,9 +148,9 @@ def test_names_parse_as_bids_derivatives(pipeline):
     root = results / "fmriflow"
     assert json.loads((root / "dataset_description.json").read_text())["DatasetType"] == "derivative"
     files = [p for p in root.glob("sub-*/func/*") if p.suffix != ".json"]
-    # per run: qc, BOLD, mask, denoised BOLD; per atlas: time series, coverage, pearson and
-    # partial (TSV + NPY), dynamic FC
-    assert len(files) == 4 * (4 + 2 * 7)
+    # per run: preproc and denoise QC, BOLD, mask, denoised BOLD; per atlas: time series,
+    # coverage, pearson and partial (TSV + NPY), dynamic FC
+    assert len(files) == 4 * (5 + 2 * 7)
     for path in files:
         ent = parse_file_entities(str(path))
         assert ent["subject"] == path.parts[-3].removeprefix("sub-") and ent["task"] == "rest", path
@@ -246,10 +252,34 @@ def test_partial_tangent_and_dynamic_outputs(pipeline):
     for stat in ("pearsoncorrelation", "partialcorrelation", "tangent"):
         stack = np.load(group / f"space-MNI152NLin6Asym_res-2_atlas-A424_stat-{stat}_desc-stack_relmat.npy")
         listing = read_tsv(group / f"space-MNI152NLin6Asym_res-2_atlas-A424_stat-{stat}_desc-stack_runs.tsv", dtype=str)
-        assert stack.shape == (4, 424, 424) and len(listing) == 4 and "response" in listing
+        assert stack.shape == (3, 424, 424) and len(listing) == 3 and "response" in listing  # QC kept 3 runs
     pearson = np.load(group / "space-MNI152NLin6Asym_res-2_atlas-A424_stat-pearsoncorrelation_desc-stack_relmat.npy")
-    first = np.load(runs[0].with_name(runs[0].name.replace("stat-mean_timeseries.tsv", "stat-pearsoncorrelation_relmat.npy")))
+    kept = [r for r in runs if r.name.split("_space-")[0] in set(listing["run"].str.split("/").str[-1])]
+    first = np.load(kept[0].with_name(kept[0].name.replace("stat-mean_timeseries.tsv", "stat-pearsoncorrelation_relmat.npy")))
     np.testing.assert_array_equal(pearson[0], first)
+
+
+def test_qc_excludes_a_run_from_pooled_steps(pipeline):
+    """The run over the mean-FD threshold is listed with its reason and reaches no pooled step."""
+    demo, results, _, config = pipeline
+    table = read_tsv(results / "fmriflow" / "group" / "desc-runs_qc.tsv", dtype={"run": str})
+    assert len(table) == 4
+    truth = json.loads((demo / "ground_truth" / "ground_truth.json").read_text())["subjects"]
+    worst = max(truth, key=lambda s: truth[s]["mean_framewise_displacement"])
+    excluded = table.loc[table["included"].astype(str) == "False"]
+    assert excluded["subject"].astype(str).str.zfill(2).tolist() == [worst.removeprefix("sub-")]
+    assert excluded["exclusion_reasons"].iloc[0].startswith("mean FD ")
+    assert excluded["mean_fd"].iloc[0] == pytest.approx(truth[worst]["mean_framewise_displacement"], abs=1e-5)
+    for column in ("max_fd", "fraction_censored", "mean_dvars", "median_tsnr", "region_coverage"):
+        assert table[column].notna().all(), column
+    run = excluded["run"].iloc[0]
+    group = results / "fmriflow" / "group"
+    for listing in group.glob("*_desc-stack_runs.tsv"):
+        assert run not in set(read_tsv(listing, dtype=str)["run"])
+    card = json.loads((results / "dataset" / "atlas-A424" / "dataset_card.json").read_text())
+    assert sorted(r["run"] for r in card["runs"]) == sorted(set(table["run"]) - {run})
+    fc_mean = json.loads((group / "space-MNI152NLin6Asym_res-2_atlas-A424_stat-pearsoncorrelation_desc-mean_relmat.json").read_text())
+    assert not any(worst in source for source in fc_mean["Sources"]) and len(fc_mean["Sources"]) == 3
 
 
 def test_dataset_and_pretraining_ran(pipeline):

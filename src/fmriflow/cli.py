@@ -23,6 +23,7 @@ def _demo_data(args: argparse.Namespace) -> None:
     summary = generate_demo(
         args.out, files["labels_img"], files["coordinates"], n_subjects=args.subjects, n_trs=args.trs,
         tr=args.tr, bold_res=args.bold_res, seed=args.seed, jobs=args.jobs, overwrite=args.overwrite,
+        head_motion=args.head_motion, dummy_volumes=args.dummy_volumes,
     )
     print(f"demo dataset written to {args.out} ({summary.get('n_subjects', args.subjects)} subjects)")
 
@@ -99,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--jobs", type=int, default=1, help="subjects generated in parallel")
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--head-motion", type=float, default=None,
+                   help="raw BOLD shows the head in a random pose moving by this multiple of the motion parameters")
+    p.add_argument("--dummy-volumes", type=int, default=0, help="non-steady-state volumes before each raw run")
     atlas_options(p)
     p.set_defaults(func=_demo_data)
 

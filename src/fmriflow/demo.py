@@ -72,6 +72,19 @@ Raw BOLD and T1w
     int16: not a simulated acquisition (motion is a regressor, the image does not
     move). The T1w is nilearn's MNI152 template times 1000, plus noise. Both exist
     so that the raw BIDS layer is complete and valid.
+Raw BOLD with head motion (option ``head_motion``; off by default)
+    For the ``lite`` preprocessing mode, the raw BOLD can instead show what a scanner
+    would record of a moving head: each subject's head sits in a fixed pose ``P``
+    (rotations ``N(0, 3 deg)`` about each axis, translations ``N(0, 4 mm)``) and moves by
+    ``M_t``, the rigid transform of the confounds' six motion parameters times
+    ``head_motion``, so the tissue at template point ``p`` is seen at
+    ``M_t P p`` and each raw volume samples the simulated volume (trilinear) at
+    ``(M_t P)^-1 x``. Rotation convention: ``fmriflow.confounds.rigid_matrix`` about the
+    centre of the raw field of view. ``dummy_volumes`` > 0 puts that many
+    non-steady-state volumes before them: copies of the first volume brightened by
+    ``1 + 0.4 * 0.5**k`` (T1 saturation). Truth: ``ground_truth/sub-XX_desc-headmotion_timeseries.tsv``
+    (one row per raw volume) and each subject's ``head_pose`` in ``ground_truth.json``.
+    The fMRIPrep-shaped derivatives do not change with either option.
 Randomness
     ``numpy.random.SeedSequence(seed)``: child 0 draws the population (networks,
     edges, participants, who has dropout or spikes), child ``s`` subject ``s``; so
@@ -117,6 +130,7 @@ import pandas as pd
 
 from . import CODE_URL, __version__
 from .atlas import A424_N_REGIONS, a424_labels_table
+from .confounds import dct_highpass_basis, expansions, framewise_displacement, one_hot_columns
 from .errors import InputError
 from .io import atomic_path, save_nifti, sha256sum, write_json, write_text, write_tsv
 from .naming import TEMPLATE_RES, TEMPLATE_SPACE, derivative
@@ -209,6 +223,8 @@ def generate_demo(
     seed: int = 0,
     jobs: int = 1,
     overwrite: bool = False,
+    head_motion: float | None = None,
+    dummy_volumes: int = 0,
 ) -> dict[str, Any]:
     """Write the synthetic demo dataset under ``out_dir``.
 
@@ -237,6 +253,12 @@ def generate_demo(
         Subjects simulated in parallel processes; results do not depend on it.
     overwrite : bool
         Replace an existing non-empty ``out_dir`` (only after the new one is complete).
+    head_motion : float or None
+        When set, the raw BOLD shows the head in a random pose, moving rigidly by this
+        multiple of the confounds' motion parameters (module docstring); None (default)
+        keeps the raw BOLD a motion-free copy of the simulated volumes.
+    dummy_volumes : int
+        Non-steady-state volumes put before the raw BOLD (default 0).
 
     Returns
     -------
@@ -253,11 +275,13 @@ def generate_demo(
         If the atlas files are not the A424 atlas.
     """
     _check_args(n_subjects, n_trs, tr, bold_res, seed, jobs)
+    _check_raw_options(head_motion, dummy_volumes)
+    raw = {"head_motion": None if head_motion is None else float(head_motion), "dummy_volumes": int(dummy_volumes)}
     with _single_threaded_blas():
-        return _generate(Path(out_dir), atlas_img, coordinates, n_subjects, n_trs, float(tr), bold_res, seed, jobs, overwrite)
+        return _generate(Path(out_dir), atlas_img, coordinates, n_subjects, n_trs, float(tr), bold_res, seed, jobs, overwrite, raw)
 
 
-def _generate(out_dir, atlas_img, coordinates, n_subjects, n_trs, tr, bold_res, seed, jobs, overwrite):
+def _generate(out_dir, atlas_img, coordinates, n_subjects, n_trs, tr, bold_res, seed, jobs, overwrite, raw):
     if out_dir.exists() and not out_dir.is_dir():
         raise FileExistsError(f"{out_dir} exists and is not a folder")
     if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
@@ -290,7 +314,7 @@ def _generate(out_dir, atlas_img, coordinates, n_subjects, n_trs, tr, bold_res, 
 
     shared = _shared_arrays(atlas, atlas_labels, grid_shape, grid_affine, raw_shape, raw_affine)
     shared.update(
-        chol=chol, n_trs=n_trs, tr=tr, bold_res=bold_res, region_names=list(labels_table["name"])
+        chol=chol, n_trs=n_trs, tr=tr, bold_res=bold_res, region_names=list(labels_table["name"]), **raw
     )
     specs = [
         {
@@ -307,7 +331,7 @@ def _generate(out_dir, atlas_img, coordinates, n_subjects, n_trs, tr, bold_res, 
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.incomplete-", dir=out_dir.parent))
     try:
         shared["root"] = str(staging)
-        _write_bids_top(staging / "bids", participants, n_trs, tr)
+        _write_bids_top(staging / "bids", participants, n_trs, tr, raw)
         _write_fmriprep_top(staging / "derivatives" / "fmriprep")
         results = _run_subjects(specs, shared, jobs)
         _write_ground_truth(
@@ -324,6 +348,9 @@ def _generate(out_dir, atlas_img, coordinates, n_subjects, n_trs, tr, bold_res, 
                 "n_subjects": n_subjects, "n_trs": n_trs, "tr": tr, "bold_res": bold_res,
                 "seed": seed,
                 "atlas_sha256": sha256sum(atlas_img), "coordinates_sha256": sha256sum(coordinates),
+                # only when used, so that files without them stay as they were
+                **({"head_motion": raw["head_motion"]} if raw["head_motion"] is not None else {}),
+                **({"dummy_volumes": raw["dummy_volumes"]} if raw["dummy_volumes"] else {}),
             },
         )
         _move_into_place(staging, out_dir)
@@ -406,6 +433,14 @@ def _check_args(n_subjects, n_trs, tr, bold_res, seed, jobs) -> None:
         raise ValueError(f"seed must be a non-negative integer (got {seed!r})")
     if not is_int(jobs) or jobs < 1:
         raise ValueError(f"jobs must be a positive integer (got {jobs!r})")
+
+
+def _check_raw_options(head_motion, dummy_volumes) -> None:
+    if head_motion is not None and (isinstance(head_motion, bool) or not isinstance(head_motion, (int, float))
+                                    or not 0 <= head_motion <= 20):
+        raise ValueError(f"head_motion must be None or a number in [0, 20] (got {head_motion!r})")
+    if isinstance(dummy_volumes, bool) or not isinstance(dummy_volumes, (int, np.integer)) or not 0 <= dummy_volumes <= 10:
+        raise ValueError(f"dummy_volumes must be an integer in [0, 10] (got {dummy_volumes!r})")
 
 
 def _load_atlas_labels(atlas: Any, path: str | Path) -> np.ndarray:
@@ -620,9 +655,9 @@ def _simulate_subject(spec: dict, shared: dict) -> dict:
     )
     confounds, confounds_meta = _confounds(bold, motion, physio, cosines, baseline, csf, wm, n_gm)
 
-    _write_subject_files(
-        rng, spec["label"], shared, bold=bold, vox=vox, mask3d=mask3d, confounds=confounds,
-        confounds_meta=confounds_meta, x=x, subject_scale=subject_scale,
+    raw_truth = _write_subject_files(
+        rng, spec, shared, bold=bold, vox=vox, mask3d=mask3d, confounds=confounds,
+        confounds_meta=confounds_meta, x=x, subject_scale=subject_scale, motion=motion,
     )
 
     # coverage: regions partly or wholly outside this subject's mask
@@ -641,6 +676,7 @@ def _simulate_subject(spec: dict, shared: dict) -> dict:
         "regions_partial_coverage": (np.flatnonzero((seen < on_grid) & (seen > 0)) + 1).tolist(),
         "regions_absent": (np.flatnonzero(seen == 0) + 1).tolist(),
         "baseline_scale": round(float(subject_scale), 6),
+        **raw_truth,
     }
 
 
@@ -713,7 +749,9 @@ def _voxel_bold(rng, x, region, t1v, xyz, motion, physio, cosines, subject_scale
     return bold, baseline, csf, wm
 
 
-def _write_subject_files(rng, label, shared, *, bold, vox, mask3d, confounds, confounds_meta, x, subject_scale):
+def _write_subject_files(rng, spec, shared, *, bold, vox, mask3d, confounds, confounds_meta, x, subject_scale, motion):
+    """Write one subject's files; return its ground-truth entries for the raw-BOLD options (if any)."""
+    label = spec["label"]
     root = Path(shared["root"])
     sub = f"sub-{label}"
     n_trs, tr = shared["n_trs"], shared["tr"]
@@ -743,15 +781,28 @@ def _write_subject_files(rng, label, shared, *, bold, vox, mask3d, confounds, co
 
     # raw BIDS: the same volumes on the 4 mm grid, int16 (see the module docstring)
     raw = root / "bids" / sub
-    position = np.full(mask3d.size, -1, np.int64)
-    position[vox] = np.arange(len(vox))
-    source = position[shared["raw_source"]]
-    keep = np.flatnonzero(source >= 0)
-    values = np.clip(np.rint(bold[:, source[keep]]), 0, np.iinfo(np.int16).max).astype(np.int16)
     raw_shape = shared["raw_shape"]
-    header = _header((*raw_shape, n_trs), shared["raw_affine"], np.int16, (float(RAW_RES),) * 3 + (tr,), _SCANNER_CODE)
     raw_bold = raw / "func" / f"{sub}_task-{TASK}_bold.nii.gz"
-    _save_volumes(raw_bold, header, _scatter_volumes(values, keep, int(np.prod(raw_shape)), np.int16))
+    raw_truth: dict = {}
+    if shared["head_motion"] is None:
+        position = np.full(mask3d.size, -1, np.int64)
+        position[vox] = np.arange(len(vox))
+        source = position[shared["raw_source"]]
+        keep = np.flatnonzero(source >= 0)
+        values = np.clip(np.rint(bold[:, source[keep]]), 0, np.iinfo(np.int16).max).astype(np.int16)
+        volumes = _scatter_volumes(values, keep, int(np.prod(raw_shape)), np.int16)
+    else:
+        volumes, raw_truth = _moving_head_volumes(spec, shared, bold, vox, mask3d, motion)
+    n_dummy = shared["dummy_volumes"]
+    if n_dummy:
+        volumes = _with_dummy_volumes(volumes, n_dummy)
+        raw_truth["dummy_volumes"] = n_dummy
+    header = _header((*raw_shape, n_trs + n_dummy), shared["raw_affine"], np.int16, (float(RAW_RES),) * 3 + (tr,), _SCANNER_CODE)
+    _save_volumes(raw_bold, header, volumes)
+    if "motion" in raw_truth:  # one row per raw volume: the dummies are copies of the first
+        applied = raw_truth.pop("motion")
+        params = np.vstack([np.repeat(applied[:1], n_dummy, axis=0), applied])
+        write_tsv(root / "ground_truth" / f"{sub}_desc-headmotion_timeseries.tsv", pd.DataFrame(params, columns=list(_MOTION)))
     write_json(_json_of(raw_bold), {"RepetitionTime": tr, "TaskName": TASK})
     template = shared["template"]
     head = template > 0
@@ -762,6 +813,60 @@ def _write_subject_files(rng, label, shared, *, bold, vox, mask3d, confounds, co
     save_nifti(nib.Nifti1Image(t1w, shared["template_affine"], header), raw / "anat" / f"{sub}_T1w.nii.gz")
 
     write_tsv(root / "ground_truth" / f"{sub}_desc-true_timeseries.tsv", pd.DataFrame(x, columns=shared["region_names"]))
+    return raw_truth
+
+
+def _moving_head_volumes(spec, shared, bold, vox, mask3d, motion):
+    """Raw volumes (int16, Fortran-flat) of the head in its pose, moving; and the truth to record."""
+    from scipy.ndimage import map_coordinates
+
+    from .confounds import rigid_matrix
+
+    seq = spec["seed_seq"]
+    # a stream of its own, so that the subject's other draws (and files) do not change
+    pose_rng = np.random.default_rng(np.random.SeedSequence(seq.entropy, spawn_key=(*seq.spawn_key, 1 << 20)))
+    pose_params = np.r_[pose_rng.normal(0.0, 4.0, 3), pose_rng.normal(0.0, np.deg2rad(3.0), 3)]
+    raw_shape, raw_affine, grid_affine = shared["raw_shape"], shared["raw_affine"], shared["grid_affine"]
+    center = raw_affine[:3, :3] @ ((np.array(raw_shape) - 1) / 2.0) + raw_affine[:3, 3]
+    pose = rigid_matrix(pose_params, center)
+    applied = motion * shared["head_motion"]
+    raw_xyz = nib.affines.apply_affine(raw_affine, np.indices(raw_shape).reshape(3, -1).T)
+    grid_inv = np.linalg.inv(grid_affine)
+    shape = mask3d.shape
+
+    def volumes():
+        buf = np.zeros(mask3d.size, np.float32)
+        for t in range(len(bold)):
+            buf[vox] = bold[t]
+            head = rigid_matrix(applied[t], center) @ pose
+            coords = nib.affines.apply_affine(grid_inv @ np.linalg.inv(head), raw_xyz).T
+            sampled = map_coordinates(buf.reshape(shape, order="F"), coords, order=1, cval=0.0)
+            # raw_xyz runs in C order over the raw grid; the file wants Fortran order
+            values = sampled.reshape(raw_shape).ravel(order="F")
+            yield np.clip(np.rint(values), 0, np.iinfo(np.int16).max).astype(np.int16)
+
+    truth = {
+        "head_pose": {"translation_mm": pose_params[:3].round(6).tolist(), "rotation_rad": pose_params[3:].round(8).tolist(),
+                      "center_mm": center.tolist(),
+                      "convention": "fmriflow.confounds.rigid_matrix: x -> R (x - c) + c + t, R = Rz Ry Rx; "
+                                    "tissue at template point p is seen at M_t P p"},
+        "head_motion_scale": shared["head_motion"],
+        "motion": applied,
+    }
+    return volumes(), truth
+
+
+_DUMMY_BOOST, _DUMMY_DECAY = 0.4, 0.5  # non-steady-state volume k: first volume times 1 + 0.4 * 0.5**k
+
+
+def _with_dummy_volumes(volumes, n_dummy):
+    volumes = iter(volumes)
+    first = next(volumes).copy()
+    for k in range(n_dummy):
+        boosted = np.rint(first.astype(np.float64) * (1 + _DUMMY_BOOST * _DUMMY_DECAY**k))
+        yield np.clip(boosted, 0, np.iinfo(np.int16).max).astype(np.int16)
+    yield first
+    yield from volumes
 
 
 def _json_of(nifti: Path) -> Path:
@@ -791,37 +896,7 @@ def _motion(rng: np.random.Generator, n_trs: int, with_spikes: bool) -> tuple[np
     return walk, spikes
 
 
-def dct_highpass_basis(n_trs: int, tr: float, cutoff_s: float = 128.0) -> np.ndarray:
-    """DCT-II cosine regressors of a ``cutoff_s`` high-pass filter, as fMRIPrep writes them.
-
-    Order ``max(floor(2 n tr / cutoff), 1)``, the constant term dropped, each column
-    ``sqrt(2 / n) cos(pi k (t + 1/2) / n)`` for ``k = 1 .. order - 1``.
-    """
-    order = max(int(np.floor(2 * n_trs * tr / cutoff_s)), 1)
-    t = np.arange(n_trs)
-    k = np.arange(1, order)
-    return np.sqrt(2.0 / n_trs) * np.cos(np.pi / n_trs * (t[:, None] + 0.5) * k[None, :])
-
-
 # --------------------------------------------------------------------------- confounds
-
-
-def _expansions(name: str, values: np.ndarray) -> dict[str, np.ndarray]:
-    """fMRIPrep's expansions: backward difference (first row n/a) and squares."""
-    deriv = np.concatenate([[np.nan], np.diff(values)])
-    return {
-        name: values,
-        f"{name}_derivative1": deriv,
-        f"{name}_derivative1_power2": deriv**2,
-        f"{name}_power2": values**2,
-    }
-
-
-def framewise_displacement(motion: np.ndarray, radius_mm: float = 50.0) -> np.ndarray:
-    """Power et al. (2012) FD from (trans mm x3, rot rad x3); first value NaN."""
-    diff = np.abs(np.diff(motion, axis=0))
-    fd = diff[:, :3].sum(1) + radius_mm * diff[:, 3:].sum(1)
-    return np.concatenate([[np.nan], fd])
 
 
 def _confounds(bold, motion, physio, cosines, baseline, csf, wm, n_gm):
@@ -831,7 +906,7 @@ def _confounds(bold, motion, physio, cosines, baseline, csf, wm, n_gm):
     csf_col = baseline[csf].mean(dtype=np.float64) * (1 + 0.01 * MODEL.csf_weight_own * physio[:, 0])
     wm_col = baseline[wm].mean(dtype=np.float64) * (1 + 0.01 * MODEL.wm_weight_own * physio[:, 1])
     for name, values in (("global_signal", gs), ("csf", csf_col), ("white_matter", wm_col)):
-        columns.update(_expansions(name, values))
+        columns.update(expansions(name, values))
 
     # One pass over contiguous (voxel x time) float32 blocks, sums accumulated in float64:
     # the per-voxel statistics of DVARS and the CompCor inputs.
@@ -890,14 +965,11 @@ def _confounds(bold, motion, physio, cosines, baseline, csf, wm, n_gm):
     for k in range(cosines.shape[1]):
         columns[f"cosine{k:02d}"] = cosines[:, k]
     for i, name in enumerate(_MOTION):
-        columns.update(_expansions(name, motion[:, i]))
+        columns.update(expansions(name, motion[:, i]))
     outliers = np.flatnonzero(
         (np.nan_to_num(fd) > MODEL.fd_threshold_mm) | (np.nan_to_num(columns["std_dvars"]) > MODEL.std_dvars_threshold)
     )
-    for n, t in enumerate(outliers):
-        one_hot = np.zeros(n_trs, dtype=np.int64)
-        one_hot[t] = 1
-        columns[f"motion_outlier_{n:02d}"] = one_hot
+    columns.update(one_hot_columns("motion_outlier", outliers, n_trs))
     meta = {**t_meta, **a_meta}
     for k in range(cosines.shape[1]):
         meta[f"cosine{k:02d}"] = {
@@ -974,7 +1046,7 @@ def _save_volumes(path: Path, header: nib.Nifti1Header, volumes: Iterable[np.nda
         fh.write(compressor.flush())
 
 
-def _write_bids_top(bids: Path, participants: pd.DataFrame, n_trs: int, tr: float) -> None:
+def _write_bids_top(bids: Path, participants: pd.DataFrame, n_trs: int, tr: float, raw: dict) -> None:
     bids.mkdir(parents=True, exist_ok=True)
     write_json(bids / "dataset_description.json", {
         "Name": "fmriflow synthetic resting-state demo",
@@ -995,7 +1067,11 @@ def _write_bids_top(bids: Path, participants: pd.DataFrame, n_trs: int, tr: floa
         f"Simulated data written by {GENERATOR_NAME} {__version__} (module fmriflow.demo), "
         "not acquired from people.\n"
         f"{len(participants)} participants, one resting-state run each ({n_trs} volumes, TR {tr:g} s).\n"
-        "The BOLD images are the simulated signal on a 4 mm grid aligned with MNI space; the\n"
+        + (f"Each run starts with {raw['dummy_volumes']} more, non-steady-state volumes.\n" if raw["dummy_volumes"] else "")
+        + ("The BOLD images show the simulated head in a random pose, moving rigidly (head_motion "
+           f"{raw['head_motion']:g}); the\n" if raw["head_motion"] is not None else
+           "The BOLD images are the simulated signal on a 4 mm grid aligned with MNI space; the\n")
+        +
         "T1w images are the MNI152 template with noise. The generative model, its parameters\n"
         "and the planted connectivity differences between responders and non-responders are\n"
         "in ../ground_truth/ground_truth.json.\n"

@@ -74,3 +74,30 @@ def subject_of(run: str) -> str:
 def _format(value: object) -> str:
     # pybids parses run-01 as the integer 1 but keeps its padding in a PaddedInt's str().
     return str(value)
+
+
+# Standard templates in MNI coordinates (TemplateFlow names, and fMRIPrep's MNI152Lin / MNI305).
+# fmriflow needs the BOLD in one of them: the A424 atlas is defined in MNI space.
+MNI_SPACES = (
+    "MNI152NLin6Asym", "MNI152NLin6Sym", "MNI152NLin2009aAsym", "MNI152NLin2009aSym", "MNI152NLin2009bAsym",
+    "MNI152NLin2009bSym", "MNI152NLin2009cAsym", "MNI152NLin2009cSym", "MNI152Lin", "MNI305", "MNIColin27",
+)
+
+
+def check_mni_space(space: str | None, path: str | Path | None = None) -> str:
+    """``space`` if it is an MNI template; otherwise an InputError naming ``path``."""
+    from .errors import InputError
+
+    if space not in MNI_SPACES:
+        raise InputError(path, f"space {space!r} is not an MNI template space: fmriflow needs BOLD in one of "
+                               f"{', '.join(MNI_SPACES)} (fMRIPrep --output-spaces); T1w, fsnative, fsaverage, "
+                               "func and other native or surface spaces cannot be put on the atlas grid")
+    return space
+
+
+def space_of(path: str | Path) -> str | None:
+    """The ``space-`` entity of a file name (None when it has none)."""
+    for part in Path(path).name.split("_"):
+        if part.startswith("space-"):
+            return part.removeprefix("space-")
+    return None

@@ -80,7 +80,32 @@ def preproc_derivatives_step(run: str, files: PreprocFiles, raw_bold: str, manif
     qc = check_run(files, float(row["tr"].iloc[0]), config["qc"]["fd_threshold"])
     write_tsv(out_qc, pd.DataFrame([{"run": run, "subject": subject_of(run), **qc}]))
     write_sidecar(out_qc, "preproc", [raw_bold, files.bold, files.mask, files.confounds],
-                  parameters={"mode": "derivatives"}, config=config["preproc"])
+                  parameters={"mode": config["preproc"]["mode"]}, config=config["preproc"])
+
+
+def preproc_lite_step(raw_bold: str, atlas_img: str, out_bold: str, out_mask: str, out_confounds: str,
+                      root: str, config: Config) -> None:
+    """``preproc.mode: lite`` for one run: fMRIPrep-shaped BOLD, mask, confounds and boldref, each with provenance."""
+    from .preproc.lite import DESCRIPTION, boldref_path, preprocess_run
+    from .provenance import write_dataset_description
+
+    section = config["preproc"]["lite"]
+    files = PreprocFiles(Path(out_bold), Path(out_mask), Path(out_confounds))
+    info = preprocess_run(raw_bold, atlas_img, files, transform=section["transform"], seed=section["seed"],
+                          threads=section["threads"])
+    meta = info.pop("ConfoundsMetadata")
+    common = {"Preprocessing": "fmriflow lite", "Description": DESCRIPTION}
+    inputs = [raw_bold, atlas_img]
+    write_sidecar(out_bold, "preproc", inputs, parameters=info, config=section,
+                  metadata_fields={**common, "RepetitionTime": info["RepetitionTime"], "SkullStripped": False,
+                                   "SpatialReference": "MNI152NLin2009aSym (nilearn's template) on the A424 grid"})
+    for path in (out_mask, boldref_path(files)):
+        write_sidecar(path, "preproc", inputs, parameters=info, config=section, metadata_fields=common)
+    # the confounds JSON keeps fMRIPrep's per-column metadata (aCompCor masks) beside the provenance
+    write_sidecar(out_confounds, "preproc", inputs, parameters=info, config=section, metadata_fields={**meta, **common})
+    description = Path(root) / "dataset_description.json"
+    if not description.exists():  # every run's job writes the same file; the first one is enough
+        write_dataset_description(root, config["preproc"], name="fmriflow lite preprocessing")
 
 
 def resample_step(bold: str, mask: str, atlas_img: str, qc: str, out_bold: str, out_mask: str, config: Config) -> None:
@@ -92,17 +117,40 @@ def resample_step(bold: str, mask: str, atlas_img: str, qc: str, out_bold: str, 
                       metadata_fields={"SpatialReference": "MNI152NLin6Asym res-2 (A424 grid)"})
 
 
-def denoise_step(bold: str, mask: str, fmriprep_bold: str, confounds: str, out: str, config: Config) -> None:
+def denoise_step(run: str, bold: str, mask: str, confounds: str, out: str, out_qc: str, config: Config) -> None:
+    """Denoised BOLD with the configured strategy, and the run's QC row (motion, censoring, tSNR)."""
     from .denoise import denoise_run
 
     section = config["denoise"]
-    info = denoise_run(
-        bold, mask, fmriprep_bold, out, strategy=section["strategy"], strategy_options=section["strategy_options"],
-        detrend=section["detrend"], standardize=section["standardize"], low_pass=section["low_pass"],
-        high_pass=section["high_pass"],
-    )
-    write_sidecar(out, "denoise", [bold, mask, confounds], parameters=info, config=section,
+    info = denoise_run(bold, mask, confounds, out, section)
+    qc = info.pop("qc")
+    inputs = [bold, mask, confounds] + [p for p in [Path(confounds).with_suffix(".json")] if p.is_file()]
+    write_sidecar(out, "denoise", inputs, parameters=info, config=section,
                   metadata_fields={"RepetitionTime": info["RepetitionTime"], "Denoised": True})
+    write_tsv(out_qc, pd.DataFrame([{"run": run, "subject": subject_of(run), **qc}]))
+    write_sidecar(out_qc, "denoise", inputs, config=section)
+
+
+def run_qc_step(runs: Sequence[str], qc_tables: Sequence[str], coverage_tables: Sequence[str], out: str,
+                config: Config) -> None:
+    """One row per run: motion, censoring, DVARS, tSNR, region coverage; whether QC excludes it and why."""
+    from .qc import EXCLUSION_CRITERIA, exclusions, region_coverage
+
+    rows = []
+    for run, qc_path, cov_path in zip(runs, qc_tables, coverage_tables):
+        row = read_tsv(qc_path).iloc[0].to_dict()
+        if row.get("run") != run:
+            raise InputError(qc_path, f"QC row is for run {row.get('run')!r}, expected {run!r}")
+        row.update(region_coverage(read_tsv(cov_path)))
+        rows.append(row)
+    section = config["qc"]
+    table = exclusions(pd.DataFrame(rows), section)
+    write_tsv(out, table)
+    thresholds = {key: section.get(key) for key in EXCLUSION_CRITERIA}
+    write_sidecar(out, "qc", [*qc_tables, *coverage_tables], config=section,
+                  metadata_fields={"Thresholds": thresholds, "ExcludedRuns": table.loc[~table["included"], "run"].tolist(),
+                                   "Description": "runs excluded here do not reach the connectivity stacks, "
+                                                  "the group FC or the model-ready dataset"})
 
 
 def parcellate_step(bold: str, mask: str, atlases: Sequence[tuple[str, str]], out_timeseries: Sequence[str],

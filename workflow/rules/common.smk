@@ -8,7 +8,7 @@ from snakemake.utils import validate
 from fmriflow import naming
 from fmriflow.connectivity import STAT
 from fmriflow.ingest import discover_runs
-from fmriflow.preproc import locate_run
+from fmriflow.preproc import preproc_files
 
 
 validate(config, "../schemas/config.schema.yaml", set_default=True)
@@ -33,10 +33,9 @@ if not Path(BIDS_DIR).is_dir():
 # run key (e.g. sub-01/func/sub-01_task-rest) -> raw BOLD path
 RUNS = {key: str(path) for key, path in discover_runs(BIDS_DIR, config["subjects"], config["tasks"]).items()}
 
-if config["preproc"]["mode"] == "derivatives":
-    if not config["preproc"]["derivatives_dir"]:
-        raise WorkflowError("preproc.mode is 'derivatives' but preproc.derivatives_dir is not set")
-    PREPROC = {run: locate_run(config["preproc"]["derivatives_dir"], run, config["preproc"]["space"]) for run in RUNS}
+# run key -> the fMRIPrep-shaped BOLD, mask and confounds every later step reads: existing files
+# (derivatives mode) or the names the fmriprep / lite rules write (workflow/rules/preproc.smk)
+PREPROC = preproc_files(config["preproc"], RUNS, OUT)
 
 
 wildcard_constraints:
@@ -89,4 +88,5 @@ def all_outputs():
         f"{OUT}/report/fmriflow_report.html",
         f"{OUT}/pretrain/{config['pretrain']['model']}/model.pt",
         *([f"{OUT}/finetune/{config['finetune']['target']}/variants.tsv"] if config["finetune"]["enabled"] else []),
+        run_qc_table(),
     ]

@@ -17,7 +17,7 @@ rule connectivity:
 rule group_connectivity:
     """Fisher-z mean Pearson FC over runs and the difference between the two groups of report.group_column."""
     input:
-        relmats=expand(relmat("{run}", "{{atlas}}", "pearson"), run=RUNS),
+        relmats=lambda wildcards: [relmat(r, wildcards.atlas, "pearson") for r in included_runs()],
         participants=f"{BIDS_DIR}/participants.tsv",
     output:
         mean=group_file("{atlas}", STAT["pearson"], "mean"),
@@ -36,13 +36,13 @@ KIND_OF_STAT = {stat: kind for kind, stat in STAT.items()}
 rule connectivity_stack:
     """Runs x regions x regions stack of one per-run kind (a modelling input), with its row table."""
     input:
-        matrices=lambda wildcards: [relmat(r, wildcards.atlas, KIND_OF_STAT[wildcards.stat], ".npy") for r in RUNS],
+        matrices=lambda wildcards: [relmat(r, wildcards.atlas, KIND_OF_STAT[wildcards.stat], ".npy") for r in included_runs()],
         participants=f"{BIDS_DIR}/participants.tsv",
     output:
         stack=group_file("{atlas}", "{stat}", "stack", extension=".npy"),
         runs=group_file("{atlas}", "{stat}", "stack", suffix="runs"),
     params:
-        runs=list(RUNS),
+        runs=lambda wildcards: included_runs(),
     wildcard_constraints:
         stat="|".join(STAT[k] for k in RUN_KINDS),
     log:
@@ -54,14 +54,14 @@ rule connectivity_stack:
 rule tangent_stack:
     """Tangent-space connectivity of every run around the group geometric mean (all runs)."""
     input:
-        matrices=expand(timeseries("{run}", "{{atlas}}"), run=RUNS),
+        matrices=lambda wildcards: [timeseries(r, wildcards.atlas) for r in included_runs()],
         participants=f"{BIDS_DIR}/participants.tsv",
     output:
         stack=group_file("{atlas}", STAT["tangent"], "stack", extension=".npy"),
         runs=group_file("{atlas}", STAT["tangent"], "stack", suffix="runs"),
         reference=group_file("{atlas}", STAT["tangent"], "reference", extension=".npy"),
     params:
-        runs=list(RUNS),
+        runs=lambda wildcards: included_runs(),
     log:
         f"{LOGS}/connectivity/stack_atlas-{{atlas}}_stat-tangent.log",
     script:

@@ -1,12 +1,12 @@
 rule denoise:
-    """Regress the configured nilearn confound strategy out of every in-mask voxel."""
+    """Regress the configured XCP-D strategy out of every in-mask voxel (with scrubbing and filtering); QC row."""
     input:
         bold=rules.resample.output.bold,
         mask=rules.resample.output.mask,
-        fmriprep_bold=fmriprep_file("bold"),
         confounds=fmriprep_file("confounds"),
     output:
         bold=grid("{run}", desc="denoised", suffix="bold", extension=".nii.gz"),
+        qc=grid("{run}", desc="denoised", suffix="qc", extension=".tsv"),
     resources:
         mem_mb=4000,
     log:

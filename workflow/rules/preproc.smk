@@ -1,5 +1,14 @@
-# preproc.mode: derivatives -- ingest fMRIPrep outputs that already exist.
-# The fmriprep and lite modes add rules here that write the same fMRIPrep-shaped files.
+# Preprocessed BOLD on the way to the atlas grid. preproc.mode picks where it comes from:
+#   derivatives  fMRIPrep outputs that already exist (preproc.derivatives_dir)
+#   fmriprep     fMRIPrep 25.2 in its container, one job per subject -> <output_dir>/fmriprep
+#   lite         minimal preprocessing with ANTsPy + nilearn, one job per run -> <output_dir>/preproc-lite
+# Whatever the mode, preproc_derivatives then checks each run's files against the raw data.
+
+import shlex
+
+from fmriflow.preproc import FMRIPREP_ROOT, LITE_ROOT
+
+MODE = config["preproc"]["mode"]
 
 
 rule preproc_derivatives:
@@ -16,3 +25,77 @@ rule preproc_derivatives:
         f"{LOGS}/preproc/{{run}}.log",
     script:
         "../scripts/preproc_derivatives.py"
+
+
+if MODE == "fmriprep":
+    from fmriflow.preproc.fmriprep import default_image, fmriprep_command, pinned_image, subject_outputs
+
+    FMRIPREP = config["preproc"]["fmriprep"]
+    FMRIPREP_DIR = f"{OUT}/{FMRIPREP_ROOT}"
+    FMRIPREP_WORK = FMRIPREP["work_dir"] or f"{OUT}/work/fmriprep"
+    FMRIPREP_IMAGE = FMRIPREP["image"] or default_image(
+        FMRIPREP["runtime"], pinned_image(f"{workflow.basedir}/containers/fmriprep.yaml")
+    )
+
+    def fmriprep_shell_command(subject):
+        """Params function: the job's command, built from the threads and memory it was given."""
+
+        def command(wildcards, threads, resources):
+            return shlex.join(fmriprep_command(
+                FMRIPREP, subject, threads=threads, mem_mb=resources.mem_mb, bids_dir=BIDS_DIR,
+                output_dir=FMRIPREP_DIR, work_dir=f"{FMRIPREP_WORK}/sub-{subject}", image=FMRIPREP_IMAGE,
+            ))
+
+        return command
+
+    # One rule per subject: each declares exactly the files its subject's runs need (sessions,
+    # tasks and runs differ between subjects), so the DAG is complete before fMRIPrep ran.
+    for _subject, _files in subject_outputs(FMRIPREP_DIR, RUNS).items():
+
+        rule:
+            name:
+                f"fmriprep_{_subject}"
+            input:
+                raw=[RUNS[r] for r in RUNS if naming.subject_of(r) == _subject],
+                manifest=rules.bids.output.manifest,  # the validator ran (--skip-bids-validation)
+            output:
+                _files,
+            params:
+                command=fmriprep_shell_command(_subject),
+                dirs=f"{FMRIPREP_WORK}/sub-{_subject} {FMRIPREP_DIR}",
+            threads: FMRIPREP["threads"]
+            resources:
+                mem_mb=FMRIPREP["mem_mb"],
+                runtime=FMRIPREP["runtime_minutes"],
+            log:
+                f"{LOGS}/fmriprep/sub-{_subject}.log",
+            shell:
+                "mkdir -p {params.dirs} && {params.command} > {log} 2>&1"
+
+
+if MODE == "lite":
+    from fmriflow.preproc.lite import boldref_path, expected_files as lite_files
+
+    LITE_FILES = lite_files(f"{OUT}/{LITE_ROOT}", "{run}")
+
+    rule preproc_lite:
+        """Head-motion correction, registration to the MNI template, confounds (ANTsPy + nilearn)."""
+        input:
+            raw_bold=lambda wildcards: RUNS[wildcards.run],
+            atlas=atlas_img(ATLAS),  # the output grid
+            manifest=rules.bids.output.manifest,
+        output:
+            bold=str(LITE_FILES.bold),
+            mask=str(LITE_FILES.mask),
+            confounds=str(LITE_FILES.confounds),
+            sidecar=str(LITE_FILES.confounds.with_suffix(".json")),
+            boldref=str(boldref_path(LITE_FILES)),
+        params:
+            root=f"{OUT}/{LITE_ROOT}",
+        threads: config["preproc"]["lite"]["threads"]
+        resources:
+            mem_mb=6000,
+        log:
+            f"{LOGS}/preproc_lite/{{run}}.log",
+        script:
+            "../scripts/preproc_lite.py"

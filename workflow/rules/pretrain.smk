@@ -27,12 +27,12 @@ def train_launcher():
 rule dataset:
     """Windows of the A424 time series, robust-scaled on training subjects, split by subject, memory-mapped."""
     input:
-        timeseries=[timeseries(r, ATLAS) for r in RUNS],
+        timeseries=lambda wildcards: [timeseries(r, ATLAS) for r in included_runs()],  # QC-passed runs only
         participants=f"{BIDS_DIR}/participants.tsv",
     output:
         card=f"{DATASET_DIR}/dataset_card.json",
     params:
-        runs=list(RUNS),
+        runs=lambda wildcards: included_runs(),
     log:
         f"{LOGS}/dataset/atlas-{ATLAS}.log",
     script:

@@ -1,0 +1,37 @@
+# Run QC and exclusion. `run_qc` is a checkpoint: the rules that pool runs (group FC, the
+# connectivity stacks, the model-ready dataset) take their inputs from included_runs(), which
+# reads its table. A plain input function could not: the table does not exist when the DAG is
+# first built, and a checkpoint makes Snakemake re-evaluate those rules' inputs once it does,
+# so excluded runs are absent from their inputs (not just skipped inside a script), and
+# `snakemake -n` shows the per-run work for every run before QC has run.
+
+
+def run_qc_table():
+    return f"{DERIV}/group/desc-runs_qc.tsv"
+
+
+checkpoint run_qc:
+    """Every run's motion, censoring, DVARS, tSNR and region coverage; excluded runs with their reasons."""
+    input:
+        qc=expand(rules.denoise.output.qc, run=RUNS),
+        coverage=[grid(r, atlas=ATLAS, stat="coverage", suffix="bold", extension=".tsv") for r in RUNS],
+    output:
+        table=run_qc_table(),
+    params:
+        runs=list(RUNS),
+    log:
+        f"{LOGS}/qc/run_qc.log",
+    script:
+        "../scripts/run_qc.py"
+
+
+def included_runs():
+    """The runs that pass QC, in run order (evaluated once the run_qc checkpoint has run)."""
+    from fmriflow.io import read_tsv
+
+    table = read_tsv(checkpoints.run_qc.get().output.table, dtype={"run": str})
+    keep = set(table.loc[table["included"].astype(str) == "True", "run"])
+    runs = [r for r in RUNS if r in keep]
+    if not runs:
+        raise WorkflowError(f"QC excluded every run: see the reasons in {run_qc_table()}")
+    return runs

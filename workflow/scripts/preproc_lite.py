@@ -1,0 +1,6 @@
+from fmriflow.smk import logged
+from fmriflow.steps import preproc_lite_step
+
+with logged(snakemake.log[0]):
+    i, o = snakemake.input, snakemake.output
+    preproc_lite_step(i.raw_bold, i.atlas, o.bold, o.mask, o.confounds, snakemake.params.root, snakemake.config)
