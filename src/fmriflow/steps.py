@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from . import atlas as atlas_mod
+from .checks import check_bold_data, check_manifest_row, read_participants
 from .connectivity import PEARSON_METADATA, fisher_mean, fisher_z, pearson
 from .errors import InputError
 from .io import atomic_path, read_tsv, save_nifti, write_json, write_tsv
@@ -77,7 +78,10 @@ def preproc_derivatives_step(run: str, files: PreprocFiles, raw_bold: str, manif
     row = table.loc[table["path"] == rel]
     if row.empty:
         raise InputError(raw_bold, f"not listed in the manifest {manifest}")
+    check_manifest_row(raw_bold, row.iloc[0])
     qc = check_run(files, float(row["tr"].iloc[0]), config["qc"]["fd_threshold"])
+    for image in (raw_bold, files.bold):  # the data, read through once: headers are checked above
+        check_bold_data(image)
     write_tsv(out_qc, pd.DataFrame([{"run": run, "subject": subject_of(run), **qc}]))
     write_sidecar(out_qc, "preproc", [raw_bold, files.bold, files.mask, files.confounds],
                   parameters={"mode": "derivatives"}, config=config["preproc"])
@@ -157,7 +161,7 @@ def group_connectivity_step(matrices: Sequence[str], participants: str, group_co
     write_tsv(out_mean, mean, index=True)
     write_sidecar(out_mean, "connectivity", matrices, metadata_fields={**PEARSON_METADATA, "Aggregation": "Fisher-z mean over runs"})
 
-    table = read_tsv(participants, dtype=str)
+    table = read_participants(participants)
     meta: dict[str, Any] = {**PEARSON_METADATA, "GroupColumn": group_column}
     diff = np.full(mean.shape, np.nan)
     if group_column and group_column in table:
@@ -201,7 +205,7 @@ def stack_step(kind: str, runs: Sequence[str], inputs: Sequence[str], participan
                 np.fill_diagonal(matrix, np.nan)
         meta["FisherZ"] = bool(section["fisher_z"])
     meta["Shape"] = list(stack.shape)
-    table = read_tsv(participants, dtype=str)
+    table = read_participants(participants)
     listing = pd.DataFrame({"run": list(runs), "participant_id": [f"sub-{subject_of(r)}" for r in runs]})
     listing = listing.merge(table, on="participant_id", how="left")
     write_tsv(out_runs, listing)
@@ -227,6 +231,7 @@ def dataset_step(runs: Sequence[str], timeseries: Sequence[str], participants: s
     section = config["dataset"]
     specs = [{"run": run, "subject": subject_of(run), "timeseries": path,
               "tr": float(_read_sidecar(path)["RepetitionTime"])} for run, path in zip(runs, timeseries)]
+    read_participants(participants)  # readable, each subject once, before any label is taken from it
     stratify = subject_labels(participants, section["stratify"]) if section["stratify"] else None
     subjects = sorted({s["subject"] for s in specs})
     if stratify is not None:

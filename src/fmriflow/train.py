@@ -274,6 +274,11 @@ def train(cfg: TrainConfig, should_stop: Callable[[int], bool] | None = None) ->
         torch.save({"model": model.state_dict(), "model_name": cfg.model, "config": dataclasses.asdict(cfg),
                     "model_config": dataclasses.asdict(model.config)}, _tmp_then(out / "model.pt"))
         os.replace(_tmp_then(out / "model.pt"), out / "model.pt")
+        from .provenance import write_sidecar
+
+        inputs = [Path(cfg.dataset) / "dataset_card.json", cfg.coords]  # the card holds the dataset's checksums
+        for artefact in (out / "metrics.csv", out / "model.pt"):
+            write_sidecar(artefact, "pretrain", inputs, parameters=dataclasses.asdict(cfg))
     if ddp.world > 1:
         dist.barrier()
         dist.destroy_process_group()
