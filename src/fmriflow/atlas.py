@@ -160,6 +160,7 @@ def label_atlas_on_grid(image: str | Path, labels_tsv: str | Path, reference: st
     """
     import nibabel as nib
     from nilearn.image import resample_to_img
+    from nilearn.image.resampling import BoundingBoxError
 
     from .checks import check_atlas_on_grid
     from .io import open_nifti
@@ -174,7 +175,10 @@ def label_atlas_on_grid(image: str | Path, labels_tsv: str | Path, reference: st
         raise InputError(image, "a label atlas must hold integer labels (is it a probabilistic atlas?)")
     same = img.shape == ref.shape[:3] and np.allclose(img.affine, ref.affine, atol=1e-4)
     if not same:
-        img = resample_to_img(img, ref, interpolation="nearest", force_resample=True, copy_header=True)
+        try:
+            img = resample_to_img(img, ref, interpolation="nearest", force_resample=True, copy_header=True)
+        except BoundingBoxError:  # nilearn: no part of the atlas lies on the grid; refused just below
+            img = nib.Nifti1Image(np.zeros(ref.shape[:3], np.int32), ref.affine)
     labels = np.rint(np.asarray(img.dataobj)).astype(np.int32)
     lost = [] if same else check_atlas_on_grid(image, np.rint(data).astype(np.int64), labels)
     unknown = np.setdiff1d(np.unique(labels[labels > 0]), table["index"].to_numpy())

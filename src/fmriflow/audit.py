@@ -3,7 +3,8 @@
 Where provenance lives (fmriflow.provenance):
 
 - an artefact's JSON sidecar (same name, ``.json``): ``Provenance.Inputs`` (path and sha256
-  of each input) and ``Provenance.Output`` (the artefact's own path and sha256);
+  of each input) and ``Provenance.Output`` (the artefact's own path and sha256; files of the
+  same name sharing the sidecar, a matrix as TSV and NPY, under ``Provenance.Outputs``);
 - inside a JSON artefact (``validation.json``, ``dataset_card.json``): ``Provenance``; a
   card's ``Provenance.Outputs`` also gives the checksum of each file of its folder
   (paths relative to the card), which then need no sidecar of their own.
@@ -202,14 +203,13 @@ class _Walker:
         if sidecar.is_file():
             data = _read(sidecar)
             prov = data.get("Provenance") if isinstance(data, dict) else None
-            own = (prov or {}).get("Output", {}).get("sha256")
-            return sidecar, prov if isinstance(prov, dict) else {}, own
+            prov = prov if isinstance(prov, dict) else {}
+            return sidecar, prov, _own_checksum(prov, path.name)
         for record in sorted(path.parent.glob("*.json")):  # a card describing the files of its folder
             data = _read(record)
             prov = data.get("Provenance") if isinstance(data, dict) else None
-            for item in (prov or {}).get("Outputs", []):
-                if item.get("path") == path.name:
-                    return record, prov, item.get("sha256")
+            if isinstance(prov, dict) and (own := _own_checksum(prov, path.name)):
+                return record, prov, own
         return None, None, None
 
     # -- the walk
@@ -231,14 +231,17 @@ class _Walker:
         node.record, node.step = record, prov.get("Step")
         if own is not None:
             self.check(node, own, record)
-        output = prov.get("Output") or {}
-        if output.get("path"):
-            mapping = _moved(output["path"], path) or mapping
+        elif record != path:
+            node.problems.append(f"{path}: its provenance record {record} gives no checksum for it")
         if record != path and record != sidecar_path(path):  # a file of a folder its card describes
             node.children.append(self.visit(record, mapping))
             return node
-        for item in prov.get("Outputs", []):  # the files a card describes: checked here, no sidecar of their own
-            described = path.parent / item["path"]
+        for item in [prov.get("Output") or {}, *prov.get("Outputs", [])] if record != path else []:
+            if item.get("path") and PurePosixPath(item["path"]).name == path.name:
+                mapping = _moved(item["path"], path) or mapping  # where it was written against where it is
+                break
+        for item in prov.get("Outputs", []) if record == path else []:  # a card's files: checked here
+            described = path.parent / PurePosixPath(item["path"]).name
             if os.path.exists(described):
                 self.check(Node(described), item["sha256"], record, into=node)
             else:
@@ -262,6 +265,14 @@ class _Walker:
             role = f"for its input {recorded_as}" if recorded_as else "when it was written"
             (into or node).problems.append(f"{node.path}: sha256 {actual} differs from {expected} recorded in "
                                            f"{record} {role}")
+
+
+def _own_checksum(prov: dict, name: str) -> str | None:
+    """The sha256 a provenance record gives for the file called ``name`` (its Output, or one of its Outputs)."""
+    for item in [prov.get("Output") or {}, *prov.get("Outputs", [])]:
+        if item.get("path") and PurePosixPath(item["path"]).name == name:
+            return item.get("sha256")
+    return None
 
 
 def _read(path: Path) -> Any:

@@ -82,9 +82,12 @@ def run_validator(bids_dir: str | Path) -> dict:
 
 def _issue_line(issue: dict) -> str:
     where = issue.get("location", "")
-    # subCode names the field for SIDECAR_KEY_REQUIRED and the like (e.g. RepetitionTime)
+    # subCode names the field for SIDECAR_KEY_REQUIRED and the like (e.g. RepetitionTime); the
+    # message is then the field's whole definition, left out
     code = issue.get("code", "?") + (f" ({issue['subCode']})" if issue.get("subCode") else "")
-    return f"{code}: {where} {issue.get('issueMessage', '')}".strip()
+    message = (issue.get("issueMessage") or "").strip().splitlines()
+    detail = message[0] if message and not message[0].startswith("Field description") else ""
+    return f"{code}: {where} {detail}".strip()
 
 
 def build_manifest(bids_dir: str | Path) -> pd.DataFrame:

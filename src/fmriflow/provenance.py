@@ -71,15 +71,21 @@ def build_sidecar(
     return sidecar
 
 
-def write_sidecar(artefact: str | Path, step: str, inputs: Iterable[str | Path], **kwargs: Any) -> Path:
+def write_sidecar(artefact: str | Path, step: str, inputs: Iterable[str | Path], *,
+                  also: Iterable[str | Path] = (), **kwargs: Any) -> Path:
     """Write the provenance sidecar of ``artefact`` (written before) and return its path.
 
     Besides the inputs' checksums it records the artefact's own (``Provenance.Output``),
-    so that ``fmriflow audit`` can tell an artefact changed after it was made.
+    so that ``fmriflow audit`` can tell an artefact changed after it was made. ``also``:
+    files of the same name that share this sidecar (a matrix as TSV and NPY), recorded
+    under ``Provenance.Outputs``.
     """
     path = sidecar_path(artefact)
     sidecar = build_sidecar(step, inputs, **kwargs)
     sidecar["Provenance"]["Output"] = {"path": str(artefact), "sha256": sha256sum(artefact)}
+    also = [{"path": str(p), "sha256": sha256sum(p)} for p in also]
+    if also:
+        sidecar["Provenance"]["Outputs"] = also
     write_json(path, sidecar)
     return path
 

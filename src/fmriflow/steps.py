@@ -7,6 +7,7 @@ all checks passed, and gives every artefact its provenance sidecar.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -141,7 +142,7 @@ def connectivity_step(timeseries: str, out_tsv: Sequence[str], out_npy: Sequence
         write_tsv(tsv, matrix, index=True)
         with atomic_path(npy) as tmp:
             np.save(tmp, matrix.to_numpy())
-        write_sidecar(tsv, "connectivity", [timeseries], config=section, metadata_fields=METADATA[kind])
+        write_sidecar(tsv, "connectivity", [timeseries], also=[npy], config=section, metadata_fields=METADATA[kind])
     if out_dynamic:
         window = section["sliding_window"]
         dynamic = sliding_window(ts, window["window"], window["step"])
@@ -238,8 +239,10 @@ def dataset_step(runs: Sequence[str], timeseries: Sequence[str], participants: s
         stratify = stratify.loc[[s for s in subjects if s in stratify.index]]
     splits = make_splits(subjects, fractions=section["fractions"], seed=section["seed"], stratify=stratify)
     # the card records the inputs with their sha256 (its Provenance field)
-    build_dataset(specs, splits, Path(out_card).parent, window=section["window"], stride=section["stride"],
-                  target_tr=section["target_tr"], seed=section["seed"])
+    card = build_dataset(specs, splits, Path(out_card).parent, window=section["window"], stride=section["stride"],
+                         target_tr=section["target_tr"], seed=section["seed"])
+    for run in card["skipped_runs"]:  # too short for a window: kept in the per-run results, left out here
+        logging.getLogger("fmriflow").warning("%s is left out of the dataset: %s", run["run"], run["reason"])
 
 
 def _read_sidecar(path: str) -> dict:
