@@ -272,6 +272,8 @@ def _build(specs, split_table, tmp: Path, window, stride, target_tr, min_regions
     n_samples = sum(len(k["starts"]) for k in kept)
     samples = open_memmap(tmp / SAMPLES, mode="w+", dtype=np.float32, shape=(n_samples, len(regions), window))
     masks = open_memmap(tmp / REGION_MASK, mode="w+", dtype=np.bool_, shape=(n_samples, len(regions)))
+    for name in (SAMPLES, REGION_MASK):
+        _reserve(tmp / name)
     rows = []
     position = 0
     for k in kept:
@@ -703,6 +705,13 @@ def _existing(root: str | Path, name: str) -> Path:
     if not path.is_file():
         raise InputError(path, "missing: not a dataset folder written by fmriflow.dataset.build_dataset")
     return path
+
+
+def _reserve(path: Path) -> None:
+    """Allocate a memory-mapped file's blocks now: on a full disk this raises ENOSPC here,
+    where writing through the map later would kill the process with SIGBUS."""
+    with open(path, "r+b") as fh:
+        os.posix_fallocate(fh.fileno(), 0, os.fstat(fh.fileno()).st_size)
 
 
 def _replace_dir(new: Path, out: Path) -> None:
