@@ -710,6 +710,8 @@ def _existing(root: str | Path, name: str) -> Path:
 def _reserve(path: Path) -> None:
     """Allocate a memory-mapped file's blocks now: on a full disk this raises ENOSPC here,
     where writing through the map later would kill the process with SIGBUS."""
+    if not hasattr(os, "posix_fallocate"):  # macOS: no reservation, a full disk shows as SIGBUS
+        return
     with open(path, "r+b") as fh:
         os.posix_fallocate(fh.fileno(), 0, os.fstat(fh.fileno()).st_size)
 
