@@ -34,6 +34,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from .io import atomic_path
+from .provenance import write_sidecar
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -275,8 +276,6 @@ def train(cfg: TrainConfig, should_stop: Callable[[int], bool] | None = None) ->
             shutil.copyfile(out / "train_log.csv", tmp)
         _save({"model": model.state_dict(), "model_name": cfg.model, "config": dataclasses.asdict(cfg),
                "model_config": dataclasses.asdict(model.config)}, out / "model.pt")
-        from .provenance import write_sidecar
-
         inputs = [Path(cfg.dataset) / "dataset_card.json", cfg.coords]  # the card holds the dataset's checksums
         for artefact in (out / "metrics.csv", out / "model.pt"):
             write_sidecar(artefact, "pretrain", inputs, parameters=dataclasses.asdict(cfg))
