@@ -85,7 +85,7 @@ def test_resume_is_exact(data, tmp_path):
     assert list(split.index) == list(range(1, 21))
     np.testing.assert_allclose(split["train_loss"], straight["train_loss"], atol=1e-6, rtol=0)
     for key, value in weights(tmp_path / "straight").items():
-        torch.testing.assert_close(weights(tmp_path / "split")[key], value, atol=1e-6, rtol=0)
+        assert torch.equal(weights(tmp_path / "split")[key], value), key
 
 
 def _train_cmd(cfg: TrainConfig, launcher: list[str]) -> list[str]:
@@ -127,7 +127,7 @@ def test_sigterm_writes_checkpoint_and_rerun_continues(data, tmp_path):
     assert subprocess.run(_train_cmd(cfg, [sys.executable])).returncode == 0
     train(config(data, tmp_path / "straight", **long))
     for key, value in weights(tmp_path / "straight").items():
-        torch.testing.assert_close(weights(tmp_path / "killed")[key], value, atol=1e-6, rtol=0)
+        assert torch.equal(weights(tmp_path / "killed")[key], value), key
 
 
 def test_ddp_two_processes_equal_one(data, tmp_path):

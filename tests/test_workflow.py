@@ -6,6 +6,7 @@ time series with nilearn's NiftiLabelsMasker and the FC with numpy's corrcoef.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -314,13 +315,42 @@ def test_pretrain_rule_asks_for_gpus_and_launches_torchrun(tmp_path, atlas_dir):
         assert item in resources, resources
 
 
-def test_rerun_from_raw_bids_is_byte_identical(tmp_path, atlas_dir):
-    """Two runs in fresh folders (same relative paths) give byte-identical artefacts.
+def _kill_while_writing(cmd: list[str], work: Path, pattern: str) -> Path:
+    """Start ``cmd`` (Snakemake) and SIGKILL it with its jobs once a file matching ``pattern`` is being written."""
+    import os
+    import signal
+    import time
 
-    Excluded: Snakemake's logs, the timing column of the training log and TensorBoard's event
-    files (named by time and process id): measurements of the run, not artefacts.
+    proc = subprocess.Popen(cmd, cwd=work, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 900
+        while proc.poll() is None and time.time() < deadline:
+            caught = sorted((work / "results" / "fmriflow").glob(pattern))
+            if caught:
+                os.killpg(proc.pid, signal.SIGKILL)  # Snakemake and every job it started
+                proc.wait()
+                return caught[0]
+            time.sleep(0.02)
+        raise AssertionError(f"never caught a write of {pattern} in progress (exit {proc.poll()})")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def test_rerun_from_raw_bids_is_byte_identical(tmp_path, atlas_dir):
+    """Two runs in fresh folders (same relative paths) give byte-identical artefacts, although
+    the second is killed (SIGKILL, Snakemake and its jobs) while it writes a denoised BOLD and
+    is then rerun as Snakemake's message says (``--unlock``, then the same command).
+
+    Every file under results/ is compared except Snakemake's logs, TensorBoard's event files
+    (named by time and process id) and the measured samples/s of the training logs (with the
+    checksum the metrics' sidecar records of them): measurements of the run, not artefacts.
+    The first run's folder is then moved, and ``fmriflow audit`` still follows and verifies
+    every recorded checksum from the trained model back to the raw inputs.
     """
     import hashlib
+    import json
     import shutil
 
     demo = make_demo(tmp_path / "demo", atlas_dir, n_subjects=4, n_trs=60, bold_res=4, seed=13)
@@ -333,9 +363,16 @@ def test_rerun_from_raw_bids_is_byte_identical(tmp_path, atlas_dir):
         shutil.copytree(REPO / "config", work / "config")
         (work / "demo").symlink_to(demo)
         (work / "config.yaml").write_text(yaml.safe_dump(config))
-        proc = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--profile",
-                               str(REPO / "profiles" / "local"), "--cores", "2", "--configfile", "config.yaml"],
-                              cwd=work, capture_output=True, text=True, timeout=1200)
+        cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--profile",
+               str(REPO / "profiles" / "local"), "--cores", "2", "--configfile", "config.yaml"]
+        if name == "second":
+            partial = _kill_while_writing(cmd, work, "sub-*/func/.*_desc-denoised_bold.nii.gz.*.tmp.nii.gz")
+            final = partial.with_name(partial.name[1:].split(".nii.gz.")[0] + ".nii.gz")
+            assert partial.exists() and not final.exists()  # only a hidden temporary, nothing that looks done
+            locked = subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=300)
+            assert locked.returncode != 0 and "--unlock" in locked.stderr
+            assert subprocess.run([*cmd, "--unlock"], cwd=work, capture_output=True, timeout=300).returncode == 0
+        proc = subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=1200)
         assert proc.returncode == 0, proc.stderr[-3000:]
         files = {}
         for path in sorted((work / "results").rglob("*")):
@@ -345,10 +382,98 @@ def test_rerun_from_raw_bids_is_byte_identical(tmp_path, atlas_dir):
             data = path.read_bytes()
             if path.name in ("train_log.csv", "metrics.csv"):
                 data = pd.read_csv(path).drop(columns="samples_per_s").to_csv().encode()
+            if path.name == "metrics.json":
+                record = json.loads(data)
+                del record["Provenance"]["Output"]["sha256"]
+                data = json.dumps(record).encode()
             files[rel] = hashlib.sha256(data).hexdigest()
         digests.append(files)
     assert len(digests[0]) > 80
     assert digests[0] == digests[1]
+
+    moved = tmp_path / "elsewhere" / "project"
+    moved.parent.mkdir()
+    (tmp_path / "first").rename(moved)
+    proc = subprocess.run([sys.executable, "-m", "fmriflow.cli", "audit", str(moved / "results/pretrain/tiny/model.pt")],
+                          cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    tree = proc.stdout
+    assert "elsewhere/project/demo/bids/sub-01/func/sub-01_task-rest_bold.nii.gz  [raw input] ok" in tree
+    assert "elsewhere/project/resources/atlases/A424/A424+2mm.nii.gz  [raw input] ok" in tree
+    assert "first/" not in tree
+
+
+# Run records, not artefacts: the training's own state and logs, and the BIDS-required description.
+_NOT_ARTEFACTS = ("checkpoint.pt", "train_log.csv", "dataset_description.json")
+
+
+def test_every_artefact_has_provenance(pipeline):
+    """Each file under results/ carries its own sha256 in a provenance record: its sidecar, a JSON
+    artefact's own Provenance, or the dataset card for the files of the dataset folder."""
+    import hashlib
+
+    _, results, _, _ = pipeline
+    checked = 0
+    for path in sorted(p for p in results.rglob("*") if p.is_file()):
+        rel = path.relative_to(results).as_posix()
+        if rel.startswith("logs/") or "/tensorboard/" in rel or path.name in _NOT_ARTEFACTS:
+            continue
+        stem = path.name.split(".")[0]
+        if path.suffix == ".json":
+            if any(p != path for p in path.parent.glob(f"{stem}.*")):
+                continue  # a sidecar: checked with its artefact
+            assert "Provenance" in json.loads(path.read_text()), rel
+            continue
+        sidecar = path.with_name(stem + ".json")
+        record = json.loads((sidecar if sidecar.is_file() else path.parent / "dataset_card.json").read_text())["Provenance"]
+        described = {Path(o["path"]).name: o["sha256"] for o in [record.get("Output", {}), *record.get("Outputs", [])] if o}
+        assert described.get(path.name) == hashlib.sha256(path.read_bytes()).hexdigest(), rel
+        checked += 1
+    assert checked > 100
+
+
+def _audit(*args, cwd=REPO):
+    return subprocess.run([sys.executable, "-m", "fmriflow.cli", "audit", *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True)
+
+
+def test_audit_walks_to_raw_inputs_and_names_what_changed(pipeline):
+    """fmriflow audit on real DAG outputs: untouched passes; a changed intermediate file, or a
+    missing sidecar, fails with its name and which record disagrees."""
+    demo, results, _, _ = pipeline
+    report = results / "report" / "fmriflow_report.html"
+    proc = _audit(report)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert f"{demo}/bids/sub-02/func/sub-02_task-rest_bold.nii.gz  [raw input] ok" in proc.stdout
+    assert "resources/atlases/A424/A424+2mm.nii.gz  [raw input] ok" in proc.stdout
+    assert proc.stdout.rstrip().endswith("every checksum matches")
+
+    func = results / "fmriflow" / "sub-02" / "func"
+    timeseries = func / "sub-02_task-rest_space-MNI152NLin6Asym_res-2_atlas-A424_stat-mean_timeseries.tsv"
+    relmat = timeseries.with_name(timeseries.name.replace("stat-mean_timeseries", "stat-pearsoncorrelation_relmat"))
+    good = timeseries.read_bytes()
+    try:
+        timeseries.write_bytes(good.replace(b"\n", b"\n-", 1))  # the first value of the first time point changed
+        proc = _audit(relmat)
+        assert proc.returncode == 1
+        assert (f"{timeseries}: sha256 {hashlib.sha256(timeseries.read_bytes()).hexdigest()} differs from "
+                f"{hashlib.sha256(good).hexdigest()} recorded in {timeseries.with_suffix('.json')} when it was written") in proc.stderr
+        assert f"recorded in {relmat.with_suffix('.json')} for its input {timeseries}" in proc.stderr
+        assert f"{timeseries.name}  [parcellate] FAILED" in proc.stdout
+    finally:
+        timeseries.write_bytes(good)
+
+    denoised_sidecar = func / "sub-02_task-rest_space-MNI152NLin6Asym_res-2_desc-denoised_bold.json"
+    hidden = denoised_sidecar.with_name("moved-away.json.bak")
+    denoised_sidecar.rename(hidden)
+    try:
+        proc = _audit(relmat)
+        assert proc.returncode == 1
+        assert (f"{denoised_sidecar.with_name(denoised_sidecar.stem + '.nii.gz')}: no provenance sidecar "
+                f"(expected {denoised_sidecar})") in proc.stderr
+    finally:
+        hidden.rename(denoised_sidecar)
+    assert _audit(relmat).returncode == 0
 
 
 def test_finetune_predicts_every_subject_once_per_repeat(pipeline):

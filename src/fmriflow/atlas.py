@@ -160,7 +160,9 @@ def label_atlas_on_grid(image: str | Path, labels_tsv: str | Path, reference: st
     """
     import nibabel as nib
     from nilearn.image import resample_to_img
+    from nilearn.image.resampling import BoundingBoxError
 
+    from .checks import check_atlas_on_grid
     from .io import open_nifti
 
     table = load_labels_table(labels_tsv)
@@ -173,13 +175,18 @@ def label_atlas_on_grid(image: str | Path, labels_tsv: str | Path, reference: st
         raise InputError(image, "a label atlas must hold integer labels (is it a probabilistic atlas?)")
     same = img.shape == ref.shape[:3] and np.allclose(img.affine, ref.affine, atol=1e-4)
     if not same:
-        img = resample_to_img(img, ref, interpolation="nearest", force_resample=True, copy_header=True)
+        try:
+            img = resample_to_img(img, ref, interpolation="nearest", force_resample=True, copy_header=True)
+        except BoundingBoxError:  # nilearn: no part of the atlas lies on the grid; refused just below
+            img = nib.Nifti1Image(np.zeros(ref.shape[:3], np.int32), ref.affine)
     labels = np.rint(np.asarray(img.dataobj)).astype(np.int32)
+    lost = [] if same else check_atlas_on_grid(image, np.rint(data).astype(np.int64), labels)
     unknown = np.setdiff1d(np.unique(labels[labels > 0]), table["index"].to_numpy())
     if unknown.size:
         raise InputError(labels_tsv, f"labels {unknown[:10].tolist()} of {Path(image).name} are not in the table")
     out = nib.Nifti1Image(labels, ref.affine)
     out.header.set_xyzt_units("mm")
     info = {"Resampled": not same, "Interpolation": "nearest" if not same else None,
-            "OriginalGrid": list(map(int, original.shape)), "OriginalAffine": original.affine.tolist()}
+            "OriginalGrid": list(map(int, original.shape)), "OriginalAffine": original.affine.tolist(),
+            "LabelsLostInResampling": lost}
     return out, table, info

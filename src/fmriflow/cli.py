@@ -82,6 +82,22 @@ def _finetune_summary(args: argparse.Namespace) -> None:
     print(format_summary(args.folder, args.top))
 
 
+def _audit(args: argparse.Namespace) -> None:
+    from .audit import AuditFailed, audit, format_tree, parse_maps
+
+    try:
+        maps = parse_maps(args.map or [])
+    except ValueError as exc:
+        raise InputError(None, str(exc)) from exc
+    if not Path(args.file).exists():
+        raise InputError(args.file, "no such file")
+    result = audit(args.file, maps=maps, workdir=args.workdir, results=args.results)
+    if not args.quiet:
+        print(format_tree(result))
+    if not result.ok:
+        raise AuditFailed(f"{len(result.problems)} problem(s) under {args.file}:\n  " + "\n  ".join(result.problems))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fmriflow", description=__doc__)
     parser.add_argument("--version", action="version", version=f"fmriflow {__version__}")
@@ -132,6 +148,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("folder", type=Path, help="e.g. results/finetune/response")
     p.add_argument("--top", type=int, default=10, help="top regions by attribution to list")
     p.set_defaults(func=_finetune_summary)
+
+    p = sub.add_parser("audit", help="verify an artefact's provenance back to the raw inputs (every sha256)",
+                       description="Walks FILE's provenance sidecar and its inputs' sidecars down to the raw inputs, "
+                       "verifying every recorded sha256; prints the chain as a tree; exits 1 on any mismatch, "
+                       "missing file or missing sidecar.")
+    p.add_argument("file", help="an artefact under a results folder")
+    p.add_argument("--map", action="append", metavar="OLD=NEW",
+                   help="read recorded paths starting with OLD under NEW (raw inputs that moved); repeatable")
+    p.add_argument("--workdir", help="folder that relative recorded paths start from (where Snakemake ran); "
+                   "default: inferred from the artefacts' recorded locations, else the current folder")
+    p.add_argument("--results", help="the results folder (default: found upwards from FILE)")
+    p.add_argument("--quiet", action="store_true", help="print only the problems")
+    p.set_defaults(func=_audit)
     return parser
 
 

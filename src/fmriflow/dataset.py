@@ -45,6 +45,7 @@ ratio has no small rational form.
 
 from __future__ import annotations
 
+import glob
 import math
 import os
 import shutil
@@ -58,7 +59,7 @@ import pandas as pd
 from numpy.lib.format import open_memmap
 
 from .errors import InputError
-from .io import read_json, read_tsv, write_json, write_tsv
+from .io import read_json, read_tsv, sha256sum, write_json, write_tsv
 from .provenance import build_sidecar
 
 try:  # torch is needed to serve samples, not to build them
@@ -213,6 +214,9 @@ def build_dataset(
 
     out = Path(out_dir).absolute()
     out.parent.mkdir(parents=True, exist_ok=True)
+    for suffix in ("tmp", "old"):  # folders a killed build left behind
+        for stale in out.parent.glob(f".{glob.escape(out.name)}.*.{suffix}"):
+            shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
         card = _build(specs, split_table, tmp, window, stride, target_tr, min_coverage_regions, seed)
@@ -247,7 +251,7 @@ def _build(specs, split_table, tmp: Path, window, stride, target_tr, min_regions
         }
         reason = _skip_reason(len(values), int(valid.sum()), window, min_regions, target_tr)
         if reason:
-            skipped.append({**info, "reason": reason})
+            skipped.append({**info, "reason": reason, "name": spec["name"]})
             continue
         starts = list(range(0, len(values) - window + 1, stride))
         cache = scratch / f"run{number:06d}.npy"
@@ -257,8 +261,10 @@ def _build(specs, split_table, tmp: Path, window, stride, target_tr, min_regions
 
     train = [k for k in kept if k["split"] == "train"]
     if not train:
-        raise InputError(None, "no training run yields a window, so the scaling cannot be fitted; "
-                         f"skipped runs: {[(s['run'], s['reason']) for s in skipped if s['split'] == 'train']}")
+        short = [s for s in skipped if s["split"] == "train"]
+        listing = "; ".join(f"{s['run']}: {s['reason']}" for s in short[:5]) + (" ..." if len(short) > 5 else "")
+        raise InputError(short[0]["name"] if short else None,
+                         f"no training run yields a window, so the scaling cannot be fitted ({listing})")
     median, iqr, n_fit, zero_iqr = _fit_scaling([k["cache"] for k in train], len(regions))
     defined = np.isfinite(median)
 
@@ -266,6 +272,8 @@ def _build(specs, split_table, tmp: Path, window, stride, target_tr, min_regions
     n_samples = sum(len(k["starts"]) for k in kept)
     samples = open_memmap(tmp / SAMPLES, mode="w+", dtype=np.float32, shape=(n_samples, len(regions), window))
     masks = open_memmap(tmp / REGION_MASK, mode="w+", dtype=np.bool_, shape=(n_samples, len(regions)))
+    for name in (SAMPLES, REGION_MASK):
+        _reserve(tmp / name)
     rows = []
     position = 0
     for k in kept:
@@ -292,6 +300,9 @@ def _build(specs, split_table, tmp: Path, window, stride, target_tr, min_regions
     write_tsv(tmp / SCALING, scaling_table)
     card = _card(specs, split_table, kept, skipped, index, regions, median, iqr, n_fit, zero_iqr,
                  window=window, stride=stride, target_tr=target_tr, min_regions=min_regions, seed=seed)
+    # the card is the folder's provenance record: the checksum of each file it describes
+    card["Provenance"]["Outputs"] = [{"path": name, "sha256": sha256sum(tmp / name)}
+                                     for name in (SAMPLES, REGION_MASK, INDEX, SPLITS_FILE, SCALING)]
     write_json(tmp / CARD, card)
     return card
 
@@ -694,6 +705,15 @@ def _existing(root: str | Path, name: str) -> Path:
     if not path.is_file():
         raise InputError(path, "missing: not a dataset folder written by fmriflow.dataset.build_dataset")
     return path
+
+
+def _reserve(path: Path) -> None:
+    """Allocate a memory-mapped file's blocks now: on a full disk this raises ENOSPC here,
+    where writing through the map later would kill the process with SIGBUS."""
+    if not hasattr(os, "posix_fallocate"):  # macOS: no reservation, a full disk shows as SIGBUS
+        return
+    with open(path, "r+b") as fh:
+        os.posix_fallocate(fh.fileno(), 0, os.fstat(fh.fileno()).st_size)
 
 
 def _replace_dir(new: Path, out: Path) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 from bids.layout import BIDSLayout, parse_file_entities
 
+from .checks import raw_bold_problem
 from .errors import InputError
 from .io import open_nifti, sha256sum
 from .naming import run_key
@@ -81,11 +82,18 @@ def run_validator(bids_dir: str | Path) -> dict:
 
 def _issue_line(issue: dict) -> str:
     where = issue.get("location", "")
-    return f"{issue.get('code', '?')}: {where} {issue.get('issueMessage', '')}".strip()
+    # subCode names the field for SIDECAR_KEY_REQUIRED and the like (e.g. RepetitionTime); the
+    # message is then the field's whole definition, left out
+    code = issue.get("code", "?") + (f" ({issue['subCode']})" if issue.get("subCode") else "")
+    message = (issue.get("issueMessage") or "").strip().splitlines()
+    detail = message[0] if message and not message[0].startswith("Field description") else ""
+    return f"{code}: {where} {detail}".strip()
 
 
 def build_manifest(bids_dir: str | Path) -> pd.DataFrame:
     """One row per file of the raw dataset: path, sha256, entities, and for NIfTI images shape and TR.
+
+    ``problem`` says why a NIfTI file (or a BOLD file's TR) is unusable, empty otherwise.
 
     Uses pybids' full index so the entities are those any BIDS tool would read.
     """
@@ -107,12 +115,18 @@ def build_manifest(bids_dir: str | Path) -> pd.DataFrame:
             "suffix": ent.get("suffix"),
             "shape": None,
             "tr": None,
+            "problem": None,
         }
         if rel.name.endswith((".nii", ".nii.gz")):
-            img = open_nifti(f.path)
-            row["shape"] = "x".join(map(str, img.shape))
-            if ent.get("suffix") == "bold":
-                row["tr"] = bold_repetition_time(f.path, layout.get_metadata(f.path))
+            # a damaged file is recorded, not raised: the dataset-wide step goes on, and
+            # the run's own job fails on it (fmriflow.checks), other subjects unaffected
+            try:
+                row["shape"] = "x".join(map(str, open_nifti(f.path).shape))
+            except InputError as exc:
+                row["problem"] = exc.problem
+            else:
+                if ent.get("suffix") == "bold":
+                    row["tr"], row["problem"] = raw_bold_problem(f.path, layout.get_metadata(f.path))
         rows.append(row)
     return pd.DataFrame(rows)
 

@@ -7,6 +7,7 @@ into place, so a killed job never leaves a file that looks complete (DESIGN.md).
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import io
 import json
@@ -35,11 +36,15 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` on success.
 
     The temporary name keeps the final suffixes (``.nii.gz`` etc.) so that writers
-    choosing a format from the extension behave as for the real name.
+    choosing a format from the extension behave as for the real name. Temporary files
+    of ``path`` that a killed writer left (SIGKILL runs no cleanup) are removed first:
+    one job writes a given path at a time, so any such file is stale.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = "".join(path.suffixes)
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp{glob.escape(suffix)}"):
+        stale.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)

@@ -1,7 +1,7 @@
 """Provenance sidecars and dataset descriptions.
 
-Every artefact gets a JSON sidecar recording the step, its inputs (path and sha256),
-its parameters, the config section that shaped it and the software versions. Sidecars
+Every artefact gets a JSON sidecar recording the step, its inputs (path and sha256), its
+own sha256, its parameters, the config section that shaped it and the software versions. Sidecars
 carry no timestamps or host names, so a rerun from the same inputs gives byte-identical
 sidecars too; when a job ran is in Snakemake's logs.
 """
@@ -19,7 +19,7 @@ from . import CODE_URL, __version__
 from .io import read_json, sha256sum, write_json
 
 # The packages whose versions can change an artefact's numbers.
-_PACKAGES = ("numpy", "scipy", "pandas", "nibabel", "nilearn", "pybids", "snakemake")
+_PACKAGES = ("numpy", "scipy", "pandas", "nibabel", "nilearn", "pybids", "snakemake", "torch")
 
 BIDS_VERSION = "1.10.0"
 
@@ -40,7 +40,7 @@ def sidecar_path(artefact: str | Path) -> Path:
     name = artefact.name
     if name.endswith(".json"):
         raise ValueError(f"{artefact}: a JSON artefact carries its provenance inside, not in a sidecar")
-    for ext in (".nii.gz", ".tsv.gz", ".nii", ".tsv", ".npy", ".html", ".png", ".svg"):
+    for ext in (".nii.gz", ".tsv.gz", ".nii", ".tsv", ".npy", ".html", ".png", ".svg", ".pt", ".csv"):
         if name.endswith(ext):
             return artefact.with_name(name[: -len(ext)] + ".json")
     return artefact.with_name(name + ".json")
@@ -71,10 +71,22 @@ def build_sidecar(
     return sidecar
 
 
-def write_sidecar(artefact: str | Path, step: str, inputs: Iterable[str | Path], **kwargs: Any) -> Path:
-    """Write the provenance sidecar of ``artefact`` and return its path."""
+def write_sidecar(artefact: str | Path, step: str, inputs: Iterable[str | Path], *,
+                  also: Iterable[str | Path] = (), **kwargs: Any) -> Path:
+    """Write the provenance sidecar of ``artefact`` (written before) and return its path.
+
+    Besides the inputs' checksums it records the artefact's own (``Provenance.Output``),
+    so that ``fmriflow audit`` can tell an artefact changed after it was made. ``also``:
+    files of the same name that share this sidecar (a matrix as TSV and NPY), recorded
+    under ``Provenance.Outputs``.
+    """
     path = sidecar_path(artefact)
-    write_json(path, build_sidecar(step, inputs, **kwargs))
+    sidecar = build_sidecar(step, inputs, **kwargs)
+    sidecar["Provenance"]["Output"] = {"path": str(artefact), "sha256": sha256sum(artefact)}
+    also = [{"path": str(p), "sha256": sha256sum(p)} for p in also]
+    if also:
+        sidecar["Provenance"]["Outputs"] = also
+    write_json(path, sidecar)
     return path
 
 

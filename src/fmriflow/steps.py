@@ -7,6 +7,7 @@ all checks passed, and gives every artefact its provenance sidecar.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -16,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from . import atlas as atlas_mod
+from .checks import check_bold_data, check_manifest_row, read_participants
 from .connectivity import PEARSON_METADATA, fisher_mean, fisher_z, pearson
 from .errors import InputError
 from .io import atomic_path, read_tsv, save_nifti, write_json, write_tsv
@@ -77,7 +79,10 @@ def preproc_derivatives_step(run: str, files: PreprocFiles, raw_bold: str, manif
     row = table.loc[table["path"] == rel]
     if row.empty:
         raise InputError(raw_bold, f"not listed in the manifest {manifest}")
+    check_manifest_row(raw_bold, row.iloc[0])
     qc = check_run(files, float(row["tr"].iloc[0]), config["qc"]["fd_threshold"])
+    for image in (raw_bold, files.bold):  # the data, read through once: headers are checked above
+        check_bold_data(image)
     write_tsv(out_qc, pd.DataFrame([{"run": run, "subject": subject_of(run), **qc}]))
     write_sidecar(out_qc, "preproc", [raw_bold, files.bold, files.mask, files.confounds],
                   parameters={"mode": config["preproc"]["mode"]}, config=config["preproc"])
@@ -185,7 +190,7 @@ def connectivity_step(timeseries: str, out_tsv: Sequence[str], out_npy: Sequence
         write_tsv(tsv, matrix, index=True)
         with atomic_path(npy) as tmp:
             np.save(tmp, matrix.to_numpy())
-        write_sidecar(tsv, "connectivity", [timeseries], config=section, metadata_fields=METADATA[kind])
+        write_sidecar(tsv, "connectivity", [timeseries], also=[npy], config=section, metadata_fields=METADATA[kind])
     if out_dynamic:
         window = section["sliding_window"]
         dynamic = sliding_window(ts, window["window"], window["step"])
@@ -205,7 +210,7 @@ def group_connectivity_step(matrices: Sequence[str], participants: str, group_co
     write_tsv(out_mean, mean, index=True)
     write_sidecar(out_mean, "connectivity", matrices, metadata_fields={**PEARSON_METADATA, "Aggregation": "Fisher-z mean over runs"})
 
-    table = read_tsv(participants, dtype=str)
+    table = read_participants(participants)
     meta: dict[str, Any] = {**PEARSON_METADATA, "GroupColumn": group_column}
     diff = np.full(mean.shape, np.nan)
     if group_column and group_column in table:
@@ -249,7 +254,7 @@ def stack_step(kind: str, runs: Sequence[str], inputs: Sequence[str], participan
                 np.fill_diagonal(matrix, np.nan)
         meta["FisherZ"] = bool(section["fisher_z"])
     meta["Shape"] = list(stack.shape)
-    table = read_tsv(participants, dtype=str)
+    table = read_participants(participants)
     listing = pd.DataFrame({"run": list(runs), "participant_id": [f"sub-{subject_of(r)}" for r in runs]})
     listing = listing.merge(table, on="participant_id", how="left")
     write_tsv(out_runs, listing)
@@ -275,14 +280,17 @@ def dataset_step(runs: Sequence[str], timeseries: Sequence[str], participants: s
     section = config["dataset"]
     specs = [{"run": run, "subject": subject_of(run), "timeseries": path,
               "tr": float(_read_sidecar(path)["RepetitionTime"])} for run, path in zip(runs, timeseries)]
+    read_participants(participants)  # readable, each subject once, before any label is taken from it
     stratify = subject_labels(participants, section["stratify"]) if section["stratify"] else None
     subjects = sorted({s["subject"] for s in specs})
     if stratify is not None:
         stratify = stratify.loc[[s for s in subjects if s in stratify.index]]
     splits = make_splits(subjects, fractions=section["fractions"], seed=section["seed"], stratify=stratify)
     # the card records the inputs with their sha256 (its Provenance field)
-    build_dataset(specs, splits, Path(out_card).parent, window=section["window"], stride=section["stride"],
-                  target_tr=section["target_tr"], seed=section["seed"])
+    card = build_dataset(specs, splits, Path(out_card).parent, window=section["window"], stride=section["stride"],
+                         target_tr=section["target_tr"], seed=section["seed"])
+    for run in card["skipped_runs"]:  # too short for a window: kept in the per-run results, left out here
+        logging.getLogger("fmriflow").warning("%s is left out of the dataset: %s", run["run"], run["reason"])
 
 
 def _read_sidecar(path: str) -> dict:

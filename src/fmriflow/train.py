@@ -33,6 +33,9 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from .io import atomic_path
+from .provenance import write_sidecar
+
 CHECKPOINT = "checkpoint.pt"
 
 
@@ -269,11 +272,13 @@ def train(cfg: TrainConfig, should_stop: Callable[[int], bool] | None = None) ->
     if ddp.master and step >= cfg.max_steps:
         # The declared outputs appear only when training is complete (the running log and the
         # checkpoint are not outputs, so a failed job's cleanup never deletes them).
-        shutil.copyfile(out / "train_log.csv", _tmp_then(out / "metrics.csv"))
-        os.replace(_tmp_then(out / "metrics.csv"), out / "metrics.csv")
-        torch.save({"model": model.state_dict(), "model_name": cfg.model, "config": dataclasses.asdict(cfg),
-                    "model_config": dataclasses.asdict(model.config)}, _tmp_then(out / "model.pt"))
-        os.replace(_tmp_then(out / "model.pt"), out / "model.pt")
+        with atomic_path(out / "metrics.csv") as tmp:
+            shutil.copyfile(out / "train_log.csv", tmp)
+        _save({"model": model.state_dict(), "model_name": cfg.model, "config": dataclasses.asdict(cfg),
+               "model_config": dataclasses.asdict(model.config)}, out / "model.pt")
+        inputs = [Path(cfg.dataset) / "dataset_card.json", cfg.coords]  # the card holds the dataset's checksums
+        for artefact in (out / "metrics.csv", out / "model.pt"):
+            write_sidecar(artefact, "pretrain", inputs, parameters=dataclasses.asdict(cfg))
     if ddp.world > 1:
         dist.barrier()
         dist.destroy_process_group()
@@ -302,15 +307,21 @@ def save_checkpoint(path: Path, model, optimizer, scheduler, step: int, cfg: Tra
     if ddp.master:
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                  "step": step, "rng": _get_rng(), "config": dataclasses.asdict(cfg)}
-        tmp = _tmp_then(path)
-        torch.save(state, tmp)
-        os.replace(tmp, path)
+        _save(state, path)
     if ddp.world > 1:
         dist.barrier()
 
 
-def _tmp_then(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp")
+def _save(obj: Any, path: Path) -> None:
+    """``torch.save`` atomically: a failed write (full disk) leaves the previous file as it was."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        try:
+            # to a file object: given a path, torch names the archive inside after the file,
+            # and the temporary's random name would make every checkpoint's bytes differ
+            torch.save(obj, fh)
+        except RuntimeError as exc:  # torch reports a failed write as "iostream error"
+            free = shutil.disk_usage(path.parent).free
+            raise OSError(f"{path}: writing failed ({exc}); {free} bytes free on its file system") from exc
 
 
 def _get_rng() -> dict:

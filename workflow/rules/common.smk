@@ -6,11 +6,13 @@ from pathlib import Path
 from snakemake.utils import validate
 
 from fmriflow import naming
+from fmriflow.checks import check_config
 from fmriflow.connectivity import STAT
 from fmriflow.ingest import discover_runs
 from fmriflow.preproc import preproc_files
 
 
+check_config(config, f"{workflow.basedir}/workflow/schemas/config.schema.yaml", workflow.configfiles)  # every error, by key
 validate(config, "../schemas/config.schema.yaml", set_default=True)
 
 OUT = config["output_dir"]

@@ -1,0 +1,180 @@
+"""Input checks: one place for what fmriflow refuses, each failure an InputError naming file and problem.
+
+Where they run (docs/reliability.md lists every case and its message):
+
+- the config, before Snakemake fills in the schema's defaults (``check_config``, from
+  ``workflow/rules/common.smk``): every rejected key at once, as a dotted path;
+- per raw BOLD file, while the ``bids`` step lists the dataset (``raw_bold_problem``): the
+  problem is recorded in the manifest instead of stopping the dataset-wide step, so that
+  the run's own first job fails on it (``check_manifest_row``), and with ``--keep-going``
+  the other subjects go on;
+- per run, in that first job, before any of its artefacts is written: the recorded
+  problem, then the image data of the raw and the preprocessed BOLD (``check_bold_data``:
+  complete, finite, not empty), streamed a few volumes at a time;
+- per reader of ``participants.tsv`` (``read_participants``);
+- per extra atlas, after it is put on the template grid (``check_atlas_on_grid``).
+
+The official BIDS validator runs before all of these in the ``bids`` step and, with
+``bids.fail_on_errors`` (the default), stops the whole run on the raw-data errors it
+knows (missing RepetitionTime, TR mismatch, 3D BOLD, repeated participants); the checks
+here catch the same problems per run when it is off, and the ones it does not look for
+(truncated or non-finite data, empty runs, fMRIPrep outputs).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+import pandas as pd
+
+from .errors import InputError
+
+
+# --------------------------------------------------------------------------- config
+
+
+def check_config(config: Mapping[str, Any], schema_path: str | Path, sources: Iterable[str | Path] = ()) -> None:
+    """Validate ``config`` against the JSON schema; list every violation, not just the first.
+
+    Snakemake's own ``validate`` (which also fills in the defaults) stops at the first
+    error and prints the whole schema; this names each offending key as a dotted path.
+    """
+    import yaml
+    from jsonschema import Draft202012Validator
+
+    schema = yaml.safe_load(Path(schema_path).read_text(encoding="utf-8"))
+    errors = sorted(Draft202012Validator(schema).iter_errors(dict(config)), key=lambda e: list(map(str, e.absolute_path)))
+    if not errors:
+        return
+    lines = [f"  {_dotted(e.absolute_path)}: {_config_problem(e)}" for e in errors]
+    where = ", ".join(map(str, sources)) or "config"
+    raise InputError(where, f"{len(errors)} config value(s) rejected by {Path(schema_path).name}:\n" + "\n".join(lines))
+
+
+def _dotted(path: Iterable[Any]) -> str:
+    parts = [f"[{p}]" if isinstance(p, int) else str(p) for p in path]
+    return ".".join(parts).replace(".[", "[") or "(top level)"
+
+
+def _config_problem(error: Any) -> str:
+    if error.validator == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        return f"{error.message} (allowed: {', '.join(allowed)})"
+    return error.message
+
+
+# --------------------------------------------------------------------------- raw BOLD
+
+
+def raw_bold_problem(path: str | Path, metadata: Mapping[str, Any], tolerance: float = 1e-3) -> tuple[float | None, str | None]:
+    """(TR in seconds, None) for a usable raw BOLD header and sidecar, else (None, problem).
+
+    ``metadata`` is the BIDS sidecar after inheritance (pybids' ``get_metadata``). Only
+    the header is read here; the data are checked by the run's own job.
+    """
+    from .ingest import bold_repetition_time
+
+    try:
+        return bold_repetition_time(path, metadata, tolerance), None
+    except InputError as exc:
+        return None, exc.problem
+
+
+def check_manifest_row(raw_bold: str | Path, row: Mapping[str, Any]) -> None:
+    """Raise the problem the ``bids`` step recorded for this raw BOLD file (header, sidecar), if any."""
+    problem = row.get("problem")
+    if isinstance(problem, str) and problem:
+        raise InputError(raw_bold, problem)
+
+
+def check_bold_data(path: str | Path) -> dict[str, int]:
+    """Read a 4D BOLD image through once; refuse truncated, non-finite, empty or constant data.
+
+    Streams a chunk of volumes at a time (memory: one chunk plus two values per voxel).
+    Non-finite values are refused anywhere in the image, not only in the brain: a
+    resampling step would carry them into the brain.
+    """
+    from .parcellate import _Source  # the streaming reader of the parcellation
+
+    source = _Source(path)  # 4D or InputError
+    if source.n_volumes < 2:
+        raise InputError(path, f"{source.n_volumes} volume(s): a BOLD run needs at least 2")
+    low = high = None
+    n_bad, first_bad = 0, None
+    for start, block in source.chunks():  # (volumes, voxels), stored values
+        if block.dtype.kind == "f":
+            bad = ~np.isfinite(block)
+            if bad.any():
+                if first_bad is None:
+                    volume, voxel = np.argwhere(bad)[0]
+                    first_bad = (start + int(volume), np.unravel_index(int(voxel), source.shape, order="F"))
+                n_bad += int(bad.sum())
+                continue
+        if n_bad:  # past the first bad chunk only counting matters
+            continue
+        chunk_low, chunk_high = block.min(axis=0), block.max(axis=0)
+        low = chunk_low if low is None else np.minimum(low, chunk_low)
+        high = chunk_high if high is None else np.maximum(high, chunk_high)
+    if n_bad:
+        volume, voxel = first_bad
+        raise InputError(path, f"{n_bad} NaN or infinite value(s), the first in volume {volume} at voxel "
+                         f"{tuple(int(v) for v in voxel)}; the image must be finite everywhere")
+    constant = bool((high == low).all())
+    if constant and not np.any(low * source.slope + source.inter):
+        raise InputError(path, f"every voxel is 0 in all {source.n_volumes} volumes: an empty run")
+    if constant:
+        raise InputError(path, f"no voxel changes over the {source.n_volumes} volumes: a constant image has no signal")
+    return {"n_volumes": source.n_volumes, "n_voxels_varying": int((high != low).sum())}
+
+
+# --------------------------------------------------------------------------- participants
+
+
+def read_participants(path: str | Path) -> pd.DataFrame:
+    """``participants.tsv`` as text columns, checked: readable, ``participant_id``, each subject once."""
+    from .io import read_tsv
+
+    try:
+        table = read_tsv(path, dtype=str)
+    except FileNotFoundError:
+        raise InputError(path, "participants table not found") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise InputError(path, f"not a readable tab-separated table ({type(exc).__name__}: {exc})") from exc
+    except OSError as exc:
+        raise InputError(path, f"cannot be read ({exc.strerror or exc})") from exc
+    if "participant_id" not in table.columns:
+        raise InputError(path, f"no participant_id column (columns: {list(table.columns)[:10]})")
+    ids = table["participant_id"]
+    if ids.isna().any():
+        row = int(np.flatnonzero(ids.isna())[0]) + 2  # line in the file: header is line 1
+        raise InputError(path, f"participant_id is empty on line {row}")
+    repeated = ids[ids.duplicated(keep=False)]
+    if len(repeated):
+        first = repeated.iloc[0]
+        lines = [int(i) + 2 for i in np.flatnonzero(ids == first)]
+        others = sorted(set(repeated) - {first})
+        more = f" (also repeated: {others[:5]})" if others else ""
+        raise InputError(path, f"{first} is listed {len(lines)} times (lines {lines}); each participant must appear once{more}")
+    unprefixed = ids[~ids.str.startswith("sub-")]
+    if len(unprefixed):
+        raise InputError(path, f"participant_id {unprefixed.iloc[0]!r} does not start with 'sub-'")
+    return table
+
+
+# --------------------------------------------------------------------------- atlases
+
+
+def check_atlas_on_grid(image: str | Path, labels_before: np.ndarray, labels_after: np.ndarray) -> list[int]:
+    """Refuse an atlas that lost every label when put on the template grid; return the labels lost.
+
+    Nearest-neighbour resampling keeps the labels of an atlas that lies in template space;
+    one in another space (native, or a shifted origin) lands outside the grid.
+    """
+    before = np.unique(labels_before[labels_before > 0])
+    after = np.unique(labels_after[labels_after > 0])
+    if before.size and not after.size:
+        raise InputError(image, f"none of its {before.size} labels falls on the MNI152NLin6Asym 2 mm grid after "
+                         "resampling: the atlas does not overlap the template (is it in MNI space?)")
+    return np.setdiff1d(before, after).astype(int).tolist()

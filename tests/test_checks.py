@@ -1,0 +1,72 @@
+"""fmriflow.checks on small files: each refusal names the file and says what is wrong.
+
+The DAG-level matrix (tests/test_bad_inputs.py) runs the same checks through Snakemake; these
+cover the variants it does not (uncompressed files, scaled integers, table details).
+"""
+
+from __future__ import annotations
+
+import re
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from fmriflow.checks import check_bold_data, read_participants
+from fmriflow.errors import InputError
+
+
+def _save(path, data, slope=None, inter=None):
+    img = nib.Nifti1Image(data, np.eye(4))
+    if slope is not None:
+        img.header.set_slope_inter(slope, inter)
+    nib.save(img, path)
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
+def test_non_finite_values_are_counted_and_located(tmp_path, suffix):
+    data = np.random.default_rng(0).standard_normal((6, 5, 4, 9)).astype(np.float32)
+    where = [(1, 2, 3, 7), (4, 0, 1, 2), (5, 4, 3, 8)]
+    for i, j, k, t in where:
+        data[i, j, k, t] = np.inf if t == 7 else np.nan
+    path = _save(tmp_path / f"b{suffix}", data)
+    first = min(where, key=lambda w: (w[3], w[2], w[1], w[0]))  # volume order, then Fortran voxel order
+    message = f"{path}: 3 NaN or infinite value(s), the first in volume {first[3]} at voxel {first[:3]}"
+    with pytest.raises(InputError, match=re.escape(message)):
+        check_bold_data(path)
+
+
+def test_truncated_uncompressed_file(tmp_path):
+    path = _save(tmp_path / "b.nii", np.ones((4, 4, 4, 10), np.float32))
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(InputError, match=re.escape(f"{path}: file ends before volume 10 of 10 (truncated?)")):
+        check_bold_data(path)
+
+
+def test_empty_constant_and_scaled_images(tmp_path):
+    zeros = _save(tmp_path / "z.nii.gz", np.zeros((4, 4, 4, 5), np.int16))
+    with pytest.raises(InputError, match="every voxel is 0 in all 5 volumes: an empty run"):
+        check_bold_data(zeros)
+    # stored zeros scaled to 7: constant, not empty
+    scaled = _save(tmp_path / "s.nii.gz", np.zeros((4, 4, 4, 5), np.int16), slope=2.0, inter=7.0)
+    with pytest.raises(InputError, match="no voxel changes over the 5 volumes"):
+        check_bold_data(scaled)
+    data = np.full((4, 4, 4, 5), 3, np.int16)
+    data[1, 1, 1, 4] = 4  # one voxel varies: usable
+    assert check_bold_data(_save(tmp_path / "ok.nii.gz", data)) == {"n_volumes": 5, "n_voxels_varying": 1}
+
+
+def test_participants_table_checks(tmp_path):
+    path = tmp_path / "participants.tsv"
+    path.write_text("participant_id\tage\nsub-01\t30\nsub-02\t31\nsub-02\t32\nsub-03\t33\n")
+    with pytest.raises(InputError, match=re.escape(f"{path}: sub-02 is listed 2 times (lines [3, 4])")):
+        read_participants(path)
+    path.write_text("subject\tage\nsub-01\t30\n")
+    with pytest.raises(InputError, match=re.escape(f"{path}: no participant_id column (columns: ['subject', 'age'])")):
+        read_participants(path)
+    path.write_text("participant_id\tage\n01\t30\n")
+    with pytest.raises(InputError, match="participant_id '01' does not start with 'sub-'"):
+        read_participants(path)
+    path.write_text("participant_id\tage\nsub-01\t30\nsub-02\t31\n")
+    assert read_participants(path)["participant_id"].tolist() == ["sub-01", "sub-02"]
