@@ -206,7 +206,7 @@ def build_dataset(
         raise ValueError(f"'target_tr' must be a positive number of seconds or None; {target_tr!r} was provided")
     if min_coverage_regions is not None:
         min_coverage_regions = _positive_int(min_coverage_regions, "min_coverage_regions")
-    split_table = _check_splits(splits)
+    split_table = check_splits(splits)
     if seed is None and isinstance(splits, pd.DataFrame):
         seed = splits.attrs.get("seed")
     specs = _check_runs(runs, dict(zip(split_table["subject"], split_table["split"])))
@@ -217,7 +217,7 @@ def build_dataset(
     try:
         card = _build(specs, split_table, tmp, window, stride, target_tr, min_coverage_regions, seed)
         os.chmod(tmp, 0o755)
-        _replace_dir(tmp, out)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -519,7 +519,8 @@ def _controlled_rounding(sizes: np.ndarray, totals: np.ndarray, rng: np.random.G
     return np.round(result.x).astype(int).reshape(n_strata, n_splits)
 
 
-def _check_splits(splits: pd.DataFrame | str | Path) -> pd.DataFrame:
+def check_splits(splits: pd.DataFrame | str | Path) -> pd.DataFrame:
+    """A subject -> split table (DataFrame or ``splits.tsv``) checked: bare labels, known splits, no repeats."""
     path = None if isinstance(splits, pd.DataFrame) else Path(splits)
     table = read_splits(path) if path is not None else splits
     missing = {"subject", "split"} - set(table.columns)
@@ -696,7 +697,7 @@ def _existing(root: str | Path, name: str) -> Path:
     return path
 
 
-def _replace_dir(new: Path, out: Path) -> None:
+def replace_dir(new: Path, out: Path) -> None:
     """Rename ``new`` onto ``out``; an existing ``out`` is moved aside first, then removed."""
     if not out.exists():
         os.replace(new, out)

@@ -7,7 +7,9 @@ reference, the same in plain operations (``attention="eager"``).
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from typing import Any, Mapping, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +17,8 @@ from torch import Tensor, nn
 
 ATTENTIONS = ("sdpa", "eager")
 INIT_STD = 0.02  # Linear weights: normal(0, INIT_STD) truncated at 2 standard deviations
+
+ConfigT = TypeVar("ConfigT")
 
 
 class Attention(nn.Module):
@@ -81,3 +85,23 @@ def sincos_encoding(n_positions: int, dim: int) -> Tensor:
 def trunc_normal_(tensor: Tensor, std: float = INIT_STD) -> Tensor:
     """Normal(0, std) truncated at two standard deviations, in place."""
     return nn.init.trunc_normal_(tensor, std=std, a=-2 * std, b=2 * std)
+
+
+def init_linear(module: nn.Module) -> None:
+    """``module.apply(init_linear)``: truncated-normal weights and zero biases for every Linear."""
+    if isinstance(module, nn.Linear):
+        trunc_normal_(module.weight)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+
+def named_config(configs: Mapping[str, ConfigT], name: str, **overrides: Any) -> ConfigT:
+    """``configs[name]`` with any of its dataclass fields replaced by keyword (validated again)."""
+    if name not in configs:
+        raise ValueError(f"'name' must be one of {tuple(configs)}; {name!r} was provided")
+    base = configs[name]
+    fields = {f.name for f in dataclasses.fields(base)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise ValueError(f"unknown {type(base).__name__} field(s) {unknown}; allowed: {sorted(fields)}")
+    return dataclasses.replace(base, **overrides)
