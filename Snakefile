@@ -10,6 +10,8 @@
 #       group/                            group-mean FC and group difference
 #   <output_dir>/dataset/atlas-A424/       model-ready windows (memory-mapped), splits, scaling, dataset card
 #   <output_dir>/pretrain/<model>/        pretrained masked autoencoder (model.pt), metrics.csv
+#   <output_dir>/dataset/voxel-<grid>/    (voxel.enabled) z-scored 4-D frames on a model's grid, memory-mapped
+#   <output_dir>/voxel/                   (voxel.enabled) NeuroSTORM pretraining, BrainMT / NeuroSTORM fine-tuning
 #   <output_dir>/report/fmriflow_report.html
 #   <output_dir>/logs/<rule>/...          one log per job
 
@@ -33,10 +35,12 @@ include: "workflow/rules/denoise.smk"
 include: "workflow/rules/parcellate.smk"
 include: "workflow/rules/connectivity.smk"
 include: "workflow/rules/pretrain.smk"
+include: "workflow/rules/voxel.smk"
 include: "workflow/rules/report.smk"
 
 
 rule all:
     input:
         all_outputs(),
+        voxel_outputs(),
     default_target: True

@@ -242,11 +242,15 @@ class Mamba(nn.Module):
         x_dbl = self.x_proj(x.transpose(1, 2))  # (b, L, dt_rank + 2*d_state)
         dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt = F.linear(dt, self.dt_proj.weight).transpose(1, 2)  # (b, d_inner, L); the bias goes in the scan
-        A = -torch.exp(self.A_log.float())  # (d_inner, d_state)
-        y = selective_scan(x, dt, A, B.transpose(1, 2), C.transpose(1, 2), self.D.float(), z=z,
-                           delta_bias=self.dt_proj.bias.float(), delta_softplus=True,
+        A = -torch.exp(_fp32_or_wider(self.A_log))  # (d_inner, d_state), fp32 as mamba-ssm (fp64 kept)
+        y = selective_scan(x, dt, A, B.transpose(1, 2), C.transpose(1, 2), _fp32_or_wider(self.D), z=z,
+                           delta_bias=_fp32_or_wider(self.dt_proj.bias), delta_softplus=True,
                            chunk_size=self.chunk_size)  # (b, d_inner, L)
         return self.out_proj(y.transpose(1, 2))  # (b, L, d_model)
+
+
+def _fp32_or_wider(t: Tensor) -> Tensor:
+    return t.to(torch.promote_types(t.dtype, torch.float32))
 
 
 class BiMamba(nn.Module):
