@@ -17,7 +17,7 @@ def voxel_finetune_dir(model):
 
 def voxel_train_options(task, section, **extra):
     """Command-line options of fmriflow.train for one voxel model."""
-    keys = ("model", "window", "batch_size", "max_steps", "lr")
+    keys = ("model", "window", "stride", "batch_size", "max_steps", "lr")
     shared = ("warmup_steps", "checkpoint_every", "precision", "seed", "num_workers", "grad_checkpoint")
     return cli_options({"task": task, **{k: section[k] for k in keys}, **{k: VOXEL[k] for k in shared}, **extra})
 

@@ -285,7 +285,10 @@ def load_pretrained_backbone(model: NeuroSTORM, state: dict[str, Tensor], prefix
     Every backbone weight must be there except the prompts, which pretraining does not have.
     """
     weights = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-    result = model.backbone.load_state_dict(weights, strict=False)
+    try:
+        result = model.backbone.load_state_dict(weights, strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        raise ValueError(f"pretrained weights do not fit the backbone: {str(exc)[:500]}") from exc
     missing = [k for k in result.missing_keys if not k.endswith(".prompt")]
     if missing or result.unexpected_keys:
         raise ValueError(f"pretrained weights do not fit the backbone: missing {missing[:5]}, "
