@@ -14,7 +14,7 @@ Then, per model, a least-squares line of peak memory against frames (slope, inte
 largest deviation from the line), and whether BrainMT's 200-frame step fits in 40 GB
 (40e9 bytes, 37.25 GiB).
 
-    PYTHONPATH=src python benchmarks/mamba_memory.py [--frames 50 100 200 300 400] [--checkpoint off on]
+    PYTHONPATH=src python benchmarks/mamba_memory.py [--frames 50 100 200 300 400] [--checkpoint off on] [--json out.json]
     PYTHONPATH=src python benchmarks/mamba_memory.py --device cpu --tiny      # smoke check, no timings of note
 
 The Mamba path (mamba-ssm's kernels or the plain-PyTorch one) is printed; install mamba-ssm
@@ -128,7 +128,7 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--checkpoint", nargs="+", choices=["off", "on"], default=["off"],
+    parser.add_argument("--checkpoint", nargs="+", choices=["off", "on"], default=["off", "on"],
                         help="activation checkpointing of BrainMT's blocks (the attention-only model follows)")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--tiny", action="store_true", help="the tiny configs (smoke check)")

@@ -72,16 +72,23 @@ def test_gradcheck(chunk_size):
     assert torch.autograd.gradcheck(fn, leaves)
 
 
-def test_gradients_equal_autograd_through_the_recurrence():
+@pytest.mark.parametrize("path", ["blocks", "doubling"])
+@pytest.mark.parametrize("chunk_size", [None, 9])
+def test_both_paths_equal_the_recurrence_with_gradients(path, chunk_size, monkeypatch):
+    """Closed form in 16-step blocks (3 blocks of 40 steps, or one partial block per chunk of 9),
+    and the recursive-doubling fallback taken when a block's decay is too deep."""
+    if path == "doubling":
+        monkeypatch.setattr(ssm._Chunk, "LOG_RANGE", {torch.float64: 0.0})
     x = inputs(batch=2, d_inner=6, d_state=4, length=40, seed=2)
     grad_out = torch.randn(2, 6, 40, dtype=torch.float64)
     grads = []
-    for fn in (lambda **k: selective_scan(**k, delta_softplus=True, chunk_size=9),
+    for fn in (lambda **k: selective_scan(**k, delta_softplus=True, chunk_size=chunk_size),
                lambda **k: recurrence(**k, delta_softplus=True)):
         leaves = {k: v.clone().requires_grad_() for k, v in x.items()}
-        fn(**leaves).backward(grad_out)
-        grads.append({k: v.grad for k, v in leaves.items()})
-    for name in x:
+        y = fn(**leaves)
+        y.backward(grad_out)
+        grads.append({"y": y.detach(), **{k: v.grad for k, v in leaves.items()}})
+    for name in grads[0]:
         torch.testing.assert_close(grads[0][name], grads[1][name], atol=1e-10, rtol=1e-8, msg=name)
 
 

@@ -26,8 +26,12 @@ Design choices:
   which has no running statistics, so training and evaluation agree and DDP needs no sync.
 - The residual stream stays fp32 under bf16 autocast (the embeddings are fp32 and the
   blocks' outputs are added to it), as mamba-ssm's ``residual_in_fp32``.
-- ``checkpoint=True`` recomputes each block (and the stem, per frame batch) in the backward
-  pass instead of storing its activations: the way to fit long windows in GPU memory.
+- ``checkpoint=True`` recomputes each block, and the stem ``stem_chunk`` frames at a time, in
+  the backward pass instead of storing their activations: the way to fit long windows in GPU
+  memory. By a rough count (bf16, batch 2, 200 frames: 100,802 tokens), stored activations
+  are ~22 KB a token for each bidirectional Mamba block and for each transformer block, and
+  ~16 MB a frame for the stem: ~50 GB in all without checkpointing, ~10 GB with it
+  (``benchmarks/mamba_memory.py`` measures it).
 """
 
 from __future__ import annotations
@@ -62,7 +66,8 @@ class BrainMTConfig:
     n_outputs: int = 1  # 1 for regression, the number of classes for classification
     head_dropout: float = 0.0  # dropout before the head's last layer
     mixer: str = "mamba"  # "mamba" (BrainMT) or "attention" (attention-only model of the same size)
-    checkpoint: bool = False  # recompute blocks in the backward pass (activation checkpointing)
+    checkpoint: bool = False  # recompute blocks and the stem in the backward pass (activation checkpointing)
+    stem_chunk: int = 32  # with checkpoint: frames per recomputed stem pass (bounds the stem's peak memory)
     backend: str | None = None  # Mamba path: None reads $FMRIFLOW_MAMBA_BACKEND (fmriflow.models.ssm)
     norm_eps: float = 1e-5
 
@@ -73,7 +78,7 @@ class BrainMTConfig:
             raise ValueError(f"'img_size' must be 3 sizes of at least 16 voxels; {self.img_size!r} was provided")
         if len(self.conv_channels) != 3 or min(self.conv_channels) < 1:
             raise ValueError(f"'conv_channels' must be 3 positive channel counts; {self.conv_channels!r} was provided")
-        for name in ("max_frames", "dim", "n_heads", "d_state", "d_conv", "expand", "n_outputs"):
+        for name in ("max_frames", "dim", "n_heads", "d_state", "d_conv", "expand", "n_outputs", "stem_chunk"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"'{name}' must be a positive integer; {value!r} was provided")
@@ -184,7 +189,9 @@ class BrainMT(nn.Module):
         B, T = x.shape[:2]
         frames = x.reshape(B * T, 1, *x.shape[2:])  # (B*T, 1, X, Y, Z)
         if self.config.checkpoint and torch.is_grad_enabled():
-            features = checkpoint(self.stem, frames, use_reentrant=False)
+            # a few frames at a time, so the backward pass recomputes one chunk's activations at once
+            features = torch.cat([checkpoint(self.stem, chunk, use_reentrant=False)
+                                  for chunk in frames.split(self.config.stem_chunk)])
         else:
             features = self.stem(frames)  # (B*T, dim, gx, gy, gz)
         features = features.flatten(2).transpose(1, 2).reshape(B, T, self.config.n_spatial, -1)  # (B, T, N, dim)

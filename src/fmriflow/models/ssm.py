@@ -12,15 +12,18 @@ computed in fp32 (fp64 for fp64 inputs) and returned in the dtype of ``u``, as t
 kernel does. ``selective_scan`` runs on any device, so it is both the CPU path of the
 voxel models and the reference the GPU parity check compares mamba-ssm's kernel against.
 
-How it runs: an ``autograd.Function`` walks the sequence in chunks. Inside a chunk the
-linear recurrence is an inclusive scan done by recursive doubling (log2(chunk) passes of
-whole-tensor operations instead of one small operation per time step); only products of
-decays in (0, 1] are formed, so nothing overflows, whatever delta is. The forward keeps the
-state at each chunk boundary and nothing else of size ``(batch, d_inner, L, d_state)``; the
-backward recomputes a chunk's states from its boundary and runs the adjoint recurrence
-``g_t = dy_t C_t + exp(delta_{t+1} A) g_{t+1}`` backwards through it. Memory therefore
-grows like the CUDA kernel's, with the inputs ``(batch, d_inner, L)``, plus one chunk of
-work tensors (``chunk_elements`` caps it).
+How it runs: an ``autograd.Function`` walks the sequence in chunks (as many steps as keep a
+``(batch, d_inner, chunk, d_state)`` work tensor at ``CHUNK_ELEMENTS``). Inside a chunk the
+linear recurrence runs in two levels, with whole-tensor operations instead of one small
+operation per time step: in blocks of 16 steps by a closed form in the cumulative log-decay
+(or, when a block's decay is too deep for ``exp`` in the working precision, by recursive
+doubling, which only multiplies decays in (0, 1]), then across blocks by recursive
+doubling over the blocks' total decays. The forward keeps the state at each chunk boundary
+and nothing else of size ``(batch, d_inner, L, d_state)``; the backward recomputes a
+chunk's states from its boundary and runs the adjoint recurrence
+``g_t = dy_t C_t + exp(delta_{t+1} A) g_{t+1}`` backwards through it, the same way. Memory
+therefore grows like the CUDA kernel's, with the inputs ``(batch, d_inner, L)``, plus one
+chunk of work tensors. ``benchmarks/ssm_cpu.py`` times it against a step-by-step loop.
 
 ``Mamba`` is the Mamba-1 block with the parameter names, shapes and initialisation of
 ``mamba_ssm.modules.mamba_simple.Mamba`` (a state dict loads into either);
@@ -93,29 +96,89 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D:
     return y.to(u.dtype)
 
 
-def _inclusive_scan_(a: Tensor, x: Tensor) -> Tensor:
-    """``x_t <- x_t + a_t x_{t-1}`` along dim 2, in place, by recursive doubling; ``a`` is consumed.
+def _inclusive_scan_(a: Tensor, x: Tensor, dim: int) -> Tensor:
+    """``x_t <- x_t + a_t x_{t-1}`` along ``dim``, in place, by recursive doubling; ``a`` is consumed.
 
     After the pass with offset ``s``, ``x_t`` holds the recurrence over the last ``2s`` steps
     and ``a_t`` the product of their decays. Right-hand sides are evaluated into fresh
     tensors before they are written, so the overlapping slices never alias.
     """
-    length = x.shape[2]
+    length = x.shape[dim]
     offset = 1
     while offset < length:
-        x[:, :, offset:] += a[:, :, offset:] * x[:, :, :-offset]
+        x.narrow(dim, offset, length - offset).add_(a.narrow(dim, offset, length - offset) * x.narrow(dim, 0, length - offset))
         if 2 * offset < length:
-            a[:, :, offset:] = a[:, :, offset:] * a[:, :, :-offset]
+            a.narrow(dim, offset, length - offset).copy_(a.narrow(dim, offset, length - offset) * a.narrow(dim, 0, length - offset))
         offset *= 2
     return x
 
 
-def _chunk_states(h0: Tensor, delta: Tensor, u: Tensor, A: Tensor, B: Tensor) -> tuple[Tensor, Tensor]:
-    """States ``h_t`` (batch, d_inner, k, d_state) of one chunk from the state before it, and its decays."""
-    decay = torch.exp(delta[..., None] * A[None, :, None, :])  # (b, d, k, n)
-    states = (delta * u)[..., None] * B.transpose(1, 2)[:, None]  # (b, d, k, n): delta_t B_t u_t
-    states[:, :, 0] += decay[:, :, 0] * h0
-    return _inclusive_scan_(decay.clone(), states), decay
+class _Chunk:
+    """The recurrence over one chunk in two levels: inside blocks of ``BLOCK`` steps, then across blocks.
+
+    Inside each block, all blocks at once: when every block's total log-decay stays within
+    ``LOG_RANGE``, the cumulative log-decay ``S_t`` (from the block's start) gives closed forms,
+    ``h_t = e^{S_t} sum_{s<=t} e^{-S_s} x_s`` forwards and ``g_t = e^{-S_t} sum_{s>=t} e^{S_s} e_s``
+    backwards (a few whole-tensor operations); otherwise (a deep decay would overflow
+    ``e^{-S}``) recursive doubling, log2(BLOCK) passes that only multiply decays in (0, 1].
+    Across blocks, the state handed from one block to the next follows the same recurrence
+    with each block's total decay, scanned by recursive doubling on tensors BLOCK times smaller.
+    """
+
+    BLOCK = 16
+    LOG_RANGE = {torch.float32: 70.0, torch.float64: 600.0}
+
+    def __init__(self, delta: Tensor, A: Tensor):
+        log_decay = delta[..., None] * A[None, :, None, :]  # (b, d, k, n), <= 0
+        self.length = log_decay.shape[2]
+        self.decay = torch.exp(log_decay)
+        cumulative = self._blocks(log_decay, 0.0).cumsum(dim=3)  # (b, d, m, BLOCK, n); padding decays by 1
+        self.closed = bool(cumulative.numel()) and -float(cumulative[:, :, :, -1].min()) < self.LOG_RANGE[delta.dtype]
+        self.blocked_decay = self._blocks(self.decay, 1.0)
+        # decay from each block's start to each step: exp of the cumulative sum, or (stable) the cumulative product
+        self.growth = torch.exp(cumulative) if self.closed else self.blocked_decay.cumprod(dim=3)
+        self.total = self.growth[:, :, :, -1]  # (b, d, m, n): each block's total decay
+
+    def _blocks(self, x: Tensor, fill: float) -> Tensor:
+        """(b, d, k, n) -> (b, d, m, BLOCK, n), padded at the end with ``fill``."""
+        pad = (-self.length) % self.BLOCK
+        if pad:
+            x = torch.nn.functional.pad(x, (0, 0, 0, pad), value=fill)
+        return x.view(x.shape[0], x.shape[1], -1, self.BLOCK, x.shape[3])
+
+    def _unblock(self, x: Tensor) -> Tensor:
+        return x.reshape(x.shape[0], x.shape[1], -1, x.shape[4])[:, :, :self.length]
+
+    def states(self, h0: Tensor, x: Tensor) -> Tensor:
+        """``h_t = a_t h_{t-1} + x_t`` from ``h_{-1} = h0``: (b, d, k, n)."""
+        x = self._blocks(x, 0.0)
+        if self.closed:
+            local = self.growth * (x / self.growth).cumsum(dim=3)  # each block from a zero state
+        else:
+            local = _inclusive_scan_(self.blocked_decay.clone(), x, dim=3)
+        ends = local[:, :, :, -1].clone()  # (b, d, m, n)
+        ends[:, :, 0] += self.total[:, :, 0] * h0
+        ends = _inclusive_scan_(self.total.clone(), ends, dim=2)  # the state at each block's end
+        entering = torch.cat([h0[:, :, None], ends[:, :, :-1]], dim=2)  # the state before each block
+        return self._unblock(local + self.growth * entering[:, :, :, None])
+
+    def adjoint(self, e: Tensor) -> Tensor:
+        """``g_t = e_t + a_{t+1} g_{t+1}`` backwards from ``g_{k-1} = e_{k-1}``: (b, d, k, n)."""
+        e = self._blocks(e, 0.0)
+        if self.closed:
+            local = (e * self.growth).flip(3).cumsum(dim=3).flip(3) / self.growth  # each block, nothing after it
+            after_step = self.total[:, :, :, None] / self.growth  # decay from after step t to the block's end
+        else:
+            following = torch.ones_like(self.blocked_decay)  # a_{t+1} inside the block, 1 at its end
+            following[:, :, :, :-1] = self.blocked_decay[:, :, :, 1:]
+            after_step = following.flip(3).cumprod(dim=3).flip(3)  # decay from after step t to the block's end
+            following[:, :, :, -1] = 0.0  # nothing follows a block's last step inside it
+            local = _inclusive_scan_(following.flip(3), e.flip(3), dim=3).flip(3)  # flip copies: nothing aliases
+        # what block j hands to block j-1, a_{first} g_{first} = a_{first} local_{first} + T_j (what block j+1 hands it)
+        handed = self.blocked_decay[:, :, :, 0] * local[:, :, :, 0]  # (b, d, m, n)
+        handed = _inclusive_scan_(self.total.flip(2), handed.flip(2), dim=2).flip(2)
+        after = torch.cat([handed[:, :, 1:], torch.zeros_like(handed[:, :, :1])], dim=2)  # from the next block
+        return self._unblock(local + after_step * after[:, :, :, None])
 
 
 class _SelectiveScan(torch.autograd.Function):
@@ -131,7 +194,7 @@ class _SelectiveScan(torch.autograd.Function):
         for i, t0 in enumerate(starts):
             part = slice(t0, min(length, t0 + chunk))
             boundary[i] = h
-            states, _ = _chunk_states(h, delta[:, :, part], u[:, :, part], A, B[:, :, part])
+            states = _Chunk(delta[:, :, part], A).states(h, _drive(delta[:, :, part], u[:, :, part], B[:, :, part]))
             y[:, :, part] = torch.einsum("bdkn,bnk->bdk", states, C[:, :, part])
             h = states[:, :, -1]
         ctx.save_for_backward(u, delta, A, B, C, boundary)
@@ -151,28 +214,31 @@ class _SelectiveScan(torch.autograd.Function):
             carry = torch.zeros_like(boundary[0])  # dL/dh at the last step of the chunk, from later steps
             length = u.shape[2]
             for i in reversed(range(len(boundary))):
-                t0 = i * chunk
-                part = slice(t0, min(length, t0 + chunk))
+                part = slice(i * chunk, min(length, (i + 1) * chunk))
                 dt, uu, Bc, Cc, dyc = delta[:, :, part], u[:, :, part], B[:, :, part], C[:, :, part], dy[:, :, part]
                 h0 = boundary[i]
-                states, decay = _chunk_states(h0, dt, uu, A, Bc)  # (b, d, k, n) each
+                scan = _Chunk(dt, A)
+                states = scan.states(h0, _drive(dt, uu, Bc))  # (b, d, k, n)
                 dC[:, :, part] = torch.einsum("bdk,bdkn->bnk", dyc, states)
-                # adjoint g_t = dL/dh_t = dy_t C_t + a_{t+1} g_{t+1}: a scan run backwards in time
-                g = dyc[..., None] * Cc.transpose(1, 2)[:, None]  # (b, d, k, n)
-                g[:, :, -1] += carry
-                coef = torch.zeros_like(decay)
-                coef[:, :, :-1] = decay[:, :, 1:]
-                g = _inclusive_scan_(coef.flip(2), g.flip(2)).flip(2)
+                # adjoint g_t = dL/dh_t = dy_t C_t + a_{t+1} g_{t+1}: the recurrence run backwards in time
+                e = dyc[..., None] * Cc.transpose(1, 2)[:, None]  # (b, d, k, n)
+                e[:, :, -1] += carry
+                g = scan.adjoint(e)
                 # h_t = a_t h_{t-1} + delta_t u_t B_t, with a_t = exp(delta_t A)
                 previous = torch.cat([h0[:, :, None], states[:, :, :-1]], dim=2)  # h_{t-1}
-                dlog = g * previous * decay  # dL/d(delta_t A), (b, d, k, n)
+                dlog = g * previous * scan.decay  # dL/d(delta_t A), (b, d, k, n)
                 gB = torch.einsum("bdkn,bnk->bdk", g, Bc)  # sum_n g_t B_t
                 dA += torch.einsum("bdkn,bdk->dn", dlog, dt)
                 ddelta[:, :, part] = torch.einsum("bdkn,dn->bdk", dlog, A) + gB * uu
                 du[:, :, part] = gB * dt
                 dB[:, :, part] = torch.einsum("bdkn,bdk->bnk", g, dt * uu)
-                carry = decay[:, :, 0] * g[:, :, 0]
+                carry = scan.decay[:, :, 0] * g[:, :, 0]
         return du, ddelta, dA, dB, dC, None
+
+
+def _drive(delta: Tensor, u: Tensor, B: Tensor) -> Tensor:
+    """``x_t = delta_t B_t u_t``: (b, d, k) and (b, n, k) -> (b, d, k, n)."""
+    return (delta * u)[..., None] * B.transpose(1, 2)[:, None]
 
 
 def _check_shapes(u, delta, A, B, C, D, z, delta_bias) -> None:
