@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from test_workflow import demo_config, make_demo, run_snakemake
+from test_workflow import demo_config, job_resources, make_demo, run_snakemake
 
 from fmriflow.dataset import read_splits
 from fmriflow.voxel_dataset import load_card, read_runs
@@ -94,8 +94,7 @@ def test_gpu_settings_launch_torchrun_with_gpu_resources(voxel_run):
     out = proc.stdout
     assert "-m torch.distributed.run --standalone --nproc-per-node 2 -m fmriflow.train" in out
     assert "--task neurostorm-mae" in out and "--grad-checkpoint" in out
-    block = out[out.index("rule voxel_pretrain:"):]
-    resources = next(line for line in block.splitlines() if "resources:" in line)
+    resources = job_resources(out, "voxel_pretrain")
     for item in ("gpu=2", "gpu_model=h100", "cpus_per_gpu=4", "runtime=240"):
         assert item in resources, resources
 

@@ -41,8 +41,6 @@ into place at the end: a killed build leaves nothing that looks like a dataset.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -50,7 +48,7 @@ import numpy as np
 import pandas as pd
 from numpy.lib.format import open_memmap
 
-from .dataset import SPLITS, check_splits, read_splits, replace_dir
+from .dataset import SPLITS, MemoryMapped, building_dir, check_splits, in_split_order, read_splits, run_subject
 from .errors import InputError
 from .io import read_json, read_tsv, write_json, write_tsv
 from .provenance import build_sidecar
@@ -109,16 +107,8 @@ def build_voxel_dataset(
         raise ValueError(f"'shape' must be 3 positive sizes; {shape!r} was provided")
     split_table = check_splits(splits)
     specs = _check_runs(runs, dict(zip(split_table["subject"], split_table["split"])))
-    out = Path(out_dir).absolute()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
+    with building_dir(out_dir) as tmp:
         card = _build(specs, split_table, tmp, shape, dtype, int(min_frames))
-        os.chmod(tmp, 0o755)
-        replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return card
 
 
@@ -263,36 +253,29 @@ def _card(specs, split_table, table, skipped, reference, geometry, shape, dtype,
 
 
 def _check_runs(runs: Sequence[Mapping[str, Any]], split_of: dict[str, str]) -> list[dict[str, Any]]:
-    from .naming import subject_of
-
     specs = []
     for number, run in enumerate(runs):
         missing = {"run", "bold", "mask"} - set(run)
         if missing:
             raise InputError(None, f"run #{number} lacks {sorted(missing)} (needs run, bold, mask)")
-        subject = str(run.get("subject") or subject_of(str(run["run"]))).removeprefix("sub-")
-        if subject not in split_of:
-            raise InputError(run["bold"], f"subject '{subject}' of run {run['run']} has no split in the splits table")
+        subject = run_subject(run, split_of, str(run["bold"]))
         specs.append({"run": str(run["run"]), "subject": subject, "split": split_of[subject],
                       "bold": str(run["bold"]), "mask": str(run["mask"])})
-    keys = [s["run"] for s in specs]
-    repeated = sorted({k for k in keys if keys.count(k) > 1})
-    if repeated:
-        raise InputError(None, f"runs listed more than once: {repeated[:10]}")
-    # Splits form contiguous blocks of frames; within a split, runs in key order.
-    return sorted(specs, key=lambda s: (SPLITS.index(s["split"]), s["run"]))
+    return in_split_order(specs)  # splits form contiguous blocks of frames
 
 
 # --------------------------------------------------------------------------- reading
 
 
-class VoxelWindowDataset(_TorchDataset):
+class VoxelWindowDataset(MemoryMapped, _TorchDataset):
     """Windows of ``window`` consecutive frames of one split, every ``stride`` frames, as PyTorch samples.
 
     A sample is ``{"x": float32 (window, X, Y, Z), "index": i}`` plus ``"y"`` when ``labels``
     (subject -> target, e.g. from ``fmriflow.dataset.subject_labels``) is given; runs shorter
     than one window give no sample. Each worker process maps ``frames.npy`` itself.
     """
+
+    mapped_files = (FRAMES,)
 
     def __init__(self, root: str | Path, split: str | None = "train", *, window: int, stride: int | None = None,
                  labels: Mapping[str, Any] | pd.Series | None = None):
@@ -316,8 +299,6 @@ class VoxelWindowDataset(_TorchDataset):
             if missing:
                 raise InputError(None, f"no label for subjects {missing[:10]}")
             self._targets = [labels[s] for s in self.index["subject"]]
-        self._frames: np.ndarray | None = None
-        self._pid: int | None = None
 
     def __len__(self) -> int:
         return len(self.index)
@@ -326,16 +307,11 @@ class VoxelWindowDataset(_TorchDataset):
         import torch
 
         first = int(self.index["frame"].iat[i])
-        sample = {"x": torch.from_numpy(np.array(self._open()[first:first + self.window], dtype=np.float32)), "index": i}
+        (frames,) = self._open()
+        sample = {"x": torch.from_numpy(np.array(frames[first:first + self.window], dtype=np.float32)), "index": i}
         if self._targets is not None:
             sample["y"] = torch.as_tensor(self._targets[i])
         return sample
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_frames"] = None  # each process maps the file itself
-        state["_pid"] = None
-        return state
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self.root)!r}, split={self.split!r}, window={self.window}, samples={len(self)})"
@@ -343,12 +319,6 @@ class VoxelWindowDataset(_TorchDataset):
     @property
     def shape(self) -> tuple[int, ...]:
         return tuple(load_card(self.root)["shape"])
-
-    def _open(self) -> np.ndarray:
-        if self._frames is None or self._pid != os.getpid():
-            self._frames = np.load(self.root / FRAMES, mmap_mode="r")
-            self._pid = os.getpid()
-        return self._frames
 
 
 def load_card(root: str | Path) -> dict[str, Any]:
