@@ -14,6 +14,8 @@
 #   <output_dir>/pretrain/<model>/        pretrained masked autoencoder (model.pt), metrics.csv
 #   <output_dir>/finetune/<target>/       features/, setup-*/ (predictions, metrics, folds, attributions),
 #                                         variants.tsv (every variant and baseline of every set-up)
+#   <output_dir>/dataset/voxel-<grid>/    (voxel.enabled) z-scored 4-D frames on a model's grid, memory-mapped
+#   <output_dir>/voxel/                   (voxel.enabled) NeuroSTORM pretraining, BrainMT / NeuroSTORM fine-tuning
 #   <output_dir>/report/fmriflow_report.html
 #   <output_dir>/logs/<rule>/...          one log per job
 
@@ -39,10 +41,12 @@ include: "workflow/rules/qc.smk"
 include: "workflow/rules/connectivity.smk"
 include: "workflow/rules/pretrain.smk"
 include: "workflow/rules/finetune.smk"
+include: "workflow/rules/voxel.smk"
 include: "workflow/rules/report.smk"
 
 
 rule all:
     input:
         all_outputs(),
+        voxel_outputs(),
     default_target: True

@@ -60,6 +60,12 @@ def demo_config(demo: Path, results: Path, **extra) -> dict:
     }
 
 
+def job_resources(dry_run_stdout: str, rule: str) -> str:
+    """The ``resources:`` line of a rule's job in ``--dry-run`` output."""
+    block = dry_run_stdout[dry_run_stdout.index(f"rule {rule}:"):]
+    return next(line for line in block.splitlines() if "resources:" in line)
+
+
 def coarse_atlas(folder: Path, a424: nib.Nifti1Image) -> dict:
     """A user's atlas on a 4 mm grid: A424's four region groups (cortex R/L, subcortex, cerebellum)."""
     labels = np.rint(np.asarray(a424.dataobj)).astype(int)[::2, ::2, ::2]
@@ -309,8 +315,7 @@ def test_pretrain_rule_asks_for_gpus_and_launches_torchrun(tmp_path, atlas_dir):
     out = proc.stdout
     assert "-m torch.distributed.run --standalone --nproc-per-node 2 -m fmriflow.train" in out
     assert "--compile" in out and "--batch-size 4" in out
-    block = out[out.index("rule pretrain:"):]
-    resources = next(line for line in block.splitlines() if "resources:" in line)
+    resources = job_resources(out, "pretrain")
     for item in ("gpu=2", "gpu_model=h100", "cpus_per_gpu=4", "runtime=120"):  # (mem_mb is capped by the local profile)
         assert item in resources, resources
 

@@ -45,6 +45,7 @@ ratio has no small rational form.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import math
 import os
@@ -52,7 +53,7 @@ import shutil
 import tempfile
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -207,24 +208,12 @@ def build_dataset(
         raise ValueError(f"'target_tr' must be a positive number of seconds or None; {target_tr!r} was provided")
     if min_coverage_regions is not None:
         min_coverage_regions = _positive_int(min_coverage_regions, "min_coverage_regions")
-    split_table = _check_splits(splits)
+    split_table = check_splits(splits)
     if seed is None and isinstance(splits, pd.DataFrame):
         seed = splits.attrs.get("seed")
     specs = _check_runs(runs, dict(zip(split_table["subject"], split_table["split"])))
-
-    out = Path(out_dir).absolute()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    for suffix in ("tmp", "old"):  # folders a killed build left behind
-        for stale in out.parent.glob(f".{glob.escape(out.name)}.*.{suffix}"):
-            shutil.rmtree(stale, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
+    with building_dir(out_dir) as tmp:
         card = _build(specs, split_table, tmp, window, stride, target_tr, min_coverage_regions, seed)
-        os.chmod(tmp, 0o755)
-        _replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return card
 
 
@@ -370,7 +359,30 @@ def _card(specs, split_table, kept, skipped, index, regions, median, iqr, n_fit,
 # --------------------------------------------------------------------------- reading
 
 
-class RegionWindowDataset(_TorchDataset):
+class MemoryMapped:
+    """Opens the ``.npy`` files named in ``mapped_files`` (under ``self.root``) as memory maps, once per process.
+
+    A pickled copy (a DataLoader worker's) carries no maps and opens its own on first use.
+    """
+
+    mapped_files: tuple[str, ...] = ()
+    _arrays: tuple[np.ndarray, ...] | None = None
+    _pid: int | None = None
+
+    def _open(self) -> tuple[np.ndarray, ...]:
+        if self._arrays is None or self._pid != os.getpid():
+            self._arrays = tuple(np.load(self.root / name, mmap_mode="r") for name in self.mapped_files)
+            self._pid = os.getpid()
+        return self._arrays
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_arrays"] = None  # each process maps the files itself
+        state["_pid"] = None
+        return state
+
+
+class RegionWindowDataset(MemoryMapped, _TorchDataset):
     """The windows of one split of a dataset folder, served from the memory-mapped arrays.
 
     ``ds[i]`` is ``dict(x=float32 tensor (regions, window), region_mask=bool tensor
@@ -387,6 +399,8 @@ class RegionWindowDataset(_TorchDataset):
         "train", "val", "test", or None for every sample.
     """
 
+    mapped_files = (SAMPLES, REGION_MASK)
+
     def __init__(self, root: str | Path, split: str | None = "train"):
         if split is not None and split not in SPLITS:
             raise ValueError(f"'split' must be one of {SPLITS} or None; {split!r} was provided")
@@ -395,8 +409,6 @@ class RegionWindowDataset(_TorchDataset):
         index = read_index(self.root)
         self.index = index if split is None else index[index["split"] == split].reset_index(drop=True)
         self._ids = self.index["sample"].to_numpy(dtype=np.int64)
-        self._arrays: tuple[np.ndarray, np.ndarray] | None = None
-        self._pid: int | None = None
 
     def __len__(self) -> int:
         return len(self._ids)
@@ -412,12 +424,6 @@ class RegionWindowDataset(_TorchDataset):
             "index": sample,
         }
 
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_arrays"] = None  # each process maps the files itself
-        state["_pid"] = None
-        return state
-
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self.root)!r}, split={self.split!r}, samples={len(self)})"
 
@@ -425,11 +431,6 @@ class RegionWindowDataset(_TorchDataset):
     def subjects(self) -> list[str]:
         return sorted(self.index["subject"].unique())
 
-    def _open(self) -> tuple[np.ndarray, np.ndarray]:
-        if self._arrays is None or self._pid != os.getpid():
-            self._arrays = (np.load(self.root / SAMPLES, mmap_mode="r"), np.load(self.root / REGION_MASK, mmap_mode="r"))
-            self._pid = os.getpid()
-        return self._arrays
 
 
 def load_card(root: str | Path) -> dict[str, Any]:
@@ -530,7 +531,8 @@ def _controlled_rounding(sizes: np.ndarray, totals: np.ndarray, rng: np.random.G
     return np.round(result.x).astype(int).reshape(n_strata, n_splits)
 
 
-def _check_splits(splits: pd.DataFrame | str | Path) -> pd.DataFrame:
+def check_splits(splits: pd.DataFrame | str | Path) -> pd.DataFrame:
+    """A subject -> split table (DataFrame or ``splits.tsv``) checked: bare labels, known splits, no repeats."""
     path = None if isinstance(splits, pd.DataFrame) else Path(splits)
     table = read_splits(path) if path is not None else splits
     missing = {"subject", "split"} - set(table.columns)
@@ -548,8 +550,6 @@ def _check_splits(splits: pd.DataFrame | str | Path) -> pd.DataFrame:
 
 
 def _check_runs(runs: Sequence[Mapping[str, Any]], split_of: dict[str, str]) -> list[dict[str, Any]]:
-    from .naming import subject_of
-
     specs = []
     for number, run in enumerate(runs):
         missing = {"run", "tr", "timeseries"} - set(run)
@@ -557,9 +557,7 @@ def _check_runs(runs: Sequence[Mapping[str, Any]], split_of: dict[str, str]) -> 
             raise InputError(None, f"run #{number} lacks {sorted(missing)} (needs run, subject, tr, timeseries)")
         series = run["timeseries"]
         name = str(run["run"]) if isinstance(series, pd.DataFrame) else str(series)
-        subject = _bare(run.get("subject") or subject_of(str(run["run"])))
-        if subject not in split_of:
-            raise InputError(name, f"subject '{subject}' of run {run['run']} has no split in the splits table")
+        subject = run_subject(run, split_of, name)
         try:
             tr = float(run["tr"])
         except (TypeError, ValueError):
@@ -568,11 +566,25 @@ def _check_runs(runs: Sequence[Mapping[str, Any]], split_of: dict[str, str]) -> 
             raise InputError(name, f"TR must be a positive number of seconds, got {run['tr']!r}")
         specs.append({"run": str(run["run"]), "subject": subject, "split": split_of[subject], "tr": tr,
                       "timeseries": series, "name": name})
+    return in_split_order(specs)
+
+
+def run_subject(run: Mapping[str, Any], split_of: Mapping[str, str], name: str) -> str:
+    """A run's bare subject label (its ``subject``, else from the run key); the subject must have a split."""
+    from .naming import subject_of
+
+    subject = _bare(run.get("subject") or subject_of(str(run["run"])))
+    if subject not in split_of:
+        raise InputError(name, f"subject '{subject}' of run {run['run']} has no split in the splits table")
+    return subject
+
+
+def in_split_order(specs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Run specs with train, val and test in contiguous blocks, runs in key order inside; no run twice."""
     keys = [s["run"] for s in specs]
     repeated = sorted({k for k in keys if keys.count(k) > 1})
     if repeated:
         raise InputError(None, f"runs listed more than once: {repeated[:10]}")
-    # Splits form contiguous blocks of samples; within a split, runs in key order.
     return sorted(specs, key=lambda s: (SPLITS.index(s["split"]), s["run"]))
 
 
@@ -716,7 +728,25 @@ def _reserve(path: Path) -> None:
         os.posix_fallocate(fh.fileno(), 0, os.fstat(fh.fileno()).st_size)
 
 
-def _replace_dir(new: Path, out: Path) -> None:
+@contextlib.contextmanager
+def building_dir(out_dir: str | Path) -> Iterator[Path]:
+    """A hidden temporary folder beside ``out_dir``: renamed onto it if the block succeeds, removed if not."""
+    out = Path(out_dir).absolute()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for suffix in ("tmp", "old"):  # folders a killed build left behind
+        for stale in out.parent.glob(f".{glob.escape(out.name)}.*.{suffix}"):
+            shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o755)
+        replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def replace_dir(new: Path, out: Path) -> None:
     """Rename ``new`` onto ``out``; an existing ``out`` is moved aside first, then removed."""
     if not out.exists():
         os.replace(new, out)

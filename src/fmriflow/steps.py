@@ -293,6 +293,18 @@ def dataset_step(runs: Sequence[str], timeseries: Sequence[str], participants: s
         logging.getLogger("fmriflow").warning("%s is left out of the dataset: %s", run["run"], run["reason"])
 
 
+def voxel_dataset_step(runs: Sequence[str], bolds: Sequence[str], masks: Sequence[str], splits: str, geometry: str,
+                       out_card: str, config: Config) -> None:
+    """4-D volumes z-scored in the brain mask on a model's grid ("96x96x96"), with the region dataset's splits."""
+    from .voxel_dataset import build_voxel_dataset
+
+    shape = tuple(int(n) for n in geometry.split("x"))
+    specs = [{"run": run, "subject": subject_of(run), "bold": bold, "mask": mask}
+             for run, bold, mask in zip(runs, bolds, masks)]
+    # the card records the inputs with their sha256 (its Provenance field)
+    build_voxel_dataset(specs, splits, Path(out_card).parent, shape=shape, dtype=config["voxel"]["dtype"])
+
+
 def _read_sidecar(path: str) -> dict:
     from .io import read_json
     from .provenance import sidecar_path

@@ -1,4 +1,11 @@
-"""Pretraining of the region-level foundation model (BrainLM-style masked autoencoder).
+"""Training of fmriflow's models: one loop for every model family (a *task*).
+
+Tasks (``--task``): ``brainlm`` pretrains the region-level masked autoencoder (the default);
+``neurostorm-mae`` pretrains NeuroSTORM on 4-D windows; ``brainmt`` trains BrainMT on a
+participants.tsv column; ``neurostorm`` prompt-tunes a pretrained NeuroSTORM on one
+(``fmriflow.voxel_tasks`` builds the voxel ones). A task supplies the model, the train and
+validation datasets, the loss of a batch and how much masking noise a batch needs; the loop
+below is shared.
 
 One entry point for one process, several GPUs (``torchrun --nproc-per-node N``) and several
 nodes (``srun torchrun ...``): DDP starts when ``torchrun`` sets ``RANK``. Training is exactly
@@ -8,6 +15,8 @@ follows the same trajectory as an uninterrupted one. SIGTERM / SIGUSR1 (SLURM's 
 a time limit or preemption) write a checkpoint and stop; rerunning the same command continues.
 
     python -m fmriflow.train --dataset DIR --coords LUT.tsv --out DIR [--model tiny] [--max-steps N] ...
+    python -m fmriflow.train --task brainmt --dataset VOXELS --participants participants.tsv --target age \
+        --target-kind regression --out DIR --model tiny --window 20 ...
 """
 
 from __future__ import annotations
@@ -39,12 +48,17 @@ from .provenance import write_sidecar
 CHECKPOINT = "checkpoint.pt"
 
 
+TASKS = ("brainlm", "neurostorm-mae", "brainmt", "neurostorm")
+TARGET_KINDS = ("classification", "regression")
+
+
 @dataclass
 class TrainConfig:
-    dataset: str  # folder written by fmriflow.dataset.build_dataset
-    coords: str  # atlas look-up TSV with x, y, z columns (region order of the dataset)
-    out: str  # run folder: checkpoint, metrics.csv, final encoder
-    model: str = "tiny"  # a name from fmriflow.models.brainlm's registry
+    dataset: str  # folder written by fmriflow.dataset.build_dataset (voxel tasks: fmriflow.voxel_dataset)
+    out: str  # run folder: checkpoint, metrics.csv, final model
+    task: str = "brainlm"  # one of TASKS
+    coords: str = ""  # brainlm: atlas look-up TSV with x, y, z columns (region order of the dataset)
+    model: str = "tiny"  # a config name of the task's model (e.g. fmriflow.models.brainlm.CONFIGS)
     batch_size: int = 8  # global batch per optimiser step, split evenly across ranks
     max_steps: int = 200
     lr: float = 3e-4  # peak learning rate
@@ -60,6 +74,21 @@ class TrainConfig:
     num_workers: int = 2
     seed: int = 0
     compile: bool = False
+    # voxel tasks
+    window: int = 0  # frames per sample; 0: the model's max_frames
+    stride: int = 0  # frames between window starts; 0: the window
+    participants: str = ""  # brainmt / neurostorm: participants.tsv with the target column
+    target: str = ""  # the column to predict
+    target_kind: str = "classification"  # classification (cross-entropy) | regression (MSE on the standardised target)
+    init_from: str = ""  # neurostorm: model.pt of neurostorm-mae pretraining, whose encoder is loaded and frozen
+    prompt_len: int = 4  # neurostorm: prompt tokens per block
+    grad_checkpoint: bool = False  # recompute blocks in the backward pass (voxel models)
+
+    def __post_init__(self):
+        if self.task not in TASKS:
+            raise ValueError(f"'task' must be one of {TASKS}; {self.task!r} was provided")
+        if self.target_kind not in TARGET_KINDS:
+            raise ValueError(f"'target_kind' must be one of {TARGET_KINDS}; {self.target_kind!r} was provided")
 
     @classmethod
     def from_args(cls, argv: list[str] | None = None) -> "TrainConfig":
@@ -176,11 +205,48 @@ class _Stop:
         self.signum = signum
 
 
-def train(cfg: TrainConfig, should_stop: Callable[[int], bool] | None = None) -> dict[str, Any]:
-    """Train (or resume) to ``cfg.max_steps``; ``should_stop(step)`` acts like a signal (tests, budgets)."""
+@dataclass
+class Task:
+    """What the loop needs from a model family; built by ``build_task``."""
+
+    model: torch.nn.Module
+    train_set: torch.utils.data.Dataset
+    val_set: torch.utils.data.Dataset
+    loss: Callable[[torch.nn.Module, dict, torch.Tensor | None], torch.Tensor]  # (model or DDP, batch, noise) -> ()
+    n_noise: Callable[[torch.Tensor], int]  # masking noise values per sample for a batch's x (0: none)
+    info: dict[str, Any] = dataclasses.field(default_factory=dict)  # more entries of model.pt
+
+
+def build_task(cfg: TrainConfig) -> Task:
+    """The model, data and loss of ``cfg.task``."""
+    if cfg.task == "brainlm":
+        return _brainlm_task(cfg)
+    from .voxel_tasks import build_voxel_task
+
+    return build_voxel_task(cfg)
+
+
+def _brainlm_task(cfg: TrainConfig) -> Task:
     from .dataset import RegionWindowDataset
     from .io import read_tsv
     from .models.brainlm import create_model
+
+    if not cfg.coords:
+        raise ValueError("task brainlm needs --coords (the atlas look-up TSV with x, y, z)")
+    lut = read_tsv(cfg.coords)
+    model = create_model(cfg.model, torch.tensor(lut[["x", "y", "z"]].to_numpy(dtype=np.float32)))
+    return Task(
+        model=model,
+        train_set=RegionWindowDataset(cfg.dataset, "train"),
+        val_set=RegionWindowDataset(cfg.dataset, "val"),
+        loss=lambda m, batch, noise: m(batch["x"], noise=noise).loss,
+        n_noise=lambda x: model.n_tokens(x.shape[1], x.shape[2]),
+    )
+
+
+def train(cfg: TrainConfig, should_stop: Callable[[int], bool] | None = None) -> dict[str, Any]:
+    """Train (or resume) to ``cfg.max_steps``; ``should_stop(step)`` acts like a signal (tests, budgets)."""
+    from .models.ssm import backend_of
 
     ddp = setup_distributed()
     if cfg.batch_size % ddp.world:
@@ -191,17 +257,23 @@ def train(cfg: TrainConfig, should_stop: Callable[[int], bool] | None = None) ->
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    lut = read_tsv(cfg.coords)
-    coords = torch.tensor(lut[["x", "y", "z"]].to_numpy(dtype=np.float32))
-    model = create_model(cfg.model, coords).to(ddp.device)
+    task = build_task(cfg)
+    model = task.model.to(ddp.device)
     bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and ddp.device.type == "cuda")
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    params = [p for p in model.parameters() if p.requires_grad]
+    # matrices decay; biases, norms and what a model marks (_no_weight_decay: SSM A_log and D, embeddings) do not
+    decay = [p for p in params if p.ndim >= 2 and not getattr(p, "_no_weight_decay", False)]
+    no_decay = [p for p in params if p.ndim < 2 or getattr(p, "_no_weight_decay", False)]
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=cfg.lr, betas=cfg.betas, fused=ddp.device.type == "cuda",
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_at(s, cfg) / cfg.lr)
+    info = {"task": cfg.task, "model_name": cfg.model, "mamba_backend": backend_of(model), **task.info}
+    if ddp.master:
+        print(f"fmriflow-train: task {cfg.task}, model {cfg.model}, {sum(p.numel() for p in model.parameters())} "
+              f"parameters ({sum(p.numel() for p in params)} trainable), Mamba path {info['mamba_backend']}, "
+              f"{ddp.world} process(es) on {ddp.device.type}, {'bf16' if bf16 else 'fp32'}", file=sys.stderr)
 
     step = 0
     checkpoint = out / CHECKPOINT
@@ -216,30 +288,31 @@ def train(cfg: TrainConfig, should_stop: Callable[[int], bool] | None = None) ->
     if cfg.compile:
         trainable = torch.compile(trainable, dynamic=False)  # dynamic shapes broke inductor backward (torch 2.11)
 
-    train_set = RegionWindowDataset(cfg.dataset, "train")
-    val_set = RegionWindowDataset(cfg.dataset, "val")
+    train_set, val_set = task.train_set, task.val_set
     local = cfg.batch_size // ddp.world
     stop = _Stop()
     metrics = _Metrics(out / "train_log.csv", ddp.master, resume_step=step)
     loss_sum = torch.zeros((), device=ddp.device)
     t0, seen = time.perf_counter(), 0
-    n_tokens = None
+    n_noise = None
 
     if step == 0:  # the untrained model's validation loss: the baseline the curve starts from
-        metrics.write(step=0, val_loss=evaluate(model, val_set, cfg, ddp, bf16))
+        metrics.write(step=0, val_loss=evaluate(model, task, cfg, ddp, bf16))
     loader = torch.utils.data.DataLoader(
         train_set, batch_sampler=_RankBatches(len(train_set), cfg, ddp, step), num_workers=cfg.num_workers,
         pin_memory=ddp.device.type == "cuda", persistent_workers=False, worker_init_fn=_ignore_stop_signals,
     )
     for batch in loader:
-        x = batch["x"].to(ddp.device, non_blocking=True)
-        if n_tokens is None:
-            n_tokens = model.n_tokens(x.shape[1], x.shape[2])
-        noise = mask_noise(cfg.seed, step, cfg.batch_size, n_tokens, ddp.device)[ddp.rank * local:(ddp.rank + 1) * local]
+        batch = _to_device(batch, ddp.device)
+        if n_noise is None:
+            n_noise = task.n_noise(batch["x"])
+        noise = None
+        if n_noise:
+            noise = mask_noise(cfg.seed, step, cfg.batch_size, n_noise, ddp.device)[ddp.rank * local:(ddp.rank + 1) * local]
         with torch.autocast(ddp.device.type, dtype=torch.bfloat16, enabled=bf16):
-            loss = trainable(x, noise=noise).loss
+            loss = task.loss(trainable, batch, noise)
         loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -257,7 +330,7 @@ def train(cfg: TrainConfig, should_stop: Callable[[int], bool] | None = None) ->
             loss_sum.zero_()
             t0, seen = time.perf_counter(), 0
         if step % cfg.eval_every == 0 or step == cfg.max_steps:
-            metrics.write(step=step, val_loss=evaluate(model, val_set, cfg, ddp, bf16))
+            metrics.write(step=step, val_loss=evaluate(model, task, cfg, ddp, bf16))
         interrupted = stop.signum is not None or (should_stop is not None and should_stop(step))
         if ddp.world > 1:  # every rank must agree to stop at the same step
             flag = torch.tensor(float(interrupted), device=ddp.device)
@@ -274,8 +347,8 @@ def train(cfg: TrainConfig, should_stop: Callable[[int], bool] | None = None) ->
         # checkpoint are not outputs, so a failed job's cleanup never deletes them).
         with atomic_path(out / "metrics.csv") as tmp:
             shutil.copyfile(out / "train_log.csv", tmp)
-        _save({"model": model.state_dict(), "model_name": cfg.model, "config": dataclasses.asdict(cfg),
-               "model_config": dataclasses.asdict(model.config)}, out / "model.pt")
+        _save({"model": model.state_dict(), "config": dataclasses.asdict(cfg),
+               "model_config": dataclasses.asdict(model.config), **info}, out / "model.pt")
         inputs = [Path(cfg.dataset) / "dataset_card.json", cfg.coords]  # the card holds the dataset's checksums
         for artefact in (out / "metrics.csv", out / "model.pt"):
             write_sidecar(artefact, "pretrain", inputs, parameters=dataclasses.asdict(cfg))
@@ -285,19 +358,27 @@ def train(cfg: TrainConfig, should_stop: Callable[[int], bool] | None = None) ->
     return result
 
 
+def _to_device(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
 @torch.no_grad()
-def evaluate(model, dataset, cfg: TrainConfig, ddp: Dist, bf16: bool, max_batches: int = 8) -> float:
-    """Masked-patch MSE on the validation split with fixed masks (the same every evaluation)."""
+def evaluate(model, task: Task, cfg: TrainConfig, ddp: Dist, bf16: bool, max_batches: int = 8) -> float:
+    """The task's loss on the validation split with fixed masking noise (the same every evaluation)."""
+    dataset = task.val_set
     if len(dataset) == 0:
         return float("nan")
+    from torch.utils.data import default_collate
+
     model.eval()
     losses = []
     for b in range(min(max_batches, math.ceil(len(dataset) / cfg.batch_size))):
         idx = range(b * cfg.batch_size, min(len(dataset), (b + 1) * cfg.batch_size))
-        x = torch.stack([dataset[i]["x"] for i in idx]).to(ddp.device)
-        noise = mask_noise(cfg.seed + 1, b, len(idx), model.n_tokens(x.shape[1], x.shape[2]), ddp.device)
+        batch = _to_device(default_collate([dataset[i] for i in idx]), ddp.device)
+        n_noise = task.n_noise(batch["x"])
+        noise = mask_noise(cfg.seed + 1, b, len(idx), n_noise, ddp.device) if n_noise else None
         with torch.autocast(ddp.device.type, dtype=torch.bfloat16, enabled=bf16):
-            losses.append(model(x, noise=noise).loss.float())
+            losses.append(task.loss(model, batch, noise).float())
     model.train()
     return float(torch.stack(losses).mean())
 

@@ -1,5 +1,6 @@
 # Model-ready dataset and foundation-model pretraining (GPU on SLURM, CPU for the demo).
 
+import shlex
 import sys
 
 PRETRAIN = config["pretrain"]
@@ -7,21 +8,37 @@ DATASET_DIR = f"{OUT}/dataset/atlas-{ATLAS}"
 PRETRAIN_DIR = f"{OUT}/pretrain/{PRETRAIN['model']}"
 
 
-def pretrain_resources():
-    """SLURM resources through the executor plugin's gpu / gpu_model / cpus_per_gpu keys."""
-    resources = {"mem_mb": PRETRAIN["mem_mb"], "runtime": PRETRAIN["runtime"]}
-    if PRETRAIN["gpus"]:
-        resources.update(gpu=PRETRAIN["gpus"], cpus_per_gpu=PRETRAIN["cpus_per_gpu"])
-        if PRETRAIN["gpu_model"]:
-            resources["gpu_model"] = PRETRAIN["gpu_model"]
+def gpu_resources(section):
+    """SLURM resources of a training section through the executor plugin's gpu / gpu_model / cpus_per_gpu keys."""
+    resources = {"mem_mb": section["mem_mb"], "runtime": section["runtime"]}
+    if section["gpus"]:
+        resources.update(gpu=section["gpus"], cpus_per_gpu=section["cpus_per_gpu"])
+        if section["gpu_model"]:
+            resources["gpu_model"] = section["gpu_model"]
     return resources
 
 
-def train_launcher():
+def train_launcher(section):
     """torchrun with one process per GPU; plain python on the CPU (the interpreter running Snakemake)."""
-    if PRETRAIN["gpus"] == 0:
+    if section["gpus"] == 0:
         return sys.executable
-    return f"{sys.executable} -m torch.distributed.run --standalone --nproc-per-node {PRETRAIN['gpus']}"
+    return f"{sys.executable} -m torch.distributed.run --standalone --nproc-per-node {section['gpus']}"
+
+
+def train_threads(section):
+    return section["gpus"] * section["cpus_per_gpu"] if section["gpus"] else 2
+
+
+def cli_options(options):
+    """``--key value`` for each item (``--key`` / ``--no-key`` for booleans), shell-quoted."""
+    words = []
+    for key, value in options.items():
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            words.append(flag if value else "--no-" + key.replace("_", "-"))
+        else:
+            words += [flag, shlex.quote(str(value))]
+    return " ".join(words)
 
 
 rule dataset:
@@ -48,18 +65,15 @@ rule pretrain:
         model=f"{PRETRAIN_DIR}/model.pt",
         metrics=f"{PRETRAIN_DIR}/metrics.csv",
     params:
-        launcher=train_launcher(),
+        launcher=train_launcher(PRETRAIN),
         out=PRETRAIN_DIR,
         dataset=DATASET_DIR,
-        options=" ".join(
-            f"--{key.replace('_', '-')} {PRETRAIN[key]}"
-            for key in ("model", "batch_size", "max_steps", "lr", "warmup_steps", "checkpoint_every", "precision", "seed",
-                        "num_workers")
-        )
-        + (" --compile" if PRETRAIN["compile"] else ""),
-    threads: max(1, PRETRAIN["gpus"]) * PRETRAIN["cpus_per_gpu"] if PRETRAIN["gpus"] else 2
+        options=cli_options({key: PRETRAIN[key] for key in ("model", "batch_size", "max_steps", "lr", "warmup_steps",
+                                                             "checkpoint_every", "precision", "seed", "num_workers",
+                                                             "compile")}),
+    threads: train_threads(PRETRAIN)
     resources:
-        **pretrain_resources(),
+        **gpu_resources(PRETRAIN),
     log:
         f"{LOGS}/pretrain/{PRETRAIN['model']}.log",
     shell:

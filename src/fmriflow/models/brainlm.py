@@ -41,12 +41,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .layers import ATTENTIONS, INIT_STD, Attention, Block, MLP, sincos_encoding, trunc_normal_  # noqa: F401
+
 POOLS = ("mean", "cls")
-ATTENTIONS = ("sdpa", "eager")
-INIT_STD = 0.02  # Linear weights: normal(0, INIT_STD) truncated at 2 standard deviations
 
 
 @dataclass
@@ -100,58 +99,6 @@ class BrainLMOutput:
 # building blocks
 
 
-class Attention(nn.Module):
-    """Multi-head self-attention: ``F.scaled_dot_product_attention``, or the same in plain ops (``eager``)."""
-
-    def __init__(self, dim: int, n_heads: int, dropout: float, kind: str = "sdpa"):
-        super().__init__()
-        self.n_heads = n_heads
-        self.dropout = dropout
-        self.kind = kind
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.proj = nn.Linear(dim, dim)
-        self.proj_drop = nn.Dropout(dropout)
-
-    def forward(self, x: Tensor) -> Tensor:
-        B, L, C = x.shape
-        qkv = self.qkv(x).view(B, L, 3, self.n_heads, C // self.n_heads)  # (B, L, 3, heads, d)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, heads, L, d)
-        p = self.dropout if self.training else 0.0
-        if self.kind == "sdpa":
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=p)  # (B, heads, L, d)
-        else:
-            weights = (q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5).softmax(dim=-1)  # (B, heads, L, L)
-            y = F.dropout(weights, p) @ v  # (B, heads, L, d)
-        y = y.transpose(1, 2).reshape(B, L, C)  # (B, L, C)
-        return self.proj_drop(self.proj(y))  # (B, L, C)
-
-
-class MLP(nn.Module):
-    def __init__(self, dim: int, hidden: int, dropout: float):
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.fc2 = nn.Linear(hidden, dim)
-        self.drop = nn.Dropout(dropout)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.drop(self.fc2(F.gelu(self.fc1(x))))  # (B, L, dim)
-
-
-class Block(nn.Module):
-    """Pre-LN transformer block: x + attn(ln(x)), then x + mlp(ln(x))."""
-
-    def __init__(self, dim: int, n_heads: int, mlp_ratio: float, dropout: float, eps: float, attention: str):
-        super().__init__()
-        self.ln1 = nn.LayerNorm(dim, eps=eps)
-        self.attn = Attention(dim, n_heads, dropout, attention)
-        self.ln2 = nn.LayerNorm(dim, eps=eps)
-        self.mlp = MLP(dim, int(dim * mlp_ratio), dropout)
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = x + self.attn(self.ln1(x))  # (B, L, dim)
-        return x + self.mlp(self.ln2(x))  # (B, L, dim)
-
-
 class PositionEmbedding(nn.Module):
     """Region xyz (Fourier features -> Linear) plus patch index (fixed sine-cosine), one row per token."""
 
@@ -170,15 +117,6 @@ class PositionEmbedding(nn.Module):
         region = self.coord_proj(features.to(self.coord_proj.weight.dtype))  # (R, dim)
         time = self.time[:n_patches]  # (N, dim)
         return (region[:, None, :] + time[None, :, :]).flatten(0, 1)  # (R*N, dim), region-major
-
-
-def sincos_encoding(n_positions: int, dim: int) -> Tensor:
-    """Fixed sine-cosine encoding ``(n_positions, dim)``: sin in the first half, cos in the second."""
-    half = dim // 2
-    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32) / max(half, 1))
-    angles = torch.arange(n_positions, dtype=torch.float32)[:, None] * freqs[None, :]  # (n, half)
-    enc = torch.cat([angles.sin(), angles.cos()], dim=1)  # (n, 2*half)
-    return F.pad(enc, (0, dim - 2 * half))  # (n, dim): a zero column when dim is odd
 
 
 # ---------------------------------------------------------------------------------------------
@@ -233,15 +171,15 @@ class BrainLM(nn.Module):
 
     def _init_weights(self, module: nn.Module):
         if isinstance(module, nn.Linear):
-            _trunc_normal(module.weight)
+            trunc_normal_(module.weight)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
         elif isinstance(module, nn.LayerNorm):
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
         elif isinstance(module, BrainLM):
-            _trunc_normal(module.cls_token)
-            _trunc_normal(module.mask_token)
+            trunc_normal_(module.cls_token)
+            trunc_normal_(module.mask_token)
 
     def num_params(self, trainable_only: bool = False) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
@@ -362,10 +300,6 @@ class BrainLM(nn.Module):
         if T % P or not 0 < T // P <= self.max_patches:
             raise ValueError(f"'x' must have a multiple of patch_size={P} timepoints, at most "
                              f"max_timepoints={self.config.max_timepoints}; got {T}")
-
-
-def _trunc_normal(tensor: Tensor):
-    nn.init.trunc_normal_(tensor, std=INIT_STD, a=-2 * INIT_STD, b=2 * INIT_STD)
 
 
 def _check_mask_ratio(mask_ratio: float) -> float:

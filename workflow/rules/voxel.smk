@@ -1,0 +1,103 @@
+# Voxel-level Mamba models on 4-D BOLD: datasets on each model's grid, NeuroSTORM masked
+# pretraining, and fine-tuning of BrainMT / prompt tuning of NeuroSTORM on a participants column.
+# Off unless voxel.enabled (GPU-sized work); each rule can also be asked for by name.
+
+VOXEL = config["voxel"]
+VOXEL_GRID = {"brainmt": "91x109x91", "neurostorm": "96x96x96"}  # each model's input grid (X x Y x Z)
+VOXEL_TARGET = VOXEL["target"]
+
+
+def voxel_dataset_dir(geometry):
+    return f"{OUT}/dataset/voxel-{geometry}"
+
+
+def voxel_finetune_dir(model):
+    return f"{OUT}/voxel/{model}_target-{VOXEL_TARGET}"
+
+
+def voxel_train_options(task, section, **extra):
+    """Command-line options of fmriflow.train for one voxel model."""
+    keys = ("model", "window", "stride", "batch_size", "max_steps", "lr")
+    shared = ("warmup_steps", "checkpoint_every", "precision", "seed", "num_workers", "grad_checkpoint")
+    return cli_options({"task": task, **{k: section[k] for k in keys}, **{k: VOXEL[k] for k in shared}, **extra})
+
+
+def voxel_finetune_input(wildcards):
+    inputs = {"card": f"{voxel_dataset_dir(VOXEL_GRID[wildcards.model])}/dataset_card.json",
+              "participants": f"{BIDS_DIR}/participants.tsv"}
+    if wildcards.model == "neurostorm":
+        inputs["pretrained"] = rules.voxel_pretrain.output.model
+    return inputs
+
+
+def voxel_outputs():
+    return [f"{voxel_finetune_dir(m)}/model.pt" for m in VOXEL["models"]] if VOXEL["enabled"] else []
+
+
+rule voxel_dataset:
+    """Each run z-scored in its brain mask, background at the minimum, cropped / padded to the grid, memory-mapped."""
+    input:
+        bold=[grid(r, desc="preproc", suffix="bold", extension=".nii.gz") for r in RUNS],
+        mask=[grid(r, desc="brain", suffix="mask", extension=".nii.gz") for r in RUNS],
+        region_dataset=rules.dataset.output.card,  # its splits.tsv: both levels split subjects alike
+    output:
+        card=f"{voxel_dataset_dir('{geometry}')}/dataset_card.json",
+    params:
+        runs=list(RUNS),
+        splits=f"{DATASET_DIR}/splits.tsv",
+    wildcard_constraints:
+        geometry="|".join(VOXEL_GRID.values()),
+    resources:
+        mem_mb=VOXEL["dataset_mem_mb"],
+    log:
+        f"{LOGS}/voxel_dataset/{{geometry}}.log",
+    script:
+        "../scripts/voxel_dataset.py"
+
+
+rule voxel_pretrain:
+    """NeuroSTORM masked pretraining (window masking, redundancy dropout); resumes from its checkpoint."""
+    input:
+        card=f"{voxel_dataset_dir(VOXEL_GRID['neurostorm'])}/dataset_card.json",
+    output:
+        model=f"{OUT}/voxel/neurostorm-mae/model.pt",
+        metrics=f"{OUT}/voxel/neurostorm-mae/metrics.csv",
+    params:
+        launcher=train_launcher(VOXEL),
+        dataset=voxel_dataset_dir(VOXEL_GRID["neurostorm"]),
+        out=f"{OUT}/voxel/neurostorm-mae",
+        options=voxel_train_options("neurostorm-mae", VOXEL["pretrain"]),
+    threads: train_threads(VOXEL)
+    resources:
+        **gpu_resources(VOXEL),
+    log:
+        f"{LOGS}/voxel_pretrain/neurostorm-mae.log",
+    shell:
+        "{params.launcher} -m fmriflow.train --dataset {params.dataset} --out {params.out} {params.options} > {log} 2>&1"
+
+
+rule voxel_finetune:
+    """BrainMT trained on the target column, or NeuroSTORM prompt-tuned on it (pretrained encoder frozen)."""
+    input:
+        unpack(voxel_finetune_input),
+    output:
+        model=f"{voxel_finetune_dir('{model}')}/model.pt",
+        metrics=f"{voxel_finetune_dir('{model}')}/metrics.csv",
+    params:
+        launcher=train_launcher(VOXEL),
+        dataset=lambda wc: voxel_dataset_dir(VOXEL_GRID[wc.model]),
+        out=lambda wc: voxel_finetune_dir(wc.model),
+        options=lambda wc, input: voxel_train_options(
+            wc.model, VOXEL[wc.model], target=VOXEL_TARGET, target_kind=VOXEL["target_kind"],
+            **({"prompt_len": VOXEL["neurostorm"]["prompt_len"], "init_from": input.pretrained}
+               if wc.model == "neurostorm" else {})),
+    wildcard_constraints:
+        model="brainmt|neurostorm",
+    threads: train_threads(VOXEL)
+    resources:
+        **gpu_resources(VOXEL),
+    log:
+        f"{LOGS}/voxel_finetune/{{model}}_target-{VOXEL_TARGET}.log",
+    shell:
+        "{params.launcher} -m fmriflow.train --dataset {params.dataset} --participants {input.participants}"
+        " --out {params.out} {params.options} > {log} 2>&1"
