@@ -132,8 +132,8 @@ def test_good_subjects_complete_despite_failures(matrix):
     for s in (GOOD, SHORT_SUBJECT):
         files = _run_files(results, s)
         artefacts = [f for f in files if f.suffix != ".json"]
-        # qc, BOLD and mask on the grid, denoised BOLD, time series, coverage, FC as TSV and NPY
-        assert len(artefacts) == 8, [f.name for f in files]
+        # qc, BOLD and mask on the grid, denoised BOLD and its QC row, time series, coverage, FC as TSV and NPY
+        assert len(artefacts) == 9, [f.name for f in files]
         for path in artefacts:  # each with its own checksum in its sidecar
             record = json.loads(path.with_name(path.name.split(".")[0] + ".json").read_text())["Provenance"]
             described = {o["path"]: o["sha256"] for o in [record["Output"], *record.get("Outputs", [])]}
@@ -250,4 +250,4 @@ def test_config_rejected_by_schema_lists_every_key(matrix):
     assert f"{base / 'config.yaml'}, config/config.yaml: 3 config value(s) rejected by config.schema.yaml:" in out
     assert "dataset.window: 5 is less than the minimum of 20" in out
     assert "dataset: Additional properties are not allowed ('strid' was unexpected) (allowed: fractions, seed," in out
-    assert "denoise.strategy: 'aggressive' is not one of ['simple', 'scrubbing', 'compcor', 'ica_aroma']" in out
+    assert "denoise.strategy: 'aggressive' is not one of ['24P', '27P', '36P', 'acompcor', 'acompcor_gsr', 'gsr_only', 'none']" in out

@@ -349,7 +349,9 @@ def train(cfg: TrainConfig, should_stop: Callable[[int], bool] | None = None) ->
             shutil.copyfile(out / "train_log.csv", tmp)
         _save({"model": model.state_dict(), "config": dataclasses.asdict(cfg),
                "model_config": dataclasses.asdict(model.config), **info}, out / "model.pt")
-        inputs = [Path(cfg.dataset) / "dataset_card.json", cfg.coords]  # the card holds the dataset's checksums
+        # the card holds the dataset's checksums; the other inputs are set per task (voxel tasks have no coords)
+        inputs = [Path(cfg.dataset) / "dataset_card.json",
+                  *(p for p in (cfg.coords, cfg.participants, cfg.init_from) if p)]
         for artefact in (out / "metrics.csv", out / "model.pt"):
             write_sidecar(artefact, "pretrain", inputs, parameters=dataclasses.asdict(cfg))
     if ddp.world > 1:

@@ -10,8 +10,11 @@ def finetune_setups():
     from fmriflow.finetune.cohort import load_cohort, setup_names
 
     participants = f"{BIDS_DIR}/participants.tsv"
-    cohort = load_cohort(participants, FINETUNE["target"], FINETUNE["task"], FINETUNE["missing_labels"],
-                         subjects=sorted({naming.subject_of(r) for r in RUNS}))
+    try:
+        cohort = load_cohort(participants, FINETUNE["target"], FINETUNE["task"], FINETUNE["missing_labels"],
+                             subjects=sorted({naming.subject_of(r) for r in RUNS}))
+    except Exception:  # a broken table is reported, naming the problem, by the jobs that read it
+        return ["agnostic"]
     names = setup_names(cohort, FINETUNE["drug_column"], FINETUNE["site_column"])
     return [n for n in names if n.split("-")[0] in FINETUNE["setups"]]
 

@@ -15,15 +15,18 @@ repeat reshuffles with its own seed.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import StratifiedKFold, train_test_split
+from sklearn.model_selection import KFold, StratifiedKFold, train_test_split
 
 from ..errors import InputError
 from ..io import read_tsv
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -97,19 +100,26 @@ def folds(cohort: Cohort, setup: str, k: int, seed: int, drug_column: str | None
     elif setup != "agnostic":
         raise ValueError(f"unknown set-up {setup!r}")
     strata = _stratify(labels, cohort.task)
-    n_splits = min(k, int(np.bincount(strata).min()))
-    if n_splits < 2:
-        raise InputError(None, f"set-up {setup!r}: too few subjects per class for {k}-fold CV ({len(labels)} subjects)")
-    splitter = StratifiedKFold(n_splits, shuffle=True, random_state=seed)
     subjects = labels.index.to_numpy()
+    if len(subjects) < 2:
+        raise InputError(None, f"set-up {setup!r}: {len(subjects)} labelled subject(s), too few to cross-validate")
+    n_splits = min(k, int(np.bincount(strata).min()))
+    if n_splits < 2:  # a class with one subject: unstratified folds (the log says so; scores are near chance)
+        log.warning("set-up %s: a class has fewer than 2 subjects; folds are not stratified", setup)
+        splitter = KFold(min(k, len(subjects)), shuffle=True, random_state=seed)
+    else:
+        splitter = StratifiedKFold(n_splits, shuffle=True, random_state=seed)
     return [(sorted(subjects[tr]), sorted(subjects[te])) for tr, te in splitter.split(subjects, strata)]
 
 
 def inner_split(cohort: Cohort, train: list[str], fraction: float, seed: int) -> tuple[list[str], list[str]]:
     """Training subjects -> (fit, validation) for early stopping, stratified where possible."""
+    if len(train) < 2:  # nothing to hold out: stop on the training subject itself (logged)
+        log.warning("only %d training subject(s): early stopping watches the training loss", len(train))
+        return list(train), list(train)
     labels = cohort.labels.loc[train]
     strata = _stratify(labels, cohort.task)
-    n_val = max(1, int(round(fraction * len(train))))
+    n_val = min(len(train) - 1, max(1, int(round(fraction * len(train)))))
     ok = np.bincount(strata).min() >= 2 and n_val >= len(np.unique(strata))
     fit, val = train_test_split(np.asarray(train), test_size=n_val, random_state=seed,
                                 stratify=strata if ok else None)

@@ -94,8 +94,9 @@ def setup_step(setup: str, dataset: str, features_dir: str, participants: str, m
         plan = cohorts.folds(cohort, setup, section["folds"], seed, section.get("drug_column"), site_col)
         for fold, (train, test) in enumerate(plan):
             fit_s, val_s = cohorts.inner_split(cohort, train, section["val_fraction"], seed)
+            roles = (("fit+val", fit_s),) if fit_s == val_s else (("fit", fit_s), ("val", val_s))
             fold_rows += [{"repeat": repeat, "fold": fold, "subject": s, "role": role}
-                          for role, group in (("fit", fit_s), ("val", val_s), ("test", test)) for s in group]
+                          for role, group in (*roles, ("test", test)) for s in group]
             cat = lambda subjects: np.concatenate([rows_of[s] for s in subjects])  # noqa: E731
             fit_rows, val_rows, test_rows = cat(fit_s), cat(val_s), cat(test)
             test_subject = np.concatenate([[s] * len(rows_of[s]) for s in test])
