@@ -113,7 +113,10 @@ def matrix(tmp_path_factory, atlas_dir):
     results = base / "results"
     # the validator still runs (its findings are checked below) but does not stop the run,
     # so the per-run checks are what each subject meets
-    config = demo_config(demo, results, bids={"fail_on_errors": False})
+    # run QC off: the short run must reach the dataset step, whose own check this matrix tests
+    config = demo_config(demo, results, bids={"fail_on_errors": False},
+                         qc={"max_mean_fd": None, "max_fraction_censored": None, "min_degrees_of_freedom": None,
+                             "min_region_coverage": None})
     config["dataset"]["fractions"] = [1.0, 0.0, 0.0]  # every subject trains: the short run is in the training split
     proc = run_snakemake(base, config, "--keep-going")
     return demo, results, base, config, proc
