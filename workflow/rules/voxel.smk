@@ -37,13 +37,14 @@ def voxel_outputs():
 rule voxel_dataset:
     """Each run z-scored in its brain mask, background at the minimum, cropped / padded to the grid, memory-mapped."""
     input:
-        bold=[grid(r, desc="preproc", suffix="bold", extension=".nii.gz") for r in RUNS],
-        mask=[grid(r, desc="brain", suffix="mask", extension=".nii.gz") for r in RUNS],
-        region_dataset=rules.dataset.output.card,  # its splits.tsv: both levels split subjects alike
+        # QC-passed runs only, as the region dataset (whose splits.tsv both levels share)
+        bold=lambda wildcards: [grid(r, desc="preproc", suffix="bold", extension=".nii.gz") for r in included_runs()],
+        mask=lambda wildcards: [grid(r, desc="brain", suffix="mask", extension=".nii.gz") for r in included_runs()],
+        region_dataset=rules.dataset.output.card,
     output:
         card=f"{voxel_dataset_dir('{geometry}')}/dataset_card.json",
     params:
-        runs=list(RUNS),
+        runs=lambda wildcards: included_runs(),
         splits=f"{DATASET_DIR}/splits.tsv",
     wildcard_constraints:
         geometry="|".join(VOXEL_GRID.values()),
