@@ -83,8 +83,12 @@ def setup_step(setup: str, dataset: str, features_dir: str, participants: str, m
         y[rows] = cohort.labels[s]
     subject_fc = {s: fc[rows].mean(axis=0) for s, rows in rows_of.items()}
     settings = _settings(section)
-    xyz = load_labels_table(coords)[["x", "y", "z"]].to_numpy(dtype=np.float32)
-    region_names = load_labels_table(coords)["name"].tolist()
+    lut = load_labels_table(coords)
+    region_names = lut["name"].tolist()
+    # the frozen encoder, loaded once: integrated gradients run through it on every fold
+    attribute = section["attribution"] and setup == "agnostic"
+    frozen = feats.load_encoder(model, lut[["x", "y", "z"]].to_numpy(dtype=np.float32), True,
+                                section["seed"]) if attribute else None
     data = np.load(Path(dataset) / "samples.npy", mmap_mode="r")
     site_col = section.get("site_column")
 
@@ -119,9 +123,8 @@ def setup_step(setup: str, dataset: str, features_dir: str, participants: str, m
                                            seed=seed * 1000 + fold)
                 record(variant, predict(model_, target, ts[encoder], fc, test_rows, settings), True, info)
                 # attributions on the agnostic set-up only: its test subjects cover every site
-                if variant == "concat" and section["attribution"] and setup == "agnostic":
-                    encoder_model = feats.load_encoder(model, xyz, True, section["seed"])
-                    wrapped = FMMTCWithEncoder(encoder_model, model_)
+                if variant == "concat" and attribute:
+                    wrapped = FMMTCWithEncoder(frozen, model_)
                     windows_x = np.asarray(data[samples[test_rows]], dtype=np.float32)
                     a_ts, a_fc = integrated_gradients(wrapped, windows_x, fc[test_rows], section["ig_steps"],
                                                       device=settings.device)
