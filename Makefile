@@ -29,7 +29,7 @@ demo: install
 	@test -f $(DEMO_DIR)/bids/dataset_description.json || \
 		$(BIN)/fmriflow demo-data $(DEMO_DIR) --subjects $(DEMO_SUBJECTS) --jobs $(JOBS)
 	$(BIN)/snakemake --profile profiles/local --cores $(JOBS)
-	@$(BIN)/fmriflow finetune-summary results/finetune/response
+	@$(BIN)/fmriflow finetune-summary results/finetune/response --truth $(DEMO_DIR)/ground_truth/regions.tsv
 	@echo "Report: $(abspath results/report/fmriflow_report.html)"
 
 test: install

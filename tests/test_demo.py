@@ -428,6 +428,13 @@ def test_edges_table(main):
     assert len(set(regions)) == 32 and regions.min() >= 1 and regions.max() <= 424  # disjoint pairs
     network = {r["index"]: r["network"] for r in truth["regions"]}
     assert all(network[i] != network[j] for i, j in zip(edges["region_i"], edges["region_j"]))
+    responder = set(truth["model"]["responder_networks"])
+    assert not any(network[r] in responder for r in regions)  # edge deltas are exactly c
+    table = pd.read_csv(root / "ground_truth" / "regions.tsv", sep="\t")
+    assert list(table["index"]) == list(range(1, 425))
+    assert set(table.loc[table["edge_region"], "index"]) == set(regions)
+    assert list(table["responder_network"]) == [network[r] in responder for r in table["index"]]
+    assert list(table["planted"]) == list(table["edge_region"] | table["responder_network"])
     assert np.allclose(edges["corr_responder"] - edges["corr_nonresponder"], edges["delta"])
     assert np.allclose(edges["delta"], truth["model"]["edge_delta"])
     names = {r["index"]: r["name"] for r in truth["regions"]}
@@ -436,7 +443,8 @@ def test_edges_table(main):
 
 
 def test_planted_edges_recovered_from_true_series(main):
-    """Group difference of subject-wise correlations: ~delta on planted edges, ~0 elsewhere."""
+    """Group difference of subject-wise correlations: ~delta on planted edges, ~h**2 in the
+    responder networks, ~0 elsewhere."""
     root, _ = main
     table = pd.read_csv(root / "bids" / "participants.tsv", sep="\t")
     edges = pd.read_csv(root / "ground_truth" / "edges.tsv", sep="\t")
@@ -451,14 +459,21 @@ def test_planted_edges_recovered_from_true_series(main):
     i, j = edges["region_i"].to_numpy() - 1, edges["region_j"].to_numpy() - 1
     planted = np.zeros((424, 424), bool)
     planted[i, j] = planted[j, i] = True
+    network = np.array([r["network"] for r in truth["regions"]])
+    responder = np.isin(network, truth["model"]["responder_networks"])
+    block = responder[:, None] & responder[None, :]
     upper = np.triu_indices(424, 1)
-    others = diff[upper][~planted[upper]]
+    others = diff[upper][~planted[upper] & ~block[upper]]
     delta = truth["model"]["edge_delta"]
     # Monte Carlo of this design (16 subjects x 150 TRs): SD 0.015 of the planted-minus-
     # other mean, 0.007 of the other mean; the bounds are 4 SD.
     assert abs(others.mean()) < 0.03
     assert abs(diff[i, j].mean() - others.mean() - delta) < 0.06
     assert np.mean(diff[i, j] > np.percentile(others, 99)) >= 14 / 16
+    # the responder factor: +h**2 on every pair of responder-network regions (a mean over
+    # thousands of pairs; its error is the subjects' sampling of the factor, bound generous)
+    h2 = truth["model"]["responder_loading"] ** 2
+    assert abs(diff[upper][block[upper]].mean() - others.mean() - h2) < 0.1
     # the network structure of the non-responders' correlations
     network = np.array([r["network"] for r in truth["regions"]])
     same = (network[:, None] == network[None, :])[upper]

@@ -133,3 +133,23 @@ def test_integrated_gradients_per_region_against_the_closed_form():
     exact_fc = np.abs(wc.numpy() * fc)
     np.testing.assert_allclose(a_ts, exact_ts, rtol=1e-4)
     np.testing.assert_allclose(a_fc, (exact_fc.sum(axis=2) + exact_fc.sum(axis=1)) / 2, rtol=1e-4)
+
+
+def test_planted_attribution_auc_matches_roc_auc_of_the_ranking():
+    import pandas as pd
+    from sklearn.metrics import roc_auc_score
+
+    from fmriflow.finetune.summary import planted_attribution
+
+    rng = np.random.default_rng(0)
+    planted = rng.random(40) < 0.25
+    total = rng.gamma(2.0, size=40) + 1.5 * planted  # planted regions get more, with overlap
+    regions = pd.DataFrame({"region": np.arange(1, 41)[::-1], "total": total[::-1]})  # any row order
+    truth = pd.DataFrame({"index": np.arange(1, 41), "planted": planted})
+    out = planted_attribution(regions, truth)
+    assert out["auc"] == pytest.approx(roc_auc_score(planted, total))
+    assert out["n_planted"] == planted.sum() and out["region_share"] == pytest.approx(planted.mean())
+    assert out["attribution_share"] == pytest.approx(total[planted].sum() / total.sum())
+    assert out["p_value"] < 0.01
+    with pytest.raises(ValueError, match="no row for regions"):
+        planted_attribution(regions, truth.iloc[:30])

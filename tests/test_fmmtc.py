@@ -89,3 +89,28 @@ def test_encoder_is_frozen_inside_the_composed_model():
     model(x, torch.randn(2, 10, 10)).sum().backward()
     assert all(p.grad is None for p in encoder.parameters())
     assert x.grad is not None and x.grad.abs().sum() > 0  # gradients reach the raw window (for IG)
+
+
+def test_early_stopping_waits_for_min_epochs():
+    """Validation labels opposite to the training labels: the validation loss is lowest
+    before training, so plain early stopping keeps epoch 0; ``min_epochs`` moves both the
+    stopping and the checkpoint choice past it."""
+    from fmriflow.finetune.trainer import fit
+
+    rng = np.random.default_rng(0)
+    y = np.repeat([0.0, 1.0], 10)
+    ts = (rng.standard_normal((20, 6)) + 2.0 * (y[:, None] - 0.5)).astype(np.float32)
+    fc = np.zeros((20, 4, 4), np.float32)
+    y_flipped = y.copy()
+    val = np.array([0, 1, 10, 11])
+    y_flipped[val] = 1 - y[val]
+    fit_rows = np.setdiff1d(np.arange(20), val)
+    plain = TrainSettings(embed_dim=8, batch_size=4, max_epochs=12, patience=2, lr=1e-2)
+    _, _, early = fit("ts_only", "classification", ts, fc, y_flipped, fit_rows, val, plain, seed=0)
+    assert early["best_epoch"] == 0 and early["epochs"] == 3
+    floored = TrainSettings(embed_dim=8, batch_size=4, max_epochs=12, min_epochs=6, patience=2, lr=1e-2)
+    _, _, late = fit("ts_only", "classification", ts, fc, y_flipped, fit_rows, val, floored, seed=0)
+    assert late["best_epoch"] == 5 and late["epochs"] == 8
+    with pytest.raises(ValueError, match="min_epochs"):
+        fit("ts_only", "classification", ts, fc, y, fit_rows, val,
+            TrainSettings(embed_dim=8, max_epochs=3, min_epochs=4), seed=0)

@@ -79,7 +79,7 @@ def _connectivity(args: argparse.Namespace) -> None:
 def _finetune_summary(args: argparse.Namespace) -> None:
     from .finetune.summary import format_summary
 
-    print(format_summary(args.folder, args.top))
+    print(format_summary(args.folder, args.top, args.truth))
 
 
 def _audit(args: argparse.Namespace) -> None:
@@ -147,6 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("finetune-summary", help="print the fine-tuning variant table and attributions")
     p.add_argument("folder", type=Path, help="e.g. results/finetune/response")
     p.add_argument("--top", type=int, default=10, help="top regions by attribution to list")
+    p.add_argument("--truth", type=Path, help="table of region 'index' and boolean 'planted' (a simulation's "
+                   "ground truth, e.g. data/demo/ground_truth/regions.tsv): compare the attributions with it")
     p.set_defaults(func=_finetune_summary)
 
     p = sub.add_parser("audit", help="verify an artefact's provenance back to the raw inputs (every sha256)",

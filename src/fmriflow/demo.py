@@ -19,11 +19,21 @@ Population covariance (unit diagonal, so it is also the correlation)
     ``lam**2 + g**2 = 0.4225``, between-network ``g**2 = 0.0625``: real resting-state
     FC is positive on average between networks, which the global factor mimics.
 Group effect
-    Responders have ``Sigma1 = Sigma0 + c (e_i e_j' + e_j e_i')`` on 16 disjoint region
-    pairs ``(i, j)`` in different networks (``c = 0.35``): the correlation difference
-    on those edges is exactly ``c`` and zero elsewhere. The perturbation has
-    eigenvalues ``+-c`` and ``Sigma0 >= D = 0.5775 I``, so ``Sigma1`` is positive
-    definite (also checked numerically). Edge regions have at least 40
+    Responders differ in two ways, one distributed and one sparse:
+
+    - a responder network factor: ``Sigma1`` adds a factor with loading ``h = 0.5``
+      on every region of two networks (0 and 1), so correlations within and between
+      those networks rise by ``h**2 = 0.25``. A network-level shift is what a
+      ResNet-18 on a 424 x 424 matrix can find from a few dozen subjects; a handful of
+      isolated edges is not (a sparse linear model finds those);
+    - 16 planted edges: ``+ c (e_i e_j' + e_j e_i')`` on 16 disjoint region pairs
+      ``(i, j)`` in different networks, none in the responder networks (``c = 0.3``).
+
+    So the correlation difference is exactly ``h**2`` inside the responder networks,
+    ``c`` on the edges and zero elsewhere (``ground_truth/regions.tsv`` marks the
+    regions of both). The unique variance is at least ``1 - lam**2 - g**2 - h**2 =
+    0.3275 > c`` and the edge perturbation has eigenvalues ``+-c``, so ``Sigma1`` is
+    positive definite (also checked numerically). Edge regions have at least 40
     voxels and lie far from the dropout sphere, so every subject observes them.
 Region signals
     A stationary VAR(1), ``x_t = phi x_{t-1} + sqrt(1 - phi**2) L eps_t`` with
@@ -157,7 +167,9 @@ class DemoModel:
     network_loading: float = 0.6
     global_loading: float = 0.25
     n_edges: int = 16
-    edge_delta: float = 0.35
+    edge_delta: float = 0.3
+    responder_networks: tuple = (0, 1)
+    responder_loading: float = 0.5
     edge_min_voxels: int = 40
     edge_min_dropout_distance_mm: float = 45.0
     ar_coef_at_tr2: float = 0.6
@@ -395,12 +407,17 @@ def population_covariances(networks: np.ndarray, edges: pd.DataFrame) -> tuple[n
     the 1-based labels ``region_i``, ``region_j`` of the planted edges.
     """
     n, k = len(networks), MODEL.n_networks
-    loadings = np.zeros((n, k + 1))
+    loadings = np.zeros((n, k + 2))
     loadings[np.arange(n), networks] = MODEL.network_loading
     loadings[:, k] = MODEL.global_loading
-    unique = 1.0 - MODEL.network_loading**2 - MODEL.global_loading**2
-    sigma0 = loadings @ loadings.T + unique * np.eye(n)
-    sigma1 = sigma0.copy()
+
+    def covariance(b: np.ndarray) -> np.ndarray:
+        sigma = b @ b.T
+        return sigma + np.diag(1.0 - np.diag(sigma))  # unique variances: unit diagonal
+
+    sigma0 = covariance(loadings)
+    loadings[np.isin(networks, MODEL.responder_networks), k + 1] = MODEL.responder_loading
+    sigma1 = covariance(loadings)
     i = edges["region_i"].to_numpy() - 1
     j = edges["region_j"].to_numpy() - 1
     sigma1[i, j] += MODEL.edge_delta
@@ -409,7 +426,6 @@ def population_covariances(networks: np.ndarray, edges: pd.DataFrame) -> tuple[n
         if np.linalg.eigvalsh(sigma)[0] <= 0:
             raise RuntimeError(f"the {name} covariance is not positive definite; model constants are inconsistent")
     return sigma0, sigma1
-
 
 # --------------------------------------------------------------------------- checks
 
@@ -479,7 +495,8 @@ def _choose_edges(labels: np.ndarray, affine: np.ndarray, networks: np.ndarray, 
     with np.errstate(invalid="ignore", divide="ignore"):
         centroids /= counts[:, None]
     far = np.linalg.norm(centroids - np.array(MODEL.dropout_center_mm), axis=1) >= MODEL.edge_min_dropout_distance_mm
-    candidates = np.flatnonzero((counts >= MODEL.edge_min_voxels) & far)
+    outside = ~np.isin(networks, MODEL.responder_networks)  # edge deltas stay exactly c
+    candidates = np.flatnonzero((counts >= MODEL.edge_min_voxels) & far & outside)
     candidates = candidates[rng.permutation(len(candidates))]
     used: set[int] = set()
     pairs = []
@@ -1123,17 +1140,29 @@ def _write_ground_truth(
         "delta": sigma1[i, j] - sigma0[i, j],
     })
     write_tsv(gt / "edges.tsv", table)
+    on_edge = np.isin(np.arange(len(names)), np.concatenate([i, j]))
+    in_network = np.isin(networks, MODEL.responder_networks)
+    write_tsv(gt / "regions.tsv", pd.DataFrame({
+        "index": labels_table["index"].to_numpy(),
+        "name": names,
+        "network": networks,
+        "responder_network": in_network,
+        "edge_region": on_edge,
+        "planted": in_network | on_edge,  # the regions whose connectivity differs between groups
+    }))
     model = asdict(MODEL)
     model["ar_coef"] = MODEL.ar_coef(settings["tr"])
     model["physio_ar_coef"] = MODEL.physio_ar_coef(settings["tr"])
     model["unique_variance"] = 1 - MODEL.network_loading**2 - MODEL.global_loading**2
     model["within_network_corr"] = MODEL.network_loading**2 + MODEL.global_loading**2
     model["between_network_corr"] = MODEL.global_loading**2
+    model["responder_network_corr_increase"] = MODEL.responder_loading**2
     info = {
         "Description": (
             "Ground truth of the fmriflow synthetic demo. Region signals follow a VAR(1) whose "
-            "stationary covariance is Sigma0 = B B' + D (non-responders) or Sigma1 = Sigma0 plus "
-            "'edge_delta' on the listed edges (responders); see fmriflow.demo's docstring."
+            "stationary covariance is Sigma0 = B B' + D (non-responders) or Sigma1 (responders): "
+            "Sigma0 with a factor of loading 'responder_loading' on the 'responder_networks' and "
+            "'edge_delta' added on the listed edges; see fmriflow.demo's docstring."
         ),
         "GeneratedBy": {"Name": GENERATOR_NAME, "Version": __version__, "CodeURL": CODE_URL},
         "settings": settings,
@@ -1152,6 +1181,7 @@ def _write_ground_truth(
         },
         "files": {
             "edges": "edges.tsv",
+            "regions": "regions.tsv (network of each region; responder_network, edge_region, planted)",
             "true_timeseries": "sub-<label>_desc-true_timeseries.tsv (n_trs rows x 424 regions, column = region name)",
         },
     }

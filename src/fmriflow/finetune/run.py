@@ -57,7 +57,7 @@ def features_step(dataset: str, model: str, coords: str, out_dir: str, seed: int
 
 def _settings(section: Mapping[str, Any]) -> TrainSettings:
     return TrainSettings(**{k: section[k] for k in ("embed_dim", "resnet_width", "batch_size", "max_epochs",
-                                                    "patience", "lr", "weight_decay")},
+                                                    "min_epochs", "patience", "lr", "weight_decay")},
                          device=section.get("device", "cpu"))
 
 
