@@ -7,6 +7,7 @@ cover the variants it does not (uncompressed files, scaled integers, table detai
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -70,3 +71,17 @@ def test_participants_table_checks(tmp_path):
         read_participants(path)
     path.write_text("participant_id\tage\nsub-01\t30\nsub-02\t31\n")
     assert read_participants(path)["participant_id"].tolist() == ["sub-01", "sub-02"]
+
+
+def test_config_min_epochs_above_max_epochs_is_named(tmp_path):
+    import yaml
+
+    from fmriflow.checks import check_config
+
+    repo = Path(__file__).resolve().parents[1]
+    config = yaml.safe_load((repo / "config" / "config.yaml").read_text())
+    schema = repo / "workflow" / "schemas" / "config.schema.yaml"
+    check_config(config, schema)  # the shipped config is valid
+    config["finetune"].update(min_epochs=5, max_epochs=3)
+    with pytest.raises(InputError, match=r"finetune.min_epochs: 5 is more than finetune.max_epochs \(3\)"):
+        check_config(config, schema, ["my.yaml"])

@@ -56,6 +56,21 @@ def test_summary_has_fold_mean_and_a_ci_around_the_pooled_value():
     assert row["n_subjects"] == 80
 
 
+def test_summary_treats_each_permutation_of_a_fold_as_its_own_fold():
+    from sklearn.metrics import matthews_corrcoef
+
+    rng = np.random.default_rng(1)
+    y = np.repeat([0, 1], 5)
+    preds = pd.DataFrame([{"setup": "s", "variant": "permuted_m", "repeat": 0, "permutation": k, "fold": f,
+                           "subject": f"{f}-{i}", "label": y[i], "score": rng.random()}
+                          for k in range(3) for f in range(2) for i in range(10)])
+    row = evaluation.summarise(preds, "classification", n_boot=50).iloc[0]
+    assert row["n_folds"] == 6 and row["n_subjects"] == 20
+    folds = [matthews_corrcoef(g.label, g.score > 0.5) for _, g in preds.groupby(["permutation", "fold"])]
+    assert row["mcc_mean"] == pytest.approx(np.mean(folds))
+    assert row["mcc_pooled"] == pytest.approx(matthews_corrcoef(preds.label, preds.score > 0.5))
+
+
 def _participants(tmp_path, n=20, missing=()):
     table = pd.DataFrame({"participant_id": [f"sub-{i:02d}" for i in range(n)],
                           "response": [i % 2 for i in range(n)],

@@ -114,3 +114,21 @@ def test_early_stopping_waits_for_min_epochs():
     with pytest.raises(ValueError, match="min_epochs"):
         fit("ts_only", "classification", ts, fc, y, fit_rows, val,
             TrainSettings(embed_dim=8, max_epochs=3, min_epochs=4), seed=0)
+
+
+def test_staged_fusion_starts_the_fc_branch_from_the_given_model():
+    from fmriflow.finetune.trainer import fit
+
+    rng = np.random.default_rng(0)
+    y = np.repeat([0.0, 1.0], 4)
+    ts, fc = rng.standard_normal((8, 6)).astype(np.float32), rng.standard_normal((8, 12, 12)).astype(np.float32)
+    rows, val = np.arange(6), np.array([6, 7])
+    settings = TrainSettings(embed_dim=8, resnet_width=2, batch_size=2, max_epochs=1, patience=1, lr=1e-2)
+    stage, _, _ = fit("fc_only", "classification", ts, fc, y, rows, val, settings, seed=0)
+    frozen_lr = TrainSettings(**{**settings.__dict__, "lr": 0.0})
+    staged, _, _ = fit("concat", "classification", ts, fc, y, rows, val, frozen_lr, seed=1, init_fc=stage)
+    fresh, _, _ = fit("concat", "classification", ts, fc, y, rows, val, frozen_lr, seed=1)
+    for name in ("fc_encoder", "fc_proj"):
+        a, b, c = (dict(getattr(m, name).named_parameters()) for m in (stage, staged, fresh))
+        assert all(torch.equal(a[k], b[k]) for k in a)
+        assert not all(torch.equal(a[k], c[k]) for k in a)

@@ -53,7 +53,8 @@ def demo_config(demo: Path, results: Path, **extra) -> dict:
         "dataset": {"window": 20, "stride": 10, "fractions": [0.5, 0.25, 0.25]},
         "pretrain": {"max_steps": 6, "batch_size": 4, "warmup_steps": 2, "checkpoint_every": 3},
         # two variants, both baselines and the controls, at toy size
-        "finetune": {"variants": ["concat", "ts_only"], "folds": 2, "max_epochs": 2, "patience": 1,
+        "finetune": {"variants": ["concat", "ts_only"], "folds": 2, "max_epochs": 2, "min_epochs": 0, "patience": 1,
+                     "permutations": 2,
                      "resnet_width": 2, "embed_dim": 16, "bootstrap": 20, "ig_steps": 4,
                      "setups": ["agnostic", "site"]},
         **extra,
@@ -498,9 +499,12 @@ def test_finetune_predicts_every_subject_once_per_repeat(pipeline):
     for setup in setups:
         assert set(table.loc[table.setup == setup, "variant"]) == expected
         preds = read_tsv(root / f"setup-{setup}" / "predictions.tsv", dtype={"subject": str})
-        for (variant, repeat), frame in preds.groupby(["variant", "repeat"]):
+        for (variant, repeat, permutation), frame in preds.groupby(["variant", "repeat", "permutation"]):
             assert frame.subject.is_unique
+            assert permutation == 0 or variant.startswith("permuted_")
             assert (frame.label == frame.subject.map(labels)).all()
+        controls = preds[preds.variant.str.startswith("permuted_")]
+        assert set(controls.permutation) == {0, 1}  # finetune.permutations: 2
         if setup == "agnostic":
             assert set(preds.subject) == set(labels)
             folds = read_tsv(root / f"setup-{setup}" / "folds.tsv", dtype={"subject": str})

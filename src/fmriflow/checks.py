@@ -46,11 +46,21 @@ def check_config(config: Mapping[str, Any], schema_path: str | Path, sources: It
 
     schema = yaml.safe_load(Path(schema_path).read_text(encoding="utf-8"))
     errors = sorted(Draft202012Validator(schema).iter_errors(dict(config)), key=lambda e: list(map(str, e.absolute_path)))
-    if not errors:
-        return
     lines = [f"  {_dotted(e.absolute_path)}: {_config_problem(e)}" for e in errors]
+    if not errors:  # relations between keys, which the schema cannot express
+        lines = [f"  {problem}" for problem in _cross_key_problems(config)]
+    if not lines:
+        return
     where = ", ".join(map(str, sources)) or "config"
-    raise InputError(where, f"{len(errors)} config value(s) rejected by {Path(schema_path).name}:\n" + "\n".join(lines))
+    raise InputError(where, f"{len(lines)} config value(s) rejected by {Path(schema_path).name}:\n" + "\n".join(lines))
+
+
+def _cross_key_problems(config: Mapping[str, Any]) -> list[str]:
+    finetune = config.get("finetune") or {}
+    low, high = finetune.get("min_epochs", 0), finetune.get("max_epochs")
+    if high is not None and low > high:
+        return [f"finetune.min_epochs: {low} is more than finetune.max_epochs ({high})"]
+    return []
 
 
 def _dotted(path: Iterable[Any]) -> str:

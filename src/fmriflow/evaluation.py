@@ -68,14 +68,17 @@ def summarise(predictions: pd.DataFrame, task: str, n_boot: int = 1000, seed: in
     """One row per (setup, variant): mean and sd over folds, bootstrap CI on pooled folds.
 
     ``predictions`` holds subject-level rows: setup, variant, repeat, fold, subject, label,
-    score. Fold metrics are computed within each (repeat, fold); the CI pools every
-    out-of-fold prediction of all repeats (a subject appears once per repeat).
+    score, and optionally permutation (label-permuted controls run several permutations per
+    fold). Fold metrics are computed within each (repeat, permutation, fold); the CI pools
+    every out-of-fold prediction of all repeats and permutations (a subject appears once
+    per repeat and permutation).
     """
+    keys = ["repeat", "permutation", "fold"] if "permutation" in predictions.columns else ["repeat", "fold"]
     names = CLASSIFICATION if task == "classification" else REGRESSION
     rows = []
     for (setup, variant), frame in predictions.groupby(["setup", "variant"], sort=False):
         per_fold = pd.DataFrame([compute(task, f["label"], f["score"])
-                                 for _, f in frame.groupby(["repeat", "fold"])])
+                                 for _, f in frame.groupby(keys)])
         ci = bootstrap_ci(task, frame["label"], frame["score"], n_boot=n_boot, seed=seed)
         pooled = compute(task, frame["label"], frame["score"])
         row = {"setup": setup, "variant": variant, "n_subjects": frame["subject"].nunique(),

@@ -30,6 +30,7 @@ from .trainer import TrainSettings, fit, predict
 log = logging.getLogger(__name__)
 FEATURE_FILES = ("samples.npy", "fc.npy", "ts_pretrained.npy", "ts_random.npy")
 PERMUTED = "permuted_"  # prefix of the label-permuted controls
+FUSED = ("concat", "sum", "cross_attention", "moe", "no_pretrain")  # variants with both branches
 
 
 def features_step(dataset: str, model: str, coords: str, out_dir: str, seed: int = 0, device: str = "cpu") -> None:
@@ -109,18 +110,29 @@ def setup_step(setup: str, dataset: str, features_dir: str, participants: str, m
             log.info("set-up %s, repeat %d, fold %d/%d: %d fit, %d validation, %d test subjects", setup, repeat,
                      fold + 1, len(plan), len(fit_s), len(val_s), len(test))
 
-            def record(variant: str, scores: np.ndarray, per_window: bool, info: dict) -> None:
+            def record(variant: str, scores: np.ndarray, per_window: bool, info: dict, permutation: int = 0) -> None:
                 frame = pd.DataFrame({"subject": test_subject if per_window else test, "score": scores})
                 frame = frame.groupby("subject", as_index=False)["score"].mean()
                 frame["label"] = cohort.labels.loc[frame["subject"]].to_numpy()
-                preds.append(frame.assign(setup=setup, variant=variant, repeat=repeat, fold=fold))
-                logs.append({"setup": setup, "variant": variant, "repeat": repeat, "fold": fold, **info})
+                preds.append(frame.assign(setup=setup, variant=variant, repeat=repeat, permutation=permutation,
+                                          fold=fold))
+                logs.append({"setup": setup, "variant": variant, "repeat": repeat, "permutation": permutation,
+                             "fold": fold, **info})
                 log.info("  %-18s done at %.0f s", variant, time.monotonic() - started)
 
-            for variant in section["variants"]:
+            fc_stage = None  # staged fusion: this fold's fc_only model starts the fused variants' FC branch
+            variants = list(section["variants"])
+            if section.get("staged_fusion") and any(v in FUSED for v in variants):
+                variants = ["fc_only"] + [v for v in variants if v != "fc_only"]
+            for variant in variants:
                 encoder = "random" if variant == "no_pretrain" else "pretrained"
+                init = fc_stage if variant in FUSED else None
                 model_, target, info = fit(variant, cohort.task, ts[encoder], fc, y, fit_rows, val_rows, settings,
-                                           seed=seed * 1000 + fold)
+                                           seed=seed * 1000 + fold, init_fc=init)
+                if variant == "fc_only" and section.get("staged_fusion"):
+                    fc_stage = model_
+                    if variant not in section["variants"]:
+                        continue
                 record(variant, predict(model_, target, ts[encoder], fc, test_rows, settings), True, info)
                 # attributions on the agnostic set-up only: its test subjects cover every site
                 if variant == "concat" and attribute:
@@ -134,11 +146,18 @@ def setup_step(setup: str, dataset: str, features_dir: str, participants: str, m
                                         "site": str(site), "ts": float(a_ts[k].sum()), "fc": float(a_fc[k].sum())})
                     ig_regions.append(np.stack([a_ts.sum(axis=0), a_fc.sum(axis=0)]))
                 if variant == "concat" and section["permuted_control"]:
-                    rng = np.random.default_rng(seed * 1000 + fold)
-                    y_perm = _permute_subject_labels(y, rows_of, fit_s + val_s, rng)
-                    model_, target, info = fit(variant, cohort.task, ts[encoder], fc, y_perm, fit_rows, val_rows,
-                                               settings, seed=seed * 1000 + fold)
-                    record(PERMUTED + variant, predict(model_, target, ts[encoder], fc, test_rows, settings), True, info)
+                    for k in range(section["permutations"]):
+                        rng = np.random.default_rng([seed, fold, k])
+                        y_perm = _permute_subject_labels(y, rows_of, fit_s + val_s, rng)
+                        # the control stages its own FC branch on the permuted labels, like the real model
+                        stage = None
+                        if section.get("staged_fusion"):
+                            stage, _, _ = fit("fc_only", cohort.task, ts[encoder], fc, y_perm, fit_rows, val_rows,
+                                              settings, seed=seed * 1000 + fold)
+                        model_, target, info = fit(variant, cohort.task, ts[encoder], fc, y_perm, fit_rows, val_rows,
+                                                   settings, seed=seed * 1000 + fold, init_fc=stage)
+                        record(PERMUTED + variant, predict(model_, target, ts[encoder], fc, test_rows, settings), True,
+                               info, permutation=k)
 
             x_train = baselines.upper_triangle(np.stack([subject_fc[s] for s in train]))
             x_test = baselines.upper_triangle(np.stack([subject_fc[s] for s in test]))
@@ -147,12 +166,14 @@ def setup_step(setup: str, dataset: str, features_dir: str, participants: str, m
                 scores, chosen = baselines.fit_predict(name, cohort.task, x_train, y_train, x_test, seed=seed)
                 record(name, scores, False, chosen)
                 if name == "logistic" and section["permuted_control"]:
-                    perm = np.random.default_rng(seed * 1000 + fold).permutation(y_train)
-                    scores, chosen = baselines.fit_predict(name, cohort.task, x_train, perm, x_test, seed=seed)
-                    record(PERMUTED + name, scores, False, chosen)
+                    for k in range(section["permutations"]):
+                        perm = np.random.default_rng([seed, fold, k]).permutation(y_train)
+                        scores, chosen = baselines.fit_predict(name, cohort.task, x_train, perm, x_test, seed=seed)
+                        record(PERMUTED + name, scores, False, chosen, permutation=k)
 
     out = Path(out_dir)
-    predictions = pd.concat(preds, ignore_index=True)[["setup", "variant", "repeat", "fold", "subject", "label", "score"]]
+    predictions = pd.concat(preds, ignore_index=True)[["setup", "variant", "repeat", "permutation", "fold", "subject",
+                                                       "label", "score"]]
     metrics = evaluation.summarise(predictions, cohort.task, n_boot=section["bootstrap"], seed=section["seed"])
     tables = {"predictions.tsv": predictions, "metrics.tsv": metrics, "folds.tsv": pd.DataFrame(fold_rows),
               "training_log.tsv": pd.DataFrame(logs)}

@@ -89,12 +89,19 @@ def _outputs(model: FMMTC, ts: torch.Tensor, fc: torch.Tensor, size: int, device
 
 
 def fit(variant: str, task: str, ts: np.ndarray, fc: np.ndarray, y: np.ndarray,
-        fit_rows: np.ndarray, val_rows: np.ndarray, settings: TrainSettings, seed: int
-        ) -> tuple[FMMTC, Target, dict]:
-    """Train on ``fit_rows`` (window rows), stop on ``val_rows``; returns model, target map, log."""
+        fit_rows: np.ndarray, val_rows: np.ndarray, settings: TrainSettings, seed: int,
+        init_fc: FMMTC | None = None) -> tuple[FMMTC, Target, dict]:
+    """Train on ``fit_rows`` (window rows), stop on ``val_rows``; returns model, target map, log.
+
+    ``init_fc``: a trained model whose FC branch (ResNet and projection) starts this one's
+    (staged fusion: see ``fmriflow.finetune.run``).
+    """
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     model = build(variant, ts.shape[1], settings).to(settings.device)
+    if init_fc is not None and model.use_fc:
+        model.fc_encoder.load_state_dict(init_fc.fc_encoder.state_dict())
+        model.fc_proj.load_state_dict(init_fc.fc_proj.state_dict())
     target = Target(task, y[fit_rows])
     ts_t, fc_t, y_t = torch.from_numpy(ts), torch.from_numpy(fc), target.encode(y)
     opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
