@@ -99,6 +99,8 @@ AccountingStorageHost=$NODE
 AccountingStorageTRES=gres/gpu
 JobAcctGatherType=jobacct_gather/linux
 JobCompType=jobcomp/none
+# sacct shows the comment the executor plugin gives each job (rule_<name>_wildcards_<...>)
+AccountingStoreFlags=job_comment
 ReturnToService=2
 MinJobAge=300
 SchedulerParameters=batch_sched_delay=1,sched_min_interval=100000
@@ -154,7 +156,7 @@ if [ "$changed" -eq 1 ]; then
     for pidfile in /run/slurm/slurmd.pid /run/slurm/slurmctld.pid /run/slurm/slurmdbd.pid; do
         if running "$pidfile"; then
             kill "$(cat "$pidfile")"
-            while running "$pidfile"; do sleep 0.2; done
+            while running "$pidfile"; do sleep 0.2; done 2> /dev/null
         fi
     done
 fi

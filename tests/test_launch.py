@@ -52,7 +52,9 @@ def test_several_nodes_start_one_torchrun_per_node_through_srun():
     assert command.count(FIRST_HOST) == 1
     words = shlex.split(command.replace(FIRST_HOST, "HOST"))  # shlex keeps ${...} for the job's shell
     srun, torchrun = words[:words.index(PY)], words[words.index(PY):]
-    assert srun == ["srun", "--nodes", "${SLURM_NNODES:-3}", "--ntasks-per-node", "1", "--kill-on-bad-exit=1"]
+    # one task per node, with the node's CPUs (4 GPUs x cpus_per_gpu 8)
+    assert srun == ["srun", "--nodes", "${SLURM_NNODES:-3}", "--ntasks-per-node", "1", "--kill-on-bad-exit=1",
+                    "--cpus-per-task", "32"]
     options = dict(zip(torchrun[3::2], torchrun[4::2]))
     assert torchrun[:3] == [PY, "-m", "torch.distributed.run"] and len(torchrun) == 3 + 2 * len(options)
     assert options == {"--nnodes": "${SLURM_NNODES:-3}", "--nproc-per-node": "4", "--rdzv-backend": "c10d",
@@ -123,7 +125,8 @@ def test_srun_rendezvous_runs_on_the_cluster(slurm_cluster, tmp_path, plugin_env
     probe.write_text(PROBE)
     out = tmp_path / "out"
     out.mkdir()
-    command = f"{torchrun_command(sys.executable, 2, nodes=1, srun=True)} {shlex.quote(str(probe))} {out}"
+    launcher = torchrun_command(sys.executable, 2, nodes=1, srun=True, cpus_per_node=2)
+    command = f"{launcher} {shlex.quote(str(probe))} {out}"
     if plugin_env:
         # as under the executor plugin's job step: only the job id of SLURM's variables is left
         command = ('for v in $(env | grep -o "^SLURM_[A-Z_]*" | grep -vx SLURM_JOB_ID); do unset "$v"; done; '

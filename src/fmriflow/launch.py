@@ -29,7 +29,7 @@ _FIRST_HOST = f"$(scontrol show hostnames {_NODELIST} | head -n 1)"
 
 
 def torchrun_command(python: str, nproc_per_node: int, nodes: int = 1, *, srun: bool | None = None,
-                     port: int = RDZV_PORT) -> str:
+                     cpus_per_node: int | None = None, port: int = RDZV_PORT) -> str:
     """Shell prefix that starts a Python module under ``torchrun``.
 
     Parameters
@@ -43,6 +43,9 @@ def torchrun_command(python: str, nproc_per_node: int, nodes: int = 1, *, srun: 
     srun : bool or None
         Force (True) or forbid (False) the ``srun`` + c10d rendezvous form; None: when
         ``nodes > 1``. Forcing it on one node runs the multi-node path on a single machine.
+    cpus_per_node : int or None
+        CPUs of each srun task (``--cpus-per-task``): a step's task gets one CPU unless told,
+        and torchrun's processes and their data loaders share the task's CPUs.
     port : int
         TCP port of the rendezvous on the first node.
 
@@ -65,7 +68,8 @@ def torchrun_command(python: str, nproc_per_node: int, nodes: int = 1, *, srun: 
     return (
         # one task per node; a task that fails ends the others instead of leaving them waiting
         f"srun --nodes {nnodes} --ntasks-per-node 1 --kill-on-bad-exit=1 "
-        f"{torchrun} --nnodes {nnodes} --nproc-per-node {nproc_per_node}"
+        + (f"--cpus-per-task {cpus_per_node} " if cpus_per_node else "")
+        + f"{torchrun} --nnodes {nnodes} --nproc-per-node {nproc_per_node}"
         f' --rdzv-backend c10d --rdzv-endpoint "{_FIRST_HOST}:{port}" --rdzv-id "$SLURM_JOB_ID"'
     )
 
@@ -88,7 +92,7 @@ def train_launcher(section: Mapping[str, Any], python: str) -> str:
     gpus, nodes = _gpus_nodes(section)
     if gpus == 0:
         return shlex.quote(python)
-    return torchrun_command(python, gpus, nodes)
+    return torchrun_command(python, gpus, nodes, cpus_per_node=train_threads(section))
 
 
 def train_threads(section: Mapping[str, Any], cpu_threads: int = 2) -> int:
