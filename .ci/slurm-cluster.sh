@@ -47,6 +47,9 @@ if [ "${#need[@]}" -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" > /dev/null
 fi
 
+# slurmctld, slurmd and slurmdbd find each other by this machine's short name
+getent hosts "$NODE" > /dev/null || echo "127.0.0.1 $NODE" >> /etc/hosts
+
 # --- munge ------------------------------------------------------------------------------------
 [ -s /etc/munge/munge.key ] || mungekey --create --keyfile /etc/munge/munge.key
 chown munge:munge /etc/munge/munge.key && chmod 400 /etc/munge/munge.key
