@@ -6,7 +6,7 @@
 #
 # Run as root: `bash .ci/slurm-cluster.sh`. Idempotent: a rerun rewrites the configs, starts
 # what is not running and waits until the node is idle. Settings (environment):
-#   SLURM_CI_GPUS      GPUs declared on the node (default 2; they are /dev/null, not devices)
+#   SLURM_CI_GPUS      GPUs declared on the node (default 2; null devices, not GPUs)
 #   SLURM_CI_ACCOUNT   account registered for root and used by the tests (default fmriflow)
 set -euo pipefail
 
