@@ -61,3 +61,31 @@ def torch_one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> str:
+    """The name of an idle node of a SLURM cluster that answers here (.ci/slurm-cluster.sh).
+
+    Skips when none answers, unless FMRIFLOW_REQUIRE_SLURM=1 (CI), where it fails instead.
+    """
+    import shutil
+    import subprocess
+
+    problem = None
+    if shutil.which("sinfo") is None:
+        problem = "sinfo is not on PATH"
+    else:
+        proc = subprocess.run(["sinfo", "--noheader", "--format", "%N %t"], capture_output=True, text=True,
+                              timeout=60)
+        idle = [line.split()[0] for line in proc.stdout.splitlines() if line.split()[1:] in (["idle"], ["mix"])]
+        if proc.returncode != 0:
+            problem = f"sinfo failed: {proc.stderr.strip()}"
+        elif not idle:
+            problem = f"no idle SLURM node: {proc.stdout.strip()!r}"
+    if problem is None:
+        return idle[0]
+    if os.environ.get("FMRIFLOW_REQUIRE_SLURM") == "1":
+        pytest.fail(f"FMRIFLOW_REQUIRE_SLURM=1 but no SLURM cluster answers ({problem}); "
+                    "start one with `bash .ci/slurm-cluster.sh` (as root)")
+    pytest.skip(f"no SLURM cluster ({problem}); `bash .ci/slurm-cluster.sh` starts one")

@@ -1,5 +1,6 @@
 # Config validation, run discovery and the small input functions the rules share.
 
+import math
 import re
 from pathlib import Path
 
@@ -43,6 +44,20 @@ PREPROC = preproc_files(config["preproc"], RUNS, OUT)
 wildcard_constraints:
     run="|".join(re.escape(run) for run in RUNS),
     atlas="|".join(ATLASES),
+
+
+def mem_from_inputs(floor_mb, per_input_mb):
+    """Resource function: memory of a job that grows with its input files, doubled on a retry.
+
+    ``per_input_mb`` MB per MB of input (a gzipped BOLD series inflates several times when it is
+    read and copied as floats); ``floor_mb`` covers small runs. SLURM kills a job that exceeds
+    its request, and the SLURM profile's retry then asks for twice as much.
+    """
+
+    def mem_mb(wildcards, input, attempt):
+        return attempt * max(floor_mb, math.ceil(per_input_mb * input.size_mb))
+
+    return mem_mb
 
 
 def out(run, **entities):

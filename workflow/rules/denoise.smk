@@ -8,7 +8,7 @@ rule denoise:
         bold=grid("{run}", desc="denoised", suffix="bold", extension=".nii.gz"),
         qc=grid("{run}", desc="denoised", suffix="qc", extension=".tsv"),
     resources:
-        mem_mb=4000,
+        mem_mb=mem_from_inputs(4000, 10),
     log:
         f"{LOGS}/denoise/{{run}}.log",
     script:

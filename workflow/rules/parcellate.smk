@@ -13,7 +13,7 @@ rule parcellate:
         timeseries=[timeseries("{run}", a) for a in ATLASES],
         coverage=[grid("{run}", atlas=a, stat="coverage", suffix="bold", extension=".tsv") for a in ATLASES],
     resources:
-        mem_mb=1000,
+        mem_mb=mem_from_inputs(1000, 6),
     log:
         f"{LOGS}/parcellate/{{run}}.log",
     script:

@@ -94,7 +94,7 @@ if MODE == "lite":
             root=f"{OUT}/{LITE_ROOT}",
         threads: config["preproc"]["lite"]["threads"]
         resources:
-            mem_mb=6000,
+            mem_mb=mem_from_inputs(6000, 12),
         log:
             f"{LOGS}/preproc_lite/{{run}}.log",
         script:

@@ -3,30 +3,11 @@
 import shlex
 import sys
 
+from fmriflow import launch
+
 PRETRAIN = config["pretrain"]
 DATASET_DIR = f"{OUT}/dataset/atlas-{ATLAS}"
 PRETRAIN_DIR = f"{OUT}/pretrain/{PRETRAIN['model']}"
-
-
-def gpu_resources(section):
-    """SLURM resources of a training section through the executor plugin's gpu / gpu_model / cpus_per_gpu keys."""
-    resources = {"mem_mb": section["mem_mb"], "runtime": section["runtime"]}
-    if section["gpus"]:
-        resources.update(gpu=section["gpus"], cpus_per_gpu=section["cpus_per_gpu"])
-        if section["gpu_model"]:
-            resources["gpu_model"] = section["gpu_model"]
-    return resources
-
-
-def train_launcher(section):
-    """torchrun with one process per GPU; plain python on the CPU (the interpreter running Snakemake)."""
-    if section["gpus"] == 0:
-        return sys.executable
-    return f"{sys.executable} -m torch.distributed.run --standalone --nproc-per-node {section['gpus']}"
-
-
-def train_threads(section):
-    return section["gpus"] * section["cpus_per_gpu"] if section["gpus"] else 2
 
 
 def cli_options(options):
@@ -65,15 +46,15 @@ rule pretrain:
         model=f"{PRETRAIN_DIR}/model.pt",
         metrics=f"{PRETRAIN_DIR}/metrics.csv",
     params:
-        launcher=train_launcher(PRETRAIN),
+        launcher=launch.train_launcher(PRETRAIN, sys.executable),  # sys.executable: jobs find fmriflow
         out=PRETRAIN_DIR,
         dataset=DATASET_DIR,
         options=cli_options({key: PRETRAIN[key] for key in ("model", "batch_size", "max_steps", "lr", "warmup_steps",
                                                              "checkpoint_every", "precision", "seed", "num_workers",
                                                              "compile")}),
-    threads: train_threads(PRETRAIN)
+    threads: launch.train_threads(PRETRAIN)
     resources:
-        **gpu_resources(PRETRAIN),
+        **launch.train_resources(PRETRAIN),
     log:
         f"{LOGS}/pretrain/{PRETRAIN['model']}.log",
     shell:

@@ -9,7 +9,7 @@ rule resample:
         bold=grid("{run}", desc="preproc", suffix="bold", extension=".nii.gz"),
         mask=grid("{run}", desc="brain", suffix="mask", extension=".nii.gz"),
     resources:
-        mem_mb=3000,
+        mem_mb=mem_from_inputs(3000, 10),
     log:
         f"{LOGS}/resample/{{run}}.log",
     script:

@@ -64,13 +64,13 @@ rule voxel_pretrain:
         model=f"{OUT}/voxel/neurostorm-mae/model.pt",
         metrics=f"{OUT}/voxel/neurostorm-mae/metrics.csv",
     params:
-        launcher=train_launcher(VOXEL),
+        launcher=launch.train_launcher(VOXEL, sys.executable),  # sys.executable: jobs find fmriflow
         dataset=voxel_dataset_dir(VOXEL_GRID["neurostorm"]),
         out=f"{OUT}/voxel/neurostorm-mae",
         options=voxel_train_options("neurostorm-mae", VOXEL["pretrain"]),
-    threads: train_threads(VOXEL)
+    threads: launch.train_threads(VOXEL)
     resources:
-        **gpu_resources(VOXEL),
+        **launch.train_resources(VOXEL),
     log:
         f"{LOGS}/voxel_pretrain/neurostorm-mae.log",
     shell:
@@ -85,7 +85,7 @@ rule voxel_finetune:
         model=f"{voxel_finetune_dir('{model}')}/model.pt",
         metrics=f"{voxel_finetune_dir('{model}')}/metrics.csv",
     params:
-        launcher=train_launcher(VOXEL),
+        launcher=launch.train_launcher(VOXEL, sys.executable),  # sys.executable: jobs find fmriflow
         dataset=lambda wc: voxel_dataset_dir(VOXEL_GRID[wc.model]),
         out=lambda wc: voxel_finetune_dir(wc.model),
         options=lambda wc, input: voxel_train_options(
@@ -94,9 +94,9 @@ rule voxel_finetune:
                if wc.model == "neurostorm" else {})),
     wildcard_constraints:
         model="brainmt|neurostorm",
-    threads: train_threads(VOXEL)
+    threads: launch.train_threads(VOXEL)
     resources:
-        **gpu_resources(VOXEL),
+        **launch.train_resources(VOXEL),
     log:
         f"{LOGS}/voxel_finetune/{{model}}_target-{VOXEL_TARGET}.log",
     shell:
