@@ -1,5 +1,6 @@
 # Config validation, run discovery and the small input functions the rules share.
 
+import copy
 import re
 from pathlib import Path
 
@@ -43,6 +44,36 @@ PREPROC = preproc_files(config["preproc"], RUNS, OUT)
 wildcard_constraints:
     run="|".join(re.escape(run) for run in RUNS),
     atlas="|".join(ATLASES),
+
+
+def shaping(*keys, drop=()):
+    """The config entries that shape a rule's outputs, given to the rule as ``params.config``.
+
+    Snakemake reruns a job whose params changed since its outputs were made (the ``params``
+    rerun trigger); it cannot see what a script reads from ``snakemake.config``. So scripts read
+    config only through this subset: a step reruns when an entry it reads changes, and not when
+    an unrelated one does. ``keys`` are sections or dotted keys ("qc.fd_threshold"); ``drop``
+    removes dotted keys that only size or place the job (memory, GPUs, which set-ups exist).
+    Keys are sorted so that reordering the YAML file changes nothing.
+    """
+    picked = {}
+    for key in keys:
+        *parents, last = key.split(".")
+        source, target = config, picked
+        for part in parents:
+            source, target = source[part], target.setdefault(part, {})
+        target[last] = copy.deepcopy(source[last])
+    for key in drop:
+        *parents, last = key.split(".")
+        node = picked
+        for part in parents:
+            node = node[part]
+        del node[last]
+    return _sorted(picked)
+
+
+def _sorted(value):
+    return {k: _sorted(value[k]) for k in sorted(value)} if isinstance(value, dict) else value
 
 
 def out(run, **entities):

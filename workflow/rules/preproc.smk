@@ -21,6 +21,8 @@ rule preproc_derivatives:
         manifest=rules.bids.output.manifest,
     output:
         qc=out("{run}", desc="preproc", suffix="qc", extension=".tsv"),
+    params:
+        config=shaping("bids_dir", "preproc.mode", "qc.fd_threshold"),
     log:
         f"{LOGS}/preproc/{{run}}.log",
     script:
@@ -92,6 +94,7 @@ if MODE == "lite":
             boldref=str(boldref_path(LITE_FILES)),
         params:
             root=f"{OUT}/{LITE_ROOT}",
+            config=shaping("preproc.mode", "preproc.lite"),
         threads: config["preproc"]["lite"]["threads"]
         resources:
             mem_mb=6000,
