@@ -2,7 +2,10 @@
 
 import copy
 import re
+import sys
 from pathlib import Path
+
+from snakemake_interface_executor_plugins.settings import DeploymentMethod
 
 from snakemake.utils import validate
 
@@ -15,6 +18,17 @@ from fmriflow.preproc import preproc_files
 
 check_config(config, f"{workflow.basedir}/workflow/schemas/config.schema.yaml", workflow.configfiles)  # every error, by key
 validate(config, "../schemas/config.schema.yaml", set_default=True)
+
+
+# The project image, used by every rule (with --software-deployment-method apptainer only)
+# except those that name their own: fMRIPrep's rules start fMRIPrep's image themselves.
+container: config["container"]
+
+
+# The interpreter of training jobs' shell commands: inside the project image its own python,
+# otherwise the one running Snakemake (which has fmriflow installed).
+IN_CONTAINER = DeploymentMethod.APPTAINER in workflow.deployment_settings.deployment_method
+JOB_PYTHON = "python" if IN_CONTAINER and config["container"] else sys.executable
 
 OUT = config["output_dir"]
 DERIV = f"{OUT}/fmriflow"

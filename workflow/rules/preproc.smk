@@ -71,6 +71,9 @@ if MODE == "fmriprep":
                 runtime=FMRIPREP["runtime_minutes"],
             log:
                 f"{LOGS}/fmriprep/sub-{_subject}.log",
+            # none of Snakemake's: the command starts fMRIPrep's own image (binds, --cleanenv)
+            container:
+                None
             shell:
                 "mkdir -p {params.dirs} && {params.command} > {log} 2>&1"
 

@@ -1,7 +1,6 @@
 # Model-ready dataset and foundation-model pretraining (GPU on SLURM, CPU for the demo).
 
 import shlex
-import sys
 
 PRETRAIN = config["pretrain"]
 DATASET_DIR = f"{OUT}/dataset/atlas-{ATLAS}"
@@ -19,10 +18,10 @@ def gpu_resources(section):
 
 
 def train_launcher(section):
-    """torchrun with one process per GPU; plain python on the CPU (the interpreter running Snakemake)."""
+    """torchrun with one process per GPU; plain python on the CPU."""
     if section["gpus"] == 0:
-        return sys.executable
-    return f"{sys.executable} -m torch.distributed.run --standalone --nproc-per-node {section['gpus']}"
+        return JOB_PYTHON
+    return f"{JOB_PYTHON} -m torch.distributed.run --standalone --nproc-per-node {section['gpus']}"
 
 
 def train_threads(section):
