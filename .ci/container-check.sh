@@ -26,12 +26,12 @@ TIMES="$CACHE/container-times.tsv"
 
 mkdir -p "$CACHE"
 log() { echo "container-check: $*" >&2; }
-timed() {  # timed LABEL CMD...: run CMD, append "LABEL<TAB>seconds" to $TIMES
-    local label=$1 start end; shift
+timed() {  # timed LABEL CMD...: run CMD, append "LABEL<TAB>seconds" to $TIMES, keep its status
+    local label=$1 start status=0; shift
     start=$(date +%s)
-    "$@"
-    end=$(date +%s)
-    printf '%s\t%s\n' "$label" "$((end - start))" | tee -a "$TIMES" >&2
+    "$@" || status=$?
+    printf '%s\t%s\n' "$label" "$(($(date +%s) - start))" | tee -a "$TIMES" >&2
+    return "$status"
 }
 
 install_tools() {
@@ -95,13 +95,20 @@ fill_wheelhouse() {
 
 build_image() {
     fill_wheelhouse
-    timed image_build env DOCKER_BUILDKIT=0 docker build --quiet -f containers/Dockerfile \
-        --build-arg BASE_IMAGE="$BASE_IMAGE" --build-arg WHEELHOUSE="$WHEELS" -t "$IMAGE" .
+    # the legacy builder: BuildKit needs the buildx plugin, which Debian's docker.io lacks
+    if ! timed image_build sh -c "DOCKER_BUILDKIT=0 docker build -f containers/Dockerfile \
+            --build-arg BASE_IMAGE='$BASE_IMAGE' -t '$IMAGE' . > '$CACHE/image-build.log' 2>&1"; then
+        tail -n 40 "$CACHE/image-build.log" >&2
+        log "image build failed; full log: $CACHE/image-build.log"
+        return 1
+    fi
     docker image inspect "$IMAGE" --format 'image {{.RepoTags}}: {{.Size}} bytes' >&2
 }
 
 run_test() {
-    FMRIFLOW_REQUIRE_DOCKER=1 FMRIFLOW_IMAGE="$IMAGE" "${PYTEST:-$PYTHON -m pytest}" -q tests/test_container.py
+    [ -x "$PYTHON" ] || make install
+    FMRIFLOW_ATLAS_DIR="${FMRIFLOW_ATLAS_DIR:-$(cd .. && pwd)/shared/data/atlases}" \
+        FMRIFLOW_REQUIRE_DOCKER=1 FMRIFLOW_IMAGE="$IMAGE" "$PYTHON" -m pytest -q -rP tests/test_container.py
 }
 
 install_tools
