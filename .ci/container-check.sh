@@ -17,7 +17,10 @@ cd "$(dirname "$0")/.."
 STAGE=${1:-all}
 CACHE=${FMRIFLOW_CACHE:-/var/cache/fmriflow}
 SUITE=bookworm
-BASE_TAR="$CACHE/debian-$SUITE-python3.tar"
+# minbase plus Debian's Python 3.11 with venv (ensurepip), CA certificates, and procps (`free`,
+# which the fmriprep-docker wrapper runs: tests/test_fmriprep.py builds its stub image on this base)
+PACKAGES=python3,python3-venv,ca-certificates,procps
+BASE_TAR="$CACHE/debian-$SUITE-$(echo "$PACKAGES" | md5sum | cut -c1-8).tar"
 BASE_IMAGE=fmriflow-base:$SUITE
 IMAGE=${FMRIFLOW_IMAGE:-fmriflow:cpu}
 WHEELS=containers/wheels        # git-ignored; the Docker build context sees it
@@ -70,15 +73,14 @@ build_base() {
     if ! [ -s "$BASE_TAR" ]; then
         local root
         root=$(mktemp -d "$CACHE/rootfs.XXXXXX")
-        # minbase + Debian's Python 3.11 with venv (ensurepip) and CA certificates: nothing else
-        timed debootstrap debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates \
-            "$SUITE" "$root" "$(debian_mirror)"
+        timed debootstrap debootstrap --variant=minbase --include="$PACKAGES" "$SUITE" "$root" "$(debian_mirror)"
         rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*
         tar -C "$root" -cf "$BASE_TAR.part" . && mv "$BASE_TAR.part" "$BASE_TAR"
         rm -rf "$root"
     fi
-    if ! docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
-        timed docker_import docker import "$BASE_TAR" "$BASE_IMAGE"
+    local label='{{index .Config.Labels "fmriflow.base.packages"}}'
+    if [ "$(docker image inspect --format "$label" "$BASE_IMAGE" 2>/dev/null)" != "$PACKAGES" ]; then
+        timed docker_import docker import --change "LABEL fmriflow.base.packages=$PACKAGES" "$BASE_TAR" "$BASE_IMAGE"
     fi
 }
 
