@@ -105,6 +105,8 @@ build_image() {
         return 1
     fi
     docker image inspect "$IMAGE" --format 'image {{.RepoTags}}: {{.Size}} bytes' >&2
+    # the build stage's image (2.4 GB, with the wheelhouse) is not needed once the image is made
+    docker image prune --force --filter label=fmriflow.stage=build >/dev/null
 }
 
 run_test() {
