@@ -184,3 +184,37 @@ def test_loss_falls_on_demo_data(tmp_path, atlas_dir):
     val = pd.read_csv(tmp_path / "run" / "train_log.csv").dropna(subset=["val_loss"]).set_index("step")["val_loss"]
     assert list(val.index) == [0, 150, 300]
     assert val[300] < val[150] < val[0] and val[300] < 0.96 * val[0], val.tolist()
+
+
+def test_rerun_with_other_settings_or_data_starts_over(data, tmp_path):
+    """Snakemake reruns pretraining when its params or dataset change; the old checkpoint (here at
+    the last step) must not be resumed, or the old model would be written as the new one."""
+    out = tmp_path / "run"
+    train(config(data, out, lr=3e-3))
+    train(config(data, out, lr=1e-3))  # finished checkpoint of lr 3e-3 present
+    assert (out / "checkpoint.pt.stale").is_file()
+    train(config(data, tmp_path / "fresh", lr=1e-3))
+    for key, value in weights(tmp_path / "fresh").items():
+        assert torch.equal(weights(out)[key], value), key
+
+    # the dataset changed under the same path (a new card): starts over too
+    card = Path(data[0]) / "dataset_card.json"
+    original = card.read_bytes()
+    try:
+        card.write_bytes(original.replace(b"{", b"{\"note\": \"rebuilt\", ", 1))
+        result = train(config(data, out, lr=1e-3, max_steps=2))
+    finally:
+        card.write_bytes(original)
+    assert result["step"] == 2 and list(log(out).index) == [1, 2]
+
+
+def test_rerun_with_other_pace_settings_resumes(data, tmp_path):
+    """Checkpoint interval, loader workers and logging do not shape the model: a rerun under
+    other values continues the run (e.g. resubmitted with more workers after a time limit)."""
+    out = tmp_path / "run"
+    train(config(data, out, max_steps=20), should_stop=lambda step: step == 10)
+    train(config(data, out, max_steps=20, checkpoint_every=7, log_every=2))
+    assert not (out / "checkpoint.pt.stale").exists()
+    train(config(data, tmp_path / "straight", max_steps=20))
+    for key, value in weights(tmp_path / "straight").items():
+        assert torch.equal(weights(out)[key], value), key

@@ -113,7 +113,7 @@ def preproc_lite_step(raw_bold: str, atlas_img: str, out_bold: str, out_mask: st
         write_dataset_description(root, config["preproc"], name="fmriflow lite preprocessing")
 
 
-def resample_step(bold: str, mask: str, atlas_img: str, qc: str, out_bold: str, out_mask: str, config: Config) -> None:
+def resample_step(bold: str, mask: str, atlas_img: str, qc: str, out_bold: str, out_mask: str) -> None:
     from .resample import to_atlas_grid
 
     info = to_atlas_grid(bold, mask, atlas_img, out_bold, out_mask)
@@ -202,7 +202,7 @@ def connectivity_step(timeseries: str, out_tsv: Sequence[str], out_npy: Sequence
 
 
 def group_connectivity_step(matrices: Sequence[str], participants: str, group_column: str | None,
-                            out_mean: str, out_diff: str, config: Config) -> None:
+                            out_mean: str, out_diff: str) -> None:
     """Fisher-z mean Pearson FC over all runs, and the difference between the two levels of ``group_column``."""
     fcs = [read_tsv(p, index_col=0) for p in matrices]
     names = list(fcs[0].columns)

@@ -277,8 +277,9 @@ def train(cfg: TrainConfig, should_stop: Callable[[int], bool] | None = None) ->
 
     step = 0
     checkpoint = out / CHECKPOINT
-    if checkpoint.exists():
-        state = torch.load(checkpoint, map_location=ddp.device, weights_only=False)
+    inputs = run_inputs(cfg)
+    state = _resumable(checkpoint, cfg, inputs, ddp)
+    if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -337,7 +338,7 @@ def train(cfg: TrainConfig, should_stop: Callable[[int], bool] | None = None) ->
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
             interrupted = bool(flag.item())
         if step % cfg.checkpoint_every == 0 or step == cfg.max_steps or interrupted:
-            save_checkpoint(checkpoint, model, optimizer, scheduler, step, cfg, ddp)
+            save_checkpoint(checkpoint, model, optimizer, scheduler, step, cfg, ddp, inputs=inputs)
         if interrupted:
             break
 
@@ -385,11 +386,58 @@ def evaluate(model, task: Task, cfg: TrainConfig, ddp: Dist, bf16: bool, max_bat
     return float(torch.stack(losses).mean())
 
 
-def save_checkpoint(path: Path, model, optimizer, scheduler, step: int, cfg: TrainConfig, ddp: Dist) -> None:
-    """Rank 0 writes model, optimiser, scheduler, step and RNG states atomically."""
+# TrainConfig fields that say where or how fast a run goes, not what it computes: a checkpoint
+# made under other values of these is still this run's
+NOT_SHAPING = frozenset({"out", "checkpoint_every", "eval_every", "log_every", "num_workers", "compile"})
+
+
+def run_inputs(cfg: TrainConfig) -> dict[str, str]:
+    """sha256 of the files a run learns from: the dataset card (which lists its inputs' sha256,
+    splits and scaling), the coordinates, the participants table and the initial model."""
+    from .io import sha256sum
+
+    files = {"dataset_card": str(Path(cfg.dataset) / "dataset_card.json"), "coords": cfg.coords,
+             "participants": cfg.participants, "init_from": cfg.init_from}
+    return {key: sha256sum(path) for key, path in files.items() if path and Path(path).is_file()}
+
+
+def _resumable(path: Path, cfg: TrainConfig, inputs: dict[str, str], ddp: Dist) -> dict | None:
+    """The checkpoint at ``path`` if it belongs to this run, else None.
+
+    A rerun after a time limit continues from it. A rerun because the data or a setting that
+    shapes training changed (Snakemake reruns the job on new inputs or params) must not: it
+    would start at the old run's step, possibly its last, and write the old model as the new
+    one. Such a checkpoint is set aside as ``checkpoint.pt.stale`` and training starts over.
+    """
+    if not path.exists():
+        return None
+    state = torch.load(path, map_location=ddp.device, weights_only=False)
+    now = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NOT_SHAPING}
+    then = {k: v for k, v in state.get("config", {}).items() if k not in NOT_SHAPING}
+    if isinstance(then.get("betas"), list):
+        then["betas"] = tuple(then["betas"])
+    changed = sorted(k for k in now.keys() | then.keys() if now.get(k) != then.get(k))
+    if state.get("inputs") != inputs:
+        changed.append("inputs (" + ", ".join(sorted(k for k in inputs.keys() | state.get("inputs", {}).keys()
+                                                      if inputs.get(k) != state.get("inputs", {}).get(k))) + ")")
+    if not changed:
+        return state
+    if ddp.world > 1:
+        dist.barrier()  # every rank has read it before rank 0 moves it
+    if ddp.master:
+        os.replace(path, path.with_name(path.name + ".stale"))
+        print(f"fmriflow-train: {path} was made with other {', '.join(changed)}; training starts over "
+              f"(the old checkpoint is kept as {path.name}.stale)", file=sys.stderr)
+    return None
+
+
+def save_checkpoint(path: Path, model, optimizer, scheduler, step: int, cfg: TrainConfig, ddp: Dist,
+                    inputs: dict[str, str] | None = None) -> None:
+    """Rank 0 writes model, optimiser, scheduler, step, RNG states, the config and the inputs'
+    sha256 (``run_inputs``) atomically."""
     if ddp.master:
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                 "step": step, "rng": _get_rng(), "config": dataclasses.asdict(cfg)}
+                 "step": step, "rng": _get_rng(), "config": dataclasses.asdict(cfg), "inputs": inputs or {}}
         _save(state, path)
     if ddp.world > 1:
         dist.barrier()

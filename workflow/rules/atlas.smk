@@ -3,9 +3,8 @@ rule atlas:
     output:
         img=atlas_img(ATLAS),
         labels=atlas_labels(ATLAS),
-    params:
-        cache_dir=config["atlas"]["cache_dir"],
-        local_dir=config["atlas"]["path"],
+    # no params: where the atlas is found does not shape it (its sha256 is checked), so moving
+    # the cache must not rerun it and, through its new mtime, every step after it
     log:
         f"{LOGS}/atlas/atlas-{ATLAS}.log",
     script:

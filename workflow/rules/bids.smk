@@ -8,6 +8,7 @@ rule bids:
         validation=f"{OUT}/bids/validation.json",
     params:
         bids_dir=BIDS_DIR,
+        config=shaping("bids"),
     log:
         f"{LOGS}/bids/bids.log",
     script:
@@ -18,6 +19,8 @@ rule dataset_description:
     """The derivatives root's dataset_description.json (GeneratedBy, ConfigurationHash)."""
     output:
         f"{DERIV}/dataset_description.json",
+    params:
+        config=config,  # its ConfigurationHash is the hash of the whole resolved config
     log:
         f"{LOGS}/bids/dataset_description.log",
     script:

@@ -1,8 +1,12 @@
 # Config validation, run discovery and the small input functions the rules share.
 
+import copy
 import math
 import re
+import sys
 from pathlib import Path
+
+from snakemake_interface_executor_plugins.settings import DeploymentMethod
 
 from snakemake.utils import validate
 
@@ -15,6 +19,17 @@ from fmriflow.preproc import preproc_files
 
 check_config(config, f"{workflow.basedir}/workflow/schemas/config.schema.yaml", workflow.configfiles)  # every error, by key
 validate(config, "../schemas/config.schema.yaml", set_default=True)
+
+
+# The project image, used by every rule (with --software-deployment-method apptainer only)
+# except those that name their own: fMRIPrep's rules start fMRIPrep's image themselves.
+container: config["container"]
+
+
+# The interpreter of training jobs' shell commands: inside the project image its own python,
+# otherwise the one running Snakemake (which has fmriflow installed).
+IN_CONTAINER = DeploymentMethod.APPTAINER in workflow.deployment_settings.deployment_method
+JOB_PYTHON = "python" if IN_CONTAINER and config["container"] else sys.executable
 
 OUT = config["output_dir"]
 DERIV = f"{OUT}/fmriflow"
@@ -58,6 +73,36 @@ def mem_from_inputs(floor_mb, per_input_mb):
         return attempt * max(floor_mb, math.ceil(per_input_mb * input.size_mb))
 
     return mem_mb
+
+
+def shaping(*keys, drop=()):
+    """The config entries that shape a rule's outputs, given to the rule as ``params.config``.
+
+    Snakemake reruns a job whose params changed since its outputs were made (the ``params``
+    rerun trigger); it cannot see what a script reads from ``snakemake.config``. So scripts read
+    config only through this subset: a step reruns when an entry it reads changes, and not when
+    an unrelated one does. ``keys`` are sections or dotted keys ("qc.fd_threshold"); ``drop``
+    removes dotted keys that only size or place the job (memory, GPUs, which set-ups exist).
+    Keys are sorted so that reordering the YAML file changes nothing.
+    """
+    picked = {}
+    for key in keys:
+        *parents, last = key.split(".")
+        source, target = config, picked
+        for part in parents:
+            source, target = source[part], target.setdefault(part, {})
+        target[last] = copy.deepcopy(source[last])
+    for key in drop:
+        *parents, last = key.split(".")
+        node = picked
+        for part in parents:
+            node = node[part]
+        del node[last]
+    return _sorted(picked)
+
+
+def _sorted(value):
+    return {k: _sorted(value[k]) for k in sorted(value)} if isinstance(value, dict) else value
 
 
 def out(run, **entities):

@@ -8,6 +8,7 @@ rule connectivity:
         dynamic=[relmat("{run}", "{atlas}", "pearson", ".npy", desc="dynamic")] if DYNAMIC else [],
     params:
         kinds=RUN_KINDS,
+        config=shaping("connectivity.kinds", "connectivity.sliding_window"),
     log:
         f"{LOGS}/connectivity/{{run}}_atlas-{{atlas}}.log",
     script:
@@ -43,6 +44,7 @@ rule connectivity_stack:
         runs=group_file("{atlas}", "{stat}", "stack", suffix="runs"),
     params:
         runs=lambda wildcards: included_runs(),
+        config=shaping("connectivity.fisher_z"),
     wildcard_constraints:
         stat="|".join(STAT[k] for k in RUN_KINDS),
     log:
@@ -62,6 +64,7 @@ rule tangent_stack:
         reference=group_file("{atlas}", STAT["tangent"], "reference", extension=".npy"),
     params:
         runs=lambda wildcards: included_runs(),
+        config=shaping("connectivity.fisher_z"),
     log:
         f"{LOGS}/connectivity/stack_atlas-{{atlas}}_stat-tangent.log",
     script:

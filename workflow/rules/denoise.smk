@@ -7,6 +7,8 @@ rule denoise:
     output:
         bold=grid("{run}", desc="denoised", suffix="bold", extension=".nii.gz"),
         qc=grid("{run}", desc="denoised", suffix="qc", extension=".tsv"),
+    params:
+        config=shaping("denoise"),
     resources:
         mem_mb=mem_from_inputs(4000, 10),
     log:

@@ -44,6 +44,7 @@ rule finetune_features:
         samples=f"{FINETUNE_DIR}/features/samples.npy",
     params:
         dataset=DATASET_DIR,
+        config=shaping("finetune.seed", "finetune.device"),
     resources:
         **finetune_resources(),
     log:
@@ -64,6 +65,9 @@ rule finetune:
         metrics=f"{FINETUNE_DIR}/setup-{{setup}}/metrics.tsv",
     params:
         dataset=DATASET_DIR,
+        # what trains and scores one set-up; not which set-ups exist, nor the job's size
+        config=shaping("finetune", drop=("finetune.enabled", "finetune.setups", "finetune.gpus",
+                                         "finetune.mem_mb", "finetune.runtime")),
     wildcard_constraints:
         setup="[A-Za-z0-9_.-]+",
     threads: 2

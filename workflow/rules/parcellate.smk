@@ -12,6 +12,8 @@ rule parcellate:
     output:
         timeseries=[timeseries("{run}", a) for a in ATLASES],
         coverage=[grid("{run}", atlas=a, stat="coverage", suffix="bold", extension=".tsv") for a in ATLASES],
+    params:
+        config=shaping("parcellate"),
     resources:
         mem_mb=mem_from_inputs(1000, 6),
     log:

@@ -21,6 +21,8 @@ rule preproc_derivatives:
         manifest=rules.bids.output.manifest,
     output:
         qc=out("{run}", desc="preproc", suffix="qc", extension=".tsv"),
+    params:
+        config=shaping("bids_dir", "preproc.mode", "qc.fd_threshold"),
     log:
         f"{LOGS}/preproc/{{run}}.log",
     script:
@@ -69,6 +71,9 @@ if MODE == "fmriprep":
                 runtime=FMRIPREP["runtime_minutes"],
             log:
                 f"{LOGS}/fmriprep/sub-{_subject}.log",
+            # none of Snakemake's: the command starts fMRIPrep's own image (binds, --cleanenv)
+            container:
+                None
             shell:
                 "mkdir -p {params.dirs} && {params.command} > {log} 2>&1"
 
@@ -92,6 +97,7 @@ if MODE == "lite":
             boldref=str(boldref_path(LITE_FILES)),
         params:
             root=f"{OUT}/{LITE_ROOT}",
+            config=shaping("preproc.mode", "preproc.lite"),
         threads: config["preproc"]["lite"]["threads"]
         resources:
             mem_mb=mem_from_inputs(6000, 12),

@@ -1,7 +1,6 @@
 # Model-ready dataset and foundation-model pretraining (GPU on SLURM, CPU for the demo).
 
 import shlex
-import sys
 
 from fmriflow import launch
 
@@ -31,6 +30,7 @@ rule dataset:
         card=f"{DATASET_DIR}/dataset_card.json",
     params:
         runs=lambda wildcards: included_runs(),
+        config=shaping("dataset"),
     log:
         f"{LOGS}/dataset/atlas-{ATLAS}.log",
     script:
@@ -46,7 +46,7 @@ rule pretrain:
         model=f"{PRETRAIN_DIR}/model.pt",
         metrics=f"{PRETRAIN_DIR}/metrics.csv",
     params:
-        launcher=launch.train_launcher(PRETRAIN, sys.executable),  # sys.executable: jobs find fmriflow
+        launcher=launch.train_launcher(PRETRAIN, JOB_PYTHON),  # the interpreter that has fmriflow (the image's in a container)
         out=PRETRAIN_DIR,
         dataset=DATASET_DIR,
         options=cli_options({key: PRETRAIN[key] for key in ("model", "batch_size", "max_steps", "lr", "warmup_steps",

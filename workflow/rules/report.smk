@@ -16,6 +16,8 @@ rule report:
         ground_truth=ground_truth(),
     output:
         html=report(f"{OUT}/report/fmriflow_report.html", caption="../report/report.rst", category="Report"),
+    params:
+        config=config,  # its provenance section shows the whole resolved config
     log:
         f"{LOGS}/report/report.log",
     script:

@@ -46,6 +46,7 @@ rule voxel_dataset:
     params:
         runs=lambda wildcards: included_runs(),
         splits=f"{DATASET_DIR}/splits.tsv",
+        config=shaping("voxel.dtype"),
     wildcard_constraints:
         geometry="|".join(VOXEL_GRID.values()),
     resources:
@@ -64,7 +65,7 @@ rule voxel_pretrain:
         model=f"{OUT}/voxel/neurostorm-mae/model.pt",
         metrics=f"{OUT}/voxel/neurostorm-mae/metrics.csv",
     params:
-        launcher=launch.train_launcher(VOXEL, sys.executable),  # sys.executable: jobs find fmriflow
+        launcher=launch.train_launcher(VOXEL, JOB_PYTHON),  # the interpreter that has fmriflow (the image's in a container)
         dataset=voxel_dataset_dir(VOXEL_GRID["neurostorm"]),
         out=f"{OUT}/voxel/neurostorm-mae",
         options=voxel_train_options("neurostorm-mae", VOXEL["pretrain"]),
@@ -85,7 +86,7 @@ rule voxel_finetune:
         model=f"{voxel_finetune_dir('{model}')}/model.pt",
         metrics=f"{voxel_finetune_dir('{model}')}/metrics.csv",
     params:
-        launcher=launch.train_launcher(VOXEL, sys.executable),  # sys.executable: jobs find fmriflow
+        launcher=launch.train_launcher(VOXEL, JOB_PYTHON),  # the interpreter that has fmriflow (the image's in a container)
         dataset=lambda wc: voxel_dataset_dir(VOXEL_GRID[wc.model]),
         out=lambda wc: voxel_finetune_dir(wc.model),
         options=lambda wc, input: voxel_train_options(

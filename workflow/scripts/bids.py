@@ -6,6 +6,6 @@ with logged(snakemake.log[0]):
         snakemake.params.bids_dir,
         snakemake.output.manifest,
         snakemake.output.validation,
-        validate=snakemake.config["bids"]["validate"],
-        fail_on_errors=snakemake.config["bids"]["fail_on_errors"],
+        validate=snakemake.params.config["bids"]["validate"],
+        fail_on_errors=snakemake.params.config["bids"]["fail_on_errors"],
     )

@@ -4,4 +4,4 @@ from fmriflow.steps import connectivity_step
 with logged(snakemake.log[0]):
     o = snakemake.output
     connectivity_step(snakemake.input.timeseries, list(o.tsv), list(o.npy), snakemake.params.kinds,
-                      snakemake.config, out_dynamic=o.dynamic[0] if o.dynamic else None)
+                      snakemake.params.config, out_dynamic=o.dynamic[0] if o.dynamic else None)

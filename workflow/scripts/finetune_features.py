@@ -4,6 +4,6 @@ from fmriflow.finetune.run import features_step
 from fmriflow.smk import logged
 
 with logged(snakemake.log[0]):
-    section = snakemake.config["finetune"]
+    section = snakemake.params.config["finetune"]
     features_step(snakemake.params.dataset, snakemake.input.model, snakemake.input.coords,
                   str(Path(snakemake.output.fc).parent), seed=section["seed"], device=section["device"])

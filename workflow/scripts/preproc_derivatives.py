@@ -9,7 +9,7 @@ with logged(snakemake.log[0]):
         PreprocFiles(i.bold, i.mask, i.confounds),
         i.raw_bold,
         i.manifest,
-        snakemake.config["bids_dir"],
+        snakemake.params.config["bids_dir"],
         snakemake.output.qc,
-        snakemake.config,
+        snakemake.params.config,
     )

@@ -14,6 +14,6 @@ with logged(snakemake.log[0]):
         group_fc=i.group_fc,
         group_diff=i.group_diff,
         ground_truth_edges=i.ground_truth[0] if i.ground_truth else None,
-        config=snakemake.config,
+        config=snakemake.params.config,
     )
-    write_sidecar(html, "report", list(i), config=snakemake.config["report"])
+    write_sidecar(html, "report", list(i), config=snakemake.params.config["report"])
