@@ -14,6 +14,7 @@ import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
@@ -28,6 +29,10 @@ SUBJECTS = ["01", "02", "03", "04"]
 RESPONSE = {"01": 0, "02": 1, "03": 0, "04": 1}
 PLANTED = [(1, 2, 0.4), (181, 361, -0.3), (397, 424, 0.5)]
 DROPPED_LABEL = 10  # region dropped in sub-02's run
+MAX_MEAN_FD = 0.2  # excludes sub-03 and sub-04 (mean FD 0.1 + 0.0712 k)
+GRID = (8, 9, 7)  # small BOLD images: carpet plots and tSNR maps
+N_VOLUMES = 30
+SECTIONS = ["summary", "dataset", "run-qc", "coverage", "connectivity", "pretraining", "finetuning", "provenance"]
 ENTITIES = "_space-MNI152NLin6Asym_res-2_atlas-A424"
 
 
@@ -118,10 +123,80 @@ def inputs(tmp_path_factory) -> dict:
         "region_i": i, "region_j": j, "name_i": names[i - 1], "name_j": names[j - 1],
         "corr_nonresponder": 0.0, "corr_responder": d, "delta": d} for i, j, d in PLANTED]))
     config = {"bids_dir": "data/demo/bids", "preproc": {"mode": "lite"}, "parcellate": {"min_coverage": 0.5},
-              "report": {"group_column": "response"}}
+              "report": {"group_column": "response"}, "qc": {"max_mean_fd": MAX_MEAN_FD, "min_tsnr": None},
+              "denoise": {"fd_threshold": 0.5}, "pretrain": {"model": "tiny"},
+              "finetune": {"enabled": True, "target": "response", "baselines": ["logistic"]}, "voxel": {"enabled": False}}
+    run_qc = group / "desc-runs_qc.tsv"
+    write_tsv(run_qc, pd.DataFrame([{
+        "run": f"sub-{s}/func/sub-{s}_task-rest", "subject": s, "mean_fd": mean_fd[f"sub-{s}_task-rest"],
+        "fraction_censored": 0.1, "median_tsnr": 40.0 + k, "included": mean_fd[f"sub-{s}_task-rest"] <= MAX_MEAN_FD,
+        "exclusion_reasons": (f"mean FD {mean_fd[f'sub-{s}_task-rest']:.3g} mm > {MAX_MEAN_FD:g} mm"
+                              if mean_fd[f"sub-{s}_task-rest"] > MAX_MEAN_FD else "n/a"),
+    } for k, s in enumerate(SUBJECTS)]))
+    run_files, images = {}, root / "images"
+    labels_img = nib.Nifti1Image(rng.integers(1, N_REGIONS + 1, GRID).astype(np.int16), np.eye(4))
+    atlas_image = images / "atlas_dseg.nii.gz"
+    images.mkdir()
+    nib.save(labels_img, atlas_image)
+    for k, s in enumerate(SUBJECTS):
+        label = f"sub-{s}_task-rest"
+        mask = np.zeros(GRID, dtype=np.uint8)
+        mask[1:-1, 1:-1, 1:-1] = 1
+        bold = 100.0 + (1 + k) * rng.standard_normal((*GRID, N_VOLUMES))
+        files = {"mask": images / f"{label}_mask.nii.gz", "bold": images / f"{label}_bold.nii.gz",
+                 "denoised": images / f"{label}_denoised.nii.gz", "confounds": images / f"{label}_confounds.tsv"}
+        nib.save(nib.Nifti1Image(mask, np.eye(4)), files["mask"])
+        nib.save(nib.Nifti1Image(bold.astype(np.float32), np.eye(4)), files["bold"])
+        nib.save(nib.Nifti1Image((bold - bold.mean(axis=3, keepdims=True)).astype(np.float32), np.eye(4)), files["denoised"])
+        fd = np.r_[np.nan, rng.uniform(0, 2 * mean_fd[label], N_VOLUMES - 1)]
+        write_tsv(files["confounds"], pd.DataFrame({"framewise_displacement": fd, "trans_x": 0.0}))
+        run_files[f"sub-{s}/func/{label}"] = {kind: str(path) for kind, path in files.items()}
+    atlas_labels = images / "atlas-A424_dseg.tsv"
+    write_tsv(atlas_labels, pd.DataFrame({"index": np.arange(1, N_REGIONS + 1), "name": names,
+                                          "x": rng.uniform(-60, 60, N_REGIONS), "y": rng.uniform(-90, 60, N_REGIONS),
+                                          "z": rng.uniform(-40, 70, N_REGIONS)}))
+    metrics = root / "pretrain" / "metrics.csv"
+    metrics.parent.mkdir()
+    pd.DataFrame({"step": [0, 1, 2, 2, 3, 4, 4], "train_loss": [np.nan, 1.0, 0.9, np.nan, 0.8, 0.7, np.nan],
+                  "val_loss": [1.2, np.nan, np.nan, 0.95, np.nan, np.nan, 1.0], "lr": [np.nan, 1e-4, 2e-4, np.nan, 2e-4, 1e-4, np.nan],
+                  "grad_norm": np.nan, "samples_per_s": np.nan}).to_csv(metrics, index=False)
+    finetune = _finetune_outputs(root / "finetune" / "response", rng, names)
     kwargs = dict(participants=participants, manifest=manifest, validation=validation, qc=qc, coverage=coverage,
-                  group_fc=group_fc, group_diff=group_diff, ground_truth_edges=edges, config=config)
+                  group_fc=group_fc, group_diff=group_diff, ground_truth_edges=edges, config=config, run_qc=run_qc,
+                  run_files=run_files, atlas_image=atlas_image, atlas_labels=atlas_labels, pretrain_metrics=metrics,
+                  finetune_table=finetune["table"], predictions=finetune["predictions"])
     return {"root": root, "kwargs": kwargs, "mean_fd": mean_fd}
+
+
+def _finetune_outputs(root: Path, rng: np.random.Generator, names: list[str]) -> dict:
+    """Fine-tuning outputs as the finetune rules write them: predictions with tied scores, two set-ups."""
+    predictions, rows = [], []
+    for setup, n in (("agnostic", 12), ("site-01", 6)):
+        frames = []
+        for variant in ("concat", "logistic", "permuted_concat"):
+            labels = np.tile([0, 1], n // 2)
+            scores = np.round(np.clip(0.5 + 0.3 * (labels - 0.5) + 0.25 * rng.standard_normal(n), 0, 1), 1)  # ties
+            frames.append(pd.DataFrame({"setup": setup, "variant": variant, "repeat": 0, "fold": np.arange(n) % 3,
+                                        "subject": [f"{k:02d}" for k in range(n)], "label": labels, "score": scores}))
+            rows.append({"setup": setup, "variant": variant, "n_subjects": n, "n_folds": 3,
+                         **{f"{m}_{stat}": v for m in ("mcc", "auroc", "balanced_accuracy")
+                            for stat, v in (("mean", 0.5), ("sd", 0.1), ("pooled", 0.55), ("ci_low", 0.3), ("ci_high", 0.8))}})
+        path = root / f"setup-{setup}" / "predictions.tsv"
+        write_tsv(path, pd.concat(frames, ignore_index=True))
+        predictions.append(str(path))
+    table = root / "variants.tsv"
+    write_tsv(table, pd.DataFrame(rows))
+    agnostic = root / "setup-agnostic"
+    write_tsv(agnostic / "attribution_modality.tsv", pd.DataFrame({
+        "setup": "agnostic", "site": ["01", "02"], "ts": [3.0, 1.0], "fc": [1.0, 3.0], "ts_share": [0.75, 0.25],
+        "fc_share": [0.25, 0.75]}))
+    ts, fc = rng.uniform(0, 1, N_REGIONS), rng.uniform(0, 1, N_REGIONS)
+    regions = pd.DataFrame({"region": np.arange(1, N_REGIONS + 1), "name": names, "ts": ts, "fc": fc})
+    regions["total"] = ts / ts.sum() + fc / fc.sum()
+    regions = regions.sort_values("total", ascending=False, kind="stable")
+    regions["rank"] = np.arange(1, N_REGIONS + 1)
+    write_tsv(agnostic / "attribution_regions.tsv", regions)
+    return {"table": str(table), "predictions": predictions}
 
 
 @pytest.fixture(scope="module")
@@ -188,7 +263,7 @@ def _rows(page: _Page, table_id: str) -> list[dict[str, str]]:
 
 def test_report_is_written_with_all_sections(built):
     assert built["out"].is_file()
-    assert built["summary"]["sections"] == ["summary", "dataset", "run-qc", "coverage", "connectivity", "provenance"]
+    assert built["summary"]["sections"] == SECTIONS
     for section in built["summary"]["sections"]:
         assert f'<section id="{section}">' in built["text"]
     assert built["summary"]["n_subjects"] == 4 and built["summary"]["n_runs"] == 4
@@ -197,7 +272,11 @@ def test_report_is_written_with_all_sections(built):
 
 def test_images_are_embedded_pngs(built):
     images = built["page"].images
-    assert len(images) == len(built["summary"]["figures"]) == 4
+    ids = [f["id"] for f in built["summary"]["figures"]]
+    assert ids == ["qc-fd", "qc-fd-trace", "qc-tsnr", "qc-run-sub-04_task-rest", "qc-run-sub-03_task-rest",
+                   "qc-run-sub-02_task-rest", "coverage", "fc-mean", "fc-groupdiff", "pretrain-curves", "finetune-roc",
+                   "finetune-confusion", "attribution-modality", "attribution-brain"]
+    assert len(images) == len(ids)
     for src in images:
         prefix = "data:image/png;base64,"
         assert src.startswith(prefix)
@@ -224,7 +303,10 @@ def test_each_caption_names_its_sources(built):
         assert figure["sources"]
         for source in figure["sources"]:
             assert source in caption
-    assert Path(built["summary"]["figures"][2]["sources"][0]).name.endswith("desc-mean_relmat.tsv")
+    by_id = {f["id"]: f["sources"] for f in figures}
+    assert Path(by_id["fc-mean"][0]).name.endswith("desc-mean_relmat.tsv")
+    assert [Path(p).parent.name for p in by_id["finetune-roc"]] == ["setup-agnostic", "setup-site-01"]
+    assert Path(by_id["attribution-brain"][0]).name == "attribution_regions.tsv"
 
 
 def test_qc_table_has_one_row_per_run_with_its_mean_fd(built, inputs):
@@ -277,9 +359,13 @@ def test_two_builds_are_byte_identical(inputs, tmp_path, monkeypatch):
 
 
 def test_optional_inputs_can_be_left_out(inputs, tmp_path):
-    kwargs = {**inputs["kwargs"], "group_diff": None, "ground_truth_edges": None, "config": None}
+    kwargs = {**inputs["kwargs"], "group_diff": None, "ground_truth_edges": None, "config": None, "run_qc": None,
+              "run_files": None, "pretrain_metrics": None, "finetune_table": None, "predictions": []}
     summary = build_report(tmp_path / "r.html", **kwargs)
-    assert len(summary["figures"]) == 3 and summary["ground_truth"] is None
+    assert [f["id"] for f in summary["figures"]] == ["qc-fd", "coverage", "fc-mean"] and summary["ground_truth"] is None
+    assert summary["sections"] == SECTIONS
+    text = (tmp_path / "r.html").read_text(encoding="utf-8")
+    assert text.count("<b>Not run:</b>") == 4  # exclusions, carpet plots, pretraining, fine-tuning
 
 
 def test_missing_qc_file_is_named(inputs, tmp_path):
