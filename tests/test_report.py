@@ -8,6 +8,7 @@ inputs naming the file, and is byte-identical across builds. Inputs are small an
 from __future__ import annotations
 
 import base64
+import json
 import shutil
 import struct
 import subprocess
@@ -416,3 +417,109 @@ def test_matrices_are_put_in_label_order_by_region_name(inputs, tmp_path):
         page.feed((tmp_path / name).read_text(encoding="utf-8"))
         observed.append([(r["Observed difference"], r["Rank by |observed|"]) for r in _rows(page, "ground-truth")])
     assert observed[0] == observed[1]
+
+
+def test_roc_and_confusion_equal_sklearn(built, inputs):
+    """The AUROC and confusion counts shown for every set-up and variant, against scikit-learn
+    on the predictions files (scores with ties)."""
+    from sklearn.metrics import confusion_matrix, roc_auc_score
+
+    rows = {(r["Set-up"], r["Variant"]): r for r in _rows(built["page"], "roc-confusion")}
+    preds = pd.concat([pd.read_csv(p, sep="\t", dtype={"setup": str}) for p in inputs["kwargs"]["predictions"]])
+    assert len(rows) == 6
+    for (setup, variant), frame in preds.groupby(["setup", "variant"]):
+        row = rows[(setup, variant)]
+        assert float(row["AUROC"]) == pytest.approx(roc_auc_score(frame["label"], frame["score"]), abs=5e-4)
+        tn, fp, fn, tp = confusion_matrix(frame["label"], (frame["score"] >= 0.5).astype(int), labels=[0, 1]).ravel()
+        assert [int(row[k]) for k in ("TN", "FP", "FN", "TP")] == [tn, fp, fn, tp]
+
+
+def test_roc_points_match_sklearn_curve():
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    from fmriflow.report.modelling import roc_points
+
+    rng = np.random.default_rng(5)
+    labels = rng.integers(0, 2, 200)
+    scores = np.round(rng.uniform(0, 1, 200) + 0.2 * labels, 1)  # many ties
+    fpr, tpr, auc = roc_points(labels, scores)
+    ref_fpr, ref_tpr, _ = roc_curve(labels, scores, drop_intermediate=False)
+    np.testing.assert_allclose(fpr, ref_fpr)
+    np.testing.assert_allclose(tpr, ref_tpr)
+    assert auc == pytest.approx(roc_auc_score(labels, scores))
+    assert np.isnan(roc_points([1, 1], [0.2, 0.9])[2])  # one class: undefined
+
+
+def test_variant_table_and_top_regions(built, inputs):
+    variants = _rows(built["page"], "finetune-variants")
+    kinds = {(r["Set-up"], r["Variant"]): r["Kind"] for r in variants}
+    assert kinds[("agnostic", "concat")] == "model" and kinds[("agnostic", "logistic")] == "baseline"
+    assert kinds[("site-01", "permuted_concat")] == "control"
+    assert variants[0]["AUROC pooled [95% CI]"] == "0.550 [0.300, 0.800]"
+    regions = pd.read_csv(Path(inputs["kwargs"]["predictions"][0]).with_name("attribution_regions.tsv"), sep="\t")
+    top = _rows(built["page"], "top-regions")
+    expected = regions.sort_values("total", ascending=False).head(20)
+    assert [r["Region"] for r in top] == expected["name"].tolist()
+
+
+def test_exclusions_and_detail_runs(built):
+    rows = _rows(built["page"], "exclusions")
+    assert [r["Run"] for r in rows] == ["sub-03_task-rest", "sub-04_task-rest"]
+    assert rows[1]["Reasons"].startswith("mean FD 0.314 mm > 0.2 mm")
+    captions = {f["id"]: f["caption"] for f in built["summary"]["figures"]}
+    assert "excluded: mean FD" in captions["qc-run-sub-04_task-rest"]
+    assert "included run with the highest mean FD" in captions["qc-run-sub-02_task-rest"]
+    qc = {r["Run"]: r["Median tSNR"] for r in _rows(built["page"], "qc-table")}
+    assert qc["sub-02_task-rest"] == "41.0"
+
+
+def test_tsnr_and_carpet_numbers(built, inputs):
+    """The median tSNR and voxel counts in a carpet figure's caption, against numpy on the image."""
+    files = inputs["kwargs"]["run_files"]["sub-04/func/sub-04_task-rest"]
+    bold = np.asarray(nib.load(files["bold"]).dataobj, dtype=np.float64)
+    mask = np.asarray(nib.load(files["mask"]).dataobj) > 0
+    series = bold[mask]
+    median = np.median(series.mean(axis=1) / series.std(axis=1, ddof=1))
+    caption = next(f["caption"] for f in built["summary"]["figures"] if f["id"] == "qc-run-sub-04_task-rest")
+    assert f"(median {median:.1f})" in caption
+    assert f"{mask.sum()} of {mask.sum()} in-mask voxels" in caption  # fewer than the carpet's cap
+
+
+def test_pretraining_summary(built):
+    (row,) = _rows(built["page"], "pretrain-summary")
+    assert row["Steps"] == "4" and row["Last train loss"] == "0.7000"
+    assert row["First val loss"] == "1.2000" and row["Best val loss"] == "0.9500 at step 2"
+    assert "voxel.enabled is false" in built["text"]
+
+
+def test_disabled_finetuning_is_shown_as_not_run(inputs, tmp_path):
+    config = {**inputs["kwargs"]["config"], "finetune": {"enabled": False}}
+    kwargs = {**inputs["kwargs"], "finetune_table": None, "predictions": [], "config": config}
+    summary = build_report(tmp_path / "r.html", **kwargs)
+    text = (tmp_path / "r.html").read_text(encoding="utf-8")
+    assert "<b>Not run:</b> fine-tuning and evaluation (finetune.enabled is false)" in text
+    assert not any(f["id"].startswith(("finetune", "attribution")) for f in summary["figures"])
+
+
+def test_figures_are_written_with_their_sources(inputs, tmp_path):
+    summary = build_report(tmp_path / "r.html", figures_dir=tmp_path / "figures", **inputs["kwargs"])
+    page = _Page()
+    page.feed((tmp_path / "r.html").read_text(encoding="utf-8"))
+    assert sorted(p.name for p in (tmp_path / "figures").glob("*.png")) == sorted(f"{f['id']}.png" for f in summary["figures"])
+    for figure, src in zip(summary["figures"], page.images):
+        png = tmp_path / "figures" / f"{figure['id']}.png"
+        assert base64.b64decode(src.split(",", 1)[1]) == png.read_bytes()
+        sidecar = json.loads(png.with_suffix(".json").read_text())["Provenance"]
+        assert [i["path"] for i in sidecar["Inputs"]] == figure["sources"]
+    assert set(summary["inputs"]) >= {s for f in summary["figures"] for s in f["sources"]}
+    rows = _rows(page, "report-inputs")
+    assert [r["File"] for r in rows] == summary["inputs"]
+
+
+def test_caption_file_covers_every_figure_id(built):
+    """workflow/report/figure.rst (the captions of ``snakemake --report``) has a caption for every figure."""
+    text = (Path(__file__).resolve().parents[1] / "workflow" / "report" / "figure.rst").read_text()
+    for figure in built["summary"]["figures"]:
+        fig_id = figure["id"]
+        key = "qc-run-" if fig_id.startswith("qc-run-") else fig_id
+        assert f'"{key}"' in text, fig_id

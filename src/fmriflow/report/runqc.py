@@ -303,9 +303,10 @@ def _draw_run(fig, data: dict, threshold) -> None:
     ax_carpet.imshow(carpet, aspect="auto", interpolation="nearest", cmap="gray", vmin=-2, vmax=2)
     edge = 0
     for size, name in zip(data["groups"], ("cortex", "subcortex", "cerebellum", "other")):
-        if size:
-            ax_carpet.text(-0.01, (edge + size / 2) / max(len(carpet), 1), name, transform=ax_carpet.transAxes,
+        if size and size >= 0.06 * len(carpet):  # a label on a thin band would overlap its neighbours
+            ax_carpet.text(-0.01, 1 - (edge + size / 2) / max(len(carpet), 1), name, transform=ax_carpet.transAxes,
                            ha="right", va="center", fontsize=7, rotation=90)
+        if size:
             edge += size
             if edge < len(carpet):
                 ax_carpet.axhline(edge - 0.5, color="#dd8452", lw=0.8)
