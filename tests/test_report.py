@@ -523,3 +523,17 @@ def test_caption_file_covers_every_figure_id(built):
         fig_id = figure["id"]
         key = "qc-run-" if fig_id.startswith("qc-run-") else fig_id
         assert f'"{key}"' in text, fig_id
+
+
+def test_bad_training_inputs_are_named(inputs, tmp_path):
+    empty = tmp_path / "metrics.csv"
+    empty.write_text("step,train_loss,val_loss,lr,grad_norm,samples_per_s\n")
+    with pytest.raises(InputError, match="metrics.csv: metrics table has no rows"):
+        build_report(tmp_path / "r.html", **{**inputs["kwargs"], "pretrain_metrics": empty})
+    preds = tmp_path / "setup-agnostic" / "predictions.tsv"
+    write_tsv(preds, pd.DataFrame({"setup": ["agnostic"], "variant": ["concat"], "subject": ["01"], "label": [1]}))
+    with pytest.raises(InputError, match=r"predictions.tsv: lacks column\(s\) \['score'\]"):
+        build_report(tmp_path / "r.html", **{**inputs["kwargs"], "predictions": [preds]})
+    with pytest.raises(ValueError, match="unknown kind"):
+        build_report(tmp_path / "r.html", **{**inputs["kwargs"], "run_files": {"sub-01_task-rest": {"boldx": "a"}}})
+    assert not (tmp_path / "r.html").exists()
