@@ -1,8 +1,10 @@
 """Tests of fmriflow.report: the self-contained HTML report.
 
 Scope: the page is written, links to nothing outside itself, embeds valid PNGs, names the
-source of every figure, shows the QC and ground-truth numbers of its inputs, rejects bad
-inputs naming the file, and is byte-identical across builds. Inputs are small and synthetic.
+source of every figure, shows the QC, exclusion, tSNR, training, ROC / confusion (against
+scikit-learn) and ground-truth numbers of its inputs, shows disabled steps as "not run",
+writes its figures with sidecars for ``snakemake --report``, rejects bad inputs naming the
+file, and is byte-identical across builds. Inputs are small and synthetic.
 """
 
 from __future__ import annotations
