@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -89,3 +90,28 @@ def slurm_cluster() -> str:
         pytest.fail(f"FMRIFLOW_REQUIRE_SLURM=1 but no SLURM cluster answers ({problem}); "
                     "start one with `bash .ci/slurm-cluster.sh` (as root)")
     pytest.skip(f"no SLURM cluster ({problem}); `bash .ci/slurm-cluster.sh` starts one")
+
+
+@pytest.fixture(scope="session")
+def pipeline(tmp_path_factory, atlas_dir, a424_img):
+    """One DAG run with every option on: a second atlas, partial and tangent FC, dynamic FC, and
+    a QC threshold between the two largest mean FDs, so that exactly one run is excluded.
+
+    Session-wide: the DAG tests (test_workflow.py) and the report's browser test share it.
+    """
+    from test_workflow import coarse_atlas, demo_config, make_demo, run_snakemake
+
+    base = tmp_path_factory.mktemp("wf")
+    demo = make_demo(base / "demo", atlas_dir, n_subjects=4, n_trs=60, seed=3)
+    results = base / "results"
+    truth = json.loads((demo / "ground_truth" / "ground_truth.json").read_text())["subjects"]
+    high, second = sorted((s["mean_framewise_displacement"] for s in truth.values()), reverse=True)[:2]
+    config = demo_config(
+        demo, results,
+        atlas={"extra": {"Groups": coarse_atlas(base / "atlas", a424_img)}},
+        connectivity={"kinds": ["pearson", "partial", "tangent"], "sliding_window": {"window": 30, "step": 15}},
+        qc={"max_mean_fd": (high + second) / 2},
+    )
+    proc = run_snakemake(base, config)
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    return demo, results, base, config

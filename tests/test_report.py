@@ -1,19 +1,23 @@
 """Tests of fmriflow.report: the self-contained HTML report.
 
 Scope: the page is written, links to nothing outside itself, embeds valid PNGs, names the
-source of every figure, shows the QC and ground-truth numbers of its inputs, rejects bad
-inputs naming the file, and is byte-identical across builds. Inputs are small and synthetic.
+source of every figure, shows the QC, exclusion, tSNR, training, ROC / confusion (against
+scikit-learn) and ground-truth numbers of its inputs, shows disabled steps as "not run",
+writes its figures with sidecars for ``snakemake --report``, rejects bad inputs naming the
+file, and is byte-identical across builds. Inputs are small and synthetic.
 """
 
 from __future__ import annotations
 
 import base64
+import json
 import shutil
 import struct
 import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
@@ -28,6 +32,10 @@ SUBJECTS = ["01", "02", "03", "04"]
 RESPONSE = {"01": 0, "02": 1, "03": 0, "04": 1}
 PLANTED = [(1, 2, 0.4), (181, 361, -0.3), (397, 424, 0.5)]
 DROPPED_LABEL = 10  # region dropped in sub-02's run
+MAX_MEAN_FD = 0.2  # excludes sub-03 and sub-04 (mean FD 0.1 + 0.0712 k)
+GRID = (8, 9, 7)  # small BOLD images: carpet plots and tSNR maps
+N_VOLUMES = 30
+SECTIONS = ["summary", "dataset", "run-qc", "coverage", "connectivity", "pretraining", "finetuning", "provenance"]
 ENTITIES = "_space-MNI152NLin6Asym_res-2_atlas-A424"
 
 
@@ -118,10 +126,80 @@ def inputs(tmp_path_factory) -> dict:
         "region_i": i, "region_j": j, "name_i": names[i - 1], "name_j": names[j - 1],
         "corr_nonresponder": 0.0, "corr_responder": d, "delta": d} for i, j, d in PLANTED]))
     config = {"bids_dir": "data/demo/bids", "preproc": {"mode": "lite"}, "parcellate": {"min_coverage": 0.5},
-              "report": {"group_column": "response"}}
+              "report": {"group_column": "response"}, "qc": {"max_mean_fd": MAX_MEAN_FD, "min_tsnr": None},
+              "denoise": {"fd_threshold": 0.5}, "pretrain": {"model": "tiny"},
+              "finetune": {"enabled": True, "target": "response", "baselines": ["logistic"]}, "voxel": {"enabled": False}}
+    run_qc = group / "desc-runs_qc.tsv"
+    write_tsv(run_qc, pd.DataFrame([{
+        "run": f"sub-{s}/func/sub-{s}_task-rest", "subject": s, "mean_fd": mean_fd[f"sub-{s}_task-rest"],
+        "fraction_censored": 0.1, "median_tsnr": 40.0 + k, "included": mean_fd[f"sub-{s}_task-rest"] <= MAX_MEAN_FD,
+        "exclusion_reasons": (f"mean FD {mean_fd[f'sub-{s}_task-rest']:.3g} mm > {MAX_MEAN_FD:g} mm"
+                              if mean_fd[f"sub-{s}_task-rest"] > MAX_MEAN_FD else "n/a"),
+    } for k, s in enumerate(SUBJECTS)]))
+    run_files, images = {}, root / "images"
+    labels_img = nib.Nifti1Image(rng.integers(1, N_REGIONS + 1, GRID).astype(np.int16), np.eye(4))
+    atlas_image = images / "atlas_dseg.nii.gz"
+    images.mkdir()
+    nib.save(labels_img, atlas_image)
+    for k, s in enumerate(SUBJECTS):
+        label = f"sub-{s}_task-rest"
+        mask = np.zeros(GRID, dtype=np.uint8)
+        mask[1:-1, 1:-1, 1:-1] = 1
+        bold = 100.0 + (1 + k) * rng.standard_normal((*GRID, N_VOLUMES))
+        files = {"mask": images / f"{label}_mask.nii.gz", "bold": images / f"{label}_bold.nii.gz",
+                 "denoised": images / f"{label}_denoised.nii.gz", "confounds": images / f"{label}_confounds.tsv"}
+        nib.save(nib.Nifti1Image(mask, np.eye(4)), files["mask"])
+        nib.save(nib.Nifti1Image(bold.astype(np.float32), np.eye(4)), files["bold"])
+        nib.save(nib.Nifti1Image((bold - bold.mean(axis=3, keepdims=True)).astype(np.float32), np.eye(4)), files["denoised"])
+        fd = np.r_[np.nan, rng.uniform(0, 2 * mean_fd[label], N_VOLUMES - 1)]
+        write_tsv(files["confounds"], pd.DataFrame({"framewise_displacement": fd, "trans_x": 0.0}))
+        run_files[f"sub-{s}/func/{label}"] = {kind: str(path) for kind, path in files.items()}
+    atlas_labels = images / "atlas-A424_dseg.tsv"
+    write_tsv(atlas_labels, pd.DataFrame({"index": np.arange(1, N_REGIONS + 1), "name": names,
+                                          "x": rng.uniform(-60, 60, N_REGIONS), "y": rng.uniform(-90, 60, N_REGIONS),
+                                          "z": rng.uniform(-40, 70, N_REGIONS)}))
+    metrics = root / "pretrain" / "metrics.csv"
+    metrics.parent.mkdir()
+    pd.DataFrame({"step": [0, 1, 2, 2, 3, 4, 4], "train_loss": [np.nan, 1.0, 0.9, np.nan, 0.8, 0.7, np.nan],
+                  "val_loss": [1.2, np.nan, np.nan, 0.95, np.nan, np.nan, 1.0], "lr": [np.nan, 1e-4, 2e-4, np.nan, 2e-4, 1e-4, np.nan],
+                  "grad_norm": np.nan, "samples_per_s": np.nan}).to_csv(metrics, index=False)
+    finetune = _finetune_outputs(root / "finetune" / "response", rng, names)
     kwargs = dict(participants=participants, manifest=manifest, validation=validation, qc=qc, coverage=coverage,
-                  group_fc=group_fc, group_diff=group_diff, ground_truth_edges=edges, config=config)
+                  group_fc=group_fc, group_diff=group_diff, ground_truth_edges=edges, config=config, run_qc=run_qc,
+                  run_files=run_files, atlas_image=atlas_image, atlas_labels=atlas_labels, pretrain_metrics=metrics,
+                  finetune_table=finetune["table"], predictions=finetune["predictions"])
     return {"root": root, "kwargs": kwargs, "mean_fd": mean_fd}
+
+
+def _finetune_outputs(root: Path, rng: np.random.Generator, names: list[str]) -> dict:
+    """Fine-tuning outputs as the finetune rules write them: predictions with tied scores, two set-ups."""
+    predictions, rows = [], []
+    for setup, n in (("agnostic", 12), ("site-01", 6)):
+        frames = []
+        for variant in ("concat", "logistic", "permuted_concat"):
+            labels = np.tile([0, 1], n // 2)
+            scores = np.round(np.clip(0.5 + 0.3 * (labels - 0.5) + 0.25 * rng.standard_normal(n), 0, 1), 1)  # ties
+            frames.append(pd.DataFrame({"setup": setup, "variant": variant, "repeat": 0, "fold": np.arange(n) % 3,
+                                        "subject": [f"{k:02d}" for k in range(n)], "label": labels, "score": scores}))
+            rows.append({"setup": setup, "variant": variant, "n_subjects": n, "n_folds": 3,
+                         **{f"{m}_{stat}": v for m in ("mcc", "auroc", "balanced_accuracy")
+                            for stat, v in (("mean", 0.5), ("sd", 0.1), ("pooled", 0.55), ("ci_low", 0.3), ("ci_high", 0.8))}})
+        path = root / f"setup-{setup}" / "predictions.tsv"
+        write_tsv(path, pd.concat(frames, ignore_index=True))
+        predictions.append(str(path))
+    table = root / "variants.tsv"
+    write_tsv(table, pd.DataFrame(rows))
+    agnostic = root / "setup-agnostic"
+    write_tsv(agnostic / "attribution_modality.tsv", pd.DataFrame({
+        "setup": "agnostic", "site": ["01", "02"], "ts": [3.0, 1.0], "fc": [1.0, 3.0], "ts_share": [0.75, 0.25],
+        "fc_share": [0.25, 0.75]}))
+    ts, fc = rng.uniform(0, 1, N_REGIONS), rng.uniform(0, 1, N_REGIONS)
+    regions = pd.DataFrame({"region": np.arange(1, N_REGIONS + 1), "name": names, "ts": ts, "fc": fc})
+    regions["total"] = ts / ts.sum() + fc / fc.sum()
+    regions = regions.sort_values("total", ascending=False, kind="stable")
+    regions["rank"] = np.arange(1, N_REGIONS + 1)
+    write_tsv(agnostic / "attribution_regions.tsv", regions)
+    return {"table": str(table), "predictions": predictions}
 
 
 @pytest.fixture(scope="module")
@@ -188,7 +266,7 @@ def _rows(page: _Page, table_id: str) -> list[dict[str, str]]:
 
 def test_report_is_written_with_all_sections(built):
     assert built["out"].is_file()
-    assert built["summary"]["sections"] == ["summary", "dataset", "run-qc", "coverage", "connectivity", "provenance"]
+    assert built["summary"]["sections"] == SECTIONS
     for section in built["summary"]["sections"]:
         assert f'<section id="{section}">' in built["text"]
     assert built["summary"]["n_subjects"] == 4 and built["summary"]["n_runs"] == 4
@@ -197,7 +275,11 @@ def test_report_is_written_with_all_sections(built):
 
 def test_images_are_embedded_pngs(built):
     images = built["page"].images
-    assert len(images) == len(built["summary"]["figures"]) == 4
+    ids = [f["id"] for f in built["summary"]["figures"]]
+    assert ids == ["qc-fd", "qc-fd-trace", "qc-tsnr", "qc-run-sub-04_task-rest", "qc-run-sub-03_task-rest",
+                   "qc-run-sub-02_task-rest", "coverage", "fc-mean", "fc-groupdiff", "pretrain-curves", "finetune-roc",
+                   "finetune-confusion", "attribution-modality", "attribution-brain"]
+    assert len(images) == len(ids)
     for src in images:
         prefix = "data:image/png;base64,"
         assert src.startswith(prefix)
@@ -224,7 +306,10 @@ def test_each_caption_names_its_sources(built):
         assert figure["sources"]
         for source in figure["sources"]:
             assert source in caption
-    assert Path(built["summary"]["figures"][2]["sources"][0]).name.endswith("desc-mean_relmat.tsv")
+    by_id = {f["id"]: f["sources"] for f in figures}
+    assert Path(by_id["fc-mean"][0]).name.endswith("desc-mean_relmat.tsv")
+    assert [Path(p).parent.name for p in by_id["finetune-roc"]] == ["setup-agnostic", "setup-site-01"]
+    assert Path(by_id["attribution-brain"][0]).name == "attribution_regions.tsv"
 
 
 def test_qc_table_has_one_row_per_run_with_its_mean_fd(built, inputs):
@@ -277,9 +362,13 @@ def test_two_builds_are_byte_identical(inputs, tmp_path, monkeypatch):
 
 
 def test_optional_inputs_can_be_left_out(inputs, tmp_path):
-    kwargs = {**inputs["kwargs"], "group_diff": None, "ground_truth_edges": None, "config": None}
+    kwargs = {**inputs["kwargs"], "group_diff": None, "ground_truth_edges": None, "config": None, "run_qc": None,
+              "run_files": None, "pretrain_metrics": None, "finetune_table": None, "predictions": []}
     summary = build_report(tmp_path / "r.html", **kwargs)
-    assert len(summary["figures"]) == 3 and summary["ground_truth"] is None
+    assert [f["id"] for f in summary["figures"]] == ["qc-fd", "coverage", "fc-mean"] and summary["ground_truth"] is None
+    assert summary["sections"] == SECTIONS
+    text = (tmp_path / "r.html").read_text(encoding="utf-8")
+    assert text.count("<b>Not run:</b>") == 4  # exclusions, carpet plots, pretraining, fine-tuning
 
 
 def test_missing_qc_file_is_named(inputs, tmp_path):
@@ -330,3 +419,123 @@ def test_matrices_are_put_in_label_order_by_region_name(inputs, tmp_path):
         page.feed((tmp_path / name).read_text(encoding="utf-8"))
         observed.append([(r["Observed difference"], r["Rank by |observed|"]) for r in _rows(page, "ground-truth")])
     assert observed[0] == observed[1]
+
+
+def test_roc_and_confusion_equal_sklearn(built, inputs):
+    """The AUROC and confusion counts shown for every set-up and variant, against scikit-learn
+    on the predictions files (scores with ties)."""
+    from sklearn.metrics import confusion_matrix, roc_auc_score
+
+    rows = {(r["Set-up"], r["Variant"]): r for r in _rows(built["page"], "roc-confusion")}
+    preds = pd.concat([pd.read_csv(p, sep="\t", dtype={"setup": str}) for p in inputs["kwargs"]["predictions"]])
+    assert len(rows) == 6
+    for (setup, variant), frame in preds.groupby(["setup", "variant"]):
+        row = rows[(setup, variant)]
+        assert float(row["AUROC"]) == pytest.approx(roc_auc_score(frame["label"], frame["score"]), abs=5e-4)
+        tn, fp, fn, tp = confusion_matrix(frame["label"], (frame["score"] >= 0.5).astype(int), labels=[0, 1]).ravel()
+        assert [int(row[k]) for k in ("TN", "FP", "FN", "TP")] == [tn, fp, fn, tp]
+
+
+def test_roc_points_match_sklearn_curve():
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    from fmriflow.report.modelling import roc_points
+
+    rng = np.random.default_rng(5)
+    labels = rng.integers(0, 2, 200)
+    scores = np.round(rng.uniform(0, 1, 200) + 0.2 * labels, 1)  # many ties
+    fpr, tpr, auc = roc_points(labels, scores)
+    ref_fpr, ref_tpr, _ = roc_curve(labels, scores, drop_intermediate=False)
+    np.testing.assert_allclose(fpr, ref_fpr)
+    np.testing.assert_allclose(tpr, ref_tpr)
+    assert auc == pytest.approx(roc_auc_score(labels, scores))
+    assert np.isnan(roc_points([1, 1], [0.2, 0.9])[2])  # one class: undefined
+
+
+def test_variant_table_and_top_regions(built, inputs):
+    variants = _rows(built["page"], "finetune-variants")
+    kinds = {(r["Set-up"], r["Variant"]): r["Kind"] for r in variants}
+    assert kinds[("agnostic", "concat")] == "model" and kinds[("agnostic", "logistic")] == "baseline"
+    assert kinds[("site-01", "permuted_concat")] == "control"
+    assert variants[0]["AUROC pooled [95% CI]"] == "0.550 [0.300, 0.800]"
+    regions = pd.read_csv(Path(inputs["kwargs"]["predictions"][0]).with_name("attribution_regions.tsv"), sep="\t")
+    top = _rows(built["page"], "top-regions")
+    expected = regions.sort_values("total", ascending=False).head(20)
+    assert [r["Region"] for r in top] == expected["name"].tolist()
+
+
+def test_exclusions_and_detail_runs(built):
+    rows = _rows(built["page"], "exclusions")
+    assert [r["Run"] for r in rows] == ["sub-03_task-rest", "sub-04_task-rest"]
+    assert rows[1]["Reasons"].startswith("mean FD 0.314 mm > 0.2 mm")
+    captions = {f["id"]: f["caption"] for f in built["summary"]["figures"]}
+    assert "excluded: mean FD" in captions["qc-run-sub-04_task-rest"]
+    assert "included run with the highest mean FD" in captions["qc-run-sub-02_task-rest"]
+    qc = {r["Run"]: r["Median tSNR"] for r in _rows(built["page"], "qc-table")}
+    assert qc["sub-02_task-rest"] == "41.0"
+
+
+def test_tsnr_and_carpet_numbers(built, inputs):
+    """The median tSNR and voxel counts in a carpet figure's caption, against numpy on the image."""
+    files = inputs["kwargs"]["run_files"]["sub-04/func/sub-04_task-rest"]
+    bold = np.asarray(nib.load(files["bold"]).dataobj, dtype=np.float64)
+    mask = np.asarray(nib.load(files["mask"]).dataobj) > 0
+    series = bold[mask]
+    median = np.median(series.mean(axis=1) / series.std(axis=1, ddof=1))
+    caption = next(f["caption"] for f in built["summary"]["figures"] if f["id"] == "qc-run-sub-04_task-rest")
+    assert f"(median {median:.1f})" in caption
+    assert f"{mask.sum()} of {mask.sum()} in-mask voxels" in caption  # fewer than the carpet's cap
+
+
+def test_pretraining_summary(built):
+    (row,) = _rows(built["page"], "pretrain-summary")
+    assert row["Steps"] == "4" and row["Last train loss"] == "0.7000"
+    assert row["First val loss"] == "1.2000" and row["Best val loss"] == "0.9500 at step 2"
+    assert "voxel.enabled is false" in built["text"]
+
+
+def test_disabled_finetuning_is_shown_as_not_run(inputs, tmp_path):
+    config = {**inputs["kwargs"]["config"], "finetune": {"enabled": False}}
+    kwargs = {**inputs["kwargs"], "finetune_table": None, "predictions": [], "config": config}
+    summary = build_report(tmp_path / "r.html", **kwargs)
+    text = (tmp_path / "r.html").read_text(encoding="utf-8")
+    assert "<b>Not run:</b> fine-tuning and evaluation (finetune.enabled is false)" in text
+    assert not any(f["id"].startswith(("finetune", "attribution")) for f in summary["figures"])
+
+
+def test_figures_are_written_with_their_sources(inputs, tmp_path):
+    summary = build_report(tmp_path / "r.html", figures_dir=tmp_path / "figures", **inputs["kwargs"])
+    page = _Page()
+    page.feed((tmp_path / "r.html").read_text(encoding="utf-8"))
+    assert sorted(p.name for p in (tmp_path / "figures").glob("*.png")) == sorted(f"{f['id']}.png" for f in summary["figures"])
+    for figure, src in zip(summary["figures"], page.images):
+        png = tmp_path / "figures" / f"{figure['id']}.png"
+        assert base64.b64decode(src.split(",", 1)[1]) == png.read_bytes()
+        sidecar = json.loads(png.with_suffix(".json").read_text())["Provenance"]
+        assert [i["path"] for i in sidecar["Inputs"]] == figure["sources"]
+    assert set(summary["inputs"]) >= {s for f in summary["figures"] for s in f["sources"]}
+    rows = _rows(page, "report-inputs")
+    assert [r["File"] for r in rows] == summary["inputs"]
+
+
+def test_caption_file_covers_every_figure_id(built):
+    """workflow/report/figure.rst (the captions of ``snakemake --report``) has a caption for every figure."""
+    text = (Path(__file__).resolve().parents[1] / "workflow" / "report" / "figure.rst").read_text()
+    for figure in built["summary"]["figures"]:
+        fig_id = figure["id"]
+        key = "qc-run-" if fig_id.startswith("qc-run-") else fig_id
+        assert f'"{key}"' in text, fig_id
+
+
+def test_bad_training_inputs_are_named(inputs, tmp_path):
+    empty = tmp_path / "metrics.csv"
+    empty.write_text("step,train_loss,val_loss,lr,grad_norm,samples_per_s\n")
+    with pytest.raises(InputError, match="metrics.csv: metrics table has no rows"):
+        build_report(tmp_path / "r.html", **{**inputs["kwargs"], "pretrain_metrics": empty})
+    preds = tmp_path / "setup-agnostic" / "predictions.tsv"
+    write_tsv(preds, pd.DataFrame({"setup": ["agnostic"], "variant": ["concat"], "subject": ["01"], "label": [1]}))
+    with pytest.raises(InputError, match=r"predictions.tsv: lacks column\(s\) \['score'\]"):
+        build_report(tmp_path / "r.html", **{**inputs["kwargs"], "predictions": [preds]})
+    with pytest.raises(ValueError, match="unknown kind"):
+        build_report(tmp_path / "r.html", **{**inputs["kwargs"], "run_files": {"sub-01_task-rest": {"boldx": "a"}}})
+    assert not (tmp_path / "r.html").exists()

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import subprocess
 import sys
+from html.parser import HTMLParser
 from pathlib import Path
 
 import nibabel as nib
@@ -78,26 +80,6 @@ def coarse_atlas(folder: Path, a424: nib.Nifti1Image) -> dict:
     pd.DataFrame({"index": [1, 2, 3, 4], "name": ["CortexR", "CortexL", "Subcortex", "Cerebellum"]}).to_csv(
         folder / "groups.tsv", sep="\t", index=False)
     return {"image": str(folder / "groups.nii.gz"), "labels": str(folder / "groups.tsv")}
-
-
-@pytest.fixture(scope="module")
-def pipeline(tmp_path_factory, atlas_dir, a424_img):
-    """One DAG run with every option on: a second atlas, partial and tangent FC, dynamic FC, and
-    a QC threshold between the two largest mean FDs, so that exactly one run is excluded."""
-    base = tmp_path_factory.mktemp("wf")
-    demo = make_demo(base / "demo", atlas_dir, n_subjects=4, n_trs=60, seed=3)
-    results = base / "results"
-    truth = json.loads((demo / "ground_truth" / "ground_truth.json").read_text())["subjects"]
-    high, second = sorted((s["mean_framewise_displacement"] for s in truth.values()), reverse=True)[:2]
-    config = demo_config(
-        demo, results,
-        atlas={"extra": {"Groups": coarse_atlas(base / "atlas", a424_img)}},
-        connectivity={"kinds": ["pearson", "partial", "tangent"], "sliding_window": {"window": 30, "step": 15}},
-        qc={"max_mean_fd": (high + second) / 2},
-    )
-    proc = run_snakemake(base, config)
-    assert proc.returncode == 0, proc.stderr[-5000:]
-    return demo, results, base, config
 
 
 def _runs(results: Path, atlas: str = "A424") -> list[Path]:
@@ -189,6 +171,85 @@ def test_manifest_lists_raw_files(pipeline):
     bold = manifest[manifest["suffix"] == "bold"]
     bold = bold[bold["path"].str.endswith(".nii.gz")]
     assert (bold["tr"].astype(float) == 2.0).all()
+
+
+class _Report(HTMLParser):
+    """The figure ids, table rows (by table id) and 'Not run' notes of the HTML report."""
+
+    def __init__(self):
+        super().__init__()
+        self.figures, self.tables, self.not_run = [], {}, 0
+        self._table = self._cell = None
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "figure":
+            self.figures.append(attrs["data-figure"])
+        elif tag == "table":
+            self._table = attrs.get("id")
+            self.tables[self._table] = []
+        elif tag == "tr" and self._table:
+            self.tables[self._table].append([])
+        elif tag == "td" and self._table:
+            self._cell = []
+
+    def handle_endtag(self, tag):
+        if tag == "table":
+            self._table = None
+        elif tag == "td" and self._cell is not None:
+            self.tables[self._table][-1].append("".join(self._cell))
+            self._cell = None
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell.append(data)
+        self.not_run += data == "Not run:"
+
+
+def test_report_shows_the_run_and_its_figures(pipeline):
+    """The report of the DAG run: the excluded run with the QC table's reason, every fine-tuning set-up
+    and variant, every figure also written for ``snakemake --report``, and no section left 'not run'."""
+    _, results, _, _ = pipeline
+    page = _Report()
+    page.feed((results / "report" / "fmriflow_report.html").read_text(encoding="utf-8"))
+    table = read_tsv(results / "fmriflow" / "group" / "desc-runs_qc.tsv", dtype={"run": str})
+    excluded = table.loc[table["included"].astype(str) == "False"]
+    rows = page.tables["exclusions"][1:]
+    assert [(r[0], r[2]) for r in rows] == [(Path(excluded["run"].iloc[0]).name, excluded["exclusion_reasons"].iloc[0])]
+    variants = read_tsv(results / "finetune" / "response" / "variants.tsv")
+    shown = [(r[0], r[1]) for r in page.tables["finetune-variants"][1:]]
+    assert shown == list(zip(variants["setup"].astype(str), variants["variant"]))
+    assert page.not_run == 1  # the voxel models (voxel.enabled is false)
+    for fig_id in ("qc-fd-trace", "qc-tsnr", f"qc-run-{Path(excluded['run'].iloc[0]).name.lower()}", "pretrain-curves",
+                   "finetune-roc", "finetune-confusion", "attribution-modality", "attribution-brain"):
+        assert fig_id in page.figures
+    written = sorted(p.stem for p in (results / "report" / "figures").glob("*.png"))
+    assert written == sorted(page.figures)
+
+
+def test_snakemake_report_has_every_figure_with_its_caption(pipeline):
+    """``snakemake --report report.zip`` after the run: the HTML report and every figure, each with
+    its own caption from workflow/report/ (none falls back to the generic text)."""
+    import zipfile
+
+    _, results, base, config = pipeline
+    archive = base / "snakemake_report.zip"
+    proc = run_snakemake(base, config, "--report", str(archive))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with zipfile.ZipFile(archive) as zf:
+        names = zf.namelist()
+        index = zf.read(f"{archive.stem}/report.html").decode("utf-8")  # the archive's folder is named after it
+    figures = sorted(p.name for p in (results / "report" / "figures").glob("*.png"))
+    assert sorted(Path(n).name for n in names if n.startswith(f"{archive.stem}/data/raw/") and n.endswith(".png")) == figures
+    assert any(n.endswith("/fmriflow_report.html") for n in names)
+    captions = re.findall(r'"caption": ?"((?:[^"\\]|\\.)*)"', index)
+    assert len(captions) == len(figures) + 1  # and the HTML report's
+    assert not any("of the HTML report; its caption there" in c for c in captions)
+    n_runs_in_full = sum(name.startswith("qc-run-") for name in figures)  # the excluded run and the worst included
+    assert n_runs_in_full == 2
+    for words, count in (("Framewise displacement of every volume", 1), ("One run in full", n_runs_in_full),
+                         ("ROC curves of every variant", 1), ("nilearn glass brain", 1), ("one self-contained page", 1)):
+        assert sum(words in c for c in captions) == count, words
 
 
 def test_rerun_has_nothing_to_do(pipeline):
@@ -351,7 +412,8 @@ def test_rerun_from_raw_bids_is_byte_identical(tmp_path, atlas_dir):
 
     Every file under results/ is compared except Snakemake's logs, TensorBoard's event files
     (named by time and process id) and the measured samples/s of the training logs (with the
-    checksum the metrics' sidecar records of them): measurements of the run, not artefacts.
+    checksum the metrics' sidecar and the report record of them): measurements of the run, not
+    artefacts.
     The first run's folder is then moved, and ``fmriflow audit`` still follows and verifies
     every recorded checksum from the trained model back to the raw inputs.
     """
@@ -381,14 +443,18 @@ def test_rerun_from_raw_bids_is_byte_identical(tmp_path, atlas_dir):
         proc = subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=1200)
         assert proc.returncode == 0, proc.stderr[-3000:]
         files = {}
+        # the measured metrics.csv's checksum, wherever a later file records it (the report and its sidecars)
+        measured = hashlib.sha256((work / "results/pretrain/tiny/metrics.csv").read_bytes()).hexdigest().encode()
         for path in sorted((work / "results").rglob("*")):
             rel = path.relative_to(work).as_posix()
             if not path.is_file() or rel.startswith("results/logs/") or "/tensorboard/" in rel:
                 continue
             data = path.read_bytes()
+            if rel.startswith("results/report/") and path.suffix in (".html", ".json"):
+                data = data.replace(measured, b"<sha256 of the measured metrics.csv>")
             if path.name in ("train_log.csv", "metrics.csv"):
                 data = pd.read_csv(path).drop(columns="samples_per_s").to_csv().encode()
-            if path.name == "metrics.json":
+            if path.name in ("metrics.json", "fmriflow_report.json"):  # their artefact holds the measurement
                 record = json.loads(data)
                 del record["Provenance"]["Output"]["sha256"]
                 data = json.dumps(record).encode()
@@ -409,8 +475,9 @@ def test_rerun_from_raw_bids_is_byte_identical(tmp_path, atlas_dir):
     assert "first/" not in tree
 
 
-# Run records, not artefacts: the training's own state and logs, and the BIDS-required description.
-_NOT_ARTEFACTS = ("checkpoint.pt", "train_log.csv", "dataset_description.json")
+# Run records, not artefacts: the training's own state and logs, the BIDS-required description, and
+# the empty marker Snakemake leaves in a directory output (the report's figures).
+_NOT_ARTEFACTS = ("checkpoint.pt", "train_log.csv", "dataset_description.json", ".snakemake_timestamp")
 
 
 def test_every_artefact_has_provenance(pipeline):

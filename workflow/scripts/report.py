@@ -3,9 +3,11 @@ from fmriflow.report import build_report
 from fmriflow.smk import logged
 
 with logged(snakemake.log[0]):
-    i, html = snakemake.input, snakemake.output.html
-    build_report(
-        html,
+    i, o, p = snakemake.input, snakemake.output, snakemake.params
+    run_files = {run: {"confounds": c, "bold": b, "mask": m, "denoised": d}
+                 for run, c, b, m, d in zip(p.runs, i.confounds, i.bold, i.mask, i.denoised)}
+    summary = build_report(
+        o.html,
         participants=i.participants,
         manifest=i.manifest,
         validation=i.validation,
@@ -15,5 +17,14 @@ with logged(snakemake.log[0]):
         group_diff=i.group_diff,
         ground_truth_edges=i.ground_truth[0] if i.ground_truth else None,
         config=snakemake.params.config,
+        run_qc=i.run_qc,
+        run_files=run_files,
+        atlas_image=i.atlas_image,
+        atlas_labels=i.atlas_labels,
+        pretrain_metrics=i.pretrain,
+        voxel_metrics=dict(zip(p.voxel_names, i.voxel)),
+        finetune_table=i.finetune_table[0] if i.finetune_table else None,
+        predictions=list(i.predictions),
+        figures_dir=o.figures,
     )
-    write_sidecar(html, "report", list(i), config=snakemake.params.config["report"])
+    write_sidecar(o.html, "report", summary["inputs"], config=snakemake.params.config["report"])
