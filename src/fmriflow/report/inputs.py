@@ -28,21 +28,18 @@ def require_file(path: PathLike) -> Path:
 
 
 def read_table(path: PathLike, required: Sequence[str], **kwargs: Any) -> pd.DataFrame:
-    try:
-        table = read_tsv(require_file(path), **kwargs)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise InputError(path, f"not a readable TSV ({exc})") from exc
-    missing = [c for c in required if c not in table.columns]
-    if missing:
-        raise InputError(path, f"lacks column(s) {missing}; has {list(table.columns)}")
-    return table
+    return _read_frame(path, required, lambda p: read_tsv(p, **kwargs), "TSV")
 
 
 def read_csv(path: PathLike, required: Sequence[str]) -> pd.DataFrame:
+    return _read_frame(path, required, pd.read_csv, "CSV")
+
+
+def _read_frame(path: PathLike, required: Sequence[str], reader, kind: str) -> pd.DataFrame:
     try:
-        table = pd.read_csv(require_file(path))
+        table = reader(require_file(path))
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise InputError(path, f"not a readable CSV ({exc})") from exc
+        raise InputError(path, f"not a readable {kind} ({exc})") from exc
     missing = [c for c in required if c not in table.columns]
     if missing:
         raise InputError(path, f"lacks column(s) {missing}; has {list(table.columns)}")
