@@ -264,6 +264,9 @@ def test_coarser_bold_is_resampled(tmp_path, atlas_dir):
     results = tmp_path / "results"
     config = demo_config(demo, results)
     config["pretrain"]["batch_size"] = 2  # one training subject: 3 windows
+    # two subjects: once QC has spoken the cohort may hold one class, nothing to fine-tune
+    # (this test is about resampling; fine-tuning has its own DAG test)
+    config["finetune"]["enabled"] = False
     proc = run_snakemake(tmp_path, config)
     assert proc.returncode == 0, proc.stderr[-5000:]
     resampled = sorted((results / "fmriflow").glob("sub-*/func/*_desc-preproc_bold.nii.gz"))
