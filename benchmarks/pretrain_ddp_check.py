@@ -22,7 +22,7 @@ import pandas as pd
 
 
 def make_dataset(root: Path, n_subjects: int = 40, n_regions: int = 424, n_time: int = 600) -> tuple[Path, Path]:
-    from fmriflow.dataset import build_dataset, make_splits
+    from fmriflow.datasets.regions import build_dataset, make_splits
 
     rng = np.random.default_rng(0)
     loading = 0.2 + 0.8 * rng.random((5, n_regions))

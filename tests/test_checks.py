@@ -13,7 +13,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from fmriflow.checks import check_bold_data, read_participants
+from fmriflow.checks import check_bold_data
+from fmriflow.datasets.participants import read_participants
 from fmriflow.errors import InputError
 
 

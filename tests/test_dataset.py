@@ -1,4 +1,4 @@
-"""fmriflow.dataset: subject-level splits, robust scaling fitted on training subjects,
+"""fmriflow.datasets.regions: subject-level splits, robust scaling fitted on training subjects,
 windows on disk checked against numpy slices of the input TSVs, resampling, streaming,
 atomic and byte-identical builds, and the PyTorch Dataset under DataLoader workers."""
 
@@ -13,16 +13,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import fmriflow.dataset as dataset_module
-from fmriflow.dataset import (
+import fmriflow.datasets.regions as dataset_module
+from fmriflow.datasets.regions import (
     RegionWindowDataset,
     build_dataset,
     load_card,
     make_splits,
     read_index,
     scaling,
-    subject_labels,
 )
+from fmriflow.datasets.participants import subject_labels
 from fmriflow.errors import InputError
 from fmriflow.io import write_tsv
 

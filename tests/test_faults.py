@@ -27,8 +27,8 @@ WRITER = textwrap.dedent('''
     from pathlib import Path
     import nibabel as nib, numpy as np, pandas as pd, torch
     from fmriflow import io, provenance
-    from fmriflow.dataset import build_dataset, make_splits
-    from fmriflow.train import Dist, TrainConfig, save_checkpoint
+    from fmriflow.datasets.regions import build_dataset, make_splits
+    from fmriflow.training.loop import Dist, TrainConfig, save_checkpoint
 
     folder, limit = Path(sys.argv[1]), int(sys.argv[2])
     n = 8

@@ -13,8 +13,8 @@ import pandas as pd
 import pytest
 import torch
 
-from fmriflow.dataset import build_dataset, make_splits
-from fmriflow.train import TrainConfig, train
+from fmriflow.datasets.regions import build_dataset, make_splits
+from fmriflow.training.loop import TrainConfig, train
 
 N_REGIONS, N_TIME = 24, 400
 

@@ -1,4 +1,4 @@
-"""fmriflow.voxel_dataset: z-scoring in the mask against a numpy computation on nibabel's arrays,
+"""fmriflow.datasets.voxels: z-scoring in the mask against a numpy computation on nibabel's arrays,
 crop / pad geometry and the output affine, float16 storage, windows, the region dataset's splits,
 bad inputs and the atomic build."""
 
@@ -11,9 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fmriflow.dataset import build_dataset, make_splits, read_splits
+from fmriflow.datasets.regions import build_dataset, make_splits, read_splits
 from fmriflow.errors import InputError
-from fmriflow.voxel_dataset import VoxelWindowDataset, build_voxel_dataset, load_card, read_runs
+from fmriflow.datasets.voxels import VoxelWindowDataset, build_voxel_dataset, load_card, read_runs
 
 SHAPE = (14, 18, 12)
 AFFINE = np.array([[-2.0, 0, 0, 90], [0, 2, 0, -126], [0, 0, 2, -72], [0, 0, 0, 1]])

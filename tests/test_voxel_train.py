@@ -9,9 +9,9 @@ import pytest
 import torch
 from test_voxel_dataset import write_run
 
-from fmriflow.dataset import make_splits
-from fmriflow.train import TrainConfig, train
-from fmriflow.voxel_dataset import build_voxel_dataset
+from fmriflow.datasets.regions import make_splits
+from fmriflow.training.loop import TrainConfig, train
+from fmriflow.datasets.voxels import build_voxel_dataset
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 

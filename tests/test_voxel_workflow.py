@@ -11,8 +11,8 @@ import pytest
 import torch
 from test_workflow import demo_config, job_resources, make_demo, run_snakemake
 
-from fmriflow.dataset import read_splits
-from fmriflow.voxel_dataset import load_card, read_runs
+from fmriflow.datasets.regions import read_splits
+from fmriflow.datasets.voxels import load_card, read_runs
 
 pytestmark = pytest.mark.integration
 

@@ -11,7 +11,7 @@ Where they run (docs/reliability.md lists every case and its message):
 - per run, in that first job, before any of its artefacts is written: the recorded
   problem, then the image data of the raw and the preprocessed BOLD (``check_bold_data``:
   complete, finite, not empty), streamed a few volumes at a time;
-- per reader of ``participants.tsv`` (``read_participants``);
+- per reader of ``participants.tsv`` (``fmriflow.datasets.participants``);
 - per extra atlas, after it is put on the template grid (``check_atlas_on_grid``).
 
 The official BIDS validator runs before all of these in the ``bids`` step and, with
@@ -137,40 +137,6 @@ def check_bold_data(path: str | Path) -> dict[str, int]:
     if constant:
         raise InputError(path, f"no voxel changes over the {source.n_volumes} volumes: a constant image has no signal")
     return {"n_volumes": source.n_volumes, "n_voxels_varying": int((high != low).sum())}
-
-
-# --------------------------------------------------------------------------- participants
-
-
-def read_participants(path: str | Path) -> pd.DataFrame:
-    """``participants.tsv`` as text columns, checked: readable, ``participant_id``, each subject once."""
-    from .io import read_tsv
-
-    try:
-        table = read_tsv(path, dtype=str)
-    except FileNotFoundError:
-        raise InputError(path, "participants table not found") from None
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise InputError(path, f"not a readable tab-separated table ({type(exc).__name__}: {exc})") from exc
-    except OSError as exc:
-        raise InputError(path, f"cannot be read ({exc.strerror or exc})") from exc
-    if "participant_id" not in table.columns:
-        raise InputError(path, f"no participant_id column (columns: {list(table.columns)[:10]})")
-    ids = table["participant_id"]
-    if ids.isna().any():
-        row = int(np.flatnonzero(ids.isna())[0]) + 2  # line in the file: header is line 1
-        raise InputError(path, f"participant_id is empty on line {row}")
-    repeated = ids[ids.duplicated(keep=False)]
-    if len(repeated):
-        first = repeated.iloc[0]
-        lines = [int(i) + 2 for i in np.flatnonzero(ids == first)]
-        others = sorted(set(repeated) - {first})
-        more = f" (also repeated: {others[:5]})" if others else ""
-        raise InputError(path, f"{first} is listed {len(lines)} times (lines {lines}); each participant must appear once{more}")
-    unprefixed = ids[~ids.str.startswith("sub-")]
-    if len(unprefixed):
-        raise InputError(path, f"participant_id {unprefixed.iloc[0]!r} does not start with 'sub-'")
-    return table
 
 
 # --------------------------------------------------------------------------- atlases

@@ -17,7 +17,8 @@ import numpy as np
 import pandas as pd
 
 from . import atlas as atlas_mod
-from .checks import check_bold_data, check_manifest_row, read_participants
+from .checks import check_bold_data, check_manifest_row
+from .datasets.participants import read_participants
 from .connectivity import PEARSON_METADATA, fisher_mean, fisher_z, pearson
 from .errors import InputError
 from .io import atomic_path, read_tsv, save_nifti, write_json, write_tsv
@@ -275,7 +276,8 @@ def _subject(path: str) -> str:
 
 def dataset_step(runs: Sequence[str], timeseries: Sequence[str], participants: str, out_card: str, config: Config) -> None:
     """Model-ready windows of the time series: subject-level splits, scaling fitted on training subjects."""
-    from .dataset import build_dataset, make_splits, subject_labels
+    from .datasets.participants import subject_labels
+    from .datasets.regions import build_dataset, make_splits
 
     section = config["dataset"]
     specs = [{"run": run, "subject": subject_of(run), "timeseries": path,
@@ -296,7 +298,7 @@ def dataset_step(runs: Sequence[str], timeseries: Sequence[str], participants: s
 def voxel_dataset_step(runs: Sequence[str], bolds: Sequence[str], masks: Sequence[str], splits: str, geometry: str,
                        out_card: str, config: Config) -> None:
     """4-D volumes z-scored in the brain mask on a model's grid ("96x96x96"), with the region dataset's splits."""
-    from .voxel_dataset import build_voxel_dataset
+    from .datasets.voxels import build_voxel_dataset
 
     shape = tuple(int(n) for n in geometry.split("x"))
     specs = [{"run": run, "subject": subject_of(run), "bold": bold, "mask": mask}

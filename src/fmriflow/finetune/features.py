@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..dataset import REGION_MASK, SAMPLES
+from ..datasets.regions import REGION_MASK, SAMPLES
 from ..models.brainlm import BrainLM, BrainLMConfig
 
 Z_CLIP = 0.999

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from .. import baselines, evaluation
-from ..dataset import read_index
+from ..datasets.regions import read_index
 from ..io import atomic_path, read_tsv, write_tsv
 from ..provenance import write_sidecar
 from . import cohort as cohorts

@@ -1,7 +1,7 @@
 """BrainMT: convolutions per frame, bidirectional Mamba over a temporal-first token sequence, then attention.
 
 Input ``(batch, frames, X, Y, Z)``: z-scored volumes on the 91 x 109 x 91 MNI 2 mm grid
-(``fmriflow.voxel_dataset``). Each frame goes through a convolutional stem (two stride-2
+(``fmriflow.datasets.voxels``). Each frame goes through a convolutional stem (two stride-2
 convolutions) and two stages of a residual convolution block followed by a stride-2
 downsampling convolution: 16x fewer voxels per axis, e.g. 6 x 7 x 6 = 252 spatial tokens of
 width ``dim`` per frame. Every token gets a learned spatial embedding (its location) plus a

@@ -1,7 +1,7 @@
 """NeuroSTORM: shifted-window Mamba over 4-D fMRI, with task prompt tuning.
 
 Input ``(batch, frames, X, Y, Z)``: z-scored volumes cropped / padded to 96^3
-(``fmriflow.voxel_dataset``). Each frame is cut into 6 x 6 x 6 patches (one token each, one
+(``fmriflow.datasets.voxels``). Each frame is cut into 6 x 6 x 6 patches (one token each, one
 frame per token: 6x6x6x1), giving a 16 x 16 x 16 x T grid of tokens of width ``embed_dim``,
 plus learned spatial and temporal embeddings. Stages of blocks follow, as in a 4-D Swin
 network but with Mamba as the token mixer: a block cuts the grid into 4-D windows

@@ -27,7 +27,7 @@ A dataset folder holds:
     ``first_frame .. first_frame + n_frames - 1`` of ``frames.npy``.
 ``splits.tsv``
     the subject -> split table the dataset was built with: the region-level dataset's
-    ``splits.tsv`` (``fmriflow.dataset``), so both levels of model split subjects alike.
+    ``splits.tsv`` (``fmriflow.datasets.regions``), so both levels of model split subjects alike.
 ``dataset_card.json``
     counts per split, grid, crop/pad offsets and the output affine, dtype, skipped runs
     with their reasons, and the provenance of the inputs (sha256).
@@ -48,10 +48,10 @@ import numpy as np
 import pandas as pd
 from numpy.lib.format import open_memmap
 
-from .dataset import SPLITS, MemoryMapped, building_dir, check_splits, in_split_order, read_splits, run_subject
-from .errors import InputError
-from .io import read_json, read_tsv, write_json, write_tsv
-from .provenance import build_sidecar
+from ..errors import InputError
+from ..io import read_json, read_tsv, write_json, write_tsv
+from ..provenance import build_sidecar
+from .regions import SPLITS, MemoryMapped, building_dir, check_splits, in_split_order, read_splits, run_subject
 
 try:  # torch is needed to serve samples, not to build them
     from torch.utils.data import Dataset as _TorchDataset
@@ -113,7 +113,7 @@ def build_voxel_dataset(
 
 
 def _build(specs, split_table, tmp: Path, shape, dtype, min_frames) -> dict[str, Any]:
-    from .io import open_nifti
+    from ..io import open_nifti
 
     # Pass 1: headers only; check the geometry and count the frames to allocate.
     reference = None
@@ -198,7 +198,7 @@ def crop_or_pad(source: Sequence[int], target: Sequence[int]) -> list[dict[str, 
 
 def _write_run(spec: Mapping[str, Any], frames: np.ndarray, first: int, geometry) -> dict[str, Any]:
     """Z-score one run frame by frame into ``frames[first:]`` on the target grid; its statistics."""
-    from .io import load_nifti
+    from ..io import load_nifti
 
     data = np.asanyarray(load_nifti(spec["bold"]).dataobj)
     mask = np.asanyarray(load_nifti(spec["mask"]).dataobj) > 0
@@ -271,7 +271,7 @@ class VoxelWindowDataset(MemoryMapped, _TorchDataset):
     """Windows of ``window`` consecutive frames of one split, every ``stride`` frames, as PyTorch samples.
 
     A sample is ``{"x": float32 (window, X, Y, Z), "index": i}`` plus ``"y"`` when ``labels``
-    (subject -> target, e.g. from ``fmriflow.dataset.subject_labels``) is given; runs shorter
+    (subject -> target, e.g. from ``fmriflow.datasets.participants.subject_labels``) is given; runs shorter
     than one window give no sample. Each worker process maps ``frames.npy`` itself.
     """
 
@@ -339,5 +339,5 @@ def voxel_splits(root: str | Path) -> pd.DataFrame:
 def _existing(root: str | Path, name: str) -> Path:
     path = Path(root) / name
     if not path.is_file():
-        raise InputError(path, "missing: not a voxel dataset folder written by fmriflow.voxel_dataset")
+        raise InputError(path, "missing: not a voxel dataset folder written by fmriflow.datasets.voxels")
     return path

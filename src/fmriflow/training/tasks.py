@@ -20,16 +20,16 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .dataset import subject_labels
-from .errors import InputError
-from .train import Task, TrainConfig
-from .voxel_dataset import VoxelWindowDataset, load_card, voxel_splits
+from ..datasets.participants import subject_labels
+from ..datasets.voxels import VoxelWindowDataset, load_card, voxel_splits
+from ..errors import InputError
+from .loop import Task, TrainConfig
 
 
 def build_voxel_task(cfg: TrainConfig) -> Task:
     shape = tuple(load_card(cfg.dataset)["shape"])
     if cfg.task == "neurostorm-mae":
-        from .models.neurostorm_mae import create_neurostorm_mae
+        from ..models.neurostorm_mae import create_neurostorm_mae
 
         model = create_neurostorm_mae(cfg.model, img_size=shape, checkpoint=cfg.grad_checkpoint)
         window = _window(cfg, model.config.max_frames)
@@ -43,11 +43,11 @@ def build_voxel_task(cfg: TrainConfig) -> Task:
         )
     labels, n_outputs, target_info = _targets(cfg)
     if cfg.task == "brainmt":
-        from .models.brainmt import create_brainmt
+        from ..models.brainmt import create_brainmt
 
         model = create_brainmt(cfg.model, img_size=shape, n_outputs=n_outputs, checkpoint=cfg.grad_checkpoint)
     else:
-        from .models.neurostorm import create_neurostorm, freeze_for_prompt_tuning, load_pretrained_backbone
+        from ..models.neurostorm import create_neurostorm, freeze_for_prompt_tuning, load_pretrained_backbone
 
         model = create_neurostorm(cfg.model, img_size=shape, n_outputs=n_outputs, prompt_len=cfg.prompt_len,
                                   checkpoint=cfg.grad_checkpoint)

@@ -59,9 +59,10 @@ import numpy as np
 import pandas as pd
 from numpy.lib.format import open_memmap
 
-from .errors import InputError
-from .io import read_json, read_tsv, sha256sum, write_json, write_tsv
-from .provenance import build_sidecar
+from ..errors import InputError
+from ..io import read_json, read_tsv, sha256sum, write_json, write_tsv
+from ..provenance import build_sidecar
+from .participants import bare
 
 try:  # torch is needed to serve samples, not to build them
     from torch.utils.data import Dataset as _TorchDataset
@@ -116,7 +117,7 @@ def make_splits(
     """
     subjects = list(subjects)
     labels = _stratum_labels(subjects, stratify)
-    subs = sorted({_bare(s) for s in subjects})
+    subs = sorted({bare(s) for s in subjects})
     if not subs:
         raise ValueError("make_splits needs at least one subject")
     fractions = _check_fractions(fractions)
@@ -141,22 +142,6 @@ def make_splits(
         frame["stratum"] = [labels[s] for s in subs]
     frame.attrs.update(seed=int(seed), fractions=list(fractions), stratified=labels is not None)
     return frame
-
-
-def subject_labels(participants: pd.DataFrame | str | Path, column: str) -> pd.Series:
-    """One label per subject from a BIDS participants table, keyed by bare subject label.
-
-    Use as ``make_splits(..., stratify=subject_labels(participants, "response"))``.
-    """
-    path = participants if isinstance(participants, (str, Path)) else None
-    table = read_tsv(participants, dtype={"participant_id": str}) if path is not None else participants
-    for needed in ("participant_id", column):
-        if needed not in table.columns:
-            raise InputError(path, f"participants table has no column '{needed}' (columns: {list(table.columns)})")
-    if table[column].isna().any():
-        missing = table.loc[table[column].isna(), "participant_id"].tolist()
-        raise InputError(path, f"column '{column}' is missing for {missing[:10]}; every subject needs a label to stratify")
-    return pd.Series(table[column].to_numpy(), index=[_bare(p) for p in table["participant_id"]], name=column)
 
 
 # --------------------------------------------------------------------------- build
@@ -457,10 +442,6 @@ def read_splits(path: str | Path) -> pd.DataFrame:
 # --------------------------------------------------------------------------- helpers
 
 
-def _bare(subject: Any) -> str:
-    return str(subject).removeprefix("sub-")
-
-
 def _check_fractions(fractions: Sequence[float]) -> np.ndarray:
     f = np.asarray(fractions, dtype=np.float64)
     if f.shape != (3,) or not np.isfinite(f).all() or (f < 0).any() or f[0] <= 0 or abs(f.sum() - 1) > 1e-6:
@@ -482,10 +463,10 @@ def _stratum_labels(subjects: list, stratify) -> dict[str, str] | None:
     for subject, label in items:
         if label is None or (isinstance(label, float) and math.isnan(label)):
             raise InputError(None, f"subject '{subject}' has no stratification label")
-        label, subject = str(label), _bare(subject)
+        label, subject = str(label), bare(subject)
         if labels.setdefault(subject, label) != label:
             raise InputError(None, f"subject '{subject}' has two stratification labels: {labels[subject]!r} and {label!r}")
-    missing = sorted({_bare(s) for s in subjects} - set(labels))
+    missing = sorted({bare(s) for s in subjects} - set(labels))
     if missing:
         raise InputError(None, f"no stratification label for subjects {missing[:10]}")
     return labels
@@ -539,7 +520,7 @@ def check_splits(splits: pd.DataFrame | str | Path) -> pd.DataFrame:
     if missing:
         raise InputError(path, f"splits table lacks columns {sorted(missing)}")
     table = table.copy()
-    table["subject"] = [_bare(s) for s in table["subject"]]
+    table["subject"] = [bare(s) for s in table["subject"]]
     bad = sorted(set(table["split"]) - set(SPLITS))
     if bad:
         raise InputError(path, f"unknown split names {bad}; allowed: {list(SPLITS)}")
@@ -571,9 +552,9 @@ def _check_runs(runs: Sequence[Mapping[str, Any]], split_of: dict[str, str]) -> 
 
 def run_subject(run: Mapping[str, Any], split_of: Mapping[str, str], name: str) -> str:
     """A run's bare subject label (its ``subject``, else from the run key); the subject must have a split."""
-    from .naming import subject_of
+    from ..naming import subject_of
 
-    subject = _bare(run.get("subject") or subject_of(str(run["run"])))
+    subject = bare(run.get("subject") or subject_of(str(run["run"])))
     if subject not in split_of:
         raise InputError(name, f"subject '{subject}' of run {run['run']} has no split in the splits table")
     return subject
@@ -715,7 +696,7 @@ def _positive_int(value: Any, name: str) -> int:
 def _existing(root: str | Path, name: str) -> Path:
     path = Path(root) / name
     if not path.is_file():
-        raise InputError(path, "missing: not a dataset folder written by fmriflow.dataset.build_dataset")
+        raise InputError(path, "missing: not a dataset folder written by fmriflow.datasets.regions.build_dataset")
     return path
 
 

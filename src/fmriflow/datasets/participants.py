@@ -1,0 +1,61 @@
+"""The one reader of BIDS ``participants.tsv``: read and check it, take a column as subject labels."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..errors import InputError
+from ..io import read_tsv
+
+
+def bare(subject) -> str:
+    """A subject label without the ``sub-`` prefix ("sub-01" and "01" both give "01")."""
+    return str(subject).removeprefix("sub-")
+
+
+def read_participants(path: str | Path) -> pd.DataFrame:
+    """``participants.tsv`` as text columns, checked: readable, ``participant_id``, each subject once."""
+    try:
+        table = read_tsv(path, dtype=str)
+    except FileNotFoundError:
+        raise InputError(path, "participants table not found") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise InputError(path, f"not a readable tab-separated table ({type(exc).__name__}: {exc})") from exc
+    except OSError as exc:
+        raise InputError(path, f"cannot be read ({exc.strerror or exc})") from exc
+    if "participant_id" not in table.columns:
+        raise InputError(path, f"no participant_id column (columns: {list(table.columns)[:10]})")
+    ids = table["participant_id"]
+    if ids.isna().any():
+        row = int(np.flatnonzero(ids.isna())[0]) + 2  # line in the file: header is line 1
+        raise InputError(path, f"participant_id is empty on line {row}")
+    repeated = ids[ids.duplicated(keep=False)]
+    if len(repeated):
+        first = repeated.iloc[0]
+        lines = [int(i) + 2 for i in np.flatnonzero(ids == first)]
+        others = sorted(set(repeated) - {first})
+        more = f" (also repeated: {others[:5]})" if others else ""
+        raise InputError(path, f"{first} is listed {len(lines)} times (lines {lines}); each participant must appear once{more}")
+    unprefixed = ids[~ids.str.startswith("sub-")]
+    if len(unprefixed):
+        raise InputError(path, f"participant_id {unprefixed.iloc[0]!r} does not start with 'sub-'")
+    return table
+
+
+def subject_labels(participants: pd.DataFrame | str | Path, column: str) -> pd.Series:
+    """One label per subject from a BIDS participants table, keyed by bare subject label.
+
+    Use as ``make_splits(..., stratify=subject_labels(participants, "response"))``.
+    """
+    path = participants if isinstance(participants, (str, Path)) else None
+    table = read_tsv(participants, dtype={"participant_id": str}) if path is not None else participants
+    for needed in ("participant_id", column):
+        if needed not in table.columns:
+            raise InputError(path, f"participants table has no column '{needed}' (columns: {list(table.columns)})")
+    if table[column].isna().any():
+        missing = table.loc[table[column].isna(), "participant_id"].tolist()
+        raise InputError(path, f"column '{column}' is missing for {missing[:10]}; every subject needs a label to stratify")
+    return pd.Series(table[column].to_numpy(), index=[bare(p) for p in table["participant_id"]], name=column)
