@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import InputError
+from .io import open_nifti
 
 
 # --------------------------------------------------------------------------- config
@@ -84,12 +85,26 @@ def raw_bold_problem(path: str | Path, metadata: Mapping[str, Any], tolerance: f
     ``metadata`` is the BIDS sidecar after inheritance (pybids' ``get_metadata``). Only
     the header is read here; the data are checked by the run's own job.
     """
-    from .ingest import bold_repetition_time
-
     try:
         return bold_repetition_time(path, metadata, tolerance), None
     except InputError as exc:
         return None, exc.problem
+
+
+def bold_repetition_time(path: str | Path, sidecar: dict, tolerance: float = 1e-3) -> float:
+    """RepetitionTime from the sidecar, checked against the NIfTI header."""
+    if "RepetitionTime" not in sidecar:
+        raise InputError(path, "no RepetitionTime in the BOLD sidecar")
+    tr = float(sidecar["RepetitionTime"])
+    img = open_nifti(path)
+    if img.ndim != 4:
+        raise InputError(path, f"BOLD must be 4D, got shape {img.shape}")
+    zooms = img.header.get_zooms()
+    unit = img.header.get_xyzt_units()[1]
+    header_tr = float(zooms[3]) * {"msec": 1e-3, "usec": 1e-6}.get(unit, 1.0)
+    if abs(header_tr - tr) > tolerance:
+        raise InputError(path, f"header TR {header_tr:g} s disagrees with sidecar RepetitionTime {tr:g} s")
+    return tr
 
 
 def check_manifest_row(raw_bold: str | Path, row: Mapping[str, Any]) -> None:
@@ -106,9 +121,9 @@ def check_bold_data(path: str | Path) -> dict[str, int]:
     Non-finite values are refused anywhere in the image, not only in the brain: a
     resampling step would carry them into the brain.
     """
-    from .parcellate import _Source  # the streaming reader of the parcellation
+    from .parcellate import BoldChunks  # the streaming reader of the parcellation
 
-    source = _Source(path)  # 4D or InputError
+    source = BoldChunks(path)  # 4D or InputError
     if source.n_volumes < 2:
         raise InputError(path, f"{source.n_volumes} volume(s): a BOLD run needs at least 2")
     low = high = None

@@ -129,19 +129,3 @@ def build_manifest(bids_dir: str | Path) -> pd.DataFrame:
                     row["tr"], row["problem"] = raw_bold_problem(f.path, layout.get_metadata(f.path))
         rows.append(row)
     return pd.DataFrame(rows)
-
-
-def bold_repetition_time(path: str | Path, sidecar: dict, tolerance: float = 1e-3) -> float:
-    """RepetitionTime from the sidecar, checked against the NIfTI header."""
-    if "RepetitionTime" not in sidecar:
-        raise InputError(path, "no RepetitionTime in the BOLD sidecar")
-    tr = float(sidecar["RepetitionTime"])
-    img = open_nifti(path)
-    if img.ndim != 4:
-        raise InputError(path, f"BOLD must be 4D, got shape {img.shape}")
-    zooms = img.header.get_zooms()
-    unit = img.header.get_xyzt_units()[1]
-    header_tr = float(zooms[3]) * {"msec": 1e-3, "usec": 1e-6}.get(unit, 1.0)
-    if abs(header_tr - tr) > tolerance:
-        raise InputError(path, f"header TR {header_tr:g} s disagrees with sidecar RepetitionTime {tr:g} s")
-    return tr

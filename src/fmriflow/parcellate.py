@@ -81,7 +81,7 @@ def parcellate_many(
         raise ValueError(f"'strategy' must be one of {STRATEGIES}; {strategy!r} was provided")
     if not 0.0 <= min_coverage <= 1.0:
         raise ValueError(f"'min_coverage' must be within [0, 1]; {min_coverage!r} was provided")
-    source = _Source(bold)
+    source = BoldChunks(bold)
     in_mask = None
     if mask_img is not None:
         mask = _load_small(mask_img)
@@ -143,7 +143,7 @@ def _plan(atlas: nib.Nifti1Image, labels: pd.DataFrame, in_mask: np.ndarray | No
     return _Plan(labels, selected, starts, regions, n_in[regions].astype(np.float64), table)
 
 
-class _Source:
+class BoldChunks:
     """A 4D BOLD image read as chunks of whole volumes, each flattened in NIfTI (Fortran) order."""
 
     def __init__(self, bold: str | Path | nib.Nifti1Image):
@@ -193,7 +193,7 @@ class _Source:
         return max(1, CHUNK_BYTES // (self.n_voxels * itemsize))
 
 
-def _check_grid(img: nib.Nifti1Image, source: _Source, path, what: str) -> None:
+def _check_grid(img: nib.Nifti1Image, source: BoldChunks, path, what: str) -> None:
     if img.shape[:3] != source.shape or not np.allclose(img.affine, source.affine, atol=1e-4):
         raise InputError(_name(path), f"{what} grid {img.shape[:3]} differs from the BOLD grid {source.shape}; resample first")
 

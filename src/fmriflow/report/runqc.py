@@ -185,7 +185,7 @@ def _fd_trace(path: PathLike) -> np.ndarray:
 
 def _run_images(files: Mapping[str, PathLike], atlas_image: PathLike | None) -> dict:
     """FD trace, carpet rows (z-scored subsample of in-mask voxels) and the tSNR volume of one run."""
-    from ..parcellate import _Source  # the chunked reader parcellation uses: one chunk in memory at a time
+    from ..parcellate import BoldChunks  # the chunked reader parcellation uses: one chunk in memory at a time
 
     mask = np.asarray(open_nifti(require_file(files["mask"])).dataobj) > 0
     flat_mask = mask.reshape(-1, order="F")
@@ -203,13 +203,13 @@ def _run_images(files: Mapping[str, PathLike], atlas_image: PathLike | None) -> 
     keep = order[::step]
 
     rows = []
-    for _, chunk in _Source(require_file(files["denoised"])).chunks():
+    for _, chunk in BoldChunks(require_file(files["denoised"])).chunks():
         rows.append(chunk[:, keep].astype(np.float32))
     carpet = np.concatenate(rows).T  # (voxels, time)
     sd = carpet.std(axis=1, keepdims=True)
     carpet = (carpet - carpet.mean(axis=1, keepdims=True)) / np.where(sd > 0, sd, 1.0)
 
-    source = _Source(require_file(files["bold"]))
+    source = BoldChunks(require_file(files["bold"]))
     total = np.zeros(len(in_mask))
     squares = np.zeros(len(in_mask))
     for _, chunk in source.chunks():
