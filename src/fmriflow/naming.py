@@ -30,7 +30,8 @@ def run_key(entities: Mapping[str, object]) -> str:
     """The run key of a raw BOLD run from its entities (pybids names)."""
     if "subject" not in entities or "task" not in entities:
         raise ValueError(f"a BOLD run needs subject and task entities, got {dict(entities)}")
-    parts = [f"{_KEYS[name]}-{_format(entities[name])}" for name in RUN_ENTITIES if entities.get(name) is not None]
+    # str(), not a format string: pybids parses run-01 as a PaddedInt whose str() keeps the padding
+    parts = [f"{_KEYS[name]}-{str(entities[name])}" for name in RUN_ENTITIES if entities.get(name) is not None]
     folder = [f"sub-{entities['subject']}"]
     if entities.get("session") is not None:
         folder.append(f"ses-{entities['session']}")
@@ -67,13 +68,18 @@ def template_derivative(run: str, **kwargs: object) -> str:
     return derivative(run, space=TEMPLATE_SPACE, res=TEMPLATE_RES, **kwargs)
 
 
+def atlas_image(atlas: str) -> str:
+    """An atlas's label image on the template grid, relative to the derivatives root."""
+    return f"atlases/atlas-{atlas}/atlas-{atlas}_space-{TEMPLATE_SPACE}_res-{TEMPLATE_RES}_dseg.nii.gz"
+
+
+def atlas_table(atlas: str) -> str:
+    """An atlas's look-up table (index, name, x, y, z), relative to the derivatives root."""
+    return f"atlases/atlas-{atlas}/atlas-{atlas}_dseg.tsv"
+
+
 def subject_of(run: str) -> str:
     return run.split("/", 1)[0].removeprefix("sub-")
-
-
-def _format(value: object) -> str:
-    # pybids parses run-01 as the integer 1 but keeps its padding in a PaddedInt's str().
-    return str(value)
 
 
 # Standard templates in MNI coordinates (TemplateFlow names, and fMRIPrep's MNI152Lin / MNI305).

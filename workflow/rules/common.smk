@@ -1,8 +1,11 @@
-# Config validation, run discovery and the small input functions the rules share.
+# Where config meets the rules: validation, run discovery, the paths and the small input
+# functions every rule file uses. Rule files define rules only, so their include order in the
+# Snakefile does not matter for names.
 
 import copy
 import math
 import re
+import shlex
 import sys
 from pathlib import Path
 
@@ -10,11 +13,12 @@ from snakemake_interface_executor_plugins.settings import DeploymentMethod
 
 from snakemake.utils import validate
 
-from fmriflow import naming
+from fmriflow import launch, naming
 from fmriflow.checks import check_config
 from fmriflow.connectivity import STAT
 from fmriflow.ingest import discover_runs
-from fmriflow.preproc import preproc_files
+from fmriflow.models.grids import INPUT_GRIDS, grid_label
+from fmriflow.preproc import FMRIPREP_ROOT, LITE_ROOT, preproc_files
 
 
 check_config(config, f"{workflow.basedir}/workflow/schemas/config.schema.yaml", workflow.configfiles)  # every error, by key
@@ -40,6 +44,7 @@ EXTRA_ATLASES = config["atlas"]["extra"]
 ATLASES = [ATLAS, *EXTRA_ATLASES]
 KINDS = config["connectivity"]["kinds"]
 RUN_KINDS = [k for k in KINDS if k != "tangent"]
+KIND_OF_STAT = {stat: kind for kind, stat in STAT.items()}
 DYNAMIC = config["connectivity"]["sliding_window"]["window"] is not None
 
 if not Path(BIDS_DIR).is_dir():
@@ -116,11 +121,15 @@ def grid(run, **entities):
 
 
 def atlas_img(atlas):
-    return f"{DERIV}/atlases/atlas-{atlas}/atlas-{atlas}_space-{naming.TEMPLATE_SPACE}_res-{naming.TEMPLATE_RES}_dseg.nii.gz"
+    return f"{DERIV}/{naming.atlas_image(atlas)}"
 
 
 def atlas_labels(atlas):
-    return f"{DERIV}/atlases/atlas-{atlas}/atlas-{atlas}_dseg.tsv"
+    return f"{DERIV}/{naming.atlas_table(atlas)}"
+
+
+def timeseries(run, atlas):
+    return grid(run, atlas=atlas, stat=config["parcellate"]["strategy"], suffix="timeseries", extension=".tsv")
 
 
 def relmat(run, atlas, kind, extension=".tsv", desc=None):
@@ -148,7 +157,160 @@ def all_outputs():
         *[relmat(r, a, "pearson", ".npy", desc="dynamic") for r in RUNS for a in ATLASES if DYNAMIC],
         *[group_file(a, STAT[k], "stack", extension=".npy") for a in ATLASES for k in KINDS],
         f"{OUT}/report/fmriflow_report.html",
-        f"{OUT}/pretrain/{config['pretrain']['model']}/model.pt",
-        *([f"{OUT}/finetune/{config['finetune']['target']}/variants.tsv"] if config["finetune"]["enabled"] else []),
+        f"{PRETRAIN_DIR}/model.pt",
+        *([f"{FINETUNE_DIR}/variants.tsv"] if FINETUNE["enabled"] else []),
         run_qc_table(),
     ]
+
+
+# --------------------------------------------------------------------------- preprocessing
+
+MODE = config["preproc"]["mode"]
+
+if MODE == "fmriprep":
+    from fmriflow.preproc.fmriprep import default_image, fmriprep_command, pinned_image, subject_outputs
+
+    FMRIPREP = config["preproc"]["fmriprep"]
+    FMRIPREP_DIR = f"{OUT}/{FMRIPREP_ROOT}"
+    FMRIPREP_WORK = FMRIPREP["work_dir"] or f"{OUT}/work/fmriprep"
+    FMRIPREP_IMAGE = FMRIPREP["image"] or default_image(
+        FMRIPREP["runtime"], pinned_image(f"{workflow.basedir}/containers/fmriprep.yaml")
+    )
+
+
+def fmriprep_shell_command(subject):
+    """Params function: the job's command, built from the threads and memory it was given."""
+
+    def command(wildcards, threads, resources):
+        return shlex.join(fmriprep_command(
+            FMRIPREP, subject, threads=threads, mem_mb=resources.mem_mb, bids_dir=BIDS_DIR,
+            output_dir=FMRIPREP_DIR, work_dir=f"{FMRIPREP_WORK}/sub-{subject}", image=FMRIPREP_IMAGE,
+        ))
+
+    return command
+
+
+if MODE == "lite":
+    from fmriflow.preproc.lite import boldref_path, expected_files as lite_files
+
+    LITE_FILES = lite_files(f"{OUT}/{LITE_ROOT}", "{run}")
+
+
+# --------------------------------------------------------------------------- run QC
+
+def run_qc_table():
+    return f"{DERIV}/group/desc-runs_qc.tsv"
+
+
+def included_runs():
+    """The runs that pass QC, in run order (evaluated once the run_qc checkpoint has run)."""
+    from fmriflow.io import read_tsv
+
+    table = read_tsv(checkpoints.run_qc.get().output.table, dtype={"run": str})
+    keep = set(table.loc[table["included"].astype(str) == "True", "run"])
+    runs = [r for r in RUNS if r in keep]
+    if not runs:
+        raise WorkflowError(f"QC excluded every run: see the reasons in {run_qc_table()}")
+    return runs
+
+
+# --------------------------------------------------------------------------- dataset and pretraining
+
+PRETRAIN = config["pretrain"]
+DATASET_DIR = f"{OUT}/dataset/atlas-{ATLAS}"
+PRETRAIN_DIR = f"{OUT}/pretrain/{PRETRAIN['model']}"
+
+
+def cli_options(options):
+    """``--key value`` for each item (``--key`` / ``--no-key`` for booleans), shell-quoted."""
+    words = []
+    for key, value in options.items():
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            words.append(flag if value else "--no-" + key.replace("_", "-"))
+        else:
+            words += [flag, shlex.quote(str(value))]
+    return " ".join(words)
+
+
+# --------------------------------------------------------------------------- fine-tuning
+
+FINETUNE = config["finetune"]
+FINETUNE_DIR = f"{OUT}/finetune/{FINETUNE['target']}"
+
+
+def finetune_setups():
+    """Set-ups the participants table supports (read at DAG time: raw BIDS is there)."""
+    from fmriflow.finetune.cohort import load_cohort, setup_names
+
+    participants = f"{BIDS_DIR}/participants.tsv"
+    try:
+        cohort = load_cohort(participants, FINETUNE["target"], FINETUNE["task"], FINETUNE["missing_labels"],
+                             subjects=sorted({naming.subject_of(r) for r in RUNS}))
+    except Exception:  # a broken table is reported, naming the problem, by the jobs that read it
+        return ["agnostic"]
+    names = setup_names(cohort, FINETUNE["drug_column"], FINETUNE["site_column"])
+    return [n for n in names if n.split("-")[0] in FINETUNE["setups"]]
+
+
+def finetune_resources():
+    resources = {"mem_mb": FINETUNE["mem_mb"], "runtime": FINETUNE["runtime"]}
+    if FINETUNE["gpus"]:
+        resources.update(gpu=FINETUNE["gpus"], cpus_per_gpu=PRETRAIN["cpus_per_gpu"])
+        if PRETRAIN["gpu_model"]:
+            resources["gpu_model"] = PRETRAIN["gpu_model"]
+    return resources
+
+
+SETUPS = finetune_setups() if FINETUNE["enabled"] else []
+
+
+# --------------------------------------------------------------------------- voxel models
+
+VOXEL = config["voxel"]
+VOXEL_GRID = {model: grid_label(shape) for model, shape in INPUT_GRIDS.items()}  # each model's input grid (X x Y x Z)
+VOXEL_TARGET = VOXEL["target"]
+
+
+def voxel_dataset_dir(geometry):
+    return f"{OUT}/dataset/voxel-{geometry}"
+
+
+def voxel_finetune_dir(model):
+    return f"{OUT}/voxel/{model}_target-{VOXEL_TARGET}"
+
+
+def voxel_train_options(task, section, **extra):
+    """Command-line options of fmriflow.train for one voxel model."""
+    keys = ("model", "window", "stride", "batch_size", "max_steps", "lr")
+    shared = ("warmup_steps", "checkpoint_every", "precision", "seed", "num_workers", "grad_checkpoint")
+    return cli_options({"task": task, **{k: section[k] for k in keys}, **{k: VOXEL[k] for k in shared}, **extra})
+
+
+def voxel_finetune_input(wildcards):
+    inputs = {"card": f"{voxel_dataset_dir(VOXEL_GRID[wildcards.model])}/dataset_card.json",
+              "participants": f"{BIDS_DIR}/participants.tsv"}
+    if wildcards.model == "neurostorm":
+        inputs["pretrained"] = rules.voxel_pretrain.output.model
+    return inputs
+
+
+def voxel_outputs():
+    return [f"{voxel_finetune_dir(m)}/model.pt" for m in VOXEL["models"]] if VOXEL["enabled"] else []
+
+
+# --------------------------------------------------------------------------- report
+
+def ground_truth():
+    path = config["report"]["ground_truth"]
+    return [path] if path and Path(path).is_file() else []
+
+
+def voxel_metrics():
+    """metrics.csv of every voxel-level training run (voxel.enabled), keyed by a display name."""
+    if not VOXEL["enabled"]:
+        return {}
+    runs = {f"{m} fine-tuning": f"{voxel_finetune_dir(m)}/metrics.csv" for m in VOXEL["models"]}
+    if "neurostorm" in VOXEL["models"]:
+        runs["neurostorm pretraining"] = rules.voxel_pretrain.output.metrics
+    return runs

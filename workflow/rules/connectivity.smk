@@ -31,9 +31,6 @@ rule group_connectivity:
         "../scripts/group_connectivity.py"
 
 
-KIND_OF_STAT = {stat: kind for kind, stat in STAT.items()}
-
-
 rule connectivity_stack:
     """Runs x regions x regions stack of one per-run kind (a modelling input), with its row table."""
     input:

@@ -1,36 +1,6 @@
 # Fine-tuning and evaluation: FMMTC (frozen encoder + ResNet-18 on FC), its ablations and the
 # FC baselines, cross-validated by subject for every set-up (drug-agnostic, per drug, per held-out site).
 
-FINETUNE = config["finetune"]
-FINETUNE_DIR = f"{OUT}/finetune/{FINETUNE['target']}"
-
-
-def finetune_setups():
-    """Set-ups the participants table supports (read at DAG time: raw BIDS is there)."""
-    from fmriflow.finetune.cohort import load_cohort, setup_names
-
-    participants = f"{BIDS_DIR}/participants.tsv"
-    try:
-        cohort = load_cohort(participants, FINETUNE["target"], FINETUNE["task"], FINETUNE["missing_labels"],
-                             subjects=sorted({naming.subject_of(r) for r in RUNS}))
-    except Exception:  # a broken table is reported, naming the problem, by the jobs that read it
-        return ["agnostic"]
-    names = setup_names(cohort, FINETUNE["drug_column"], FINETUNE["site_column"])
-    return [n for n in names if n.split("-")[0] in FINETUNE["setups"]]
-
-
-def finetune_resources():
-    resources = {"mem_mb": FINETUNE["mem_mb"], "runtime": FINETUNE["runtime"]}
-    if FINETUNE["gpus"]:
-        resources.update(gpu=FINETUNE["gpus"], cpus_per_gpu=PRETRAIN["cpus_per_gpu"])
-        if PRETRAIN["gpu_model"]:
-            resources["gpu_model"] = PRETRAIN["gpu_model"]
-    return resources
-
-
-SETUPS = finetune_setups() if FINETUNE["enabled"] else []
-
-
 rule finetune_features:
     """Per-window FC and frozen-encoder embeddings (pretrained and random), computed once."""
     input:

@@ -1,7 +1,3 @@
-def timeseries(run, atlas):
-    return grid(run, atlas=atlas, stat=config["parcellate"]["strategy"], suffix="timeseries", extension=".tsv")
-
-
 rule parcellate:
     """Region time series (time x region, one column per label) and coverage, every atlas from one read."""
     input:

@@ -4,13 +4,6 @@
 #   lite         minimal preprocessing with ANTsPy + nilearn, one job per run -> <output_dir>/preproc-lite
 # Whatever the mode, preproc_derivatives then checks each run's files against the raw data.
 
-import shlex
-
-from fmriflow.preproc import FMRIPREP_ROOT, LITE_ROOT
-
-MODE = config["preproc"]["mode"]
-
-
 rule preproc_derivatives:
     """Check one run's fMRIPrep outputs (grid, TR against the raw data, confounds) and write its QC row."""
     input:
@@ -30,26 +23,6 @@ rule preproc_derivatives:
 
 
 if MODE == "fmriprep":
-    from fmriflow.preproc.fmriprep import default_image, fmriprep_command, pinned_image, subject_outputs
-
-    FMRIPREP = config["preproc"]["fmriprep"]
-    FMRIPREP_DIR = f"{OUT}/{FMRIPREP_ROOT}"
-    FMRIPREP_WORK = FMRIPREP["work_dir"] or f"{OUT}/work/fmriprep"
-    FMRIPREP_IMAGE = FMRIPREP["image"] or default_image(
-        FMRIPREP["runtime"], pinned_image(f"{workflow.basedir}/containers/fmriprep.yaml")
-    )
-
-    def fmriprep_shell_command(subject):
-        """Params function: the job's command, built from the threads and memory it was given."""
-
-        def command(wildcards, threads, resources):
-            return shlex.join(fmriprep_command(
-                FMRIPREP, subject, threads=threads, mem_mb=resources.mem_mb, bids_dir=BIDS_DIR,
-                output_dir=FMRIPREP_DIR, work_dir=f"{FMRIPREP_WORK}/sub-{subject}", image=FMRIPREP_IMAGE,
-            ))
-
-        return command
-
     # One rule per subject: each declares exactly the files its subject's runs need (sessions,
     # tasks and runs differ between subjects), so the DAG is complete before fMRIPrep ran.
     for _subject, _files in subject_outputs(FMRIPREP_DIR, RUNS).items():
@@ -79,10 +52,6 @@ if MODE == "fmriprep":
 
 
 if MODE == "lite":
-    from fmriflow.preproc.lite import boldref_path, expected_files as lite_files
-
-    LITE_FILES = lite_files(f"{OUT}/{LITE_ROOT}", "{run}")
-
     rule preproc_lite:
         """Head-motion correction, registration to the MNI template, confounds (ANTsPy + nilearn)."""
         input:

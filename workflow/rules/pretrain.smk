@@ -1,26 +1,5 @@
 # Model-ready dataset and foundation-model pretraining (GPU on SLURM, CPU for the demo).
 
-import shlex
-
-from fmriflow import launch
-
-PRETRAIN = config["pretrain"]
-DATASET_DIR = f"{OUT}/dataset/atlas-{ATLAS}"
-PRETRAIN_DIR = f"{OUT}/pretrain/{PRETRAIN['model']}"
-
-
-def cli_options(options):
-    """``--key value`` for each item (``--key`` / ``--no-key`` for booleans), shell-quoted."""
-    words = []
-    for key, value in options.items():
-        flag = "--" + key.replace("_", "-")
-        if isinstance(value, bool):
-            words.append(flag if value else "--no-" + key.replace("_", "-"))
-        else:
-            words += [flag, shlex.quote(str(value))]
-    return " ".join(words)
-
-
 rule dataset:
     """Windows of the A424 time series, robust-scaled on training subjects, split by subject, memory-mapped."""
     input:

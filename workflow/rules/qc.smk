@@ -6,10 +6,6 @@
 # `snakemake -n` shows the per-run work for every run before QC has run.
 
 
-def run_qc_table():
-    return f"{DERIV}/group/desc-runs_qc.tsv"
-
-
 checkpoint run_qc:
     """Every run's motion, censoring, DVARS, tSNR and region coverage; excluded runs with their reasons."""
     input:
@@ -24,15 +20,3 @@ checkpoint run_qc:
         f"{LOGS}/qc/run_qc.log",
     script:
         "../scripts/run_qc.py"
-
-
-def included_runs():
-    """The runs that pass QC, in run order (evaluated once the run_qc checkpoint has run)."""
-    from fmriflow.io import read_tsv
-
-    table = read_tsv(checkpoints.run_qc.get().output.table, dtype={"run": str})
-    keep = set(table.loc[table["included"].astype(str) == "True", "run"])
-    runs = [r for r in RUNS if r in keep]
-    if not runs:
-        raise WorkflowError(f"QC excluded every run: see the reasons in {run_qc_table()}")
-    return runs

@@ -1,18 +1,3 @@
-def ground_truth():
-    path = config["report"]["ground_truth"]
-    return [path] if path and Path(path).is_file() else []
-
-
-def voxel_metrics():
-    """metrics.csv of every voxel-level training run (voxel.enabled), keyed by a display name."""
-    if not VOXEL["enabled"]:
-        return {}
-    runs = {f"{m} fine-tuning": f"{voxel_finetune_dir(m)}/metrics.csv" for m in VOXEL["models"]}
-    if "neurostorm" in VOXEL["models"]:
-        runs["neurostorm pretraining"] = rules.voxel_pretrain.output.metrics
-    return runs
-
-
 rule report:
     """One self-contained HTML page: data, QC and exclusions, coverage, connectivity, training, provenance."""
     input:

@@ -2,38 +2,6 @@
 # pretraining, and fine-tuning of BrainMT / prompt tuning of NeuroSTORM on a participants column.
 # Off unless voxel.enabled (GPU-sized work); each rule can also be asked for by name.
 
-VOXEL = config["voxel"]
-VOXEL_GRID = {"brainmt": "91x109x91", "neurostorm": "96x96x96"}  # each model's input grid (X x Y x Z)
-VOXEL_TARGET = VOXEL["target"]
-
-
-def voxel_dataset_dir(geometry):
-    return f"{OUT}/dataset/voxel-{geometry}"
-
-
-def voxel_finetune_dir(model):
-    return f"{OUT}/voxel/{model}_target-{VOXEL_TARGET}"
-
-
-def voxel_train_options(task, section, **extra):
-    """Command-line options of fmriflow.train for one voxel model."""
-    keys = ("model", "window", "stride", "batch_size", "max_steps", "lr")
-    shared = ("warmup_steps", "checkpoint_every", "precision", "seed", "num_workers", "grad_checkpoint")
-    return cli_options({"task": task, **{k: section[k] for k in keys}, **{k: VOXEL[k] for k in shared}, **extra})
-
-
-def voxel_finetune_input(wildcards):
-    inputs = {"card": f"{voxel_dataset_dir(VOXEL_GRID[wildcards.model])}/dataset_card.json",
-              "participants": f"{BIDS_DIR}/participants.tsv"}
-    if wildcards.model == "neurostorm":
-        inputs["pretrained"] = rules.voxel_pretrain.output.model
-    return inputs
-
-
-def voxel_outputs():
-    return [f"{voxel_finetune_dir(m)}/model.pt" for m in VOXEL["models"]] if VOXEL["enabled"] else []
-
-
 rule voxel_dataset:
     """Each run z-scored in its brain mask, background at the minimum, cropped / padded to the grid, memory-mapped."""
     input:

@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from .grids import INPUT_GRIDS
 from .layers import Block, init_linear, named_config, trunc_normal_
 from .ssm import BiMamba
 
@@ -52,7 +53,7 @@ MIXERS = ("mamba", "attention")
 
 @dataclass
 class BrainMTConfig:
-    img_size: tuple[int, int, int] = (91, 109, 91)  # voxels per frame (the A424 / MNI 2 mm grid)
+    img_size: tuple[int, int, int] = INPUT_GRIDS["brainmt"]  # voxels per frame (the A424 / MNI 2 mm grid)
     max_frames: int = 200  # longest window; the temporal embedding has one row per frame
     conv_channels: tuple[int, int, int] = (16, 32, 64)  # stem conv 1, stem conv 2 (= stage 1), stage 2
     dim: int = 512  # token width after the last downsampling

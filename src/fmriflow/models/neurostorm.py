@@ -42,13 +42,14 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from . import windows as W
+from .grids import INPUT_GRIDS
 from .layers import MLP, init_linear, named_config, trunc_normal_
 from .ssm import create_mamba
 
 
 @dataclass
 class NeuroSTORMConfig:
-    img_size: tuple[int, int, int] = (96, 96, 96)  # voxels per frame after crop / pad
+    img_size: tuple[int, int, int] = INPUT_GRIDS["neurostorm"]  # voxels per frame after crop / pad
     max_frames: int = 20  # longest window in frames; the temporal embedding has one row per frame
     patch_size: int = 6  # voxels per patch edge: 6 x 6 x 6 x 1 patches, one token each
     embed_dim: int = 36  # token width of the first stage (doubled by each patch merging)
