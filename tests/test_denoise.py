@@ -14,7 +14,7 @@ import pytest
 from scipy.interpolate import CubicSpline
 from scipy.signal import butter, sosfiltfilt
 
-from fmriflow.denoise import STRATEGIES, denoise_run
+from fmriflow.denoise import STRATEGIES, DenoiseSettings, denoise_run
 from fmriflow.errors import InputError
 
 N_T, TR, SHAPE, N_DUMMY = 70, 2.0, (4, 3, 3), 2
@@ -41,7 +41,7 @@ def _section(**overrides):
     section = {"strategy": "36P", "fd_threshold": None, "scrub": "censor", "dummy_scans": "auto", "detrend": True,
                "high_pass": None, "low_pass": None, "filter_order": 2, "standardize": False}
     section.update(overrides)
-    return section
+    return DenoiseSettings(**section)
 
 
 def _write_run(root, seed=0, spikes=(2, 20, 21, 45, N_T - 1)):

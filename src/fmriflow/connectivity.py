@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 KINDS = ("pearson", "partial", "tangent")
+GROUP_KINDS = ("tangent",)  # fitted on a group of runs: no per-run matrix
 RUN_KINDS = ("pearson", "partial")  # defined per run; tangent needs a group reference
 
 # The `stat-` entity of each kind's file names (XCP-D's for Pearson).

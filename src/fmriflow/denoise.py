@@ -150,6 +150,21 @@ def dummy_volumes(confounds: pd.DataFrame, dummy_scans: int | str, path: str | P
     return len(flagged)
 
 
+@dataclass(frozen=True)
+class DenoiseSettings:
+    """The ``denoise`` config section (defaults: the schema's, which a test checks)."""
+
+    strategy: str = "36P"  # one of STRATEGIES
+    fd_threshold: float | None = 0.5  # mm; volumes above are censored (0 or None: no censoring)
+    scrub: str = "interpolate"  # interpolate | censor
+    dummy_scans: int | str = "auto"  # volumes to drop; auto: fMRIPrep's non_steady_state_outlier columns
+    detrend: bool = True
+    standardize: bool = False
+    high_pass: float | None = 0.01  # Hz
+    low_pass: float | None = 0.08  # Hz
+    filter_order: int = 2
+
+
 @dataclass
 class CleaningPlan:
     """What the cleaning of one run does: the linear map and the bookkeeping for sidecars."""
@@ -230,43 +245,39 @@ def butterworth(data: np.ndarray, tr: float, high_pass: float | None, low_pass: 
 
 
 def plan_cleaning(confounds: pd.DataFrame, metadata: Mapping[str, Any] | None, confounds_path: str | Path,
-                  n_volumes: int, tr: float, section: Mapping[str, Any]) -> CleaningPlan:
-    """The cleaning of one run from its confounds and the ``denoise`` config section."""
+                  n_volumes: int, tr: float, settings: DenoiseSettings) -> CleaningPlan:
+    """The cleaning of one run from its confounds and the denoising settings."""
     if len(confounds) != n_volumes:
         raise InputError(confounds_path, f"{len(confounds)} confound rows for {n_volumes} volumes")
-    columns = strategy_columns(section["strategy"], confounds, metadata, confounds_path)
-    n_dummy = dummy_volumes(confounds, section["dummy_scans"], confounds_path)
+    columns = strategy_columns(settings.strategy, confounds, metadata, confounds_path)
+    n_dummy = dummy_volumes(confounds, settings.dummy_scans, confounds_path)
     if n_dummy >= n_volumes - 2:
         raise InputError(confounds_path, f"{n_dummy} dummy volumes leave fewer than 3 of {n_volumes}")
     steady = confounds.iloc[n_dummy:]
     regressors = steady[columns].to_numpy(dtype=np.float64)
     regressors = np.nan_to_num(regressors, nan=0.0)  # derivatives and FD are n/a in the first row
     kept = np.ones(len(steady), bool)
-    threshold = section["fd_threshold"]
+    threshold = settings.fd_threshold
     if threshold:
         if "framewise_displacement" not in steady:
             raise InputError(confounds_path, "censoring needs the framewise_displacement column")
         kept = np.nan_to_num(steady["framewise_displacement"].to_numpy(dtype=float), nan=0.0) <= threshold
     if kept.sum() < 3:
         raise InputError(confounds_path, f"{int(kept.sum())} volumes survive censoring at FD {threshold} mm")
-    matrix = cleaning_matrix(regressors, kept, tr, detrend=section["detrend"], high_pass=section["high_pass"],
-                             low_pass=section["low_pass"], filter_order=section["filter_order"], scrub=section["scrub"])
-    output_volumes = np.flatnonzero(kept) if section["scrub"] == "censor" else np.arange(len(kept))
+    matrix = cleaning_matrix(regressors, kept, tr, detrend=settings.detrend, high_pass=settings.high_pass,
+                             low_pass=settings.low_pass, filter_order=settings.filter_order, scrub=settings.scrub)
+    output_volumes = np.flatnonzero(kept) if settings.scrub == "censor" else np.arange(len(kept))
     # kept volumes minus the fitted parameters (mean, trend, regressors); at or below zero
     # the fit is exact and nothing is left: the run QC excludes it (qc.min_degrees_of_freedom)
     t = np.arange(len(kept), dtype=float)
-    full = np.column_stack([np.ones_like(t), t, regressors] if section["detrend"] else [np.ones_like(t), regressors])
+    full = np.column_stack([np.ones_like(t), t, regressors] if settings.detrend else [np.ones_like(t), regressors])
     dof = int(kept.sum()) - int(np.linalg.matrix_rank(full[kept]))
     return CleaningPlan(matrix, n_dummy, kept, output_volumes, columns, dof)
 
 
 def denoise_run(bold: str | Path, mask: str | Path, confounds: str | Path, out: str | Path,
-                section: Mapping[str, Any]) -> dict:
-    """Clean every in-mask voxel of ``bold`` and write the result (float32); return sidecar fields and QC.
-
-    ``section`` is the ``denoise`` config section (strategy, fd_threshold, scrub, dummy_scans,
-    detrend, high_pass, low_pass, filter_order, standardize).
-    """
+                settings: DenoiseSettings) -> dict:
+    """Clean every in-mask voxel of ``bold`` and write the result (float32); return sidecar fields and QC."""
     from .io import load_nifti
 
     img = load_nifti(bold)
@@ -274,7 +285,7 @@ def denoise_run(bold: str | Path, mask: str | Path, confounds: str | Path, out: 
         raise InputError(bold, f"BOLD must be 4D, got shape {img.shape}")
     n_volumes, tr = img.shape[3], float(img.header.get_zooms()[3])
     table, meta = read_confounds(confounds)
-    plan = plan_cleaning(table, meta, confounds, n_volumes, tr, section)
+    plan = plan_cleaning(table, meta, confounds, n_volumes, tr, settings)
     mask_img = open_nifti(mask)
     if mask_img.shape[:3] != img.shape[:3] or not np.allclose(mask_img.affine, img.affine, atol=1e-4):
         raise InputError(mask, f"mask grid {mask_img.shape[:3]} differs from the BOLD grid {img.shape[:3]}")
@@ -288,7 +299,7 @@ def denoise_run(bold: str | Path, mask: str | Path, confounds: str | Path, out: 
     cleaned = np.empty((plan.matrix.shape[0], series.shape[1]), np.float32)
     for v0 in range(0, series.shape[1], _VOXEL_BLOCK):
         block = plan.matrix @ series[:, v0:v0 + _VOXEL_BLOCK].astype(np.float64)
-        if section["standardize"]:
+        if settings.standardize:
             kept_rows = plan.kept[plan.output_volumes]
             sd = block[kept_rows].std(axis=0, ddof=1)
             block = (block - block[kept_rows].mean(axis=0)) / np.where(sd > 0, sd, 1.0)
@@ -305,7 +316,7 @@ def denoise_run(bold: str | Path, mask: str | Path, confounds: str | Path, out: 
     n_censored = int((~plan.kept).sum())
     return {
         "RepetitionTime": tr,
-        "Strategy": section["strategy"],
+        "Strategy": settings.strategy,
         "ConfoundRegressors": plan.regressors,
         "NumberOfVolumesIn": int(n_volumes),
         "DummyVolumes": plan.n_dummy,

@@ -7,6 +7,7 @@ all checks passed, and gives every artefact its provenance sidecar.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -19,7 +20,8 @@ import pandas as pd
 from . import atlas as atlas_mod
 from .checks import check_bold_data, check_manifest_row
 from .datasets.participants import read_participants
-from .connectivity import PEARSON_METADATA, fisher_mean, fisher_z, pearson
+from .connectivity import PEARSON_METADATA, fisher_mean, pearson
+from .connectivity import fisher_z as fisher_z_transform  # stack_step's flag is called fisher_z
 from .errors import InputError
 from .io import atomic_path, read_tsv, save_nifti, write_json, write_tsv
 from .naming import subject_of
@@ -72,8 +74,12 @@ def bids_step(bids_dir: str, out_manifest: str, out_validation: str, *, validate
 
 
 def preproc_derivatives_step(run: str, files: PreprocFiles, raw_bold: str, manifest: str, bids_dir: str,
-                             out_qc: str, config: Config) -> None:
-    """Check one run's existing fMRIPrep outputs and write its QC row."""
+                             out_qc: str, *, preproc: Config, fd_threshold: float) -> None:
+    """Check one run's existing fMRIPrep outputs and write its QC row.
+
+    ``preproc`` is what shaped the preprocessed files (recorded in the sidecar); volumes with FD
+    above ``fd_threshold`` count as high-motion in the QC row.
+    """
     table = read_tsv(manifest, dtype={"path": str})
     # absolute, not resolved: git-annex files are symlinks whose targets carry no BIDS name
     rel = Path(os.path.relpath(os.path.abspath(raw_bold), os.path.abspath(bids_dir))).as_posix()
@@ -81,21 +87,24 @@ def preproc_derivatives_step(run: str, files: PreprocFiles, raw_bold: str, manif
     if row.empty:
         raise InputError(raw_bold, f"not listed in the manifest {manifest}")
     check_manifest_row(raw_bold, row.iloc[0])
-    qc = check_run(files, float(row["tr"].iloc[0]), config["qc"]["fd_threshold"])
+    qc = check_run(files, float(row["tr"].iloc[0]), fd_threshold)
     for image in (raw_bold, files.bold):  # the data, read through once: headers are checked above
         check_bold_data(image)
     write_tsv(out_qc, pd.DataFrame([{"run": run, "subject": subject_of(run), **qc}]))
     write_sidecar(out_qc, "preproc", [raw_bold, files.bold, files.mask, files.confounds],
-                  parameters={"mode": config["preproc"]["mode"]}, config=config["preproc"])
+                  parameters={"mode": preproc["mode"]}, config=preproc)
 
 
 def preproc_lite_step(raw_bold: str, atlas_img: str, out_bold: str, out_mask: str, out_confounds: str,
-                      root: str, config: Config) -> None:
-    """``preproc.mode: lite`` for one run: fMRIPrep-shaped BOLD, mask, confounds and boldref, each with provenance."""
+                      root: str, *, preproc: Config) -> None:
+    """``preproc.mode: lite`` for one run: fMRIPrep-shaped BOLD, mask, confounds and boldref, each with provenance.
+
+    ``preproc`` holds ``mode`` and the ``lite`` settings (transform, seed, threads).
+    """
     from .preproc.lite import DESCRIPTION, boldref_path, preprocess_run
     from .provenance import write_dataset_description
 
-    section = config["preproc"]["lite"]
+    section = preproc["lite"]
     files = PreprocFiles(Path(out_bold), Path(out_mask), Path(out_confounds))
     info = preprocess_run(raw_bold, atlas_img, files, transform=section["transform"], seed=section["seed"],
                           threads=section["threads"])
@@ -111,7 +120,7 @@ def preproc_lite_step(raw_bold: str, atlas_img: str, out_bold: str, out_mask: st
     write_sidecar(out_confounds, "preproc", inputs, parameters=info, config=section, metadata_fields={**meta, **common})
     description = Path(root) / "dataset_description.json"
     if not description.exists():  # every run's job writes the same file; the first one is enough
-        write_dataset_description(root, config["preproc"], name="fmriflow lite preprocessing")
+        write_dataset_description(root, preproc, name="fmriflow lite preprocessing")
 
 
 def resample_step(bold: str, mask: str, atlas_img: str, qc: str, out_bold: str, out_mask: str) -> None:
@@ -123,12 +132,13 @@ def resample_step(bold: str, mask: str, atlas_img: str, qc: str, out_bold: str, 
                       metadata_fields={"SpatialReference": "MNI152NLin6Asym res-2 (A424 grid)"})
 
 
-def denoise_step(run: str, bold: str, mask: str, confounds: str, out: str, out_qc: str, config: Config) -> None:
-    """Denoised BOLD with the configured strategy, and the run's QC row (motion, censoring, tSNR)."""
-    from .denoise import denoise_run
+def denoise_step(run: str, bold: str, mask: str, confounds: str, out: str, out_qc: str, **settings: Any) -> None:
+    """Denoised BOLD and the run's QC row (motion, censoring, tSNR); ``settings``: ``DenoiseSettings``' fields."""
+    from .denoise import DenoiseSettings, denoise_run
 
-    section = config["denoise"]
-    info = denoise_run(bold, mask, confounds, out, section)
+    checked = DenoiseSettings(**settings)  # an unknown or missing setting is a TypeError naming it
+    section = dataclasses.asdict(checked)
+    info = denoise_run(bold, mask, confounds, out, checked)
     qc = info.pop("qc")
     inputs = [bold, mask, confounds] + [p for p in [Path(confounds).with_suffix(".json")] if p.is_file()]
     write_sidecar(out, "denoise", inputs, parameters=info, config=section,
@@ -138,8 +148,11 @@ def denoise_step(run: str, bold: str, mask: str, confounds: str, out: str, out_q
 
 
 def run_qc_step(runs: Sequence[str], qc_tables: Sequence[str], coverage_tables: Sequence[str], out: str,
-                config: Config) -> None:
-    """One row per run: motion, censoring, DVARS, tSNR, region coverage; whether QC excludes it and why."""
+                **thresholds: Any) -> None:
+    """One row per run: motion, censoring, DVARS, tSNR, region coverage; whether QC excludes it and why.
+
+    ``thresholds``: the ``qc`` settings (``qc.EXCLUSION_CRITERIA`` keys; None switches one off).
+    """
     from .qc import EXCLUSION_CRITERIA, exclusions, region_coverage
 
     rows = []
@@ -149,7 +162,7 @@ def run_qc_step(runs: Sequence[str], qc_tables: Sequence[str], coverage_tables: 
             raise InputError(qc_path, f"QC row is for run {row.get('run')!r}, expected {run!r}")
         row.update(region_coverage(read_tsv(cov_path)))
         rows.append(row)
-    section = config["qc"]
+    section = thresholds
     table = exclusions(pd.DataFrame(rows), section)
     write_tsv(out, table)
     thresholds = {key: section.get(key) for key in EXCLUSION_CRITERIA}
@@ -160,41 +173,45 @@ def run_qc_step(runs: Sequence[str], qc_tables: Sequence[str], coverage_tables: 
 
 
 def parcellate_step(bold: str, mask: str, atlases: Sequence[tuple[str, str]], out_timeseries: Sequence[str],
-                    out_coverage: Sequence[str], config: Config) -> None:
+                    out_coverage: Sequence[str], *, strategy: str, min_coverage: float) -> None:
     """Region time series and coverage for every atlas, from one read of the BOLD."""
     from .io import open_nifti
     from .parcellate import parcellate_many
 
-    section = config["parcellate"]
+    section = {"strategy": strategy, "min_coverage": min_coverage}
     tables = [(img, atlas_mod.load_labels_table(lut)) for img, lut in atlases]
-    results = parcellate_many(bold, tables, mask, strategy=section["strategy"], min_coverage=section["min_coverage"])
+    results = parcellate_many(bold, tables, mask, strategy=strategy, min_coverage=min_coverage)
     tr = float(open_nifti(bold).header.get_zooms()[3])
     for (img, lut), result, ts_path, cov_path in zip(atlases, results, out_timeseries, out_coverage):
         write_tsv(ts_path, result.timeseries)
         write_tsv(cov_path, result.coverage)
         inputs = [bold, mask, img, lut]
-        dropped = {"RegionsBelowCoverage": result.dropped, "MinCoverage": section["min_coverage"]}
+        dropped = {"RegionsBelowCoverage": result.dropped, "MinCoverage": min_coverage}
         write_sidecar(ts_path, "parcellate", inputs, config=section,
                       metadata_fields={"RepetitionTime": tr, "SamplingFrequency": 1.0 / tr, **dropped})
         write_sidecar(cov_path, "parcellate", inputs, config=section, metadata_fields=dropped)
 
 
-def connectivity_step(timeseries: str, out_tsv: Sequence[str], out_npy: Sequence[str], kinds: Sequence[str],
-                      config: Config, out_dynamic: str | None = None) -> None:
-    """Per-run matrices of each kind, as TSV (with region names) and NPY; optionally dynamic FC."""
-    from .connectivity import METADATA, run_matrix, sliding_window
+def connectivity_step(timeseries: str, out_tsv: Sequence[str], out_npy: Sequence[str], *, kinds: Sequence[str],
+                      sliding_window: Config, out_dynamic: str | None = None) -> None:
+    """Per-run matrices of each per-run kind in ``kinds`` (tangent is a group-level kind: skipped
+    here), as TSV (with region names) and NPY; with ``out_dynamic``, sliding-window FC
+    (``sliding_window``: window and step in volumes)."""
+    from .connectivity import GROUP_KINDS, METADATA, run_matrix
+    from .connectivity import sliding_window as dynamic_fc
 
     ts = read_tsv(timeseries)
-    section = config["connectivity"]
-    for kind, tsv, npy in zip(kinds, out_tsv, out_npy):
+    section = {"kinds": list(kinds), "sliding_window": sliding_window}
+    run_kinds = [k for k in kinds if k not in GROUP_KINDS]
+    for kind, tsv, npy in zip(run_kinds, out_tsv, out_npy, strict=True):
         matrix = run_matrix(ts, kind)
         write_tsv(tsv, matrix, index=True)
         with atomic_path(npy) as tmp:
             np.save(tmp, matrix.to_numpy())
         write_sidecar(tsv, "connectivity", [timeseries], also=[npy], config=section, metadata_fields=METADATA[kind])
     if out_dynamic:
-        window = section["sliding_window"]
-        dynamic = sliding_window(ts, window["window"], window["step"])
+        window = sliding_window
+        dynamic = dynamic_fc(ts, window["window"], window["step"])
         with atomic_path(out_dynamic) as tmp:
             np.save(tmp, dynamic)
         write_sidecar(out_dynamic, "connectivity", [timeseries], config=section,
@@ -220,7 +237,7 @@ def group_connectivity_step(matrices: Sequence[str], participants: str, group_co
         levels = sorted({group_of.get(s) for s in subjects} - {None, "n/a", ""})
         if len(levels) == 2:
             low, high = ([f.to_numpy() for f, s in zip(fcs, subjects) if group_of.get(s) == lvl] for lvl in levels)
-            diff = fisher_z(fisher_mean(high)) - fisher_z(fisher_mean(low))
+            diff = fisher_z_transform(fisher_mean(high)) - fisher_z_transform(fisher_mean(low))
             np.fill_diagonal(diff, np.nan)
             meta.update({"Levels": levels, "Contrast": f"{levels[1]} minus {levels[0]} (Fisher z)",
                          "N": {levels[0]: len(low), levels[1]: len(high)}})
@@ -233,7 +250,7 @@ def group_connectivity_step(matrices: Sequence[str], participants: str, group_co
 
 
 def stack_step(kind: str, runs: Sequence[str], inputs: Sequence[str], participants: str,
-               out_stack: str, out_runs: str, config: Config, out_reference: str | None = None) -> None:
+               out_stack: str, out_runs: str, *, fisher_z: bool, out_reference: str | None = None) -> None:
     """Runs x regions x regions stack of one kind for modelling, with a table of its runs.
 
     ``inputs`` are per-run NPY matrices (pearson, partial) or, for tangent, per-run time
@@ -242,18 +259,18 @@ def stack_step(kind: str, runs: Sequence[str], inputs: Sequence[str], participan
     """
     from .connectivity import METADATA, tangent
 
-    section = config["connectivity"]
+    section = {"fisher_z": fisher_z}
     meta: dict[str, Any] = {**METADATA[kind], "Runs": out_runs}
     if kind == "tangent":
         stack, reference = tangent([read_tsv(p) for p in inputs])
         meta["Reference"] = "geometric mean of all runs' covariances"
     else:
         stack = np.stack([np.load(p) for p in inputs])
-        if section["fisher_z"]:
-            stack = fisher_z(stack)
+        if fisher_z:
+            stack = fisher_z_transform(stack)
             for matrix in stack:
                 np.fill_diagonal(matrix, np.nan)
-        meta["FisherZ"] = bool(section["fisher_z"])
+        meta["FisherZ"] = bool(fisher_z)
     meta["Shape"] = list(stack.shape)
     table = read_participants(participants)
     listing = pd.DataFrame({"run": list(runs), "participant_id": [f"sub-{subject_of(r)}" for r in runs]})
@@ -274,37 +291,40 @@ def _subject(path: str) -> str:
     return Path(path).name.split("_")[0]
 
 
-def dataset_step(runs: Sequence[str], timeseries: Sequence[str], participants: str, out_card: str, config: Config) -> None:
-    """Model-ready windows of the time series: subject-level splits, scaling fitted on training subjects."""
+def dataset_step(runs: Sequence[str], timeseries: Sequence[str], participants: str, out_card: str, *,
+                 window: int, stride: int, target_tr: float | None, fractions: Sequence[float],
+                 stratify: str | None, seed: int) -> None:
+    """Model-ready windows of the time series: subject-level splits (stratified by the participants
+    column ``stratify``), scaling fitted on training subjects."""
     from .datasets.participants import subject_labels
     from .datasets.regions import build_dataset, make_splits
 
-    section = config["dataset"]
     specs = [{"run": run, "subject": subject_of(run), "timeseries": path,
               "tr": float(_read_sidecar(path)["RepetitionTime"])} for run, path in zip(runs, timeseries)]
     read_participants(participants)  # readable, each subject once, before any label is taken from it
-    stratify = subject_labels(participants, section["stratify"]) if section["stratify"] else None
+    labels = subject_labels(participants, stratify) if stratify else None
     subjects = sorted({s["subject"] for s in specs})
-    if stratify is not None:
-        stratify = stratify.loc[[s for s in subjects if s in stratify.index]]
-    splits = make_splits(subjects, fractions=section["fractions"], seed=section["seed"], stratify=stratify)
+    if labels is not None:
+        labels = labels.loc[[s for s in subjects if s in labels.index]]
+    splits = make_splits(subjects, fractions=fractions, seed=seed, stratify=labels)
     # the card records the inputs with their sha256 (its Provenance field)
-    card = build_dataset(specs, splits, Path(out_card).parent, window=section["window"], stride=section["stride"],
-                         target_tr=section["target_tr"], seed=section["seed"])
+    card = build_dataset(specs, splits, Path(out_card).parent, window=window, stride=stride,
+                         target_tr=target_tr, seed=seed)
     for run in card["skipped_runs"]:  # too short for a window: kept in the per-run results, left out here
         logging.getLogger("fmriflow").warning("%s is left out of the dataset: %s", run["run"], run["reason"])
 
 
 def voxel_dataset_step(runs: Sequence[str], bolds: Sequence[str], masks: Sequence[str], splits: str, geometry: str,
-                       out_card: str, config: Config) -> None:
+                       out_card: str, *, dtype: str) -> None:
     """4-D volumes z-scored in the brain mask on a model's grid ("96x96x96"), with the region dataset's splits."""
     from .datasets.voxels import build_voxel_dataset
+    from .models.grids import parse_grid_label
 
-    shape = tuple(int(n) for n in geometry.split("x"))
+    shape = parse_grid_label(geometry)
     specs = [{"run": run, "subject": subject_of(run), "bold": bold, "mask": mask}
              for run, bold, mask in zip(runs, bolds, masks)]
     # the card records the inputs with their sha256 (its Provenance field)
-    build_voxel_dataset(specs, splits, Path(out_card).parent, shape=shape, dtype=config["voxel"]["dtype"])
+    build_voxel_dataset(specs, splits, Path(out_card).parent, shape=shape, dtype=dtype)
 
 
 def _read_sidecar(path: str) -> dict:

@@ -15,7 +15,7 @@ from snakemake.utils import validate
 
 from fmriflow import launch, naming
 from fmriflow.checks import check_config
-from fmriflow.connectivity import STAT
+from fmriflow.connectivity import GROUP_KINDS, STAT
 from fmriflow.ingest import discover_runs
 from fmriflow.models.grids import INPUT_GRIDS, grid_label
 from fmriflow.preproc import FMRIPREP_ROOT, LITE_ROOT, preproc_files
@@ -43,7 +43,7 @@ ATLAS = "A424"  # the atlas of the foundation models; config atlas.extra adds ot
 EXTRA_ATLASES = config["atlas"]["extra"]
 ATLASES = [ATLAS, *EXTRA_ATLASES]
 KINDS = config["connectivity"]["kinds"]
-RUN_KINDS = [k for k in KINDS if k != "tangent"]
+RUN_KINDS = [k for k in KINDS if k not in GROUP_KINDS]
 KIND_OF_STAT = {stat: kind for kind, stat in STAT.items()}
 DYNAMIC = config["connectivity"]["sliding_window"]["window"] is not None
 

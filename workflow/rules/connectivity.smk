@@ -7,7 +7,6 @@ rule connectivity:
         npy=[relmat("{run}", "{atlas}", k, ".npy") for k in RUN_KINDS],
         dynamic=[relmat("{run}", "{atlas}", "pearson", ".npy", desc="dynamic")] if DYNAMIC else [],
     params:
-        kinds=RUN_KINDS,
         config=shaping("connectivity.kinds", "connectivity.sliding_window"),
     log:
         f"{LOGS}/connectivity/{{run}}_atlas-{{atlas}}.log",

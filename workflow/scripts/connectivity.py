@@ -3,5 +3,5 @@ from fmriflow.steps import connectivity_step
 
 with logged(snakemake.log[0]):
     o = snakemake.output
-    connectivity_step(snakemake.input.timeseries, list(o.tsv), list(o.npy), snakemake.params.kinds,
-                      snakemake.params.config, out_dynamic=o.dynamic[0] if o.dynamic else None)
+    connectivity_step(snakemake.input.timeseries, list(o.tsv), list(o.npy), **snakemake.params.config["connectivity"],
+                      out_dynamic=o.dynamic[0] if o.dynamic else None)

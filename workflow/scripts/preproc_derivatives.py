@@ -11,5 +11,6 @@ with logged(snakemake.log[0]):
         i.manifest,
         snakemake.params.config["bids_dir"],
         snakemake.output.qc,
-        snakemake.params.config,
+        preproc=snakemake.params.config["preproc"],
+        fd_threshold=snakemake.params.config["qc"]["fd_threshold"],
     )

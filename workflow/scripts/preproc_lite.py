@@ -3,4 +3,5 @@ from fmriflow.steps import preproc_lite_step
 
 with logged(snakemake.log[0]):
     i, o = snakemake.input, snakemake.output
-    preproc_lite_step(i.raw_bold, i.atlas, o.bold, o.mask, o.confounds, snakemake.params.root, snakemake.params.config)
+    preproc_lite_step(i.raw_bold, i.atlas, o.bold, o.mask, o.confounds, snakemake.params.root,
+                      preproc=snakemake.params.config["preproc"])
