@@ -277,7 +277,8 @@ def _subject(path: str) -> str:
 def dataset_step(runs: Sequence[str], timeseries: Sequence[str], participants: str, out_card: str, config: Config) -> None:
     """Model-ready windows of the time series: subject-level splits, scaling fitted on training subjects."""
     from .datasets.participants import subject_labels
-    from .datasets.regions import build_dataset, make_splits
+    from .datasets.regions import build_dataset
+    from .datasets.splits import make_splits
 
     section = config["dataset"]
     specs = [{"run": run, "subject": subject_of(run), "timeseries": path,
