@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -16,10 +17,14 @@ def bare(subject) -> str:
     return str(subject).removeprefix("sub-")
 
 
-def read_participants(path: str | Path) -> pd.DataFrame:
-    """``participants.tsv`` as text columns, checked: readable, ``participant_id``, each subject once."""
+def read_participants(path: str | Path, dtype: Any = str) -> pd.DataFrame:
+    """``participants.tsv`` checked: readable, ``participant_id``, each subject once, as ``sub-<label>``.
+
+    ``dtype`` is passed to ``pandas.read_csv``: by default every column is text; pass
+    ``{"participant_id": str}`` to let pandas infer the types of the other columns.
+    """
     try:
-        table = read_tsv(path, dtype=str)
+        table = read_tsv(path, dtype=dtype)
     except FileNotFoundError:
         raise InputError(path, "participants table not found") from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
