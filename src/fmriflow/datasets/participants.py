@@ -61,12 +61,13 @@ def subject_labels(participants: pd.DataFrame | str | Path, column: str) -> pd.S
     """
     path = participants if isinstance(participants, (str, Path)) else None
     table = read_tsv(participants, dtype={"participant_id": str}) if path is not None else participants
+    where = path if path is not None else "participants"
     for needed in ("participant_id", column):
         if needed not in table.columns:
-            raise InputError(path, f"participants table has no column '{needed}' (columns: {list(table.columns)})")
+            raise InputError(where, f"participants table has no column '{needed}' (columns: {list(table.columns)})")
     if table[column].isna().any():
         missing = table.loc[table[column].isna(), "participant_id"].tolist()
-        raise InputError(path, f"column '{column}' is missing for {missing[:10]}; every subject needs a label to stratify")
+        raise InputError(where, f"column '{column}' is missing for {missing[:10]}; every subject needs a label to stratify")
     return pd.Series(table[column].to_numpy(), index=[bare(p) for p in table["participant_id"]], name=column)
 
 

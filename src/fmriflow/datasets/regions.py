@@ -142,41 +142,8 @@ def build_dataset(
 def _build(specs, split_table, tmp: Path, window, stride, target_tr, min_regions, seed) -> dict[str, Any]:
     scratch = tmp / "scratch"
     scratch.mkdir()
-
-    # Pass 1: read, check and resample each run once; cache it region-major on disk.
-    regions: list[str] = []
-    reference = ""
-    kept: list[dict[str, Any]] = []
-    skipped: list[dict[str, Any]] = []
-    for number, spec in enumerate(specs):
-        frame = _read_timeseries(spec)
-        if not regions:
-            regions, reference = [str(c) for c in frame.columns], spec["name"]
-        _check_columns(frame, regions, spec["name"], reference)
-        values, valid = _check_values(frame, spec["name"])
-        values, tr_stored = _resample(values, valid, spec["tr"], target_tr)
-        info = {
-            "run": spec["run"], "subject": spec["subject"], "split": spec["split"],
-            "tr": spec["tr"], "tr_stored": tr_stored, "n_timepoints_input": len(frame),
-            "n_timepoints": len(values), "n_regions_with_data": int(valid.sum()),
-        }
-        reason = _skip_reason(len(values), int(valid.sum()), window, min_regions, target_tr)
-        if reason:
-            skipped.append({**info, "reason": reason, "name": spec["name"]})
-            continue
-        starts = list(range(0, len(values) - window + 1, stride))
-        cache = scratch / f"run{number:06d}.npy"
-        np.save(cache, np.ascontiguousarray(values.T))  # (regions, time), float64
-        kept.append({**info, "cache": cache, "valid": valid, "starts": starts})
-        del frame, values
-
-    train = [k for k in kept if k["split"] == "train"]
-    if not train:
-        short = [s for s in skipped if s["split"] == "train"]
-        listing = "; ".join(f"{s['run']}: {s['reason']}" for s in short[:5]) + (" ..." if len(short) > 5 else "")
-        raise InputError(short[0]["name"] if short else None,
-                         f"no training run yields a window, so the scaling cannot be fitted ({listing})")
-    median, iqr, n_fit, zero_iqr = _fit_scaling([k["cache"] for k in train], len(regions))
+    regions, kept, skipped = _cache_runs(specs, scratch, window, stride, target_tr, min_regions)
+    median, iqr, n_fit, zero_iqr = _fit_scaling([k["cache"] for k in _training_runs(kept, skipped)], len(regions))
     defined = np.isfinite(median)
 
     # Pass 2: scale each run and write its windows into the memory-mapped arrays.
@@ -216,6 +183,53 @@ def _build(specs, split_table, tmp: Path, window, stride, target_tr, min_regions
                                      for name in (SAMPLES, REGION_MASK, INDEX, SPLITS_FILE, SCALING)]
     write_json(tmp / CARD, card)
     return card
+
+
+def _cache_runs(specs, scratch: Path, window, stride, target_tr, min_regions) -> tuple[list[str], list, list]:
+    """Pass 1: read, check and resample each run once; cache it region-major on disk.
+
+    Returns the regions, the runs kept (with their cache file and window starts) and the runs skipped.
+    """
+    regions: list[str] = []
+    reference = ""
+    kept: list[dict[str, Any]] = []
+    skipped: list[dict[str, Any]] = []
+    for number, spec in enumerate(specs):
+        frame = _read_timeseries(spec)
+        if not regions:
+            regions, reference = [str(c) for c in frame.columns], spec["name"]
+        _check_columns(frame, regions, spec["name"], reference)
+        values, valid = _check_values(frame, spec["name"])
+        values, tr_stored = _resample(values, valid, spec["tr"], target_tr)
+        info = {
+            "run": spec["run"], "subject": spec["subject"], "split": spec["split"],
+            "tr": spec["tr"], "tr_stored": tr_stored, "n_timepoints_input": len(frame),
+            "n_timepoints": len(values), "n_regions_with_data": int(valid.sum()),
+        }
+        reason = _skip_reason(len(values), int(valid.sum()), window, min_regions, target_tr)
+        if reason:
+            skipped.append({**info, "reason": reason, "name": spec["name"]})
+            continue
+        starts = list(range(0, len(values) - window + 1, stride))
+        cache = scratch / f"run{number:06d}.npy"
+        np.save(cache, np.ascontiguousarray(values.T))  # (regions, time), float64
+        kept.append({**info, "cache": cache, "valid": valid, "starts": starts})
+        del frame, values
+    return regions, kept, skipped
+
+
+def _training_runs(kept: list[dict[str, Any]], skipped: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The kept runs of training subjects, which the scaling is fitted on; there must be one."""
+    train = [k for k in kept if k["split"] == "train"]
+    if not train:
+        short = [s for s in skipped if s["split"] == "train"]
+        if short:
+            name = short[0]["name"]
+            listing = "; ".join(f"{s['run']}: {s['reason']}" for s in short[:5]) + (" ..." if len(short) > 5 else "")
+        else:
+            name, listing = "runs", f"none of the {len(kept) + len(skipped)} runs is of a subject in the train split"
+        raise InputError(name, f"no training run yields a window, so the scaling cannot be fitted ({listing})")
+    return train
 
 
 def _card(specs, split_table, kept, skipped, index, regions, median, iqr, n_fit, zero_iqr, *,

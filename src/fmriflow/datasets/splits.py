@@ -87,17 +87,18 @@ def check_splits(splits: pd.DataFrame | str | Path) -> pd.DataFrame:
     """A subject -> split table (DataFrame or ``splits.tsv``) checked: bare labels, known splits, no repeats."""
     path = None if isinstance(splits, pd.DataFrame) else Path(splits)
     table = read_splits(path) if path is not None else splits
+    where = path if path is not None else "splits"
     missing = {"subject", "split"} - set(table.columns)
     if missing:
-        raise InputError(path, f"splits table lacks columns {sorted(missing)}")
+        raise InputError(where, f"splits table lacks columns {sorted(missing)} (columns: {list(table.columns)})")
     table = table.copy()
     table["subject"] = [bare(s) for s in table["subject"]]
     bad = sorted(set(table["split"]) - set(SPLITS))
     if bad:
-        raise InputError(path, f"unknown split names {bad}; allowed: {list(SPLITS)}")
+        raise InputError(where, f"unknown split names {bad}; allowed: {list(SPLITS)}")
     repeated = sorted(table.loc[table["subject"].duplicated(), "subject"])
     if repeated:
-        raise InputError(path, f"subjects listed more than once in the splits table: {repeated[:10]}")
+        raise InputError(where, f"subjects listed more than once in the splits table: {repeated[:10]}")
     return table.sort_values("subject", kind="stable").reset_index(drop=True)
 
 
@@ -135,7 +136,8 @@ def check_runs(
     for number, run in enumerate(runs):
         missing = set(needs) - {"subject"} - set(run)
         if missing:
-            raise InputError(None, f"run #{number} lacks {sorted(missing)} (needs {', '.join(needs)})")
+            raise InputError("runs", f"run #{number} lacks {sorted(missing)} (needs {', '.join(needs)}; "
+                                     f"subject may be left out); it has {sorted(map(str, run))}")
         name = name_of(run)
         subject = run_subject(run, split_of, name)
         specs.append({"run": str(run["run"]), "subject": subject, "split": split_of[subject], **fields(run, name)})
@@ -157,7 +159,7 @@ def in_split_order(specs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     keys = [s["run"] for s in specs]
     repeated = sorted({k for k in keys if keys.count(k) > 1})
     if repeated:
-        raise InputError(None, f"runs listed more than once: {repeated[:10]}")
+        raise InputError("runs", f"runs listed more than once: {repeated[:10]}; each run may be listed once")
     return sorted(specs, key=lambda s: (SPLITS.index(s["split"]), s["run"]))
 
 
@@ -184,13 +186,15 @@ def _stratum_labels(subjects: list, stratify) -> dict[str, str] | None:
     labels: dict[str, str] = {}
     for subject, label in items:
         if label is None or (isinstance(label, float) and math.isnan(label)):
-            raise InputError(None, f"subject '{subject}' has no stratification label")
+            raise InputError("stratify", f"subject '{subject}' has no stratification label ({label!r} was provided)")
         label, subject = str(label), bare(subject)
         if labels.setdefault(subject, label) != label:
-            raise InputError(None, f"subject '{subject}' has two stratification labels: {labels[subject]!r} and {label!r}")
+            raise InputError("stratify", f"subject '{subject}' has two stratification labels: {labels[subject]!r} and "
+                                         f"{label!r}; each subject has one")
     missing = sorted({bare(s) for s in subjects} - set(labels))
     if missing:
-        raise InputError(None, f"no stratification label for subjects {missing[:10]}")
+        raise InputError("stratify", f"no stratification label for subjects {missing[:10]}; every subject needs one "
+                                     f"(labels were given for {len(labels)} subjects)")
     return labels
 
 

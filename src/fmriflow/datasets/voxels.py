@@ -119,7 +119,7 @@ def _build(specs, split_table, tmp: Path, shape, dtype, min_frames) -> dict[str,
 
     # Pass 1: headers only; check the geometry and count the frames to allocate.
     reference = None
-    kept, skipped = [], []
+    kept, skipped, longest = [], [], 0
     for spec in specs:
         bold, mask = open_nifti(spec["bold"]), open_nifti(spec["mask"])
         if len(bold.shape) != 4:
@@ -134,13 +134,15 @@ def _build(specs, split_table, tmp: Path, shape, dtype, min_frames) -> dict[str,
             raise InputError(spec["bold"], f"grid {bold.shape[:3]} differs from {reference[1]} of {reference[0]}; "
                              "all runs must be on one grid (the resample step's)")
         info = {**spec, "n_frames": int(bold.shape[3]), "tr": float(bold.header.get_zooms()[3])}
+        longest = max(longest, info["n_frames"])
         if info["n_frames"] < min_frames:
             skipped.append({"run": spec["run"], "subject": spec["subject"], "split": spec["split"],
                             "reason": f"{info['n_frames']} frames, fewer than min_frames={min_frames}"})
         else:
             kept.append(info)
     if not kept:
-        raise InputError(None, f"no run has at least {min_frames} frames; skipped: {[s['run'] for s in skipped]}")
+        raise InputError("min_frames", f"no run has at least {min_frames} frames; skipped: {[s['run'] for s in skipped]}; "
+                                       f"the longest has {longest}")
     geometry = crop_or_pad(reference[1], shape)
 
     # Pass 2: one run at a time into the memory-mapped frames.
@@ -287,7 +289,8 @@ class VoxelWindowDataset(MemoryMapped, _TorchDataset):
             labels = dict(labels.items()) if isinstance(labels, pd.Series) else dict(labels)
             missing = sorted(set(self.index["subject"]) - set(labels))
             if missing:
-                raise InputError(None, f"no label for subjects {missing[:10]}")
+                raise InputError("labels", f"no label for subjects {missing[:10]}; each subject served needs one "
+                                           f"(labels were given for {len(labels)} subjects)")
             self._targets = [labels[s] for s in self.index["subject"]]
 
     def __len__(self) -> int:
