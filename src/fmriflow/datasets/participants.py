@@ -91,8 +91,8 @@ class TargetEncoding:
     def fit(cls, kind: str, labels: Iterable[Any]) -> TargetEncoding:
         """The classes of ``labels``, or their mean and population standard deviation.
 
-        Regression takes ``np.mean`` and ``np.std`` of the labels as float64, so a NaN or
-        infinite label makes them NaN; a standard deviation of 0 becomes 1.
+        Regression takes ``np.mean`` and ``np.std`` of the labels as float64 (a NaN label is
+        not skipped: both become NaN); a standard deviation of 0 becomes 1, a NaN one stays.
         """
         if kind == "classification":
             return cls(kind, classes=tuple(sorted({str(label) for label in labels})))
