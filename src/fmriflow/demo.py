@@ -141,6 +141,7 @@ import pandas as pd
 from . import CODE_URL, __version__
 from .atlas import A424_N_REGIONS, a424_labels_table
 from .confounds import dct_highpass_basis, expansions, framewise_displacement, one_hot_columns
+from .datasets.participants import bare
 from .errors import InputError
 from .io import atomic_path, save_nifti, sha256sum, write_json, write_text, write_tsv
 from .naming import TEMPLATE_RES, TEMPLATE_SPACE, derivative
@@ -330,7 +331,7 @@ def _generate(out_dir, atlas_img, coordinates, n_subjects, n_trs, tr, bold_res, 
     )
     specs = [
         {
-            "label": row.participant_id.removeprefix("sub-"),
+            "label": bare(row.participant_id),
             "response": int(row.response),
             "seed_seq": subject_seqs[i],
             "dropout": bool(has_dropout[i]),

@@ -11,6 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Mapping
 
+from .datasets.participants import bare
+
 # Entities that derivatives add after the raw ones, in the order of the BIDS schema
 # (``atlas`` and ``stat`` as XCP-D names them; see DESIGN.md).
 DERIVATIVE_ENTITIES = ("space", "res", "den", "atlas", "stat", "desc")
@@ -79,7 +81,7 @@ def atlas_table(atlas: str) -> str:
 
 
 def subject_of(run: str) -> str:
-    return run.split("/", 1)[0].removeprefix("sub-")
+    return bare(run.split("/", 1)[0])
 
 
 # Standard templates in MNI coordinates (TemplateFlow names, and fMRIPrep's MNI152Lin / MNI305).

@@ -297,7 +297,8 @@ def dataset_step(runs: Sequence[str], timeseries: Sequence[str], participants: s
     """Model-ready windows of the time series: subject-level splits (stratified by the participants
     column ``stratify``), scaling fitted on training subjects."""
     from .datasets.participants import subject_labels
-    from .datasets.regions import build_dataset, make_splits
+    from .datasets.regions import build_dataset
+    from .datasets.splits import make_splits
 
     specs = [{"run": run, "subject": subject_of(run), "timeseries": path,
               "tr": float(_read_sidecar(path)["RepetitionTime"])} for run, path in zip(runs, timeseries)]

@@ -1,9 +1,9 @@
-"""Model-ready region-window datasets: subject-level splits, robust scaling, windows on disk.
+"""Model-ready region-window datasets: robust scaling, windows on disk.
 
-``make_splits`` assigns subjects (never windows) to train/val/test, seeded and optionally
-stratified. ``build_dataset`` turns per-run region time series (time x regions TSVs, 'n/a'
-columns for regions dropped for coverage) into fixed-length windows stored region-major,
-as the models take them, and ``RegionWindowDataset`` serves them to PyTorch.
+``build_dataset`` turns per-run region time series (time x regions TSVs, 'n/a' columns for
+regions dropped for coverage) into fixed-length windows stored region-major, as the models
+take them, with subjects split by ``fmriflow.datasets.splits.make_splits``;
+``RegionWindowDataset`` serves them to PyTorch.
 
 A dataset folder holds:
 
@@ -45,31 +45,30 @@ ratio has no small rational form.
 
 from __future__ import annotations
 
-import contextlib
-import glob
 import math
 import os
 import shutil
-import tempfile
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 from numpy.lib.format import open_memmap
 
 from ..errors import InputError
-from ..io import read_json, read_tsv, sha256sum, write_json, write_tsv
+from ..io import read_tsv, sha256sum, write_json, write_tsv
 from ..provenance import build_sidecar
-from .participants import bare
+from . import store
+from .splits import SPLITS, SPLITS_FILE, check_runs, check_splits
+from .splits import make_splits, read_splits  # noqa: F401  re-exported: tests import them from here
+from .store import CARD, MemoryMapped, building_dir, reserve
 
 try:  # torch is needed to serve samples, not to build them
     from torch.utils.data import Dataset as _TorchDataset
 except ImportError:  # pragma: no cover - exercised only where torch is absent
     _TorchDataset = object
 
-SPLITS = ("train", "val", "test")
 FORMAT_VERSION = 1
 MAX_RESAMPLE_DENOMINATOR = 1000
 SCALING_BLOCK_BYTES = 256 << 20  # training data held at once while fitting the scaling
@@ -77,71 +76,8 @@ SCALING_BLOCK_BYTES = 256 << 20  # training data held at once while fitting the 
 SAMPLES = "samples.npy"
 REGION_MASK = "region_mask.npy"
 INDEX = "index.tsv"
-SPLITS_FILE = "splits.tsv"
 SCALING = "scaling.tsv"
-CARD = "dataset_card.json"
-
-
-# --------------------------------------------------------------------------- splits
-
-
-def make_splits(
-    subjects: Iterable[str],
-    *,
-    fractions: Sequence[float] = (0.8, 0.1, 0.1),
-    seed: int = 0,
-    stratify: Mapping[str, Any] | pd.Series | Sequence[Any] | None = None,
-) -> pd.DataFrame:
-    """Assign subjects to train/val/test, seeded and optionally stratified.
-
-    Parameters
-    ----------
-    subjects
-        Subject labels, with or without the ``sub-`` prefix; repeats are ignored, and
-        the order does not matter (subjects are sorted before the seeded shuffle).
-    fractions
-        Target fractions of subjects in (train, val, test), summing to 1. Split sizes
-        are the largest-remainder rounding of ``fractions * n``; with 3 or more subjects
-        every split with a positive fraction gets at least one subject.
-    seed
-        Seed of the shuffle: the same subjects, fractions and seed give the same splits.
-    stratify
-        A label per subject (mapping or Series keyed by subject, or a sequence aligned
-        with ``subjects``), e.g. from ``subject_labels(participants, "response")``. Each
-        label's count in each split is within one subject of its share of that split
-        (a controlled rounding of the label x split table).
-
-    Returns
-    -------
-    DataFrame with columns subject, split (and stratum when stratified), sorted by subject.
-    """
-    subjects = list(subjects)
-    labels = _stratum_labels(subjects, stratify)
-    subs = sorted({bare(s) for s in subjects})
-    if not subs:
-        raise ValueError("make_splits needs at least one subject")
-    fractions = _check_fractions(fractions)
-    rng = np.random.default_rng(seed)
-
-    n = len(subs)
-    totals = _apportion(n, fractions, at_least_one=n >= 3)
-    strata = sorted({labels[s] for s in subs}) if labels is not None else [""]
-    members = {k: [s for s in subs if (labels[s] if labels is not None else "") == k] for k in strata}
-    sizes = np.array([len(members[k]) for k in strata])
-    counts = _controlled_rounding(sizes, totals, rng)
-
-    split_of: dict[str, str] = {}
-    for row, stratum in enumerate(strata):
-        order = rng.permutation(len(members[stratum]))
-        shuffled = [members[stratum][i] for i in order]
-        bounds = np.cumsum(counts[row])
-        for position, subject in enumerate(shuffled):
-            split_of[subject] = SPLITS[int(np.searchsorted(bounds, position, side="right"))]
-    frame = pd.DataFrame({"subject": subs, "split": [split_of[s] for s in subs]})
-    if labels is not None:
-        frame["stratum"] = [labels[s] for s in subs]
-    frame.attrs.update(seed=int(seed), fractions=list(fractions), stratified=labels is not None)
-    return frame
+FOLDER = "dataset folder written by fmriflow.datasets.regions.build_dataset"  # completes "not a ..."
 
 
 # --------------------------------------------------------------------------- build
@@ -196,7 +132,8 @@ def build_dataset(
     split_table = check_splits(splits)
     if seed is None and isinstance(splits, pd.DataFrame):
         seed = splits.attrs.get("seed")
-    specs = _check_runs(runs, dict(zip(split_table["subject"], split_table["split"])))
+    specs = check_runs(runs, dict(zip(split_table["subject"], split_table["split"])),
+                       ("run", "subject", "tr", "timeseries"), _run_name, _run_fields)
     with building_dir(out_dir) as tmp:
         card = _build(specs, split_table, tmp, window, stride, target_tr, min_coverage_regions, seed)
     return card
@@ -205,41 +142,8 @@ def build_dataset(
 def _build(specs, split_table, tmp: Path, window, stride, target_tr, min_regions, seed) -> dict[str, Any]:
     scratch = tmp / "scratch"
     scratch.mkdir()
-
-    # Pass 1: read, check and resample each run once; cache it region-major on disk.
-    regions: list[str] = []
-    reference = ""
-    kept: list[dict[str, Any]] = []
-    skipped: list[dict[str, Any]] = []
-    for number, spec in enumerate(specs):
-        frame = _read_timeseries(spec)
-        if not regions:
-            regions, reference = [str(c) for c in frame.columns], spec["name"]
-        _check_columns(frame, regions, spec["name"], reference)
-        values, valid = _check_values(frame, spec["name"])
-        values, tr_stored = _resample(values, valid, spec["tr"], target_tr)
-        info = {
-            "run": spec["run"], "subject": spec["subject"], "split": spec["split"],
-            "tr": spec["tr"], "tr_stored": tr_stored, "n_timepoints_input": len(frame),
-            "n_timepoints": len(values), "n_regions_with_data": int(valid.sum()),
-        }
-        reason = _skip_reason(len(values), int(valid.sum()), window, min_regions, target_tr)
-        if reason:
-            skipped.append({**info, "reason": reason, "name": spec["name"]})
-            continue
-        starts = list(range(0, len(values) - window + 1, stride))
-        cache = scratch / f"run{number:06d}.npy"
-        np.save(cache, np.ascontiguousarray(values.T))  # (regions, time), float64
-        kept.append({**info, "cache": cache, "valid": valid, "starts": starts})
-        del frame, values
-
-    train = [k for k in kept if k["split"] == "train"]
-    if not train:
-        short = [s for s in skipped if s["split"] == "train"]
-        listing = "; ".join(f"{s['run']}: {s['reason']}" for s in short[:5]) + (" ..." if len(short) > 5 else "")
-        raise InputError(short[0]["name"] if short else None,
-                         f"no training run yields a window, so the scaling cannot be fitted ({listing})")
-    median, iqr, n_fit, zero_iqr = _fit_scaling([k["cache"] for k in train], len(regions))
+    regions, kept, skipped = _cache_runs(specs, scratch, window, stride, target_tr, min_regions)
+    median, iqr, n_fit, zero_iqr = _fit_scaling([k["cache"] for k in _training_runs(kept, skipped)], len(regions))
     defined = np.isfinite(median)
 
     # Pass 2: scale each run and write its windows into the memory-mapped arrays.
@@ -247,7 +151,7 @@ def _build(specs, split_table, tmp: Path, window, stride, target_tr, min_regions
     samples = open_memmap(tmp / SAMPLES, mode="w+", dtype=np.float32, shape=(n_samples, len(regions), window))
     masks = open_memmap(tmp / REGION_MASK, mode="w+", dtype=np.bool_, shape=(n_samples, len(regions)))
     for name in (SAMPLES, REGION_MASK):
-        _reserve(tmp / name)
+        reserve(tmp / name)
     rows = []
     position = 0
     for k in kept:
@@ -279,6 +183,53 @@ def _build(specs, split_table, tmp: Path, window, stride, target_tr, min_regions
                                      for name in (SAMPLES, REGION_MASK, INDEX, SPLITS_FILE, SCALING)]
     write_json(tmp / CARD, card)
     return card
+
+
+def _cache_runs(specs, scratch: Path, window, stride, target_tr, min_regions) -> tuple[list[str], list, list]:
+    """Pass 1: read, check and resample each run once; cache it region-major on disk.
+
+    Returns the regions, the runs kept (with their cache file and window starts) and the runs skipped.
+    """
+    regions: list[str] = []
+    reference = ""
+    kept: list[dict[str, Any]] = []
+    skipped: list[dict[str, Any]] = []
+    for number, spec in enumerate(specs):
+        frame = _read_timeseries(spec)
+        if not regions:
+            regions, reference = [str(c) for c in frame.columns], spec["name"]
+        _check_columns(frame, regions, spec["name"], reference)
+        values, valid = _check_values(frame, spec["name"])
+        values, tr_stored = _resample(values, valid, spec["tr"], target_tr)
+        info = {
+            "run": spec["run"], "subject": spec["subject"], "split": spec["split"],
+            "tr": spec["tr"], "tr_stored": tr_stored, "n_timepoints_input": len(frame),
+            "n_timepoints": len(values), "n_regions_with_data": int(valid.sum()),
+        }
+        reason = _skip_reason(len(values), int(valid.sum()), window, min_regions, target_tr)
+        if reason:
+            skipped.append({**info, "reason": reason, "name": spec["name"]})
+            continue
+        starts = list(range(0, len(values) - window + 1, stride))
+        cache = scratch / f"run{number:06d}.npy"
+        np.save(cache, np.ascontiguousarray(values.T))  # (regions, time), float64
+        kept.append({**info, "cache": cache, "valid": valid, "starts": starts})
+        del frame, values
+    return regions, kept, skipped
+
+
+def _training_runs(kept: list[dict[str, Any]], skipped: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The kept runs of training subjects, which the scaling is fitted on; there must be one."""
+    train = [k for k in kept if k["split"] == "train"]
+    if not train:
+        short = [s for s in skipped if s["split"] == "train"]
+        if short:
+            name = short[0]["name"]
+            listing = "; ".join(f"{s['run']}: {s['reason']}" for s in short[:5]) + (" ..." if len(short) > 5 else "")
+        else:
+            name, listing = "runs", f"none of the {len(kept) + len(skipped)} runs is of a subject in the train split"
+        raise InputError(name, f"no training run yields a window, so the scaling cannot be fitted ({listing})")
+    return train
 
 
 def _card(specs, split_table, kept, skipped, index, regions, median, iqr, n_fit, zero_iqr, *,
@@ -344,29 +295,6 @@ def _card(specs, split_table, kept, skipped, index, regions, median, iqr, n_fit,
 # --------------------------------------------------------------------------- reading
 
 
-class MemoryMapped:
-    """Opens the ``.npy`` files named in ``mapped_files`` (under ``self.root``) as memory maps, once per process.
-
-    A pickled copy (a DataLoader worker's) carries no maps and opens its own on first use.
-    """
-
-    mapped_files: tuple[str, ...] = ()
-    _arrays: tuple[np.ndarray, ...] | None = None
-    _pid: int | None = None
-
-    def _open(self) -> tuple[np.ndarray, ...]:
-        if self._arrays is None or self._pid != os.getpid():
-            self._arrays = tuple(np.load(self.root / name, mmap_mode="r") for name in self.mapped_files)
-            self._pid = os.getpid()
-        return self._arrays
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_arrays"] = None  # each process maps the files itself
-        state["_pid"] = None
-        return state
-
-
 class RegionWindowDataset(MemoryMapped, _TorchDataset):
     """The windows of one split of a dataset folder, served from the memory-mapped arrays.
 
@@ -417,156 +345,37 @@ class RegionWindowDataset(MemoryMapped, _TorchDataset):
         return sorted(self.index["subject"].unique())
 
 
-
 def load_card(root: str | Path) -> dict[str, Any]:
     """The ``dataset_card.json`` of a dataset folder."""
-    return read_json(_existing(root, CARD))
+    return store.load_card(root, FOLDER)
 
 
 def scaling(root: str | Path) -> pd.DataFrame:
     """The scaling of a dataset folder: region, median, iqr (apply as ``(x - median) / iqr``)."""
-    return read_tsv(_existing(root, SCALING), dtype={"region": str})
+    return read_tsv(store.existing(root, SCALING, FOLDER), dtype={"region": str})
 
 
 def read_index(root: str | Path) -> pd.DataFrame:
     """``index.tsv`` of a dataset folder, subject labels kept as text."""
-    return read_tsv(_existing(root, INDEX), dtype={"run": str, "subject": str, "split": str})
-
-
-def read_splits(path: str | Path) -> pd.DataFrame:
-    """A ``splits.tsv`` (a dataset folder or the file itself), subject labels kept as text."""
-    path = Path(path)
-    return read_tsv(path / SPLITS_FILE if path.is_dir() else path, dtype={"subject": str, "split": str})
+    return read_tsv(store.existing(root, INDEX, FOLDER), dtype={"run": str, "subject": str, "split": str})
 
 
 # --------------------------------------------------------------------------- helpers
 
 
-def _check_fractions(fractions: Sequence[float]) -> np.ndarray:
-    f = np.asarray(fractions, dtype=np.float64)
-    if f.shape != (3,) or not np.isfinite(f).all() or (f < 0).any() or f[0] <= 0 or abs(f.sum() - 1) > 1e-6:
-        raise ValueError(f"'fractions' must be 3 non-negative numbers (train > 0) summing to 1; {tuple(fractions)} was provided")
-    return f / f.sum()
+def _run_name(run: Mapping[str, Any]) -> str:
+    series = run["timeseries"]
+    return str(run["run"]) if isinstance(series, pd.DataFrame) else str(series)
 
 
-def _stratum_labels(subjects: list, stratify) -> dict[str, str] | None:
-    if stratify is None:
-        return None
-    if isinstance(stratify, (Mapping, pd.Series)):
-        items = stratify.items()
-    else:
-        stratify = list(stratify)
-        if len(stratify) != len(subjects):
-            raise ValueError(f"'stratify' has {len(stratify)} labels for {len(subjects)} subjects")
-        items = zip(subjects, stratify)
-    labels: dict[str, str] = {}
-    for subject, label in items:
-        if label is None or (isinstance(label, float) and math.isnan(label)):
-            raise InputError(None, f"subject '{subject}' has no stratification label")
-        label, subject = str(label), bare(subject)
-        if labels.setdefault(subject, label) != label:
-            raise InputError(None, f"subject '{subject}' has two stratification labels: {labels[subject]!r} and {label!r}")
-    missing = sorted({bare(s) for s in subjects} - set(labels))
-    if missing:
-        raise InputError(None, f"no stratification label for subjects {missing[:10]}")
-    return labels
-
-
-def _apportion(n: int, fractions: np.ndarray, *, at_least_one: bool) -> np.ndarray:
-    """Largest-remainder rounding of ``n * fractions``; optionally no empty split."""
-    quota = np.round(n * fractions, 9)
-    counts = np.floor(quota).astype(int)
-    remainder = quota - counts
-    for s in sorted(range(len(counts)), key=lambda s: (-remainder[s], s))[: n - counts.sum()]:
-        counts[s] += 1
-    if at_least_one:
-        for s in np.flatnonzero((counts == 0) & (fractions > 0)):
-            donor = int(np.argmax(counts))
-            counts[donor] -= 1
-            counts[s] += 1
-    return counts
-
-
-def _controlled_rounding(sizes: np.ndarray, totals: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Integer stratum x split counts with the given margins, each cell the floor or ceiling of its share.
-
-    The share table ``sizes * totals / n`` has integer margins, so such a rounding always
-    exists (the transportation polytope is integral); random costs pick one, seeded.
-    """
-    from scipy.optimize import Bounds, LinearConstraint, milp
-
-    n = sizes.sum()
-    share = np.round(np.outer(sizes, totals) / n, 9)
-    low, high = np.floor(share), np.ceil(share)
-    n_strata, n_splits = share.shape
-    rows = np.kron(np.eye(n_strata), np.ones(n_splits))
-    cols = np.kron(np.ones(n_strata), np.eye(n_splits))
-    result = milp(
-        c=rng.random(share.size),
-        constraints=[LinearConstraint(rows, sizes, sizes), LinearConstraint(cols, totals, totals)],
-        integrality=np.ones(share.size),
-        bounds=Bounds(low.ravel(), high.ravel()),
-    )
-    if result.x is None:  # cannot happen for integer margins; kept as a guard
-        raise RuntimeError(f"no stratified split of {sizes.tolist()} subjects into {totals.tolist()}: {result.message}")
-    return np.round(result.x).astype(int).reshape(n_strata, n_splits)
-
-
-def check_splits(splits: pd.DataFrame | str | Path) -> pd.DataFrame:
-    """A subject -> split table (DataFrame or ``splits.tsv``) checked: bare labels, known splits, no repeats."""
-    path = None if isinstance(splits, pd.DataFrame) else Path(splits)
-    table = read_splits(path) if path is not None else splits
-    missing = {"subject", "split"} - set(table.columns)
-    if missing:
-        raise InputError(path, f"splits table lacks columns {sorted(missing)}")
-    table = table.copy()
-    table["subject"] = [bare(s) for s in table["subject"]]
-    bad = sorted(set(table["split"]) - set(SPLITS))
-    if bad:
-        raise InputError(path, f"unknown split names {bad}; allowed: {list(SPLITS)}")
-    repeated = sorted(table.loc[table["subject"].duplicated(), "subject"])
-    if repeated:
-        raise InputError(path, f"subjects listed more than once in the splits table: {repeated[:10]}")
-    return table.sort_values("subject", kind="stable").reset_index(drop=True)
-
-
-def _check_runs(runs: Sequence[Mapping[str, Any]], split_of: dict[str, str]) -> list[dict[str, Any]]:
-    specs = []
-    for number, run in enumerate(runs):
-        missing = {"run", "tr", "timeseries"} - set(run)
-        if missing:
-            raise InputError(None, f"run #{number} lacks {sorted(missing)} (needs run, subject, tr, timeseries)")
-        series = run["timeseries"]
-        name = str(run["run"]) if isinstance(series, pd.DataFrame) else str(series)
-        subject = run_subject(run, split_of, name)
-        try:
-            tr = float(run["tr"])
-        except (TypeError, ValueError):
-            tr = float("nan")
-        if not (np.isfinite(tr) and tr > 0):
-            raise InputError(name, f"TR must be a positive number of seconds, got {run['tr']!r}")
-        specs.append({"run": str(run["run"]), "subject": subject, "split": split_of[subject], "tr": tr,
-                      "timeseries": series, "name": name})
-    return in_split_order(specs)
-
-
-def run_subject(run: Mapping[str, Any], split_of: Mapping[str, str], name: str) -> str:
-    """A run's bare subject label (its ``subject``, else from the run key); the subject must have a split."""
-    from ..naming import subject_of
-
-    subject = bare(run.get("subject") or subject_of(str(run["run"])))
-    if subject not in split_of:
-        raise InputError(name, f"subject '{subject}' of run {run['run']} has no split in the splits table")
-    return subject
-
-
-def in_split_order(specs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Run specs with train, val and test in contiguous blocks, runs in key order inside; no run twice."""
-    keys = [s["run"] for s in specs]
-    repeated = sorted({k for k in keys if keys.count(k) > 1})
-    if repeated:
-        raise InputError(None, f"runs listed more than once: {repeated[:10]}")
-    return sorted(specs, key=lambda s: (SPLITS.index(s["split"]), s["run"]))
+def _run_fields(run: Mapping[str, Any], name: str) -> dict[str, Any]:
+    try:
+        tr = float(run["tr"])
+    except (TypeError, ValueError):
+        tr = float("nan")
+    if not (np.isfinite(tr) and tr > 0):
+        raise InputError(name, f"TR must be a positive number of seconds, got {run['tr']!r}")
+    return {"tr": tr, "timeseries": run["timeseries"], "name": name}
 
 
 def _read_timeseries(spec: dict[str, Any]) -> pd.DataFrame:
@@ -691,48 +500,3 @@ def _positive_int(value: Any, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"'{name}' must be a positive integer; {value!r} was provided")
     return int(value)
-
-
-def _existing(root: str | Path, name: str) -> Path:
-    path = Path(root) / name
-    if not path.is_file():
-        raise InputError(path, "missing: not a dataset folder written by fmriflow.datasets.regions.build_dataset")
-    return path
-
-
-def _reserve(path: Path) -> None:
-    """Allocate a memory-mapped file's blocks now: on a full disk this raises ENOSPC here,
-    where writing through the map later would kill the process with SIGBUS."""
-    if not hasattr(os, "posix_fallocate"):  # macOS: no reservation, a full disk shows as SIGBUS
-        return
-    with open(path, "r+b") as fh:
-        os.posix_fallocate(fh.fileno(), 0, os.fstat(fh.fileno()).st_size)
-
-
-@contextlib.contextmanager
-def building_dir(out_dir: str | Path) -> Iterator[Path]:
-    """A hidden temporary folder beside ``out_dir``: renamed onto it if the block succeeds, removed if not."""
-    out = Path(out_dir).absolute()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    for suffix in ("tmp", "old"):  # folders a killed build left behind
-        for stale in out.parent.glob(f".{glob.escape(out.name)}.*.{suffix}"):
-            shutil.rmtree(stale, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
-        yield tmp
-        os.chmod(tmp, 0o755)
-        replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def replace_dir(new: Path, out: Path) -> None:
-    """Rename ``new`` onto ``out``; an existing ``out`` is moved aside first, then removed."""
-    if not out.exists():
-        os.replace(new, out)
-        return
-    graveyard = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
-    os.replace(out, graveyard / "old")
-    os.replace(new, out)
-    shutil.rmtree(graveyard)

@@ -49,9 +49,11 @@ import pandas as pd
 from numpy.lib.format import open_memmap
 
 from ..errors import InputError
-from ..io import read_json, read_tsv, write_json, write_tsv
+from ..io import read_tsv, write_json, write_tsv
 from ..provenance import build_sidecar
-from .regions import SPLITS, MemoryMapped, building_dir, check_splits, in_split_order, read_splits, run_subject
+from . import store
+from .splits import SPLITS, SPLITS_FILE, check_runs, check_splits, read_splits
+from .store import CARD, MemoryMapped, building_dir
 
 try:  # torch is needed to serve samples, not to build them
     from torch.utils.data import Dataset as _TorchDataset
@@ -62,8 +64,7 @@ FORMAT_VERSION = 1
 DTYPES = ("float16", "float32")
 FRAMES = "frames.npy"
 RUNS = "runs.tsv"
-SPLITS_FILE = "splits.tsv"
-CARD = "dataset_card.json"
+FOLDER = "voxel dataset folder written by fmriflow.datasets.voxels"  # completes "not a ..."
 
 # model input grids
 BRAINMT_SHAPE = (91, 109, 91)
@@ -106,7 +107,8 @@ def build_voxel_dataset(
     if len(shape) != 3 or min(shape) < 1:
         raise ValueError(f"'shape' must be 3 positive sizes; {shape!r} was provided")
     split_table = check_splits(splits)
-    specs = _check_runs(runs, dict(zip(split_table["subject"], split_table["split"])))
+    specs = check_runs(runs, dict(zip(split_table["subject"], split_table["split"])), ("run", "bold", "mask"),
+                       lambda run: str(run["bold"]), lambda run, name: {"bold": name, "mask": str(run["mask"])})
     with building_dir(out_dir) as tmp:
         card = _build(specs, split_table, tmp, shape, dtype, int(min_frames))
     return card
@@ -117,7 +119,7 @@ def _build(specs, split_table, tmp: Path, shape, dtype, min_frames) -> dict[str,
 
     # Pass 1: headers only; check the geometry and count the frames to allocate.
     reference = None
-    kept, skipped = [], []
+    kept, skipped, longest = [], [], 0
     for spec in specs:
         bold, mask = open_nifti(spec["bold"]), open_nifti(spec["mask"])
         if len(bold.shape) != 4:
@@ -132,13 +134,15 @@ def _build(specs, split_table, tmp: Path, shape, dtype, min_frames) -> dict[str,
             raise InputError(spec["bold"], f"grid {bold.shape[:3]} differs from {reference[1]} of {reference[0]}; "
                              "all runs must be on one grid (the resample step's)")
         info = {**spec, "n_frames": int(bold.shape[3]), "tr": float(bold.header.get_zooms()[3])}
+        longest = max(longest, info["n_frames"])
         if info["n_frames"] < min_frames:
             skipped.append({"run": spec["run"], "subject": spec["subject"], "split": spec["split"],
                             "reason": f"{info['n_frames']} frames, fewer than min_frames={min_frames}"})
         else:
             kept.append(info)
     if not kept:
-        raise InputError(None, f"no run has at least {min_frames} frames; skipped: {[s['run'] for s in skipped]}")
+        raise InputError("min_frames", f"no run has at least {min_frames} frames; skipped: {[s['run'] for s in skipped]}; "
+                                       f"the longest has {longest}")
     geometry = crop_or_pad(reference[1], shape)
 
     # Pass 2: one run at a time into the memory-mapped frames.
@@ -252,18 +256,6 @@ def _card(specs, split_table, table, skipped, reference, geometry, shape, dtype,
     }
 
 
-def _check_runs(runs: Sequence[Mapping[str, Any]], split_of: dict[str, str]) -> list[dict[str, Any]]:
-    specs = []
-    for number, run in enumerate(runs):
-        missing = {"run", "bold", "mask"} - set(run)
-        if missing:
-            raise InputError(None, f"run #{number} lacks {sorted(missing)} (needs run, bold, mask)")
-        subject = run_subject(run, split_of, str(run["bold"]))
-        specs.append({"run": str(run["run"]), "subject": subject, "split": split_of[subject],
-                      "bold": str(run["bold"]), "mask": str(run["mask"])})
-    return in_split_order(specs)  # splits form contiguous blocks of frames
-
-
 # --------------------------------------------------------------------------- reading
 
 
@@ -297,7 +289,8 @@ class VoxelWindowDataset(MemoryMapped, _TorchDataset):
             labels = dict(labels.items()) if isinstance(labels, pd.Series) else dict(labels)
             missing = sorted(set(self.index["subject"]) - set(labels))
             if missing:
-                raise InputError(None, f"no label for subjects {missing[:10]}")
+                raise InputError("labels", f"no label for subjects {missing[:10]}; each subject served needs one "
+                                           f"(labels were given for {len(labels)} subjects)")
             self._targets = [labels[s] for s in self.index["subject"]]
 
     def __len__(self) -> int:
@@ -323,21 +316,14 @@ class VoxelWindowDataset(MemoryMapped, _TorchDataset):
 
 def load_card(root: str | Path) -> dict[str, Any]:
     """The ``dataset_card.json`` of a voxel dataset folder."""
-    return read_json(_existing(root, CARD))
+    return store.load_card(root, FOLDER)
 
 
 def read_runs(root: str | Path) -> pd.DataFrame:
     """``runs.tsv`` of a voxel dataset folder, subject labels kept as text."""
-    return read_tsv(_existing(root, RUNS), dtype={"run": str, "subject": str, "split": str})
+    return read_tsv(store.existing(root, RUNS, FOLDER), dtype={"run": str, "subject": str, "split": str})
 
 
 def voxel_splits(root: str | Path) -> pd.DataFrame:
     """The subject -> split table a voxel dataset was built with."""
-    return read_splits(_existing(root, SPLITS_FILE))
-
-
-def _existing(root: str | Path, name: str) -> Path:
-    path = Path(root) / name
-    if not path.is_file():
-        raise InputError(path, "missing: not a voxel dataset folder written by fmriflow.datasets.voxels")
-    return path
+    return read_splits(store.existing(root, SPLITS_FILE, FOLDER))

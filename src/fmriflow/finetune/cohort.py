@@ -23,8 +23,8 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import KFold, StratifiedKFold, train_test_split
 
+from ..datasets.participants import bare, read_participants
 from ..errors import InputError
-from ..io import read_tsv
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +40,11 @@ class Cohort:
 def load_cohort(participants: str | Path, target: str, task: str = "auto", missing_labels: str = "error",
                 subjects: list[str] | None = None) -> Cohort:
     """Labels of ``target`` from participants.tsv for ``subjects`` (default: all rows)."""
-    table = read_tsv(participants, dtype={"participant_id": str})
-    if "participant_id" not in table.columns or target not in table.columns:
+    # read_participants checks participant_id: present, each subject once, as sub-<label>
+    table = read_participants(participants, dtype={"participant_id": str})
+    if target not in table.columns:
         raise InputError(participants, f"needs columns 'participant_id' and '{target}' (has {list(table.columns)})")
-    table = table.assign(subject=table["participant_id"].str.removeprefix("sub-")).set_index("subject")
-    if table.index.duplicated().any():
-        raise InputError(participants, f"subjects listed twice: {sorted(set(table.index[table.index.duplicated()]))}")
+    table = table.assign(subject=[bare(p) for p in table["participant_id"]]).set_index("subject")
     if subjects is not None:
         absent = sorted(set(subjects) - set(table.index))
         if absent:

@@ -53,17 +53,22 @@ def build(variant: str, ts_dim: int, settings: TrainSettings) -> FMMTC:
 
 
 class Target:
-    """Maps labels to the training target and model outputs back to scores."""
+    """Maps labels to the training target and model outputs back to scores.
+
+    Classification labels are 0/1 (``load_cohort`` checks), the indices of classes "0" and
+    "1" whichever the fit rows hold; regression labels are standardised with the mean and
+    sd of the fit rows.
+    """
 
     def __init__(self, task: str, y_fit: np.ndarray):
+        from ..datasets.participants import TargetEncoding
+
         self.task = task
-        self.mean, self.sd = 0.0, 1.0
-        if task == "regression":
-            self.mean = float(np.mean(y_fit))
-            self.sd = float(np.std(y_fit)) or 1.0
+        self.encoding = TargetEncoding.fit(task, y_fit if task == "regression" else (0, 1))
 
     def encode(self, y: np.ndarray) -> torch.Tensor:
-        return torch.as_tensor((y - self.mean) / self.sd, dtype=torch.float32)
+        labels = y if self.task == "regression" else y.astype(np.int64)
+        return torch.as_tensor(self.encoding.encode(labels), dtype=torch.float32)
 
     def loss(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if self.task == "classification":
@@ -72,7 +77,7 @@ class Target:
 
     def score(self, out: torch.Tensor) -> np.ndarray:
         out = out.float().cpu().numpy()
-        return 1.0 / (1.0 + np.exp(-out)) if self.task == "classification" else out * self.sd + self.mean
+        return 1.0 / (1.0 + np.exp(-out)) if self.task == "classification" else self.encoding.decode(out)
 
 
 def _batches(n: int, size: int, rng: np.random.Generator | None):

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from ..datasets.participants import bare
 from ..errors import InputError
 from ..io import read_json, read_tsv
 from ..provenance import sidecar_path
@@ -184,7 +185,7 @@ def config_get(config: Mapping[str, Any] | None, *keys: str) -> Any:
 
 def subjects(labels) -> list[str]:
     """Subject labels from run labels (``sub-01_task-rest`` -> ``01``), kept as text."""
-    return [str(label).split("_")[0].removeprefix("sub-") for label in labels]
+    return [bare(str(label).split("_")[0]) for label in labels]
 
 
 def run_label(path: PathLike) -> str:

@@ -87,22 +87,26 @@ def _targets(cfg: TrainConfig) -> tuple[dict[str, Any], int, dict[str, Any]]:
     """Subject -> training target, the number of model outputs, and what model.pt records about them."""
     if not cfg.participants or not cfg.target:
         raise ValueError(f"task {cfg.task} needs --participants and --target (a participants.tsv column)")
+    from ..datasets.participants import TargetEncoding
+
     column = subject_labels(cfg.participants, cfg.target)
     if cfg.target_kind == "classification":
-        classes = sorted({str(v) for v in column})
+        encoding = TargetEncoding.fit("classification", column)
+        classes = list(encoding.classes)
         if len(classes) < 2:
             raise InputError(cfg.participants, f"column '{cfg.target}' has {len(classes)} class(es); classification needs 2")
-        index = {c: i for i, c in enumerate(classes)}
-        return {s: index[str(v)] for s, v in column.items()}, len(classes), {"classes": classes}
+        return dict(zip(column.index, encoding.encode(column).tolist())), len(classes), {"classes": classes}
     try:
         values = column.astype(float)
     except ValueError as exc:
         raise InputError(cfg.participants, f"column '{cfg.target}' is not numeric ({exc}); use classification") from exc
     splits = voxel_splits(cfg.dataset)
     train = values.loc[[s for s in splits.loc[splits["split"] == "train", "subject"] if s in values.index]]
+    # pandas' statistics skip a NaN label (np.mean in TargetEncoding.fit would not): kept as they were
     mean, std = float(train.mean()), float(train.std(ddof=0))
-    std = std if std > 0 else 1.0
-    return {s: (v - mean) / std for s, v in values.items()}, 1, {"target_mean": mean, "target_std": std}
+    encoding = TargetEncoding("regression", mean=mean, std=std if std > 0 else 1.0)
+    return (dict(zip(values.index, encoding.encode(values).tolist())), 1,
+            {"target_mean": encoding.mean, "target_std": encoding.std})
 
 
 __all__ = ["build_voxel_task"]
