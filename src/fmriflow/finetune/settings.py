@@ -19,6 +19,7 @@ from typing import Any, Mapping
 class TrainSettings:
     """How one variant is trained (``fmriflow.finetune.trainer.fit``)."""
 
+    device: str = "cpu"
     embed_dim: int = 256
     resnet_width: int = 64
     batch_size: int = 16
@@ -27,7 +28,6 @@ class TrainSettings:
     patience: int = 10
     lr: float = 1e-3
     weight_decay: float = 1e-2
-    device: str = "cpu"
 
 
 @dataclass(frozen=True)
