@@ -168,3 +168,32 @@ def test_planted_attribution_auc_matches_roc_auc_of_the_ranking():
     assert out["p_value"] < 0.01
     with pytest.raises(ValueError, match="no row for regions"):
         planted_attribution(regions, truth.iloc[:30])
+
+
+def test_settings_defaults_are_the_schema_defaults():
+    from pathlib import Path
+
+    import yaml
+
+    from fmriflow.finetune.settings import FinetuneSettings
+
+    schema = yaml.safe_load((Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml")
+                            .read_text())
+    section = schema["properties"]["finetune"]["properties"]
+    sizing = {"enabled", "setups", "gpus", "mem_mb", "runtime"}  # place the job; not settings
+    defaults = FinetuneSettings().as_config()
+    assert set(defaults) == set(section) - sizing
+    assert defaults == {k: tuple(v["default"]) if isinstance(v["default"], list) else v["default"]
+                        for k, v in section.items() if k not in sizing}
+
+
+def test_settings_from_a_config_section_record_the_section_as_given():
+    from fmriflow.finetune.settings import FinetuneSettings, TrainSettings
+
+    section = {"variants": ["ts_only", "concat"], "lr": 0.5, "device": "cuda", "seed": 7, "gpus": 1}
+    settings = FinetuneSettings.from_config(section)
+    assert settings.variants == ("ts_only", "concat") and settings.seed == 7
+    assert settings.train == TrainSettings(lr=0.5, device="cuda")
+    assert settings.folds == FinetuneSettings().folds  # a key the section lacks: the schema's default
+    assert settings.provenance() == section  # the sidecars' Config, unknown keys included
+    assert FinetuneSettings(seed=7).provenance()["seed"] == 7

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from fmriflow.finetune.features import window_fc
-from fmriflow.finetune.trainer import VARIANTS, TrainSettings, build
+from fmriflow.finetune.settings import TrainSettings
+from fmriflow.finetune.trainer import VARIANTS, build
 from fmriflow.models.brainlm import create_model
 from fmriflow.models.fmmtc import FMMTC, FMMTCConfig, FMMTCWithEncoder
 from fmriflow.models.resnet import ResNet18

@@ -439,7 +439,7 @@ def test_roc_and_confusion_equal_sklearn(built, inputs):
 def test_roc_points_match_sklearn_curve():
     from sklearn.metrics import roc_auc_score, roc_curve
 
-    from fmriflow.report.modelling import roc_points
+    from fmriflow.evaluation import roc_points
 
     rng = np.random.default_rng(5)
     labels = rng.integers(0, 2, 200)

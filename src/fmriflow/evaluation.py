@@ -1,4 +1,5 @@
-"""Metrics for subject-level predictions: per fold, mean and sd over folds, bootstrap CI.
+"""Metrics for subject-level predictions: per fold, mean and sd over folds, bootstrap CI;
+ROC points and confusion counts (the report draws them).
 
 Classification scores are probabilities of the positive class (label 1) and predictions
 threshold them at 0.5; regression scores are the predicted values. Windows are aggregated
@@ -14,6 +15,7 @@ from sklearn import metrics as skm
 
 CLASSIFICATION = ("mcc", "auroc", "accuracy", "balanced_accuracy", "f1")
 REGRESSION = ("mse", "mae", "pearson_r")
+THRESHOLD = 0.5  # a classification score at or above it predicts label 1
 
 
 def subject_scores(windows: pd.DataFrame) -> pd.DataFrame:
@@ -22,12 +24,17 @@ def subject_scores(windows: pd.DataFrame) -> pd.DataFrame:
     return windows.groupby(keys, as_index=False, sort=True)["score"].mean()
 
 
+def predicted_class(scores) -> np.ndarray:
+    """Class predicted from classification scores: 1 at ``THRESHOLD`` or above, else 0."""
+    return (np.asarray(scores, dtype=float) >= THRESHOLD).astype(int)
+
+
 def compute(task: str, labels, scores) -> dict[str, float]:
     """Every metric of ``task`` ('classification' or 'regression'); NaN where undefined."""
     y = np.asarray(labels, dtype=float)
     s = np.asarray(scores, dtype=float)
     if task == "classification":
-        pred = (s >= 0.5).astype(int)
+        pred = predicted_class(s)
         y = y.astype(int)
         two_classes = len(np.unique(y)) == 2
         return {
@@ -45,6 +52,34 @@ def compute(task: str, labels, scores) -> dict[str, float]:
             "pearson_r": float("nan") if constant else float(stats.pearsonr(y, s)[0]),
         }
     raise ValueError(f"'task' must be 'classification' or 'regression'. Got: {task!r}")
+
+
+def roc_points(labels, scores) -> tuple[np.ndarray, np.ndarray, float]:
+    """False- and true-positive rates at every distinct score threshold, and the area under them.
+
+    Tied scores move both rates at once (one point per distinct score), so the area is the
+    probability that a random positive outscores a random negative, ties counting half.
+    """
+    y = np.asarray(labels, dtype=int)
+    s = np.asarray(scores, dtype=float)
+    order = np.argsort(-s, kind="stable")
+    y, s = y[order], s[order]
+    last_of_tie = np.r_[np.flatnonzero(np.diff(s) != 0), len(s) - 1]
+    tp = np.cumsum(y)[last_of_tie]
+    fp = np.cumsum(1 - y)[last_of_tie]
+    n_pos, n_neg = int(y.sum()), int((1 - y).sum())
+    if n_pos == 0 or n_neg == 0:
+        return np.array([0.0, 1.0]), np.array([0.0, 1.0]), float("nan")
+    fpr = np.r_[0.0, fp / n_neg]
+    tpr = np.r_[0.0, tp / n_pos]
+    return fpr, tpr, float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))
+
+
+def confusion(labels, scores) -> np.ndarray:
+    """2 x 2 counts, rows true label 0/1, columns predicted 0/1 (``predicted_class``)."""
+    y = np.asarray(labels, dtype=int)
+    pred = predicted_class(scores)
+    return np.array([[int(((y == a) & (pred == b)).sum()) for b in (0, 1)] for a in (0, 1)])
 
 
 def bootstrap_ci(task: str, labels, scores, n_boot: int = 1000, seed: int = 0,

@@ -1,9 +1,11 @@
 from pathlib import Path
 
 from fmriflow.finetune.run import setup_step
+from fmriflow.finetune.settings import FinetuneSettings
 from fmriflow.smk import logged
 
 with logged(snakemake.log[0]):
     i = snakemake.input
+    settings = FinetuneSettings.from_config(snakemake.params.config["finetune"])
     setup_step(snakemake.wildcards.setup, snakemake.params.dataset, str(Path(i.features[0]).parent), i.participants,
-               i.model, i.coords, str(Path(snakemake.output.metrics).parent), snakemake.params.config["finetune"])
+               i.model, i.coords, str(Path(snakemake.output.metrics).parent), settings)

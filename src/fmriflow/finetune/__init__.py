@@ -2,7 +2,10 @@
 
 ``cohort``      labels, set-ups (drug-agnostic, drug-specific, cross-site) and subject folds
 ``features``    per-window FC and frozen-encoder embeddings, cached once for every variant
+``settings``    the ``finetune`` config section as frozen settings (schema defaults)
 ``trainer``     training with early stopping on an inner validation split
 ``attribution`` integrated gradients per modality and per region
-``run``         one set-up end to end: every variant and baseline, predictions and metrics
+``crossval``    one fold of a set-up: every variant and baseline, and the permuted-label controls
+``ig_tables``   the attribution tables gathered over folds
+``run``         the workflow steps: cached features, one set-up end to end, the variant table
 """

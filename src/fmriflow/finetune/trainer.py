@@ -12,13 +12,13 @@ floor a ResNet that needs 15-20 epochs to pick up an effect is stopped at epoch 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
 
 from ..models.fmmtc import FMMTC, FMMTCConfig
+from .settings import TrainSettings
 
 # variant name -> FMMTC settings; 'no_pretrain' is concat fusion on a random encoder's embeddings
 VARIANTS: dict[str, dict] = {
@@ -30,19 +30,6 @@ VARIANTS: dict[str, dict] = {
     "fc_only": dict(modalities="fc"),
     "no_pretrain": dict(fusion="concat"),
 }
-
-
-@dataclass(frozen=True)
-class TrainSettings:
-    embed_dim: int = 256
-    resnet_width: int = 64
-    batch_size: int = 16
-    max_epochs: int = 50
-    min_epochs: int = 0  # epochs before early stopping and checkpoint selection start
-    patience: int = 10
-    lr: float = 1e-3
-    weight_decay: float = 1e-2
-    device: str = "cpu"
 
 
 def build(variant: str, ts_dim: int, settings: TrainSettings) -> FMMTC:

@@ -2,10 +2,9 @@
 CI, ROC curves and confusion matrices from the per-subject predictions; what the model relied on
 (integrated-gradients modality shares and the top regions on a glass brain).
 
-ROC points and confusion counts are computed here from ``predictions.tsv`` (subject-level
-out-of-fold scores, pooled over folds and repeats as the metrics' ``*_pooled`` columns are);
-a classification score is the probability of label 1 and predicts 1 at 0.5 or above, as in
-``fmriflow.evaluation``.
+ROC points and confusion counts come from ``fmriflow.evaluation`` (``roc_points``,
+``confusion``), computed on ``predictions.tsv`` (subject-level out-of-fold scores, pooled
+over folds and repeats as the metrics' ``*_pooled`` columns are).
 """
 
 from __future__ import annotations
@@ -17,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import InputError
+from ..evaluation import confusion, roc_points
 from .html import esc, fmt, not_run, sources_html, table
 from .inputs import config_get, read_csv, read_table
 
@@ -89,34 +89,6 @@ def _draw_curves(fig, curves: dict[str, pd.DataFrame]) -> None:
 
 
 # ----------------------------------------------------------------------------- fine-tuning
-
-
-def roc_points(labels, scores) -> tuple[np.ndarray, np.ndarray, float]:
-    """False- and true-positive rates at every distinct score threshold, and the area under them.
-
-    Tied scores move both rates at once (one point per distinct score), so the area is the
-    probability that a random positive outscores a random negative, ties counting half.
-    """
-    y = np.asarray(labels, dtype=int)
-    s = np.asarray(scores, dtype=float)
-    order = np.argsort(-s, kind="stable")
-    y, s = y[order], s[order]
-    last_of_tie = np.r_[np.flatnonzero(np.diff(s) != 0), len(s) - 1]
-    tp = np.cumsum(y)[last_of_tie]
-    fp = np.cumsum(1 - y)[last_of_tie]
-    n_pos, n_neg = int(y.sum()), int((1 - y).sum())
-    if n_pos == 0 or n_neg == 0:
-        return np.array([0.0, 1.0]), np.array([0.0, 1.0]), float("nan")
-    fpr = np.r_[0.0, fp / n_neg]
-    tpr = np.r_[0.0, tp / n_pos]
-    return fpr, tpr, float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))
-
-
-def confusion(labels, scores) -> np.ndarray:
-    """2 x 2 counts, rows true label 0/1, columns predicted 0/1 (score >= 0.5 predicts 1)."""
-    y = np.asarray(labels, dtype=int)
-    pred = (np.asarray(scores, dtype=float) >= 0.5).astype(int)
-    return np.array([[int(((y == a) & (pred == b)).sum()) for b in (0, 1)] for a in (0, 1)])
 
 
 def finetune_section(table_path: PathLike | None, predictions: Sequence[PathLike], atlas_labels: PathLike | None,

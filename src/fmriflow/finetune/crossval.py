@@ -1,0 +1,231 @@
+"""One set-up's cross-validation, fold by fold: the variants, the baselines and their controls.
+
+``load_inputs`` reads the cohort and the cached features once. ``make_fold`` turns one outer
+fold's subjects into fit, validation and test window rows. ``run_fold`` trains every variant
+(early stopping on the validation subjects), fits the baselines (nested CV inside the
+training subjects), and refits the label-permuted controls of ``concat`` and ``logistic``
+(``permuted_controls``, one routine for both). ``Results`` gathers every test subject's
+score (window scores averaged per subject) and the training logs.
+
+Seeds: the fold plan, inner split and baselines use the repeat's seed (``seed + repeat``),
+every network fit ``seed * 1000 + fold``, permutation ``k`` of a fold ``[seed, fold, k]``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from .. import baselines, evaluation
+from ..datasets.regions import read_index
+from . import cohort as cohorts
+from ..models.fmmtc import FMMTC
+from .settings import FinetuneSettings
+from .trainer import fit, predict
+
+log = logging.getLogger(__name__)
+PERMUTED = "permuted_"  # prefix of the label-permuted controls
+FUSED = ("concat", "sum", "cross_attention", "moe", "no_pretrain")  # variants with both branches
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """The labelled cohort and its cached per-window features."""
+
+    cohort: cohorts.Cohort
+    samples: np.ndarray  # dataset sample of every feature row
+    rows_of: dict[str, np.ndarray]  # feature rows of each labelled subject's windows
+    fc: np.ndarray
+    ts: dict[str, np.ndarray]  # embeddings of the 'pretrained' and the 'random' encoder
+    y: np.ndarray  # label of every feature row (0 for unlabelled subjects' rows)
+    subject_fc: dict[str, np.ndarray]  # mean window FC per subject (the baselines' input)
+
+
+def load_inputs(dataset: str, features_dir: str, participants: str, settings: FinetuneSettings) -> Inputs:
+    index = read_index(dataset)
+    cohort = cohorts.load_cohort(participants, settings.target, settings.task, settings.missing_labels,
+                                 subjects=sorted(index["subject"].unique()))
+    fdir = Path(features_dir)
+    samples = np.load(fdir / "samples.npy")
+    row_of = {int(s): i for i, s in enumerate(samples)}
+    windows = index[index["subject"].isin(cohort.labels.index)]
+    rows_of = {s: np.array([row_of[int(i)] for i in g["sample"]]) for s, g in windows.groupby("subject")}
+    fc = np.load(fdir / "fc.npy")
+    ts = {"pretrained": np.load(fdir / "ts_pretrained.npy"), "random": np.load(fdir / "ts_random.npy")}
+    y = np.zeros(len(samples))
+    for s, rows in rows_of.items():
+        y[rows] = cohort.labels[s]
+    subject_fc = {s: fc[rows].mean(axis=0) for s, rows in rows_of.items()}
+    return Inputs(cohort, samples, rows_of, fc, ts, y, subject_fc)
+
+
+@dataclass(frozen=True)
+class Fold:
+    """One outer fold of one repeat: its subjects and their window rows."""
+
+    setup: str
+    repeat: int
+    index: int
+    seed: int  # the repeat's seed
+    train: list[str]
+    test: list[str]
+    fit: list[str]
+    val: list[str]
+    fit_rows: np.ndarray
+    val_rows: np.ndarray
+    test_rows: np.ndarray
+    test_subject: np.ndarray  # the subject of every test row
+    started: float  # time.monotonic() at the fold's start, for the log
+
+    @property
+    def fit_seed(self) -> int:
+        return self.seed * 1000 + self.index
+
+    def roles(self) -> list[dict]:
+        """One row per subject and role (fit, val, or fit+val when they coincide; test)."""
+        roles = (("fit+val", self.fit),) if self.fit == self.val else (("fit", self.fit), ("val", self.val))
+        return [{"repeat": self.repeat, "fold": self.index, "subject": s, "role": role}
+                for role, group in (*roles, ("test", self.test)) for s in group]
+
+
+def make_fold(inputs: Inputs, setup: str, repeat: int, index: int, seed: int, train: list[str], test: list[str],
+              val_fraction: float) -> Fold:
+    fit_s, val_s = cohorts.inner_split(inputs.cohort, train, val_fraction, seed)
+
+    def cat(subjects):
+        return np.concatenate([inputs.rows_of[s] for s in subjects])
+
+    test_subject = np.concatenate([[s] * len(inputs.rows_of[s]) for s in test])
+    return Fold(setup, repeat, index, seed, train, test, fit_s, val_s, cat(fit_s), cat(val_s), cat(test),
+                test_subject, time.monotonic())
+
+
+class Results:
+    """Subject-level test predictions, training logs and fold membership, in the order made."""
+
+    def __init__(self, cohort: cohorts.Cohort):
+        self.cohort = cohort
+        self.preds: list[pd.DataFrame] = []
+        self.logs: list[dict] = []
+        self.fold_rows: list[dict] = []
+
+    def record(self, fold: Fold, variant: str, scores: np.ndarray, per_window: bool, info: dict,
+               permutation: int = 0) -> None:
+        frame = pd.DataFrame({"subject": fold.test_subject if per_window else fold.test, "score": scores})
+        frame = frame.groupby("subject", as_index=False)["score"].mean()
+        frame["label"] = self.cohort.labels.loc[frame["subject"]].to_numpy()
+        self.preds.append(frame.assign(setup=fold.setup, variant=variant, repeat=fold.repeat,
+                                       permutation=permutation, fold=fold.index))
+        self.logs.append({"setup": fold.setup, "variant": variant, "repeat": fold.repeat,
+                          "permutation": permutation, "fold": fold.index, **info})
+        log.info("  %-18s done at %.0f s", variant, time.monotonic() - fold.started)
+
+    def tables(self, settings: FinetuneSettings) -> dict[str, pd.DataFrame]:
+        predictions = pd.concat(self.preds, ignore_index=True)[["setup", "variant", "repeat", "permutation", "fold",
+                                                                "subject", "label", "score"]]
+        metrics = evaluation.summarise(predictions, self.cohort.task, n_boot=settings.bootstrap, seed=settings.seed)
+        return {"predictions.tsv": predictions, "metrics.tsv": metrics, "folds.tsv": pd.DataFrame(self.fold_rows),
+                "training_log.tsv": pd.DataFrame(self.logs)}
+
+
+Attribute = Callable[[Fold, FMMTC], None]  # integrated gradients of a fold's trained concat model
+
+
+def run_fold(fold: Fold, inputs: Inputs, settings: FinetuneSettings, results: Results,
+             attribute: Attribute | None) -> None:
+    """Every variant, then every baseline, of one fold; ``attribute``: None for no attribution."""
+    results.fold_rows += fold.roles()
+    _variants(fold, inputs, settings, results, attribute)
+    _baselines(fold, inputs, settings, results)
+
+
+def _variant_order(settings: FinetuneSettings) -> list[str]:
+    """Staged fusion trains fc_only first: its FC branch starts the fused variants'."""
+    variants = list(settings.variants)
+    if settings.staged_fusion and any(v in FUSED for v in variants):
+        variants = ["fc_only"] + [v for v in variants if v != "fc_only"]
+    return variants
+
+
+def _variants(fold: Fold, inputs: Inputs, settings: FinetuneSettings, results: Results,
+              attribute: Attribute | None) -> None:
+    fc_stage = None  # staged fusion: this fold's fc_only model
+    for variant in _variant_order(settings):
+        encoder = "random" if variant == "no_pretrain" else "pretrained"
+        init = fc_stage if variant in FUSED else None
+        model, target, info = fit(variant, inputs.cohort.task, inputs.ts[encoder], inputs.fc, inputs.y,
+                                  fold.fit_rows, fold.val_rows, settings.train, seed=fold.fit_seed, init_fc=init)
+        if variant == "fc_only" and settings.staged_fusion:
+            fc_stage = model
+            if variant not in settings.variants:
+                continue
+        scores = predict(model, target, inputs.ts[encoder], inputs.fc, fold.test_rows, settings.train)
+        results.record(fold, variant, scores, True, info)
+        if variant == "concat" and attribute is not None:
+            attribute(fold, model)
+        if variant == "concat" and settings.permuted_control:
+            _deep_controls(fold, inputs, settings, results, variant, encoder)
+
+
+def _deep_controls(fold: Fold, inputs: Inputs, settings: FinetuneSettings, results: Results, variant: str,
+                   encoder: str) -> None:
+    ts, task = inputs.ts[encoder], inputs.cohort.task
+
+    def fit_score(rng: np.random.Generator) -> tuple[np.ndarray, dict]:
+        y_perm = permute_subject_labels(inputs.y, inputs.rows_of, fold.fit + fold.val, rng)
+        stage = None  # the control stages its own FC branch on the permuted labels, like the real model
+        if settings.staged_fusion:
+            stage, _, _ = fit("fc_only", task, ts, inputs.fc, y_perm, fold.fit_rows, fold.val_rows, settings.train,
+                              seed=fold.fit_seed)
+        model, target, info = fit(variant, task, ts, inputs.fc, y_perm, fold.fit_rows, fold.val_rows, settings.train,
+                                  seed=fold.fit_seed, init_fc=stage)
+        return predict(model, target, ts, inputs.fc, fold.test_rows, settings.train), info
+
+    permuted_controls(results, fold, variant, True, fit_score, settings.permutations)
+
+
+def _baselines(fold: Fold, inputs: Inputs, settings: FinetuneSettings, results: Results) -> None:
+    x_train = baselines.upper_triangle(np.stack([inputs.subject_fc[s] for s in fold.train]))
+    x_test = baselines.upper_triangle(np.stack([inputs.subject_fc[s] for s in fold.test]))
+    y_train = inputs.cohort.labels.loc[fold.train].to_numpy()
+    task = inputs.cohort.task
+    for name in settings.baselines:
+        scores, chosen = baselines.fit_predict(name, task, x_train, y_train, x_test, seed=fold.seed)
+        results.record(fold, name, scores, False, chosen)
+        if name == "logistic" and settings.permuted_control:
+            _baseline_controls(fold, name, task, x_train, y_train, x_test, results, settings.permutations)
+
+
+def _baseline_controls(fold: Fold, name: str, task: str, x_train: np.ndarray, y_train: np.ndarray,
+                       x_test: np.ndarray, results: Results, permutations: int) -> None:
+    def fit_score(rng: np.random.Generator) -> tuple[np.ndarray, dict]:
+        return baselines.fit_predict(name, task, x_train, rng.permutation(y_train), x_test, seed=fold.seed)
+
+    permuted_controls(results, fold, name, False, fit_score, permutations)
+
+
+def permuted_controls(results: Results, fold: Fold, name: str, per_window: bool,
+                      fit_score: Callable[[np.random.Generator], tuple[np.ndarray, dict]], permutations: int) -> None:
+    """``permutations`` label-permuted refits of ``name`` on this fold, recorded as ``permuted_<name>``.
+
+    ``fit_score(rng)`` shuffles the training labels with ``rng`` (seeded ``[seed, fold, k]``), refits
+    and returns the test scores and the fit's log entry.
+    """
+    for k in range(permutations):
+        scores, info = fit_score(np.random.default_rng([fold.seed, fold.index, k]))
+        results.record(fold, PERMUTED + name, scores, per_window, info, permutation=k)
+
+
+def permute_subject_labels(y: np.ndarray, rows_of: dict, subjects: list[str], rng: np.random.Generator) -> np.ndarray:
+    """Shuffle labels across the training subjects (whole subjects, so windows stay together)."""
+    labels = np.array([y[rows_of[s][0]] for s in subjects])
+    out = y.copy()
+    for s, label in zip(subjects, rng.permutation(labels)):
+        out[rows_of[s]] = label
+    return out
