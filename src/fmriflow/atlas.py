@@ -141,6 +141,15 @@ def a424_labels_table(coordinates_path: str | Path) -> pd.DataFrame:
     )
 
 
+def labels_of_image(image: str | Path) -> pd.DataFrame:
+    """A look-up table (index, name) from the labels present in a label image, named by their number."""
+    from .io import open_nifti
+
+    values = np.unique(np.rint(np.asarray(open_nifti(image).dataobj)).astype(int))
+    values = values[values > 0]
+    return pd.DataFrame({"index": values, "name": [str(v) for v in values]})
+
+
 def load_labels_table(path: str | Path) -> pd.DataFrame:
     """Read a BIDS-Atlas style TSV with at least ``index`` and ``name`` columns."""
     table = pd.read_csv(path, sep="\t")

@@ -6,9 +6,6 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
-
 from . import __version__
 from .errors import InputError
 
@@ -36,44 +33,22 @@ def _fetch_atlas(args: argparse.Namespace) -> None:
 
 
 def _parcellate(args: argparse.Namespace) -> None:
-    from .atlas import load_labels_table
-    from .io import open_nifti, write_tsv
-    from .parcellate import parcellate
-    from .provenance import write_sidecar
+    from .steps import parcellate_step
 
-    if args.labels:
-        labels = load_labels_table(args.labels)
-    else:
-        values = np.unique(np.rint(np.asarray(open_nifti(args.atlas).dataobj)).astype(int))
-        values = values[values > 0]
-        labels = pd.DataFrame({"index": values, "name": [str(v) for v in values]})
-    result = parcellate(args.bold, args.atlas, labels, args.mask, strategy=args.strategy, min_coverage=args.min_coverage)
-    write_tsv(args.out, result.timeseries)
-    inputs = [p for p in (args.bold, args.atlas, args.labels, args.mask) if p]
-    write_sidecar(args.out, "parcellate", inputs, parameters={"strategy": args.strategy, "min_coverage": args.min_coverage},
-                  metadata_fields={"RegionsBelowCoverage": result.dropped})
-    if args.coverage:
-        write_tsv(args.coverage, result.coverage)
+    parcellate_step(args.bold, args.mask, [(args.atlas, args.labels)], [args.out], [args.coverage],
+                    strategy=args.strategy, min_coverage=args.min_coverage)
 
 
 def _connectivity(args: argparse.Namespace) -> None:
-    from .connectivity import METADATA, run_matrix, tangent
-    from .io import read_tsv, write_tsv
-    from .provenance import write_sidecar
+    from .steps import connectivity_step, tangent_step
 
-    ts = read_tsv(args.timeseries)
-    inputs = [args.timeseries]
     if args.kind == "tangent":
-        if not args.reference or len(args.reference) < 2:
-            raise InputError(None, "--kind tangent needs --reference with at least 2 time-series files (the group it is relative to)")
-        group = [read_tsv(p) for p in args.reference]
-        stack, _ = tangent([ts, *group], fit_on=range(1, len(group) + 1))
-        matrix = pd.DataFrame(stack[0], index=pd.Index(ts.columns, name="Node"), columns=ts.columns)
-        inputs += list(args.reference)
+        if len(args.reference or []) < 2:
+            raise InputError("--reference", f"--kind tangent needs at least 2 time-series files (the group it is "
+                                            f"relative to); {len(args.reference or [])} given")
+        tangent_step(args.timeseries, args.reference, args.out)
     else:
-        matrix = run_matrix(ts, args.kind)
-    write_tsv(args.out, matrix, index=True)
-    write_sidecar(args.out, "connectivity", inputs, parameters={"kind": args.kind}, metadata_fields=METADATA[args.kind])
+        connectivity_step(args.timeseries, [args.out], [None], kinds=[args.kind])
 
 
 def _finetune_summary(args: argparse.Namespace) -> None:
@@ -88,7 +63,7 @@ def _audit(args: argparse.Namespace) -> None:
     try:
         maps = parse_maps(args.map or [])
     except ValueError as exc:
-        raise InputError(None, str(exc)) from exc
+        raise InputError("--map", str(exc)) from exc
     if not Path(args.file).exists():
         raise InputError(args.file, "no such file")
     result = audit(args.file, maps=maps, workdir=args.workdir, results=args.results)

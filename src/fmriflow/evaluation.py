@@ -18,12 +18,6 @@ REGRESSION = ("mse", "mae", "pearson_r")
 THRESHOLD = 0.5  # a classification score at or above it predicts label 1
 
 
-def subject_scores(windows: pd.DataFrame) -> pd.DataFrame:
-    """Mean score per subject from window rows (columns subject, label, score, ...)."""
-    keys = [c for c in windows.columns if c not in ("score", "sample")]
-    return windows.groupby(keys, as_index=False, sort=True)["score"].mean()
-
-
 def predicted_class(scores) -> np.ndarray:
     """Class predicted from classification scores: 1 at ``THRESHOLD`` or above, else 0."""
     return (np.asarray(scores, dtype=float) >= THRESHOLD).astype(int)

@@ -172,31 +172,37 @@ def run_qc_step(runs: Sequence[str], qc_tables: Sequence[str], coverage_tables: 
                                                   "the group FC or the model-ready dataset"})
 
 
-def parcellate_step(bold: str, mask: str, atlases: Sequence[tuple[str, str]], out_timeseries: Sequence[str],
-                    out_coverage: Sequence[str], *, strategy: str, min_coverage: float) -> None:
-    """Region time series and coverage for every atlas, from one read of the BOLD."""
+def parcellate_step(bold: str, mask: str | None, atlases: Sequence[tuple[str, str | None]],
+                    out_timeseries: Sequence[str], out_coverage: Sequence[str | None], *, strategy: str,
+                    min_coverage: float) -> None:
+    """Region time series and coverage for every atlas, from one read of the BOLD.
+
+    ``atlases``: (label image, look-up TSV) pairs; without a TSV the image's labels name the
+    regions. A coverage path of None writes no coverage table.
+    """
     from .io import open_nifti
     from .parcellate import parcellate_many
 
     section = {"strategy": strategy, "min_coverage": min_coverage}
-    tables = [(img, atlas_mod.load_labels_table(lut)) for img, lut in atlases]
+    tables = [(img, atlas_mod.load_labels_table(lut) if lut else atlas_mod.labels_of_image(img)) for img, lut in atlases]
     results = parcellate_many(bold, tables, mask, strategy=strategy, min_coverage=min_coverage)
     tr = float(open_nifti(bold).header.get_zooms()[3])
-    for (img, lut), result, ts_path, cov_path in zip(atlases, results, out_timeseries, out_coverage):
+    for (img, lut), result, ts_path, cov_path in zip(atlases, results, out_timeseries, out_coverage, strict=True):
         write_tsv(ts_path, result.timeseries)
-        write_tsv(cov_path, result.coverage)
-        inputs = [bold, mask, img, lut]
+        inputs = [p for p in (bold, mask, img, lut) if p]
         dropped = {"RegionsBelowCoverage": result.dropped, "MinCoverage": min_coverage}
         write_sidecar(ts_path, "parcellate", inputs, config=section,
                       metadata_fields={"RepetitionTime": tr, "SamplingFrequency": 1.0 / tr, **dropped})
-        write_sidecar(cov_path, "parcellate", inputs, config=section, metadata_fields=dropped)
+        if cov_path:
+            write_tsv(cov_path, result.coverage)
+            write_sidecar(cov_path, "parcellate", inputs, config=section, metadata_fields=dropped)
 
 
-def connectivity_step(timeseries: str, out_tsv: Sequence[str], out_npy: Sequence[str], *, kinds: Sequence[str],
-                      sliding_window: Config, out_dynamic: str | None = None) -> None:
+def connectivity_step(timeseries: str, out_tsv: Sequence[str], out_npy: Sequence[str | None], *,
+                      kinds: Sequence[str], sliding_window: Config | None = None, out_dynamic: str | None = None) -> None:
     """Per-run matrices of each per-run kind in ``kinds`` (tangent is a group-level kind: skipped
-    here), as TSV (with region names) and NPY; with ``out_dynamic``, sliding-window FC
-    (``sliding_window``: window and step in volumes)."""
+    here), as TSV (with region names) and NPY (None: no NPY); with ``out_dynamic``, sliding-window
+    FC (``sliding_window``: window and step in volumes)."""
     from .connectivity import GROUP_KINDS, METADATA, run_matrix
     from .connectivity import sliding_window as dynamic_fc
 
@@ -206,9 +212,11 @@ def connectivity_step(timeseries: str, out_tsv: Sequence[str], out_npy: Sequence
     for kind, tsv, npy in zip(run_kinds, out_tsv, out_npy, strict=True):
         matrix = run_matrix(ts, kind)
         write_tsv(tsv, matrix, index=True)
-        with atomic_path(npy) as tmp:
-            np.save(tmp, matrix.to_numpy())
-        write_sidecar(tsv, "connectivity", [timeseries], also=[npy], config=section, metadata_fields=METADATA[kind])
+        if npy:
+            with atomic_path(npy) as tmp:
+                np.save(tmp, matrix.to_numpy())
+        write_sidecar(tsv, "connectivity", [timeseries], also=[npy] if npy else [], config=section,
+                      metadata_fields=METADATA[kind])
     if out_dynamic:
         window = sliding_window
         dynamic = dynamic_fc(ts, window["window"], window["step"])
@@ -217,6 +225,18 @@ def connectivity_step(timeseries: str, out_tsv: Sequence[str], out_npy: Sequence
         write_sidecar(out_dynamic, "connectivity", [timeseries], config=section,
                       metadata_fields={**METADATA["pearson"], "WindowVolumes": window["window"],
                                        "StepVolumes": window["step"], "Shape": list(dynamic.shape)})
+
+
+def tangent_step(timeseries: str, reference: Sequence[str], out_tsv: str) -> None:
+    """Tangent-space connectivity of one run relative to a reference group of runs (fitted on the group only)."""
+    from .connectivity import METADATA, tangent
+
+    ts = read_tsv(timeseries)
+    stack, _ = tangent([ts, *(read_tsv(p) for p in reference)], fit_on=range(1, len(reference) + 1))
+    matrix = pd.DataFrame(stack[0], index=pd.Index(ts.columns, name="Node"), columns=ts.columns)
+    write_tsv(out_tsv, matrix, index=True)
+    write_sidecar(out_tsv, "connectivity", [timeseries, *reference], parameters={"kind": "tangent"},
+                  metadata_fields=METADATA["tangent"])
 
 
 def group_connectivity_step(matrices: Sequence[str], participants: str, group_column: str | None,

@@ -101,7 +101,8 @@ def folds(cohort: Cohort, setup: str, k: int, seed: int, drug_column: str | None
     strata = _stratify(labels, cohort.task)
     subjects = labels.index.to_numpy()
     if len(subjects) < 2:
-        raise InputError(None, f"set-up {setup!r}: {len(subjects)} labelled subject(s), too few to cross-validate")
+        raise InputError("finetune.setups", f"set-up {setup!r}: {len(subjects)} labelled subject(s), too few to "
+                                            "cross-validate (at least 2); leave it out of finetune.setups")
     n_splits = min(k, int(np.bincount(strata).min()))
     if n_splits < 2:  # a class with one subject: unstratified folds (the log says so; scores are near chance)
         log.warning("set-up %s: a class has fewer than 2 subjects; folds are not stratified", setup)

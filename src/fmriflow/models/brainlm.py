@@ -43,7 +43,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .layers import ATTENTIONS, INIT_STD, Attention, Block, MLP, sincos_encoding, trunc_normal_  # noqa: F401
+from .layers import ATTENTIONS, Block, MLP, sincos_encoding, trunc_normal_
 
 POOLS = ("mean", "cls")
 

@@ -30,7 +30,8 @@ def preproc_files(section: Mapping[str, Any], runs: Iterable[str], output_dir: s
     mode = section["mode"]
     if mode == "derivatives":
         if not section.get("derivatives_dir"):
-            raise InputError(None, "preproc.mode is 'derivatives' but preproc.derivatives_dir is not set")
+            raise InputError("preproc.derivatives_dir", "not set, but preproc.mode is 'derivatives': give the folder "
+                                                    "of the fMRIPrep outputs, or choose mode fmriprep or lite")
         return {run: locate_run(section["derivatives_dir"], run, section["space"]) for run in runs}
     if mode == "fmriprep":
         from .fmriprep import expected_files

@@ -79,8 +79,8 @@ def fs_license(section: Mapping[str, Any], environ: Mapping[str, str] | None = N
     environ = os.environ if environ is None else environ
     path = section.get("fs_license") or environ.get("FS_LICENSE")
     if not path:
-        raise InputError(None, "preproc.fmriprep.fs_license is not set (nor FS_LICENSE): fMRIPrep needs a FreeSurfer "
-                               "licence file (free from surfer.nmr.mgh.harvard.edu/registration.html)")
+        raise InputError("preproc.fmriprep.fs_license", "fs_license is not set (nor FS_LICENSE): fMRIPrep needs a FreeSurfer "
+                                                        "licence file (free from surfer.nmr.mgh.harvard.edu/registration.html)")
     if not Path(path).is_file():
         raise InputError(path, "FreeSurfer licence file not found (preproc.fmriprep.fs_license)")
     return Path(path)

@@ -100,8 +100,8 @@ def ras_matrix(transform) -> np.ndarray:
     return flip @ lps @ flip
 
 
-def preprocess_run(raw_bold: str | Path, grid_img: str | Path, out: PreprocFiles, *, transform: str = "Affine",
-                   seed: int = 0, threads: int = 1) -> dict:
+def preprocess_run(raw_bold: str | Path, grid_img: str | Path, out: PreprocFiles, *, transform: str, seed: int,
+                   threads: int) -> dict:
     """Run the steps of the module docstring on one raw BOLD run; write BOLD, mask, confounds, boldref.
 
     Returns the numbers for the sidecars (volumes, non-steady-state count, registration).
@@ -113,7 +113,7 @@ def preprocess_run(raw_bold: str | Path, grid_img: str | Path, out: PreprocFiles
     import ants
     from nilearn.datasets import load_mni152_template
 
-    from ..io import load_nifti, save_nifti, write_tsv
+    from ..io import load_nifti
 
     img = load_nifti(raw_bold)
     if img.ndim != 4 or img.shape[3] < 10:
@@ -131,17 +131,7 @@ def preprocess_run(raw_bold: str | Path, grid_img: str | Path, out: PreprocFiles
     grid_ants = to_ants(np.zeros(grid.shape[:3], np.float32), grid.affine)
 
     with tempfile.TemporaryDirectory(prefix="fmriflow-lite-") as tmp:
-        motion_files, params = [], np.zeros((n_volumes, 6))
-        corrected_sum = np.zeros(reference.shape)
-        for t in range(n_volumes):
-            reg = ants.registration(fixed, to_ants(data[..., t], affine), type_of_transform="Rigid",
-                                    aff_metric="meansquares", aff_iterations=(100, 50), aff_shrink_factors=(2, 1),
-                                    aff_smoothing_sigmas=(1, 0), random_seed=seed, outprefix=f"{tmp}/hmc{t:04d}_")
-            motion_files.append(reg["fwdtransforms"][0])
-            params[t] = rigid_parameters(ras_matrix(ants.read_transform(reg["fwdtransforms"][0])), center)
-            if t >= n_dummy:
-                corrected_sum += reg["warpedmovout"].numpy()
-        boldref = corrected_sum / (n_volumes - n_dummy)
+        motion_files, params, boldref = _head_motion(data, affine, fixed, center, n_dummy, seed, tmp)
         template = load_mni152_template(resolution=2)
         to_template = ants.registration(to_ants(np.asarray(template.dataobj), template.affine), to_ants(boldref, affine),
                                         type_of_transform=transform, random_seed=seed, outprefix=f"{tmp}/tpl_")
@@ -160,19 +150,10 @@ def preprocess_run(raw_bold: str | Path, grid_img: str | Path, out: PreprocFiles
 
     masks = tissue_masks(grid)
     mask = masks["brain"] & (field > 0.999)
-    table, meta = lite_confounds(bold, mask, masks["wm"] & mask, masks["csf"] & mask, params, tr, n_dummy)
+    table, meta = lite_confounds(bold, mask, masks["wm"] & mask, masks["csf"] & mask, params, tr, n_dummy,
+                                 source=raw_bold)
 
-    header = nib.Nifti1Header()
-    header.set_data_dtype(np.float32)
-    header.set_xyzt_units("mm", "sec")
-    out_img = nib.Nifti1Image(bold, grid.affine, header)
-    out_img.header.set_zooms((*grid.header.get_zooms()[:3], tr))
-    out_img.set_qform(grid.affine, code=4)
-    out_img.set_sform(grid.affine, code=4)
-    save_nifti(out_img, out.bold)
-    save_nifti(nib.Nifti1Image(mask.astype(np.uint8), grid.affine), out.mask)
-    save_nifti(nib.Nifti1Image(boldref_mni.astype(np.float32), grid.affine), boldref_path(out))
-    write_tsv(out.confounds, table)
+    _write_outputs(out, bold, mask, boldref_mni, table, grid, tr)
     return {
         "NumberOfVolumes": n_volumes,
         "NonSteadyStateVolumes": n_dummy,
@@ -185,6 +166,44 @@ def preprocess_run(raw_bold: str | Path, grid_img: str | Path, out: PreprocFiles
         "Preprocessing": "fmriflow lite",
         "Description": DESCRIPTION,
     }
+
+
+def _head_motion(data: np.ndarray, affine: np.ndarray, fixed, center: np.ndarray, n_dummy: int, seed: int,
+                 tmp: str) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Rigid registration of every volume to ``fixed``: the transform files (kept in ``tmp``), the six
+    motion parameters per volume and the mean of the corrected steady-state volumes (the boldref)."""
+    import ants
+
+    n_volumes = data.shape[3]
+    motion_files, params = [], np.zeros((n_volumes, 6))
+    corrected_sum = np.zeros(data.shape[:3])
+    for t in range(n_volumes):
+        reg = ants.registration(fixed, to_ants(data[..., t], affine), type_of_transform="Rigid",
+                                aff_metric="meansquares", aff_iterations=(100, 50), aff_shrink_factors=(2, 1),
+                                aff_smoothing_sigmas=(1, 0), random_seed=seed, outprefix=f"{tmp}/hmc{t:04d}_")
+        motion_files.append(reg["fwdtransforms"][0])
+        params[t] = rigid_parameters(ras_matrix(ants.read_transform(reg["fwdtransforms"][0])), center)
+        if t >= n_dummy:
+            corrected_sum += reg["warpedmovout"].numpy()
+    return motion_files, params, corrected_sum / (n_volumes - n_dummy)
+
+
+def _write_outputs(out: PreprocFiles, bold: np.ndarray, mask: np.ndarray, boldref: np.ndarray, confounds: pd.DataFrame,
+                   grid: nib.Nifti1Image, tr: float) -> None:
+    """The fMRIPrep-shaped files: BOLD (float32, TR in the header, MNI qform/sform), mask, boldref, confounds."""
+    from ..io import save_nifti, write_tsv
+
+    header = nib.Nifti1Header()
+    header.set_data_dtype(np.float32)
+    header.set_xyzt_units("mm", "sec")
+    out_img = nib.Nifti1Image(bold, grid.affine, header)
+    out_img.header.set_zooms((*grid.header.get_zooms()[:3], tr))
+    out_img.set_qform(grid.affine, code=4)
+    out_img.set_sform(grid.affine, code=4)
+    save_nifti(out_img, out.bold)
+    save_nifti(nib.Nifti1Image(mask.astype(np.uint8), grid.affine), out.mask)
+    save_nifti(nib.Nifti1Image(boldref.astype(np.float32), grid.affine), boldref_path(out))
+    write_tsv(out.confounds, confounds)
 
 
 def tissue_masks(grid: nib.Nifti1Image) -> dict[str, np.ndarray]:
@@ -204,12 +223,16 @@ def tissue_masks(grid: nib.Nifti1Image) -> dict[str, np.ndarray]:
 
 
 def lite_confounds(bold: np.ndarray, mask: np.ndarray, wm: np.ndarray, csf: np.ndarray, motion: np.ndarray,
-                   tr: float, n_dummy: int) -> tuple[pd.DataFrame, dict]:
-    """fMRIPrep-named confounds of a (x, y, z, t) BOLD and their JSON metadata (aCompCor masks)."""
+                   tr: float, n_dummy: int, source: str | Path | None = None) -> tuple[pd.DataFrame, dict]:
+    """fMRIPrep-named confounds of a (x, y, z, t) BOLD and their JSON metadata (aCompCor masks).
+
+    ``source`` (the raw BOLD) is named in errors.
+    """
     n = bold.shape[3]
     for name, region in (("brain", mask), ("white-matter", wm), ("CSF", csf)):
         if region.sum() < N_COMPCOR + 1:
-            raise InputError(None, f"the {name} mask has {int(region.sum())} voxels inside the BOLD's field of view")
+            raise InputError(source, f"the {name} mask has {int(region.sum())} voxels inside the BOLD's field of view "
+                                     f"after registration; aCompCor needs at least {N_COMPCOR + 1}")
     series = bold[mask].T
     columns: dict[str, np.ndarray] = {}
     for name, values in (("global_signal", series.mean(axis=1, dtype=np.float64)),

@@ -33,114 +33,61 @@ RUN_FILE_KINDS = ("confounds", "bold", "mask", "denoised")
 
 
 def build_report(
-    out_html: PathLike,
-    *,
-    participants: PathLike,
-    manifest: PathLike,
-    validation: PathLike,
-    qc: Sequence[PathLike],
-    coverage: Sequence[PathLike],
-    group_fc: PathLike,
-    group_diff: PathLike | None = None,
-    ground_truth_edges: PathLike | None = None,
-    config: Mapping[str, Any] | PathLike | None = None,
-    run_qc: PathLike | None = None,
-    run_files: Mapping[str, Mapping[str, PathLike]] | None = None,
-    atlas_image: PathLike | None = None,
-    atlas_labels: PathLike | None = None,
-    pretrain_metrics: PathLike | None = None,
-    voxel_metrics: Mapping[str, PathLike] | None = None,
-    finetune_table: PathLike | None = None,
-    predictions: Sequence[PathLike] = (),
-    figures_dir: PathLike | None = None,
-    title: str = "fmriflow report",
+    out_html: PathLike, *, participants: PathLike, manifest: PathLike, validation: PathLike,
+    qc: Sequence[PathLike], coverage: Sequence[PathLike], group_fc: PathLike, group_diff: PathLike | None = None,
+    ground_truth_edges: PathLike | None = None, config: Mapping[str, Any] | PathLike | None = None,
+    run_qc: PathLike | None = None, run_files: Mapping[str, Mapping[str, PathLike]] | None = None,
+    atlas_image: PathLike | None = None, atlas_labels: PathLike | None = None,
+    pretrain_metrics: PathLike | None = None, voxel_metrics: Mapping[str, PathLike] | None = None,
+    finetune_table: PathLike | None = None, predictions: Sequence[PathLike] = (),
+    figures_dir: PathLike | None = None, title: str = "fmriflow report",
 ) -> dict:
-    """Write the HTML report of one workflow run and return what it holds.
+    """Write the HTML report of one workflow run (atomically) and return what it holds.
 
-    Parameters
-    ----------
-    out_html : path
-        The page to write (atomically).
-    participants, manifest : path
-        The raw ``participants.tsv`` and the ``bids`` step's manifest TSV.
-    validation : path
-        The ``bids`` step's validation JSON.
-    qc, coverage : list of paths
-        The one-row preproc QC tables and the per-run A424 coverage tables.
-    group_fc, group_diff : path
-        Group-mean FC matrix and (optionally) a group difference; the difference's JSON
-        sidecar, if any, is shown (``GroupColumn``, ``Levels``, ``N``, ``Contrast``, ``Note``).
-        Matrices are put in atlas-label order by region name (names of the coverage tables).
-    ground_truth_edges : path, optional
-        Planted edges of a demo dataset (atlas labels ``region_i``, ``region_j`` and ``delta``):
-        their planted and observed differences are compared, and each edge is ranked among
-        all edges by absolute observed difference.
-    config : mapping or path (YAML/JSON), optional
-        The resolved config, shown in the provenance section; it also says which steps
-        were disabled (shown as "not run").
-    run_qc : path, optional
-        The ``run_qc`` table (``included``, ``exclusion_reasons``, tSNR, censoring).
-    run_files : mapping, optional
-        Run key or label -> ``{"confounds", "bold", "mask", "denoised"}``: the confounds
-        TSV (FD traces of every run), the preprocessed BOLD on the atlas grid and its mask
-        (tSNR maps) and the denoised BOLD (carpet plots) of a few runs (see ``runqc``).
-    atlas_image, atlas_labels : path, optional
-        The A424 label image on the BOLD grid (orders carpet rows by region group) and its
-        look-up table with ``x``, ``y``, ``z`` (places the top regions on a brain).
-    pretrain_metrics : path, optional
-        ``metrics.csv`` of pretraining; ``voxel_metrics`` (name -> path) add voxel models'.
-    finetune_table, predictions : path, list of paths, optional
-        ``variants.tsv`` and each set-up's ``predictions.tsv``; attribution tables beside
-        the predictions are read when present.
-    figures_dir : path, optional
-        Also write every figure there as ``<id>.png`` with a provenance sidecar.
+    Inputs (paths; a missing or unusable one is an InputError naming it):
 
-    Raises
-    ------
-    InputError
-        An input file is missing or unusable; the message names it.
+    - ``participants``, ``manifest``, ``validation``: raw participants.tsv, the ``bids`` step's
+      manifest TSV and validation JSON.
+    - ``qc``, ``coverage``: the one-row preproc QC tables and per-run A424 coverage tables.
+    - ``group_fc``, ``group_diff``: group-mean FC and (optionally) a group difference, whose JSON
+      sidecar, if any, is shown; matrices go in atlas-label order by region name.
+    - ``ground_truth_edges``: a demo's planted edges (``region_i``, ``region_j``, ``delta``),
+      compared with the observed difference and ranked among all edges.
+    - ``config``: the resolved config (mapping or YAML/JSON path): provenance, and which steps
+      were disabled ("not run").
+    - ``run_qc``: the ``run_qc`` table. ``run_files``: run key or label -> ``confounds``
+      (FD traces), ``bold`` and ``mask`` on the atlas grid (tSNR maps), ``denoised`` (carpet
+      plots) of a few runs (see ``runqc``).
+    - ``atlas_image``, ``atlas_labels``: A424 on the BOLD grid (carpet row order) and its
+      look-up table with ``x``, ``y``, ``z`` (top regions on a brain).
+    - ``pretrain_metrics``, ``voxel_metrics`` (name -> path): training ``metrics.csv`` files.
+    - ``finetune_table``, ``predictions``: ``variants.tsv`` and each set-up's
+      ``predictions.tsv`` (attribution tables beside them are read when present).
+    - ``figures_dir``: also write every figure there as ``<id>.png`` with a provenance sidecar.
 
-    Returns
-    -------
-    dict
-        ``path``, ``sections`` (ids), ``figures`` (number, id, caption, sources), ``inputs``
-        (every file read), ``n_subjects``, ``n_runs``, ``dropped_regions`` and
-        ``ground_truth`` (recovery numbers, or None).
+    Returns ``path``, ``sections`` (ids), ``figures`` (number, id, caption, sources), ``inputs``
+    (every file read), ``n_subjects``, ``n_runs``, ``dropped_regions`` and ``ground_truth``
+    (recovery numbers, or None).
     """
     qc, coverage, predictions = list(qc), list(coverage), list(predictions)
-    if not qc:
-        raise ValueError("'qc' must list at least one run QC table; an empty list was provided")
-    if not coverage:
-        raise ValueError("'coverage' must list at least one coverage table; an empty list was provided")
-    if ground_truth_edges is not None and group_diff is None:
-        raise ValueError("'ground_truth_edges' needs 'group_diff': planted edges are compared with the observed difference")
+    _check_arguments(qc, coverage, group_diff, ground_truth_edges)
     files_of_run = _run_files(run_files or {})
-
-    # Text columns stay text ("01" is not 1); summaries convert numbers where they see them.
-    people = read.read_table(participants, ["participant_id"], dtype=str)
-    files = read.read_table(manifest, ["path", "sha256"], dtype=str)
-    checks = read.read_validation(validation)
-    runs = read.read_qc(qc)
-    decisions = read.read_run_qc(run_qc) if run_qc is not None else None
-    cov = read.read_coverage(coverage)
-    regions = read.regions_of(cov)
-    fc = read.read_matrix(group_fc, regions)
-    diff = read.read_matrix(group_diff, regions) if group_diff is not None else None
-    diff_meta = read.read_diff_meta(group_diff) if group_diff is not None else {}
-    edges = read.read_edges(ground_truth_edges, regions) if ground_truth_edges is not None else None
-    config = read.read_config(config)
+    data = _read_inputs(participants, manifest, validation, qc, coverage, run_qc, group_fc, group_diff,
+                        ground_truth_edges, config)
+    people, files, runs_table, cov, regions = data["people"], data["files"], data["runs_table"], data["cov"], data["regions"]
+    config = data["config"]
 
     figures = Figures(figures_dir)
-    runs_table = run_table(runs, cov, decisions)
-    rec = recovery(edges, diff) if edges is not None else None
+    rec = recovery(data["edges"], data["diff"]) if data["edges"] is not None else None
     dropped = dropped_regions(cov, regions)
     sections = [
-        ("summary", "Summary", summary_section(people, files, checks, runs_table, decisions, dropped, config, validation)),
+        ("summary", "Summary", summary_section(people, files, data["checks"], runs_table, data["decisions"], dropped,
+                                               config, validation)),
         ("dataset", "Dataset", dataset_section(people, participants, files, manifest)),
         ("run-qc", "Run QC", qc_section(runs_table, qc, coverage, run_qc, files_of_run, atlas_image, config, figures)),
         ("coverage", "Coverage", coverage_section(cov, regions, dropped, coverage, config, figures)),
         ("connectivity", "Connectivity", connectivity_section(
-            fc, diff, diff_meta, rec, regions, group_fc, group_diff, ground_truth_edges, figures)),
+            data["fc"], data["diff"], data["diff_meta"], rec, regions, group_fc, group_diff, ground_truth_edges, figures)),
         ("pretraining", "Pretraining", pretraining_section(pretrain_metrics, dict(voxel_metrics or {}), config, figures)),
         ("finetuning", "Fine-tuning", finetune_section(finetune_table, predictions, atlas_labels, config, figures)),
     ]
@@ -161,6 +108,36 @@ def build_report(
         "dropped_regions": dropped["name"].tolist(),
         "ground_truth": None if rec is None else rec["summary"],
     }
+
+
+def _check_arguments(qc: list, coverage: list, group_diff, ground_truth_edges) -> None:
+    if not qc:
+        raise ValueError("'qc' must list at least one run QC table; an empty list was provided")
+    if not coverage:
+        raise ValueError("'coverage' must list at least one coverage table; an empty list was provided")
+    if ground_truth_edges is not None and group_diff is None:
+        raise ValueError("'ground_truth_edges' needs 'group_diff': planted edges are compared with the observed difference")
+
+
+def _read_inputs(participants, manifest, validation, qc, coverage, run_qc, group_fc, group_diff, ground_truth_edges,
+                 config) -> dict[str, Any]:
+    """Every table the sections draw from, read and checked once (text columns stay text: "01" is not 1)."""
+    data: dict[str, Any] = {
+        "people": read.read_table(participants, ["participant_id"], dtype=str),
+        "files": read.read_table(manifest, ["path", "sha256"], dtype=str),
+        "checks": read.read_validation(validation),
+    }
+    runs = read.read_qc(qc)
+    data["decisions"] = read.read_run_qc(run_qc) if run_qc is not None else None
+    data["cov"] = read.read_coverage(coverage)
+    data["regions"] = regions = read.regions_of(data["cov"])
+    data["runs_table"] = run_table(runs, data["cov"], data["decisions"])
+    data["fc"] = read.read_matrix(group_fc, regions)
+    data["diff"] = read.read_matrix(group_diff, regions) if group_diff is not None else None
+    data["diff_meta"] = read.read_diff_meta(group_diff) if group_diff is not None else {}
+    data["edges"] = read.read_edges(ground_truth_edges, regions) if ground_truth_edges is not None else None
+    data["config"] = read.read_config(config)
+    return data
 
 
 def _run_files(run_files: Mapping[str, Mapping[str, PathLike]]) -> dict[str, dict[str, str]]:

@@ -73,7 +73,7 @@ def read_qc(paths: list[PathLike]) -> pd.DataFrame:
     runs["subject"] = subjects(runs["label"])
     repeated = runs["label"][runs["label"].duplicated()].tolist()
     if repeated:
-        raise InputError(None, f"QC tables repeat run(s) {repeated}")
+        raise InputError(", ".join(str(p) for p in paths), f"QC tables repeat run(s) {repeated}; each run must have one")
     return runs
 
 
