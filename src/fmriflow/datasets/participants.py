@@ -60,7 +60,8 @@ def subject_labels(participants: pd.DataFrame | str | Path, column: str) -> pd.S
     Use as ``make_splits(..., stratify=subject_labels(participants, "response"))``.
     """
     path = participants if isinstance(participants, (str, Path)) else None
-    table = read_tsv(participants, dtype={"participant_id": str}) if path is not None else participants
+    # the other columns' types inferred, so numeric labels read as numbers ("1.50" is 1.5)
+    table = read_participants(path, dtype={"participant_id": str}) if path is not None else participants
     where = path if path is not None else "participants"
     for needed in ("participant_id", column):
         if needed not in table.columns:
