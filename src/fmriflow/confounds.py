@@ -17,6 +17,16 @@ conventions follow fMRIPrep's ``desc-confounds_timeseries.tsv``:
   mean and the cosines and scaling each voxel to unit variance (Behzadi et al. 2007).
 - ``non_steady_state_outlier_NN``: one-hot columns of the initial volumes whose global
   signal is an outlier (T1 saturation before the magnetisation reaches steady state).
+
+DVARS and CompCor come in two forms with the same definitions: whole-array functions
+(``dvars``, ``compcor``) for a (time x voxel) array in memory, and streaming pieces for
+callers that never hold one in float64 (the demo generator): ``voxel_blocks``,
+``dvars_block_terms`` / ``dvars_from_terms``, ``highpass_residuals`` /
+``unit_variance_gram`` / ``compcor_from_gram``. Both forms share the formulas below
+(quartile positions, the intensity scale, the expected SD of the difference, the
+pre-filter basis, the component sign and variance shares); they differ only in how the
+sums over time and voxels are formed, which a float result depends on, so each form
+keeps the summation order its callers' outputs were made with.
 """
 
 from __future__ import annotations
@@ -63,19 +73,82 @@ def dvars(series: np.ndarray, intensity_normalization: float = 1000.0) -> tuple[
     Voxels with zero robust SD are left out of the standardisation, as nipype does.
     """
     y = np.asarray(series, dtype=np.float64)
-    scale = intensity_normalization / np.median(y.mean(axis=0))
-    y = y * scale
-    n = len(y)
-    k25, k75 = int(np.floor(0.25 * (n - 1))), int(np.floor(0.75 * (n - 1)))  # "lower" percentiles
+    y = y * _intensity_scale(y.mean(axis=0), intensity_normalization)
+    k25, k75 = _quartile_positions(len(y))
     part = np.partition(y, (k25, k75), axis=0)
-    robust_sd = (part[k75] - part[k25]) / 1.349
     centred = y - y.mean(axis=0)
     denom = (centred**2).sum(axis=0)
-    ar1 = (centred[1:] * centred[:-1]).sum(axis=0) / np.where(denom > 0, denom, 1.0)
-    ok = robust_sd > 0
-    expected = np.mean(np.sqrt(2 * (1 - ar1[ok])) * robust_sd[ok])
+    lag1 = (centred[1:] * centred[:-1]).sum(axis=0)
+    expected = np.mean(_expected_diff_sd(part[k25], part[k75], lag1, denom))
     values = np.sqrt(np.mean(np.diff(y, axis=0) ** 2, axis=1))
     return np.r_[np.nan, values], np.r_[np.nan, values / expected]
+
+
+def voxel_blocks(series: np.ndarray, size: int):
+    """``(start, block)`` over a (time x voxel) array: contiguous (voxel x time) copies of
+    at most ``size`` voxels, so per-voxel sums run along memory and temporaries stay small."""
+    for v0 in range(0, series.shape[1], size):
+        yield v0, np.ascontiguousarray(series[:, v0 : v0 + size].T)
+
+
+def centre(block: np.ndarray) -> np.ndarray:
+    """A (voxel x time) block minus each voxel's temporal mean (summed in float64), in the block's dtype."""
+    return block - block.mean(axis=1, keepdims=True, dtype=np.float64).astype(block.dtype)
+
+
+def dvars_block_terms(block: np.ndarray, centred: np.ndarray | None = None) -> tuple[np.ndarray, float]:
+    """One (voxel x time) block's share of DVARS, before intensity scaling.
+
+    Returns the squared backward differences summed over the block's voxels (one value
+    per volume pair) and the block's sum of per-voxel expected SDs of the difference;
+    add them up over blocks and pass the totals to ``dvars_from_terms``. ``centred`` is
+    ``centre(block)`` when the caller has it already.
+    """
+    k25, k75 = _quartile_positions(block.shape[1])
+    part = np.partition(block, (k25, k75), axis=1)
+    if centred is None:
+        centred = centre(block)
+    denom = np.einsum("vt,vt->v", centred, centred, dtype=np.float64)
+    lag1 = np.einsum("vt,vt->v", centred[:, 1:], centred[:, :-1], dtype=np.float64)
+    expected = _expected_diff_sd(part[:, k25], part[:, k75].astype(np.float64), lag1, denom)
+    diff_sq = np.square(np.diff(block, axis=1)).sum(axis=0, dtype=np.float64)
+    return diff_sq, float(expected.sum())
+
+
+def dvars_from_terms(diff_sq: np.ndarray, expected_sum: float, n_voxels: int, mean_image: np.ndarray,
+                     intensity_normalization: float = 1000.0) -> tuple[np.ndarray, np.ndarray]:
+    """DVARS and standardised DVARS (first values NaN) from the block terms summed over all
+    ``n_voxels`` voxels; ``mean_image`` is the temporal mean of every voxel.
+
+    The intensity scale multiplies DVARS and the expected SD alike, so it is applied here,
+    after the sums. The expected SD is averaged over all ``n_voxels`` (``dvars`` averages
+    over the voxels with non-zero robust SD; the same when there are none such).
+    """
+    scale = _intensity_scale(mean_image, intensity_normalization)
+    values = scale * np.sqrt(diff_sq / n_voxels)
+    std = values / (scale * expected_sum / n_voxels)
+    return np.concatenate([[np.nan], values]), np.concatenate([[np.nan], std])
+
+
+def _quartile_positions(n: int) -> tuple[int, int]:
+    """Positions of the 25th and 75th percentiles of ``n`` sorted values ("lower" percentiles)."""
+    return int(np.floor(0.25 * (n - 1))), int(np.floor(0.75 * (n - 1)))
+
+
+def _intensity_scale(mean_image: np.ndarray, intensity_normalization: float) -> float:
+    """Factor that brings the median of the temporal-mean image to ``intensity_normalization``."""
+    return intensity_normalization / np.median(mean_image)
+
+
+def _expected_diff_sd(low: np.ndarray, high: np.ndarray, lag1: np.ndarray, denom: np.ndarray) -> np.ndarray:
+    """Per-voxel expected SD of the backward difference (nipype ComputeDVARS): robust SD
+    (IQR / 1.349, from the quartiles ``low`` and ``high``) times ``sqrt(2 (1 - ar1))``,
+    ``ar1`` the Yule-Walker lag-1 autocorrelation ``lag1 / denom``; voxels with zero robust
+    SD are dropped."""
+    robust_sd = (high - low) / 1.349
+    ar1 = lag1 / np.where(denom > 0, denom, 1.0)
+    ok = robust_sd > 0
+    return np.sqrt(2 * (1 - ar1[ok])) * robust_sd[ok]
 
 
 def compcor(series: np.ndarray, basis: np.ndarray, n_components: int = 5) -> tuple[np.ndarray, np.ndarray]:
@@ -86,17 +159,66 @@ def compcor(series: np.ndarray, basis: np.ndarray, n_components: int = 5) -> tup
     sign of each component is fixed so that its largest-magnitude value is positive.
     """
     y = np.asarray(series, dtype=np.float64)
-    q = np.linalg.qr(np.column_stack([np.ones(len(y)), basis]))[0]
+    q = highpass_projector(len(y), basis)
     resid = y - q @ (q.T @ y)
     sd = resid.std(axis=0)
     z = resid[:, sd > 0] / sd[sd > 0]
     u, s, _ = np.linalg.svd(z, full_matrices=False)
-    explained = s**2 / np.sum(s**2)
+    return _signed_components(u, n_components), _variance_shares(s**2)[:n_components]
+
+
+def highpass_projector(n_trs: int, basis: np.ndarray) -> np.ndarray:
+    """Orthonormal basis (time x k) of the constant and ``basis``: CompCor's pre-filter."""
+    return np.linalg.qr(np.column_stack([np.ones(n_trs), basis]))[0]
+
+
+def highpass_residuals(block: np.ndarray, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A (voxel x time) block with the span of ``q`` removed, and each voxel's variance
+    (float64 sums); the block's dtype is kept."""
+    resid = block - (block @ q) @ q.T
+    return resid, np.einsum("vt,vt->v", resid, resid, dtype=np.float64) / block.shape[1]
+
+
+def unit_variance_gram(resid: np.ndarray, variance: np.ndarray) -> np.ndarray:
+    """Time x time Gram matrix of (voxel x time) residuals scaled to unit variance; sum it
+    over voxel blocks for ``compcor_from_gram``. ``variance`` must be positive."""
+    z = resid / np.sqrt(variance).astype(resid.dtype)[:, None]
+    return z.T @ z
+
+
+def compcor_from_gram(gram: np.ndarray, q: np.ndarray, n_components: int = 5
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """CompCor from the Gram matrix of the filtered, unit-variance voxels (``unit_variance_gram``).
+
+    The span of ``q`` is projected out of the Gram matrix once more in float64, so a
+    float32 accumulation leaves no trace of the mean or the cosines in the components.
+    Returns the components (as ``compcor``), their variance shares and singular values.
+    """
+    filt = np.eye(len(gram)) - q @ q.T
+    gram = filt @ gram @ filt
+    evals, evecs = np.linalg.eigh((gram + gram.T) / 2)
+    evals, evecs = evals[::-1].clip(min=0), evecs[:, ::-1]
+    return (_signed_components(evecs, n_components), _variance_shares(evals)[:n_components],
+            np.sqrt(evals)[:n_components])
+
+
+def top_variance_voxels(variance: np.ndarray, fraction: float, minimum: int) -> np.ndarray:
+    """tCompCor's voxels: the ``fraction`` of highest variance (at least ``minimum``), in index order."""
+    n_top = max(int(np.ceil(fraction * len(variance))), minimum)
+    return np.sort(np.argsort(variance, kind="stable")[-n_top:])
+
+
+def _signed_components(u: np.ndarray, n_components: int) -> np.ndarray:
+    """The first ``n_components`` columns, each signed so that its largest-magnitude value is positive."""
     comps = u[:, :n_components].copy()
     for k in range(comps.shape[1]):
         if comps[np.argmax(np.abs(comps[:, k])), k] < 0:
             comps[:, k] *= -1
-    return comps, explained[:n_components]
+    return comps
+
+
+def _variance_shares(power: np.ndarray) -> np.ndarray:
+    return power / power.sum()
 
 
 def non_steady_state_volumes(global_signal: np.ndarray, max_volumes: int = 50, z_threshold: float = 3.5) -> int:
