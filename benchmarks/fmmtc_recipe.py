@@ -28,10 +28,12 @@ from scipy.signal import butter, sosfiltfilt
 from sklearn.metrics import matthews_corrcoef
 from sklearn.model_selection import StratifiedKFold
 
-from fmriflow import baselines, demo
+from fmriflow import baselines
+from fmriflow.demo import model as demo
 from fmriflow.atlas import a424_labels_table, fetch_a424
 from fmriflow.finetune.features import window_fc
-from fmriflow.finetune.trainer import TrainSettings, fit, predict
+from fmriflow.finetune.settings import TrainSettings
+from fmriflow.finetune.trainer import fit, predict
 
 RECIPES = {
     # name: trainer settings (the rest are the demo config's)

@@ -142,15 +142,13 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
-from ..datasets.participants import bare
 from ..atlas import A424_N_REGIONS, a424_labels_table
+from ..datasets.participants import bare
 from ..confounds import dct_highpass_basis
 from ..io import sha256sum
 from .confounds import _confounds
-# _assign_networks and _choose_edges are not used here: benchmarks/fmmtc_recipe.py reads
-# them (with MODEL and population_covariances) as fmriflow.demo attributes.
 from .model import (
-    BOLD_RESOLUTIONS, MODEL, RAW_RES, DemoModel, Population, _assign_networks, _choose_edges, _draw_population,
+    BOLD_RESOLUTIONS, MODEL, RAW_RES, DemoModel, Population, _draw_population,
     _dropout_sphere, _load_atlas_labels, _shared_arrays, bold_grid, population_covariances,
 )
 from .signals import _motion, _var1, _voxel_bold
