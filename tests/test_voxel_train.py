@@ -10,7 +10,8 @@ import torch
 from test_voxel_dataset import write_run
 
 from fmriflow.datasets.regions import make_splits
-from fmriflow.training.loop import TrainConfig, train
+from fmriflow.training.config import TrainConfig
+from fmriflow.training.loop import train
 from fmriflow.datasets.voxels import build_voxel_dataset
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
