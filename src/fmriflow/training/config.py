@@ -1,6 +1,6 @@
 """What a training run is: its settings (``TrainConfig``, also the command line), the tasks and
-target kinds it accepts, which settings shape its result (``NOT_SHAPING``), and what the loop
-needs from a model family (``Task``)."""
+target kinds it accepts, the provenance step of each task (``SIDECAR_STEP``), which settings
+shape its result (``NOT_SHAPING``), and what the loop needs from a model family (``Task``)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,10 @@ import torch
 
 TASKS = ("brainlm", "neurostorm-mae", "brainmt", "neurostorm")
 TARGET_KINDS = ("classification", "regression")
+# the step in the provenance sidecars of a task's outputs: the workflow rule that runs the task
+# (workflow/rules/pretrain.smk, voxel.smk), so a fine-tuned model does not claim to be pretrained
+SIDECAR_STEP = {"brainlm": "pretrain", "neurostorm-mae": "voxel_pretrain", "brainmt": "voxel_finetune",
+                "neurostorm": "voxel_finetune"}
 
 
 @dataclass

@@ -42,7 +42,7 @@ from torch.nn.parallel import DistributedDataParallel
 from ..io import atomic_path
 from ..provenance import write_sidecar
 from .checkpoint import CHECKPOINT, load_checkpoint, run_inputs, save_checkpoint, save_model
-from .config import Task, TrainConfig
+from .config import SIDECAR_STEP, Task, TrainConfig
 from .distributed import Dist, setup_distributed
 from .sampling import RankBatches, mask_noise
 from .tasks import build_task
@@ -225,7 +225,7 @@ def _save_outputs(out: Path, run: _Run) -> None:
     inputs = [Path(cfg.dataset) / "dataset_card.json",
               *(p for p in (cfg.coords, cfg.participants, cfg.init_from) if p)]
     for artefact in (out / "metrics.csv", out / "model.pt"):
-        write_sidecar(artefact, "pretrain", inputs, parameters=dataclasses.asdict(cfg))
+        write_sidecar(artefact, SIDECAR_STEP[cfg.task], inputs, parameters=dataclasses.asdict(cfg))
 
 
 def _to_device(batch: dict, device: torch.device) -> dict:
