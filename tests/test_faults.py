@@ -28,7 +28,9 @@ WRITER = textwrap.dedent('''
     import nibabel as nib, numpy as np, pandas as pd, torch
     from fmriflow import io, provenance
     from fmriflow.datasets.regions import build_dataset, make_splits
-    from fmriflow.training.loop import Dist, TrainConfig, save_checkpoint
+    from fmriflow.training.checkpoint import save_checkpoint
+    from fmriflow.training.config import TrainConfig
+    from fmriflow.training.distributed import Dist
 
     folder, limit = Path(sys.argv[1]), int(sys.argv[2])
     n = 8

@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from fmriflow.datasets.regions import build_dataset, make_splits
-from fmriflow.training.loop import TrainConfig, train
+from fmriflow.training.config import TrainConfig
+from fmriflow.training.loop import train
 
 N_REGIONS, N_TIME = 24, 400
 

@@ -3,6 +3,8 @@ tuning that keeps the pretrained encoder bitwise, and the targets recorded with 
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -10,8 +12,10 @@ import torch
 from test_voxel_dataset import write_run
 
 from fmriflow.datasets.regions import make_splits
-from fmriflow.training.loop import TrainConfig, train
+from fmriflow.training.config import TrainConfig
+from fmriflow.training.loop import train
 from fmriflow.datasets.voxels import build_voxel_dataset
+from fmriflow.provenance import sidecar_path
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -77,3 +81,10 @@ def test_regression_target_is_standardised_on_training_subjects(data, tmp_path):
     assert state["target_mean"] == pytest.approx(np.mean(train_ages))
     assert state["target_std"] == pytest.approx(np.std(train_ages))
     assert state["model_config"]["img_size"] == (24, 24, 24) and state["model_config"]["n_outputs"] == 1
+
+
+def test_finetuning_sidecars_name_the_finetuning_step(data, tmp_path):
+    train(cfg(data, tmp_path / "bmt", task="brainmt", target="group", max_steps=1))
+    for artefact in ("model.pt", "metrics.csv"):
+        sidecar = json.loads(sidecar_path(tmp_path / "bmt" / artefact).read_text())
+        assert sidecar["Provenance"]["Step"] == "voxel_finetune", artefact

@@ -1,5 +1,7 @@
-"""The voxel-level training tasks of ``fmriflow.train``: NeuroSTORM pretraining, BrainMT, NeuroSTORM prompt tuning.
+"""The training tasks of ``fmriflow.train`` (``build_task``): each supplies the model, the train and
+validation datasets, the loss of a batch and how much masking noise a batch needs.
 
+- ``brainlm``: the region-level masked autoencoder, pretrained on a region dataset.
 - ``neurostorm-mae``: masked reconstruction on windows of a voxel dataset (no labels).
 - ``brainmt``: BrainMT trained end to end on a participants.tsv column.
 - ``neurostorm``: the encoder of a ``neurostorm-mae`` run (``init_from``) loaded and frozen;
@@ -17,13 +19,39 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..datasets.participants import subject_labels
 from ..datasets.voxels import VoxelWindowDataset, load_card, voxel_splits
 from ..errors import InputError
-from .loop import Task, TrainConfig
+from .config import Task, TrainConfig
+
+
+def build_task(cfg: TrainConfig) -> Task:
+    """The model, data and loss of ``cfg.task``."""
+    if cfg.task == "brainlm":
+        return _brainlm_task(cfg)
+    return build_voxel_task(cfg)
+
+
+def _brainlm_task(cfg: TrainConfig) -> Task:
+    from ..datasets.regions import RegionWindowDataset
+    from ..io import read_tsv
+    from ..models.brainlm import create_model
+
+    if not cfg.coords:
+        raise ValueError("task brainlm needs --coords (the atlas look-up TSV with x, y, z)")
+    lut = read_tsv(cfg.coords)
+    model = create_model(cfg.model, torch.tensor(lut[["x", "y", "z"]].to_numpy(dtype=np.float32)))
+    return Task(
+        model=model,
+        train_set=RegionWindowDataset(cfg.dataset, "train"),
+        val_set=RegionWindowDataset(cfg.dataset, "val"),
+        loss=lambda m, batch, noise: m(batch["x"], noise=noise).loss,
+        n_noise=lambda x: model.n_tokens(x.shape[1], x.shape[2]),
+    )
 
 
 def build_voxel_task(cfg: TrainConfig) -> Task:
@@ -109,4 +137,4 @@ def _targets(cfg: TrainConfig) -> tuple[dict[str, Any], int, dict[str, Any]]:
             {"target_mean": encoding.mean, "target_std": encoding.std})
 
 
-__all__ = ["build_voxel_task"]
+__all__ = ["build_task", "build_voxel_task"]
