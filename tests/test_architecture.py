@@ -123,7 +123,7 @@ def _settings():
     from fmriflow.denoise import DenoiseSettings
     from fmriflow.finetune.settings import FinetuneSettings, TrainSettings
     from fmriflow.parcellate import parcellate, parcellate_many
-    from fmriflow.training.loop import TrainConfig
+    from fmriflow.training.config import TrainConfig
 
     return [("denoise", DenoiseSettings), ("pretrain", TrainConfig), ("parcellate", parcellate),
             ("parcellate", parcellate_many), ("dataset", build_dataset), ("dataset", make_splits),

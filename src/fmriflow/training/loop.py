@@ -3,7 +3,7 @@
 Tasks (``--task``): ``brainlm`` pretrains the region-level masked autoencoder (the default);
 ``neurostorm-mae`` pretrains NeuroSTORM on 4-D windows; ``brainmt`` trains BrainMT on a
 participants.tsv column; ``neurostorm`` prompt-tunes a pretrained NeuroSTORM on one
-(``fmriflow.training.tasks`` builds the voxel ones). A task supplies the model, the train and
+(``fmriflow.training.tasks`` builds each). A task supplies the model, the train and
 validation datasets, the loss of a batch and how much masking noise a batch needs; the loop
 below is shared.
 
