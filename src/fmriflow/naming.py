@@ -80,6 +80,16 @@ def atlas_table(atlas: str) -> str:
     return f"atlases/atlas-{atlas}/atlas-{atlas}_dseg.tsv"
 
 
+# The fine-tuning features cached per dataset window (finetune_features rule), in the order
+# the fine-tuning sidecars list them.
+FINETUNE_FEATURES = {
+    "samples": "samples.npy",  # the dataset sample of each row
+    "fc": "fc.npy",  # Fisher z of the window's Pearson FC
+    "ts_pretrained": "ts_pretrained.npy",  # the frozen pretrained encoder's embedding
+    "ts_random": "ts_random.npy",  # a random encoder of the same shape (no_pretrain)
+}
+
+
 def subject_of(run: str) -> str:
     return bare(run.split("/", 1)[0])
 

@@ -8,10 +8,10 @@ rule finetune_features:
         model=rules.pretrain.output.model,
         coords=atlas_labels(ATLAS),
     output:
-        fc=f"{FINETUNE_DIR}/features/fc.npy",
-        ts=f"{FINETUNE_DIR}/features/ts_pretrained.npy",
-        random=f"{FINETUNE_DIR}/features/ts_random.npy",
-        samples=f"{FINETUNE_DIR}/features/samples.npy",
+        fc=f"{FINETUNE_DIR}/features/{naming.FINETUNE_FEATURES['fc']}",
+        ts=f"{FINETUNE_DIR}/features/{naming.FINETUNE_FEATURES['ts_pretrained']}",
+        random=f"{FINETUNE_DIR}/features/{naming.FINETUNE_FEATURES['ts_random']}",
+        samples=f"{FINETUNE_DIR}/features/{naming.FINETUNE_FEATURES['samples']}",
     params:
         dataset=DATASET_DIR,
         config=shaping("finetune.seed", "finetune.device"),

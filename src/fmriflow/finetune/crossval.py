@@ -24,8 +24,9 @@ import pandas as pd
 
 from .. import baselines, evaluation
 from ..datasets.regions import read_index
-from . import cohort as cohorts
 from ..models.fmmtc import FMMTC
+from ..naming import FINETUNE_FEATURES
+from . import cohort as cohorts
 from .settings import FinetuneSettings
 from .trainer import fit, predict
 
@@ -52,12 +53,13 @@ def load_inputs(dataset: str, features_dir: str, participants: str, settings: Fi
     cohort = cohorts.load_cohort(participants, settings.target, settings.task, settings.missing_labels,
                                  subjects=sorted(index["subject"].unique()))
     fdir = Path(features_dir)
-    samples = np.load(fdir / "samples.npy")
+    samples = np.load(fdir / FINETUNE_FEATURES["samples"])
     row_of = {int(s): i for i, s in enumerate(samples)}
     windows = index[index["subject"].isin(cohort.labels.index)]
     rows_of = {s: np.array([row_of[int(i)] for i in g["sample"]]) for s, g in windows.groupby("subject")}
-    fc = np.load(fdir / "fc.npy")
-    ts = {"pretrained": np.load(fdir / "ts_pretrained.npy"), "random": np.load(fdir / "ts_random.npy")}
+    fc = np.load(fdir / FINETUNE_FEATURES["fc"])
+    ts = {"pretrained": np.load(fdir / FINETUNE_FEATURES["ts_pretrained"]),
+          "random": np.load(fdir / FINETUNE_FEATURES["ts_random"])}
     y = np.zeros(len(samples))
     for s, rows in rows_of.items():
         y[rows] = cohort.labels[s]

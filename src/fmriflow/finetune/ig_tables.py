@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
+from ..datasets.regions import SAMPLES
 from . import features as feats
 from .settings import FinetuneSettings
 
@@ -34,7 +35,7 @@ class IGTables:
         self.enabled = bool(settings.attribution and setup == "agnostic")
         xyz = lut[["x", "y", "z"]].to_numpy(dtype=np.float32)
         self.encoder = feats.load_encoder(model, xyz, True, settings.seed) if self.enabled else None
-        self.data = np.load(Path(dataset) / "samples.npy", mmap_mode="r")
+        self.data = np.load(Path(dataset) / SAMPLES, mmap_mode="r")
         self.inputs = inputs
         self.site_column = settings.site_column
         self.ig_steps = settings.ig_steps

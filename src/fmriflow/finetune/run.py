@@ -19,8 +19,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..datasets.regions import read_index
+from ..datasets.regions import SAMPLES, read_index
 from ..io import atomic_path, read_tsv, write_tsv
+from ..naming import FINETUNE_FEATURES
 from ..provenance import write_sidecar
 from . import cohort as cohorts
 from . import features as feats
@@ -29,7 +30,6 @@ from .ig_tables import IGTables
 from .settings import FinetuneSettings
 
 log = logging.getLogger(__name__)
-FEATURE_FILES = ("samples.npy", "fc.npy", "ts_pretrained.npy", "ts_random.npy")
 
 
 def features_step(dataset: str, model: str, coords: str, out_dir: str, seed: int = 0, device: str = "cpu") -> None:
@@ -39,10 +39,12 @@ def features_step(dataset: str, model: str, coords: str, out_dir: str, seed: int
     samples = index["sample"].to_numpy(dtype=np.int64)
     xyz = load_labels_table(coords)[["x", "y", "z"]].to_numpy(dtype=np.float32)
     arrays = {
-        "samples.npy": samples,
-        "fc.npy": feats.dataset_fc(dataset, samples),
-        "ts_pretrained.npy": feats.embed(feats.load_encoder(model, xyz, True, seed), dataset, samples, device=device),
-        "ts_random.npy": feats.embed(feats.load_encoder(model, xyz, False, seed), dataset, samples, device=device),
+        FINETUNE_FEATURES["samples"]: samples,
+        FINETUNE_FEATURES["fc"]: feats.dataset_fc(dataset, samples),
+        FINETUNE_FEATURES["ts_pretrained"]: feats.embed(feats.load_encoder(model, xyz, True, seed), dataset, samples,
+                                                        device=device),
+        FINETUNE_FEATURES["ts_random"]: feats.embed(feats.load_encoder(model, xyz, False, seed), dataset, samples,
+                                                    device=device),
     }
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -50,7 +52,7 @@ def features_step(dataset: str, model: str, coords: str, out_dir: str, seed: int
         with atomic_path(out / name) as tmp:
             with open(tmp, "wb") as fh:  # np.save on a path would append '.npy' to the temp name
                 np.save(fh, array)
-        write_sidecar(out / name, "finetune_features", [f"{dataset}/index.tsv", f"{dataset}/samples.npy", model, coords],
+        write_sidecar(out / name, "finetune_features", [f"{dataset}/index.tsv", f"{dataset}/{SAMPLES}", model, coords],
                       parameters={"seed": seed, "fc": "Fisher z of Pearson r per window (|r| clipped at 0.999)",
                                   "embedding": "frozen encoder, pooled (BrainLM forward_head)"})
 
@@ -71,7 +73,7 @@ def setup_step(setup: str, dataset: str, features_dir: str, participants: str, m
                      index + 1, len(plan), len(fold.fit), len(fold.val), len(test))
             run_fold(fold, inputs, settings, results, attribute)
     tables = {**results.tables(settings), **attribution.tables()}
-    sources = [f"{dataset}/index.tsv", *(str(Path(features_dir) / f) for f in FEATURE_FILES), participants, model]
+    sources = [f"{dataset}/index.tsv", *(str(Path(features_dir) / f) for f in FINETUNE_FEATURES.values()), participants, model]
     parameters = {"setup": setup, "task": inputs.cohort.task, "dropped_unlabelled": list(inputs.cohort.dropped)}
     for name, frame in tables.items():
         write_tsv(Path(out_dir) / name, frame)
