@@ -1,5 +1,6 @@
 # Two commands (README): `make demo` runs the pipeline end to end on the demo dataset,
 # `make test` runs the test suite. Both create the virtualenv and install on first use.
+# The demo reads config/config.yaml (the settings for your data) and then DEMO_CONFIG on top.
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -7,6 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.fmriflow-installed
 DEMO_DIR ?= data/demo
 DEMO_SUBJECTS ?= 24
+DEMO_CONFIG ?= config/demo.yaml
 JOBS ?= 2
 PYTEST_ARGS ?=
 
@@ -28,7 +30,7 @@ $(STAMP): pyproject.toml requirements.lock
 demo: install
 	@test -f $(DEMO_DIR)/bids/dataset_description.json || \
 		$(BIN)/fmriflow demo-data $(DEMO_DIR) --subjects $(DEMO_SUBJECTS) --jobs $(JOBS)
-	$(BIN)/snakemake --profile profiles/local --cores $(JOBS)
+	$(BIN)/snakemake --profile profiles/local --cores $(JOBS) --configfile $(DEMO_CONFIG)
 	@$(BIN)/fmriflow finetune-summary results/finetune/response --truth $(DEMO_DIR)/ground_truth/regions.tsv
 	@echo "Report: $(abspath results/report/fmriflow_report.html)"
 

@@ -170,3 +170,22 @@ def test_defaults_check_catches_a_disagreement():
         unrelated: int = 3
 
     assert _disagreements("denoise", Drifted) == (["Drifted.strategy defaults to '24P'; denoise.strategy to '36P'"], 2)
+
+
+def test_shipped_config_holds_the_schema_defaults():
+    """config/config.yaml (the file for a user's data) and the schema agree on every value but the
+    dataset's path, which has no default; the demo's own values live in config/demo.yaml."""
+    config = yaml.safe_load((SCHEMA.parents[2] / "config" / "config.yaml").read_text())
+    schema = yaml.safe_load(SCHEMA.read_text())
+
+    def differences(section: dict, spec: dict, where: str) -> list[str]:
+        found = []
+        for key, value in section.items():
+            sub = spec["properties"][key]
+            if isinstance(value, dict) and "properties" in sub:
+                found += differences(value, sub, f"{where}{key}.")
+            elif sub.get("default", "<no default>") != value:
+                found.append(f"{where}{key}: {value!r} in config.yaml, {sub.get('default', '<no default>')!r} in the schema")
+        return found
+
+    assert differences(config, schema, "") == ["bids_dir: 'data/bids' in config.yaml, '<no default>' in the schema"]

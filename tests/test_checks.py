@@ -86,3 +86,30 @@ def test_config_min_epochs_above_max_epochs_is_named(tmp_path):
     config["finetune"].update(min_epochs=5, max_epochs=3)
     with pytest.raises(InputError, match=r"finetune.min_epochs: 5 is more than finetune.max_epochs \(3\)"):
         check_config(config, schema, ["my.yaml"])
+
+
+def _shipped():
+    import yaml
+
+    from fmriflow.checks import with_defaults
+
+    repo = Path(__file__).resolve().parents[1]
+    schema = yaml.safe_load((repo / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    return yaml.safe_load((repo / "config" / "config.yaml").read_text()), schema, with_defaults
+
+
+def test_config_is_put_in_the_schemas_order():
+    """Whatever file set a key first, the resolved config lists its keys in the schema's order;
+    names under atlas.extra keep the user's order."""
+    from fmriflow.checks import in_schema_order
+
+    config, schema, with_defaults = _shipped()
+    shuffled = {k: v for k, v in reversed(config.items()) if k not in ("finetune", "atlas")}
+    shuffled.update(finetune={"target": "y", "enabled": True}, atlas={"extra": {"Zeta": {}, "Alpha": {}}})
+    resolved = with_defaults(shuffled, schema)
+    in_schema_order(resolved, schema)
+    assert list(resolved) == list(schema["properties"])
+    assert list(resolved["finetune"]) == list(schema["properties"]["finetune"]["properties"])
+    assert list(resolved["atlas"]["extra"]) == ["Zeta", "Alpha"]
+    assert resolved == with_defaults(shuffled, schema)  # the same values
+

@@ -25,8 +25,9 @@ def voxel_config(demo, results, **voxel):
     # runs (the voxel dataset takes the QC-passed runs, as the region dataset does)
     config["qc"] = {"max_mean_fd": None, "max_fraction_censored": None, "min_degrees_of_freedom": None,
                     "min_region_coverage": None}
-    # small memory requests: the local profile's 8 GB then fits two jobs at a time
-    config["voxel"] = {"enabled": True, "warmup_steps": 1, "checkpoint_every": 1, "num_workers": 0,
+    # small memory requests: the local profile's 8 GB then fits two jobs at a time; the demo's
+    # voxel.target (config/demo.yaml) kept
+    config["voxel"] = {**config["voxel"], "enabled": True, "warmup_steps": 1, "checkpoint_every": 1, "num_workers": 0,
                        "mem_mb": 2000, "dataset_mem_mb": 2000,
                        "pretrain": SMALL, "brainmt": SMALL, "neurostorm": {**SMALL, "prompt_len": 2}, **voxel}
     return config

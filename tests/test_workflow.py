@@ -6,6 +6,7 @@ time series with nilearn's NiftiLabelsMasker and the FC with numpy's corrcoef.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import re
@@ -43,24 +44,45 @@ def make_demo(out: Path, atlas_dir: Path, **kwargs) -> Path:
     return out
 
 
+# The demo's settings (participants columns, planted edges, recipe), which `make demo` reads on top
+# of config/config.yaml; the tests' configs go on top of them (run_snakemake's --configfile).
+DEMO_YAML = REPO / "config" / "demo.yaml"
+
+# short runs: 24 regressors (36P leaves no degrees of freedom in 40 volumes), 20-TR
+# windows, and a few pretraining steps of the tiny model
+SHORT_RUNS = {
+    "denoise": {"strategy": "24P"},
+    "dataset": {"window": 20, "stride": 10, "fractions": [0.5, 0.25, 0.25]},
+    "pretrain": {"max_steps": 6, "batch_size": 4, "warmup_steps": 2, "checkpoint_every": 3},
+}
+
+
+def merged(base: dict, over: dict) -> dict:
+    """``over`` on top of ``base``, section by section, as Snakemake merges config files (a copy)."""
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        both = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = merged(out[key], value) if both else copy.deepcopy(value)
+    return out
+
+
 def demo_config(demo: Path, results: Path, **extra) -> dict:
-    return {
+    """The demo's settings (config/demo.yaml) for the small demo dataset ``demo``, at test size;
+    ``extra`` replaces whole sections of the test's own settings, as before the demo's settings
+    moved out of config/config.yaml (the resolved config is the same)."""
+    return merged(yaml.safe_load(DEMO_YAML.read_text()), {
         "bids_dir": str(demo / "bids"),
         "output_dir": str(results),
         "preproc": {"mode": "derivatives", "derivatives_dir": str(demo / "derivatives" / "fmriprep")},
         "report": {"group_column": "response", "ground_truth": str(demo / "ground_truth" / "edges.tsv")},
-        # short runs: 24 regressors (36P leaves no degrees of freedom in 40 volumes), 20-TR
-        # windows, and a few pretraining steps of the tiny model
-        "denoise": {"strategy": "24P"},
-        "dataset": {"window": 20, "stride": 10, "fractions": [0.5, 0.25, 0.25]},
-        "pretrain": {"max_steps": 6, "batch_size": 4, "warmup_steps": 2, "checkpoint_every": 3},
+        **SHORT_RUNS,
         # two variants, both baselines and the controls, at toy size
         "finetune": {"variants": ["concat", "ts_only"], "folds": 2, "max_epochs": 2, "min_epochs": 0, "patience": 1,
                      "permutations": 2,
                      "resnet_width": 2, "embed_dim": 16, "bootstrap": 20, "ig_steps": 4,
                      "setups": ["agnostic", "site"]},
         **extra,
-    }
+    })
 
 
 def job_resources(dry_run_stdout: str, rule: str) -> str:

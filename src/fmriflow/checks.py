@@ -23,6 +23,7 @@ here catch the same problems per run when it is off, and the ones it does not lo
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -54,6 +55,36 @@ def check_config(config: Mapping[str, Any], schema_path: str | Path, sources: It
         return
     where = ", ".join(map(str, sources)) or "config"
     raise InputError(where, f"{len(lines)} config value(s) rejected by {Path(schema_path).name}:\n" + "\n".join(lines))
+
+
+def with_defaults(config: Mapping[str, Any], schema: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of ``config`` with the schema's defaults filled in, as Snakemake's ``validate``
+    (``set_default=True``) fills them: a missing key takes its default, sections recursively."""
+    filled = dict(config)
+    for key, spec in schema.get("properties", {}).items():
+        if key not in filled and "default" in spec:
+            filled[key] = copy.deepcopy(spec["default"])
+        if isinstance(filled.get(key), dict) and "properties" in spec:
+            filled[key] = with_defaults(filled[key], spec)
+    return filled
+
+
+def in_schema_order(config: dict[str, Any], schema: Mapping[str, Any]) -> None:
+    """Put the keys of ``config`` (and of its sections) in the schema's order, in place.
+
+    Snakemake puts the keys of a ``--configfile`` before those of ``config/config.yaml``, so the
+    same settings would print (report, provenance) in an order that depends on how they were
+    split over files; in the schema's order they do not. Keys the schema does not list (the
+    names under ``atlas.extra``) keep theirs.
+    """
+    properties = schema.get("properties", {})
+    ordered = {key: config[key] for key in properties if key in config}
+    ordered.update((key, value) for key, value in config.items() if key not in ordered)
+    config.clear()
+    config.update(ordered)
+    for key, value in config.items():
+        if isinstance(value, dict) and "properties" in properties.get(key, {}):
+            in_schema_order(value, properties[key])
 
 
 def _cross_key_problems(config: Mapping[str, Any]) -> list[str]:

@@ -9,12 +9,14 @@ import shlex
 import sys
 from pathlib import Path
 
+import yaml
+
 from snakemake_interface_executor_plugins.settings import DeploymentMethod
 
 from snakemake.utils import validate
 
 from fmriflow import launch, naming
-from fmriflow.checks import check_config
+from fmriflow.checks import check_config, in_schema_order
 from fmriflow.connectivity import GROUP_KINDS, STAT
 from fmriflow.ingest import discover_runs
 from fmriflow.models.grids import INPUT_GRIDS, grid_label
@@ -23,6 +25,8 @@ from fmriflow.preproc import FMRIPREP_ROOT, LITE_ROOT, preproc_files
 
 check_config(config, f"{workflow.basedir}/workflow/schemas/config.schema.yaml", workflow.configfiles)  # every error, by key
 validate(config, "../schemas/config.schema.yaml", set_default=True)
+# the schema's key order, whichever file set a key (config/config.yaml, config/demo.yaml, --configfile ...)
+in_schema_order(config, yaml.safe_load(Path(f"{workflow.basedir}/workflow/schemas/config.schema.yaml").read_text()))
 
 
 # The project image, used by every rule (with --software-deployment-method apptainer only)
@@ -49,8 +53,8 @@ DYNAMIC = config["connectivity"]["sliding_window"]["window"] is not None
 
 if not Path(BIDS_DIR).is_dir():
     raise WorkflowError(
-        f"bids_dir {BIDS_DIR!r} does not exist: set bids_dir in config/config.yaml, "
-        "or make the demo dataset with `fmriflow demo-data data/demo`."
+        f"bids_dir {BIDS_DIR!r} does not exist: set bids_dir in config/config.yaml to your raw BIDS dataset, "
+        "or run the demo (`make demo`: the demo dataset and config/demo.yaml)."
     )
 
 # run key (e.g. sub-01/func/sub-01_task-rest) -> raw BOLD path

@@ -35,11 +35,11 @@ class FinetuneSettings:
     """One set-up's protocol: cohort, folds, variants, controls, attribution, metrics, training."""
 
     # who is labelled, and how set-ups are drawn (fmriflow.finetune.cohort)
-    target: str = "response"
+    target: str | None = None  # the participants.tsv column (the workflow refuses fine-tuning without one)
     task: str = "auto"  # auto | classification | regression
     missing_labels: str = "error"  # error | drop
-    drug_column: str | None = "drug"
-    site_column: str | None = "site"
+    drug_column: str | None = None
+    site_column: str | None = None
     # cross-validation: outer folds per repeat, inner validation share for early stopping
     folds: int = 5
     repeats: int = 3
