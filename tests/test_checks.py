@@ -113,3 +113,13 @@ def test_config_is_put_in_the_schemas_order():
     assert list(resolved["atlas"]["extra"]) == ["Zeta", "Alpha"]
     assert resolved == with_defaults(shuffled, schema)  # the same values
 
+
+def test_finetuning_without_pretraining_names_both_keys():
+    from fmriflow.checks import check_config
+
+    config, _, _ = _shipped()
+    schema = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
+    config = {**config, "pretrain": {"enabled": False}, "finetune": {"enabled": True, "target": "y"}}
+    with pytest.raises(InputError, match=r"finetune.enabled: true needs pretrain.enabled: true .*; set "
+                                         r"finetune.enabled: false, or pretrain.enabled: true"):
+        check_config(config, schema, ["my.yaml"])

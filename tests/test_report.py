@@ -503,6 +503,16 @@ def test_disabled_finetuning_is_shown_as_not_run(inputs, tmp_path):
     assert not any(f["id"].startswith(("finetune", "attribution")) for f in summary["figures"])
 
 
+def test_disabled_pretraining_is_shown_as_not_run(inputs, tmp_path):
+    config = {**inputs["kwargs"]["config"], "pretrain": {"enabled": False}, "finetune": {"enabled": False}}
+    kwargs = {**inputs["kwargs"], "pretrain_metrics": None, "finetune_table": None, "predictions": [], "config": config}
+    summary = build_report(tmp_path / "r.html", **kwargs)
+    text = (tmp_path / "r.html").read_text(encoding="utf-8")
+    assert "<b>Not run:</b> pretraining (pretrain.enabled is false)" in text
+    assert "<b>Not run:</b> voxel-level models (BrainMT, NeuroSTORM) (voxel.enabled is false)" in text
+    assert "pretrain-curves" not in [f["id"] for f in summary["figures"]]
+
+
 def test_figures_are_written_with_their_sources(inputs, tmp_path):
     summary = build_report(tmp_path / "r.html", figures_dir=tmp_path / "figures", **inputs["kwargs"])
     page = _Page()

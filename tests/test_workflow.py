@@ -281,6 +281,28 @@ def test_rerun_has_nothing_to_do(pipeline):
     assert "Nothing to be done" in proc.stdout + proc.stderr
 
 
+def planned_jobs(proc: subprocess.CompletedProcess) -> dict[str, int]:
+    """Rule -> job count of a dry run's "Job stats" table."""
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = proc.stdout + proc.stderr
+    table = text[text.index("Job stats:"):].split("\n\n")[0]
+    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M) if m[1] != "total"}
+
+
+def test_pretraining_off_plans_no_dataset_pretraining_or_finetuning(tmp_path, atlas_dir):
+    """pretrain.enabled: false leaves the dataset, pretraining and fine-tuning out of the plan; the
+    report still runs (its Pretraining section then says "Not run", tests/test_report.py)."""
+    demo = make_demo(tmp_path / "demo", atlas_dir, n_subjects=2, n_trs=20, bold_res=4, seed=23)
+    results = tmp_path / "results"
+    modelling = {"dataset", "pretrain", "finetune_features", "finetune", "finetune_table"}
+    on = planned_jobs(run_snakemake(tmp_path, demo_config(demo, results), "--dry-run"))
+    assert set(on) >= modelling | {"report"}  # the demo's settings: all of them
+    off = planned_jobs(run_snakemake(tmp_path, demo_config(demo, results, pretrain={"enabled": False},
+                                                            finetune={"enabled": False}), "--dry-run"))
+    assert not set(off) & modelling and off["report"] == 1 and off["connectivity_stack"] == 1
+    assert set(on) - set(off) == modelling
+
+
 def test_coarser_bold_is_resampled(tmp_path, atlas_dir):
     demo = make_demo(tmp_path / "demo4", atlas_dir, n_subjects=2, n_trs=40, bold_res=4, seed=5)
     results = tmp_path / "results"

@@ -3,7 +3,8 @@
 Where they run (docs/reliability.md lists every case and its message):
 
 - the config, before Snakemake fills in the schema's defaults (``check_config``, from
-  ``workflow/rules/common.smk``): every rejected key at once, as a dotted path;
+  ``workflow/rules/common.smk``): every rejected key at once, as a dotted path, then the
+  relations between keys (fine-tuning needs pretraining);
 - per raw BOLD file, while the ``bids`` step lists the dataset (``raw_bold_problem``): the
   problem is recorded in the manifest instead of stopping the dataset-wide step, so that
   the run's own first job fails on it (``check_manifest_row``), and with ``--keep-going``
@@ -50,7 +51,7 @@ def check_config(config: Mapping[str, Any], schema_path: str | Path, sources: It
     errors = sorted(Draft202012Validator(schema).iter_errors(dict(config)), key=lambda e: list(map(str, e.absolute_path)))
     lines = [f"  {_dotted(e.absolute_path)}: {_config_problem(e)}" for e in errors]
     if not errors:  # relations between keys, which the schema cannot express
-        lines = [f"  {problem}" for problem in _cross_key_problems(config)]
+        lines = [f"  {problem}" for problem in _cross_key_problems(with_defaults(config, schema))]
     if not lines:
         return
     where = ", ".join(map(str, sources)) or "config"
@@ -88,11 +89,15 @@ def in_schema_order(config: dict[str, Any], schema: Mapping[str, Any]) -> None:
 
 
 def _cross_key_problems(config: Mapping[str, Any]) -> list[str]:
-    finetune = config.get("finetune") or {}
-    low, high = finetune.get("min_epochs", 0), finetune.get("max_epochs")
-    if high is not None and low > high:
-        return [f"finetune.min_epochs: {low} is more than finetune.max_epochs ({high})"]
-    return []
+    """Problems of keys that only another key's value makes wrong (``config`` with its defaults)."""
+    finetune, problems = config["finetune"], []
+    if finetune["min_epochs"] > finetune["max_epochs"]:
+        problems.append(f"finetune.min_epochs: {finetune['min_epochs']} is more than finetune.max_epochs "
+                        f"({finetune['max_epochs']})")
+    if finetune["enabled"] and not config["pretrain"]["enabled"]:
+        problems.append("finetune.enabled: true needs pretrain.enabled: true (fine-tuning starts from the pretrained "
+                        "encoder and its dataset); set finetune.enabled: false, or pretrain.enabled: true")
+    return problems
 
 
 def _dotted(path: Iterable[Any]) -> str:

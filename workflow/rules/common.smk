@@ -161,7 +161,7 @@ def all_outputs():
         *[relmat(r, a, "pearson", ".npy", desc="dynamic") for r in RUNS for a in ATLASES if DYNAMIC],
         *[group_file(a, STAT[k], "stack", extension=".npy") for a in ATLASES for k in KINDS],
         f"{OUT}/report/fmriflow_report.html",
-        f"{PRETRAIN_DIR}/model.pt",
+        *([f"{PRETRAIN_DIR}/model.pt"] if PRETRAIN["enabled"] else []),
         *([f"{FINETUNE_DIR}/variants.tsv"] if FINETUNE["enabled"] else []),
         run_qc_table(),
     ]

@@ -17,7 +17,7 @@ rule report:
         group_fc=group_file(ATLAS, STAT["pearson"], "mean"),
         group_diff=group_file(ATLAS, STAT["pearson"], "groupdiff"),
         ground_truth=ground_truth(),
-        pretrain=rules.pretrain.output.metrics,
+        pretrain=[rules.pretrain.output.metrics] if PRETRAIN["enabled"] else [],
         voxel=list(voxel_metrics().values()),
         finetune_table=[rules.finetune_table.output.table] if FINETUNE["enabled"] else [],
         predictions=expand(rules.finetune.output.predictions, setup=SETUPS) if FINETUNE["enabled"] else [],

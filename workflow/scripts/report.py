@@ -21,7 +21,7 @@ with logged(snakemake.log[0]):
         run_files=run_files,
         atlas_image=i.atlas_image,
         atlas_labels=i.atlas_labels,
-        pretrain_metrics=i.pretrain,
+        pretrain_metrics=i.pretrain[0] if i.pretrain else None,
         voxel_metrics=dict(zip(p.voxel_names, i.voxel)),
         finetune_table=i.finetune_table[0] if i.finetune_table else None,
         predictions=list(i.predictions),

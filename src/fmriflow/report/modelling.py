@@ -33,14 +33,25 @@ _HEADLINE = {"classification": (("auroc", "AUROC"), ("balanced_accuracy", "Balan
 
 
 def pretraining_section(metrics_path: PathLike | None, voxel_metrics: Mapping[str, PathLike], config, figures) -> str:
+    parts, curves, sources = [], {}, []
     if metrics_path is None:
-        return not_run("pretraining", "no metrics.csv was given")
-    model = config_get(config, "pretrain", "model") or "model"
-    curves = {f"pretrain {model}": _read_metrics(metrics_path)}
-    sources = [metrics_path]
+        why = "pretrain.enabled is false" if config_get(config, "pretrain", "enabled") is False else "no metrics.csv was given"
+        parts.append(not_run("pretraining", why))
+    else:
+        model = config_get(config, "pretrain", "model") or "model"
+        curves[f"pretrain {model}"] = _read_metrics(metrics_path)
+        sources.append(metrics_path)
     for name, path in voxel_metrics.items():
         curves[name] = _read_metrics(path)
         sources.append(path)
+    if curves:
+        parts += _curves_html(curves, sources, figures)
+    if not voxel_metrics and config_get(config, "voxel", "enabled") is False:
+        parts.append(not_run("voxel-level models (BrainMT, NeuroSTORM)", "voxel.enabled is false"))
+    return "\n".join(parts)
+
+
+def _curves_html(curves: dict[str, pd.DataFrame], sources: list, figures) -> list[str]:
     rows = []
     for name, frame in curves.items():
         val = frame.dropna(subset=["val_loss"])
@@ -50,7 +61,7 @@ def pretraining_section(metrics_path: PathLike | None, voxel_metrics: Mapping[st
                      fmt(val["val_loss"].iloc[0] if len(val) else None, ".4f"),
                      fmt(val["val_loss"].iloc[-1] if len(val) else None, ".4f"),
                      "n/a" if best is None else f"{best['val_loss']:.4f} at step {int(best['step'])}"))
-    parts = [
+    return [
         "<p>Masked-autoencoder loss (mean squared error on the masked patches) of the training batches and of "
         "the validation subjects, and the learning rate, by optimiser step.</p>",
         table(["Run", "Steps", "Last train loss", "First val loss", "Last val loss", "Best val loss"], rows,
@@ -58,9 +69,6 @@ def pretraining_section(metrics_path: PathLike | None, voxel_metrics: Mapping[st
         figures.add("pretrain-curves", lambda fig: _draw_curves(fig, curves), 10, 3.6,
                     "Training curves: training loss (lines), validation loss (dots) and learning rate by step.", sources),
     ]
-    if not voxel_metrics and config_get(config, "voxel", "enabled") is False:
-        parts.append(not_run("voxel-level models (BrainMT, NeuroSTORM)", "voxel.enabled is false"))
-    return "\n".join(parts)
 
 
 def _read_metrics(path: PathLike) -> pd.DataFrame:
