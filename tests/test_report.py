@@ -513,6 +513,18 @@ def test_disabled_pretraining_is_shown_as_not_run(inputs, tmp_path):
     assert "pretrain-curves" not in [f["id"] for f in summary["figures"]]
 
 
+def test_group_difference_switched_off_is_shown_as_not_run(inputs, tmp_path):
+    """report.group_column: null: the group step writes an all-NaN difference whose sidecar says so."""
+    diff = tmp_path / Path(inputs["kwargs"]["group_diff"]).name
+    shutil.copy(inputs["kwargs"]["group_diff"], diff)
+    write_json(sidecar_path(diff), {"GroupColumn": None, "Note": "report.group_column is null: no groups compared"})
+    kwargs = {**inputs["kwargs"], "group_diff": diff, "ground_truth_edges": None}
+    summary = build_report(tmp_path / "r.html", **kwargs)
+    text = (tmp_path / "r.html").read_text(encoding="utf-8")
+    assert "<b>Not run:</b> group difference (report.group_column is null)" in text
+    assert "fc-groupdiff" not in [f["id"] for f in summary["figures"]]
+
+
 def test_figures_are_written_with_their_sources(inputs, tmp_path):
     summary = build_report(tmp_path / "r.html", figures_dir=tmp_path / "figures", **inputs["kwargs"])
     page = _Page()

@@ -263,6 +263,8 @@ def group_connectivity_step(matrices: Sequence[str], participants: str, group_co
                          "N": {levels[0]: len(low), levels[1]: len(high)}})
         else:
             meta["Note"] = f"column {group_column!r} has {len(levels)} levels among these runs; a difference needs 2"
+    elif not group_column:
+        meta["Note"] = "report.group_column is null: no groups compared"
     else:
         meta["Note"] = f"no column {group_column!r} in {participants}"
     write_tsv(out_diff, pd.DataFrame(diff, index=pd.Index(names, name="Node"), columns=names), index=True)

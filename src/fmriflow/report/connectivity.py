@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 
 from .figures import draw_matrix, groups_text, robust_max
-from .html import fmt, key_value_table, sources_html, table
+from .html import fmt, key_value_table, not_run, sources_html, table
 
 _ORDER_NOTE = ("<p>Matrices are in A424 label order, which groups regions as cortex right (Glasser 1-180), cortex "
                "left (181-360), subcortex (361-396) and cerebellum (397-424); A424 ships no network assignment, "
@@ -23,6 +23,9 @@ def connectivity_section(fc, diff, diff_meta, recovery, regions, fc_path, diff_p
     )]
     if diff is None:
         parts.append("<p>No group difference was computed.</p>")
+        return "\n".join(parts)
+    if "GroupColumn" in diff_meta and diff_meta["GroupColumn"] is None:  # its sidecar: switched off in the config
+        parts.append(not_run("group difference", "report.group_column is null"))
         return "\n".join(parts)
     if diff_meta:
         parts.append("<h3>Group comparison</h3>")
