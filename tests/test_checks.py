@@ -98,6 +98,46 @@ def _shipped():
     return yaml.safe_load((repo / "config" / "config.yaml").read_text()), schema, with_defaults
 
 
+def test_participant_columns_are_those_of_the_steps_that_run():
+    """The shipped config names no column; a key counts only when its step runs (set-ups included)."""
+    from fmriflow.checks import participant_columns_in_use
+
+    config, schema, with_defaults = _shipped()
+    assert participant_columns_in_use(with_defaults(config, schema)) == {}
+
+    def used(**sections):
+        return participant_columns_in_use(with_defaults({**config, **sections}, schema))
+
+    named = {"dataset": {"stratify": "response"}, "voxel": {"target": "response"}}
+    assert used(**named) == {"dataset.stratify": "response"}  # pretraining on by default; voxel models off
+    assert used(**named, pretrain={"enabled": False}) == {}  # no dataset is built
+    assert used(dataset=named["dataset"], pretrain={"enabled": False}, voxel={"enabled": True, "target": "response"}) == {
+        "dataset.stratify": "response", "voxel.target": "response"}  # the voxel data reuse the region splits
+    finetune = {"enabled": True, "target": "y", "drug_column": "drug", "site_column": "site", "setups": ["agnostic", "site"]}
+    assert used(finetune=finetune) == {"finetune.target": "y", "finetune.site_column": "site"}
+    assert used(finetune={"enabled": True}) == {"finetune.target": None}  # required: refused, naming the choices
+
+
+def test_participant_columns_checked_from_the_header(tmp_path):
+    """Only the header is read: rows are the jobs' business (a repeated subject passes here)."""
+    from fmriflow.checks import check_participant_columns
+
+    config, schema, with_defaults = _shipped()
+    path = tmp_path / "participants.tsv"
+    check_participant_columns(with_defaults(config, schema), path)  # no column named: no table needed
+    config = with_defaults({**config, "report": {"group_column": "group"}}, schema)
+    with pytest.raises(InputError, match=re.escape(f"{path}: participants table not found, but the config names its "
+                                                   "columns (report.group_column): add the table, or set "
+                                                   "report.group_column: null (no group comparison)")):
+        check_participant_columns(config, path)
+    path.write_text("participant_id\tgroup\nsub-01\ta\nsub-01\tb\n")
+    check_participant_columns(config, path)
+    path.write_text("participant_id\n")
+    with pytest.raises(InputError, match=re.escape("report.group_column: column 'group' is not in the table (its "
+                                                   "columns: ['participant_id']); set report.group_column: null")):
+        check_participant_columns(config, path)
+
+
 def test_config_is_put_in_the_schemas_order():
     """Whatever file set a key first, the resolved config lists its keys in the schema's order;
     names under atlas.extra keep the user's order."""

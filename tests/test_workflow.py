@@ -281,12 +281,121 @@ def test_rerun_has_nothing_to_do(pipeline):
     assert "Nothing to be done" in proc.stdout + proc.stderr
 
 
+# Config keys that name a participants.tsv column, and the steps they belong to.
+COLUMN_KEYS = ("report.group_column", "dataset.stratify", "finetune.target", "finetune.drug_column",
+               "finetune.site_column", "voxel.target")
+
+
+def _get(config: dict, dotted: str):
+    for part in dotted.split("."):
+        config = config[part]
+    return config
+
+
+def _without_demo_columns(demo: Path) -> Path:
+    """The demo's participants.tsv (and its sidecar) cut to participant_id, age and sex: a dataset
+    with none of the columns the demo's settings name."""
+    participants = demo / "bids" / "participants.tsv"
+    read_tsv(participants, dtype=str)[["participant_id", "age", "sex"]].to_csv(participants, sep="\t", index=False)
+    sidecar = participants.with_suffix(".json")
+    described = json.loads(sidecar.read_text())
+    sidecar.write_text(json.dumps({k: described[k] for k in ("participant_id", "age", "sex")}, indent=2))
+    return participants
+
+
+def user_config(demo: Path, results: Path, **extra) -> dict:
+    """The shipped config/config.yaml with only the data's paths set (the demo ships fMRIPrep-shaped
+    derivatives), and the sizes of short runs (SHORT_RUNS: no column named there)."""
+    return merged({"bids_dir": str(demo / "bids"), "output_dir": str(results),
+                   "preproc": {"mode": "derivatives", "derivatives_dir": str(demo / "derivatives" / "fmriprep")},
+                   **SHORT_RUNS}, extra)
+
+
 def planned_jobs(proc: subprocess.CompletedProcess) -> dict[str, int]:
     """Rule -> job count of a dry run's "Job stats" table."""
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = proc.stdout + proc.stderr
     table = text[text.index("Job stats:"):].split("\n\n")[0]
     return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M) if m[1] != "total"}
+
+
+def test_shipped_config_runs_a_dataset_without_the_demo_columns(tmp_path, atlas_dir):
+    """config/config.yaml names no participants column: with only the data's paths set it runs a
+    dataset whose participants.tsv has participant_id, age and sex to the report, which says what
+    did not run and why (no group column, fine-tuning and voxel models off)."""
+    shipped = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    assert {key: _get(shipped, key) for key in COLUMN_KEYS} == dict.fromkeys(COLUMN_KEYS)
+    assert shipped["report"]["ground_truth"] is None and shipped["finetune"]["enabled"] is False
+    assert shipped["pretrain"]["enabled"] is True
+    assert not set(SHORT_RUNS["dataset"]) & {"stratify"}  # the short-run sizes name no column either
+    demo = make_demo(tmp_path / "demo", atlas_dir, n_subjects=4, n_trs=40, bold_res=4, seed=17)
+    _without_demo_columns(demo)
+    results = tmp_path / "results"
+    proc = run_snakemake(tmp_path, user_config(demo, results))
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    html = (results / "report" / "fmriflow_report.html").read_text(encoding="utf-8")
+    assert re.findall(r'<p class="notrun"><b>Not run:</b> (.*?)</p>', html) == [
+        "group difference (report.group_column is null).",
+        "voxel-level models (BrainMT, NeuroSTORM) (voxel.enabled is false).",
+        "fine-tuning and evaluation (finetune.enabled is false).",
+    ]
+    assert (results / "pretrain" / "tiny" / "metrics.csv").is_file() and not (results / "finetune").exists()
+    diff = json.loads((results / "fmriflow" / "group" /
+                       "space-MNI152NLin6Asym_res-2_atlas-A424_stat-pearsoncorrelation_desc-groupdiff_relmat.json").read_text())
+    assert diff["GroupColumn"] is None and diff["Note"] == "report.group_column is null: no groups compared"
+
+
+def test_config_naming_a_missing_column_fails_at_plan_time(tmp_path, atlas_dir):
+    """Each participants column the config names for a step that runs is checked when the workflow is
+    read (``snakemake -n``): every key at once, with the column, the file and the columns it has;
+    fine-tuning without pretraining, or without a table that labels it, stops the plan too."""
+    demo = make_demo(tmp_path / "demo", atlas_dir, n_subjects=2, n_trs=20, bold_res=4, seed=19)
+    participants = _without_demo_columns(demo)
+    results = tmp_path / "results"
+    demo_columns = user_config(demo, results, report={"group_column": "response"}, dataset={"stratify": "response"},
+                               finetune={"enabled": True, "target": "response", "drug_column": "drug",
+                                         "site_column": "site"},
+                               voxel={"enabled": True, "target": "response"})
+    proc = run_snakemake(tmp_path, demo_columns, "--dry-run")
+    assert proc.returncode != 0
+    out = proc.stdout + proc.stderr
+    assert f"{participants}: 6 config value(s) name a participants column it does not have:" in out
+    has = "(its columns: ['participant_id', 'age', 'sex'])"
+    for key, column, instead in (
+            ("report.group_column", "response", "or null (no group comparison)"),
+            ("dataset.stratify", "response", "or null (splits not stratified)"),
+            ("finetune.target", "response", "or finetune.enabled: false"),
+            ("finetune.drug_column", "drug", "or null (no drug-<value> set-ups)"),
+            ("finetune.site_column", "site", "or null (no site-<value> set-ups)"),
+            ("voxel.target", "response", "or voxel.enabled: false")):
+        assert (f"  {key}: column '{column}' is not in the table {has}; set {key} to one of ['age', 'sex'], "
+                f"{instead}") in out, key
+    assert not results.exists()
+
+    # fine-tuning needs pretraining (both keys named), and a target
+    proc = run_snakemake(tmp_path, user_config(demo, results, pretrain={"enabled": False},
+                                               finetune={"enabled": True, "target": "age"}), "--dry-run")
+    assert proc.returncode != 0
+    assert ("finetune.enabled: true needs pretrain.enabled: true (fine-tuning starts from the pretrained encoder and "
+            "its dataset); set finetune.enabled: false, or pretrain.enabled: true") in proc.stdout + proc.stderr
+    proc = run_snakemake(tmp_path, user_config(demo, results, finetune={"enabled": True}), "--dry-run")
+    assert proc.returncode != 0
+    assert ("finetune.target: null, but finetune.enabled is true and needs a column; set finetune.target to one of "
+            "['age', 'sex'], or finetune.enabled: false") in proc.stdout + proc.stderr
+
+    # a column that is there but cannot be a target: the plan says so (no longer left to the job)
+    proc = run_snakemake(tmp_path, user_config(demo, results, finetune={"enabled": True, "target": "sex"}), "--dry-run")
+    assert proc.returncode != 0
+    assert (f"fine-tuning (finetune.enabled: true, finetune.target: 'sex') cannot label its subjects: "
+            f"{participants}: column 'sex' must be numeric (0/1 for classes)") in proc.stdout + proc.stderr
+
+    # no participants.tsv, while fine-tuning needs one
+    participants.unlink()
+    proc = run_snakemake(tmp_path, user_config(demo, results, finetune={"enabled": True, "target": "age"}), "--dry-run")
+    assert proc.returncode != 0
+    assert (f"{participants}: participants table not found, but the config names its columns (finetune.target): "
+            "add the table, or set finetune.enabled: false") in proc.stdout + proc.stderr
+    assert not results.exists()
 
 
 def test_pretraining_off_plans_no_dataset_pretraining_or_finetuning(tmp_path, atlas_dir):

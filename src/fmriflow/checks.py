@@ -5,6 +5,8 @@ Where they run (docs/reliability.md lists every case and its message):
 - the config, before Snakemake fills in the schema's defaults (``check_config``, from
   ``workflow/rules/common.smk``): every rejected key at once, as a dotted path, then the
   relations between keys (fine-tuning needs pretraining);
+- the participants.tsv columns the config names (``check_participant_columns``), when the
+  workflow is read: each key whose step runs and whose column the table's header lacks;
 - per raw BOLD file, while the ``bids`` step lists the dataset (``raw_bold_problem``): the
   problem is recorded in the manifest instead of stopping the dataset-wide step, so that
   the run's own first job fails on it (``check_manifest_row``), and with ``--keep-going``
@@ -100,16 +102,70 @@ def _cross_key_problems(config: Mapping[str, Any]) -> list[str]:
     return problems
 
 
-def _dotted(path: Iterable[Any]) -> str:
-    parts = [f"[{p}]" if isinstance(p, int) else str(p) for p in path]
-    return ".".join(parts).replace(".[", "[") or "(top level)"
+# --------------------------------------------------------------------------- participants.tsv columns
+
+# Each config key that names a participants.tsv column: the key and value that do without one.
+_INSTEAD = {
+    "report.group_column": ("report.group_column", "null (no group comparison)"),
+    "dataset.stratify": ("dataset.stratify", "null (splits not stratified)"),
+    "finetune.target": ("finetune.enabled", "false"),
+    "finetune.drug_column": ("finetune.drug_column", "null (no drug-<value> set-ups)"),
+    "finetune.site_column": ("finetune.site_column", "null (no site-<value> set-ups)"),
+    "voxel.target": ("voxel.enabled", "false"),
+}
+_REQUIRED_BY = {"finetune.target": "finetune.enabled", "voxel.target": "voxel.enabled"}
 
 
-def _config_problem(error: Any) -> str:
-    if error.validator == "additionalProperties":
-        allowed = sorted(error.schema.get("properties", {}))
-        return f"{error.message} (allowed: {', '.join(allowed)})"
-    return error.message
+def participant_columns_in_use(config: Mapping[str, Any]) -> dict[str, str | None]:
+    """Config key -> the participants.tsv column it names, for the keys whose step runs (``config``
+    with its defaults). A null column is left out, unless the step needs one (the targets)."""
+    finetune, voxel = config["finetune"], config["voxel"]
+    used = {"report.group_column": config["report"]["group_column"]}  # the group FC always runs
+    if config["pretrain"]["enabled"] or voxel["enabled"]:  # the region dataset (the voxel data reuse its splits)
+        used["dataset.stratify"] = config["dataset"]["stratify"]
+    if finetune["enabled"]:
+        used["finetune.target"] = finetune["target"]
+        for kind in ("drug", "site"):
+            if kind in finetune["setups"]:
+                used[f"finetune.{kind}_column"] = finetune[f"{kind}_column"]
+    if voxel["enabled"]:
+        used["voxel.target"] = voxel["target"]
+    return {key: column for key, column in used.items() if column is not None or key in _REQUIRED_BY}
+
+
+def check_participant_columns(config: Mapping[str, Any], participants: str | Path) -> None:
+    """Refuse, naming each key, config values that name a column ``participants`` lacks.
+
+    Reads the header only (``participant_columns``): the rows are checked by the steps that
+    read them. A missing or unreadable table is an error only when some key needs it.
+    """
+    from .datasets.participants import participant_columns
+
+    used = participant_columns_in_use(config)
+    if not used:
+        return
+    if not Path(participants).is_file():
+        instead = "; ".join(f"{_INSTEAD[key][0]}: {_INSTEAD[key][1]}" for key in used)
+        raise InputError(participants, f"participants table not found, but the config names its columns "
+                                       f"({', '.join(used)}): add the table, or set {instead}")
+    columns = participant_columns(participants)
+    choices = [c for c in columns if c != "participant_id"]
+    problems = []
+    for key, column in used.items():
+        if column is None:
+            problems.append(f"{key}: null, but {_REQUIRED_BY[key]} is true and needs a column; {_instead(key, choices)}")
+        elif column not in columns:
+            problems.append(f"{key}: column {column!r} is not in the table (its columns: {columns}); "
+                            f"{_instead(key, choices)}")
+    if problems:
+        raise InputError(participants, f"{len(problems)} config value(s) name a participants column it does not "
+                                       "have:\n" + "\n".join(f"  {p}" for p in problems))
+
+
+def _instead(key: str, choices: list[str]) -> str:
+    other, value = _INSTEAD[key]
+    alternative = value if other == key else f"{other}: {value}"
+    return f"set {key} to one of {choices}, or {alternative}" if choices else f"set {other}: {value}"
 
 
 # --------------------------------------------------------------------------- raw BOLD

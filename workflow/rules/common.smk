@@ -3,6 +3,7 @@
 # Snakefile does not matter for names.
 
 import copy
+import functools
 import math
 import re
 import shlex
@@ -16,7 +17,8 @@ from snakemake_interface_executor_plugins.settings import DeploymentMethod
 from snakemake.utils import validate
 
 from fmriflow import launch, naming
-from fmriflow.checks import check_config, in_schema_order
+from fmriflow.checks import check_config, check_participant_columns, in_schema_order
+from fmriflow.errors import InputError
 from fmriflow.connectivity import GROUP_KINDS, STAT
 from fmriflow.ingest import discover_runs
 from fmriflow.models.grids import INPUT_GRIDS, grid_label
@@ -56,6 +58,11 @@ if not Path(BIDS_DIR).is_dir():
         f"bids_dir {BIDS_DIR!r} does not exist: set bids_dir in config/config.yaml to your raw BIDS dataset, "
         "or run the demo (`make demo`: the demo dataset and config/demo.yaml)."
     )
+PARTICIPANTS = f"{BIDS_DIR}/participants.tsv"
+try:  # each participants.tsv column the config names for a step that runs, before any job
+    check_participant_columns(config, PARTICIPANTS)
+except InputError as exc:
+    raise WorkflowError(str(exc)) from None
 
 # run key (e.g. sub-01/func/sub-01_task-rest) -> raw BOLD path
 RUNS = {key: str(path) for key, path in discover_runs(BIDS_DIR, config["subjects"], config["tasks"]).items()}
@@ -243,18 +250,25 @@ FINETUNE = config["finetune"]
 FINETUNE_DIR = f"{OUT}/finetune/{FINETUNE['target']}"
 
 
+@functools.cache
 def finetune_setups():
-    """Set-ups the participants table supports (read at DAG time: raw BIDS is there)."""
+    """Set-ups the participants table supports: read when the plan needs them (the finetune_table and
+    report jobs' inputs), so a table that cannot label fine-tuning stops the plan, naming the problem."""
     from fmriflow.finetune.cohort import load_cohort, setup_names
 
-    participants = f"{BIDS_DIR}/participants.tsv"
     try:
-        cohort = load_cohort(participants, FINETUNE["target"], FINETUNE["task"], FINETUNE["missing_labels"],
+        cohort = load_cohort(PARTICIPANTS, FINETUNE["target"], FINETUNE["task"], FINETUNE["missing_labels"],
                              subjects=sorted({naming.subject_of(r) for r in RUNS}))
-    except Exception:  # a broken table is reported, naming the problem, by the jobs that read it
-        return ["agnostic"]
+    except InputError as exc:
+        raise WorkflowError(f"fine-tuning (finetune.enabled: true, finetune.target: {FINETUNE['target']!r}) cannot "
+                            f"label its subjects: {exc}") from None
     names = setup_names(cohort, FINETUNE["drug_column"], FINETUNE["site_column"])
     return [n for n in names if n.split("-")[0] in FINETUNE["setups"]]
+
+
+def finetune_outputs(template):
+    """Input function: ``template`` (with ``{setup}``) for every set-up; none when fine-tuning is off."""
+    return lambda wildcards: expand(template, setup=finetune_setups()) if FINETUNE["enabled"] else []
 
 
 def finetune_resources():
@@ -264,9 +278,6 @@ def finetune_resources():
         if PRETRAIN["gpu_model"]:
             resources["gpu_model"] = PRETRAIN["gpu_model"]
     return resources
-
-
-SETUPS = finetune_setups() if FINETUNE["enabled"] else []
 
 
 # --------------------------------------------------------------------------- voxel models

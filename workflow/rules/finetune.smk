@@ -52,7 +52,7 @@ rule finetune:
 rule finetune_table:
     """One table of every variant and baseline over all set-ups (mean, sd, bootstrap CI)."""
     input:
-        metrics=expand(f"{FINETUNE_DIR}/setup-{{setup}}/metrics.tsv", setup=SETUPS),
+        metrics=finetune_outputs(rules.finetune.output.metrics),  # every set-up the participants table supports
     output:
         table=f"{FINETUNE_DIR}/variants.tsv",
     log:

@@ -20,7 +20,7 @@ rule report:
         pretrain=[rules.pretrain.output.metrics] if PRETRAIN["enabled"] else [],
         voxel=list(voxel_metrics().values()),
         finetune_table=[rules.finetune_table.output.table] if FINETUNE["enabled"] else [],
-        predictions=expand(rules.finetune.output.predictions, setup=SETUPS) if FINETUNE["enabled"] else [],
+        predictions=finetune_outputs(rules.finetune.output.predictions),
     output:
         html=report(f"{OUT}/report/fmriflow_report.html", caption="../report/report.rst", category="Report"),
         figures=report(directory(f"{OUT}/report/figures"), patterns=["{figure}.png"], caption="../report/figure.rst",

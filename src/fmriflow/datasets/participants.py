@@ -27,16 +27,7 @@ def read_participants(path: str | Path, dtype: Any = str) -> pd.DataFrame:
     ``dtype`` is passed to ``pandas.read_csv``: by default every column is text; pass
     ``{"participant_id": str}`` to let pandas infer the types of the other columns.
     """
-    try:
-        table = read_tsv(path, dtype=dtype)
-    except FileNotFoundError:
-        raise InputError(path, "participants table not found") from None
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise InputError(path, f"not a readable tab-separated table ({type(exc).__name__}: {exc})") from exc
-    except OSError as exc:
-        raise InputError(path, f"cannot be read ({exc.strerror or exc})") from exc
-    if "participant_id" not in table.columns:
-        raise InputError(path, f"no participant_id column (columns: {list(table.columns)[:10]})")
+    table = _read(path, dtype=dtype)
     ids = table["participant_id"]
     if ids.isna().any():
         row = int(np.flatnonzero(ids.isna())[0]) + 2  # line in the file: header is line 1
@@ -51,6 +42,27 @@ def read_participants(path: str | Path, dtype: Any = str) -> pd.DataFrame:
     unprefixed = ids[~ids.str.startswith("sub-")]
     if len(unprefixed):
         raise InputError(path, f"participant_id {unprefixed.iloc[0]!r} does not start with 'sub-'")
+    return table
+
+
+def participant_columns(path: str | Path) -> list[str]:
+    """The column names of ``participants.tsv``, from its header alone (the workflow's plan-time check
+    of the columns the config names); the same errors as ``read_participants`` for a missing or
+    unreadable table, or one without ``participant_id``. The rows are checked by the jobs that read them."""
+    return list(_read(path, dtype=str, nrows=0).columns)
+
+
+def _read(path: str | Path, **kwargs: Any) -> pd.DataFrame:
+    try:
+        table = read_tsv(path, **kwargs)
+    except FileNotFoundError:
+        raise InputError(path, "participants table not found") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise InputError(path, f"not a readable tab-separated table ({type(exc).__name__}: {exc})") from exc
+    except OSError as exc:
+        raise InputError(path, f"cannot be read ({exc.strerror or exc})") from exc
+    if "participant_id" not in table.columns:
+        raise InputError(path, f"no participant_id column (columns: {list(table.columns)[:10]})")
     return table
 
 
