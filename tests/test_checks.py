@@ -163,3 +163,17 @@ def test_finetuning_without_pretraining_names_both_keys():
     with pytest.raises(InputError, match=r"finetune.enabled: true needs pretrain.enabled: true .*; set "
                                          r"finetune.enabled: false, or pretrain.enabled: true"):
         check_config(config, schema, ["my.yaml"])
+
+
+def test_config_rejected_by_the_schema_names_each_key():
+    from fmriflow.checks import check_config
+
+    config, _, _ = _shipped()
+    schema = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
+    config = {**config, "pretrain": {"enabled": "yes"}, "dataset": {"strid": 3}}
+    with pytest.raises(InputError) as failure:
+        check_config(config, schema, ["my.yaml"])
+    message = str(failure.value)
+    assert message.startswith("my.yaml: 2 config value(s) rejected by config.schema.yaml:\n")
+    assert "\n  dataset: Additional properties are not allowed ('strid' was unexpected) (allowed: fractions," in message
+    assert "\n  pretrain.enabled: 'yes' is not of type 'boolean'" in message

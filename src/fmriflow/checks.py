@@ -102,6 +102,18 @@ def _cross_key_problems(config: Mapping[str, Any]) -> list[str]:
     return problems
 
 
+def _dotted(path: Iterable[Any]) -> str:
+    parts = [f"[{p}]" if isinstance(p, int) else str(p) for p in path]
+    return ".".join(parts).replace(".[", "[") or "(top level)"
+
+
+def _config_problem(error: Any) -> str:
+    if error.validator == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        return f"{error.message} (allowed: {', '.join(allowed)})"
+    return error.message
+
+
 # --------------------------------------------------------------------------- participants.tsv columns
 
 # Each config key that names a participants.tsv column: the key and value that do without one.

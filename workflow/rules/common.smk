@@ -18,8 +18,8 @@ from snakemake.utils import validate
 
 from fmriflow import launch, naming
 from fmriflow.checks import check_config, check_participant_columns, in_schema_order
-from fmriflow.errors import InputError
 from fmriflow.connectivity import GROUP_KINDS, STAT
+from fmriflow.errors import InputError
 from fmriflow.ingest import discover_runs
 from fmriflow.models.grids import INPUT_GRIDS, grid_label
 from fmriflow.preproc import FMRIPREP_ROOT, LITE_ROOT, preproc_files
