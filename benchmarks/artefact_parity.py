@@ -10,7 +10,8 @@ them) are not compared.
 
     FMRIFLOW_ATLAS_DIR=/path/to/atlases python benchmarks/artefact_parity.py BEFORE [AFTER] [--work DIR]
 
-AFTER defaults to the working tree's HEAD. About 17 minutes per revision on 2 cores.
+AFTER defaults to the working tree's HEAD. About 17 minutes per revision on 2 cores; the folders
+of each run stay under --work (``before``, ``after``), and ``--before-dir`` reuses an earlier one.
 """
 
 from __future__ import annotations
@@ -114,12 +115,14 @@ def main() -> int:
     parser.add_argument("before")
     parser.add_argument("after", nargs="?", default="HEAD")
     parser.add_argument("--work", type=Path, help="scratch folder (default: a temporary one)")
+    parser.add_argument("--before-dir", type=Path, help="BEFORE's artefacts kept from an earlier run (not rerun)")
     args = parser.parse_args()
     scratch = args.work or Path(tempfile.mkdtemp(prefix="fmriflow-parity-"))
-    for name, revision in (("before", args.before), ("after", args.after)):
+    runs = [("after", args.after)] if args.before_dir else [("before", args.before), ("after", args.after)]
+    for name, revision in runs:
         print(f"running {revision} ...", flush=True)
         run_revision(revision, scratch / "work", scratch / name)
-    a, b = digests(scratch / "before"), digests(scratch / "after")
+    a, b = digests(args.before_dir or scratch / "before"), digests(scratch / "after")
     differ = sorted(k for k in a.keys() & b.keys() if a[k] != b[k])
     print(f"{len(a)} files before, {len(b)} after; only before: {sorted(a.keys() - b.keys())}; "
           f"only after: {sorted(b.keys() - a.keys())}")
