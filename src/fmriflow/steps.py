@@ -157,7 +157,7 @@ def run_qc_step(runs: Sequence[str], qc_tables: Sequence[str], coverage_tables: 
 
     rows = []
     for run, qc_path, cov_path in zip(runs, qc_tables, coverage_tables):
-        row = read_tsv(qc_path).iloc[0].to_dict()
+        row = read_tsv(qc_path, dtype={"subject": str, "run": str}).iloc[0].to_dict()  # "001" stays "001"
         if row.get("run") != run:
             raise InputError(qc_path, f"QC row is for run {row.get('run')!r}, expected {run!r}")
         row.update(region_coverage(read_tsv(cov_path)))
