@@ -539,3 +539,34 @@ def test_bad_training_inputs_are_named(inputs, tmp_path):
     with pytest.raises(ValueError, match="unknown kind"):
         build_report(tmp_path / "r.html", **{**inputs["kwargs"], "run_files": {"sub-01_task-rest": {"boldx": "a"}}})
     assert not (tmp_path / "r.html").exists()
+
+
+def test_group_difference_not_run_names_the_reason():
+    """report.group_column: null (or a difference with no defined value) shows 'Not run' with the
+    reason, and neither the sidecar's table nor an all-grey figure."""
+    from fmriflow.report.connectivity import connectivity_section
+    from fmriflow.report.figures import Figures
+
+    n = 6
+    regions = pd.DataFrame({"index": np.arange(1, n + 1), "name": [f"R{k}" for k in range(1, n + 1)]})
+    fc, nan = np.eye(n), np.full((n, n), np.nan)
+    args = (regions, "fc.tsv", "diff.tsv", None)
+    # as group_connectivity_step wrote it before (the note said "no column None"), and as it writes it now
+    for meta in ({"GroupColumn": None, "Note": "no column None in participants.tsv"},
+                 {"GroupColumn": None, "Note": "report.group_column is null"}):
+        figures = Figures()
+        html = connectivity_section(fc, nan, meta, None, *args, figures)
+        assert "<b>Not run:</b> group difference (report.group_column is null)." in html
+        assert "no column None" not in html and 'id="group-comparison"' not in html
+        assert [f["id"] for f in figures.items] == ["fc-mean"]
+    figures = Figures()
+    note = "report.group_column 'site' has 1 levels among these runs; a difference needs 2"
+    html = connectivity_section(fc, nan, {"GroupColumn": "site", "Note": note}, None, *args, figures)
+    assert f"<b>Not run:</b> group difference ({note})." in html.replace("&#x27;", "'")
+    assert [f["id"] for f in figures.items] == ["fc-mean"]
+    # a computed difference is still drawn, with its comparison table
+    figures = Figures()
+    diff = np.where(np.eye(n, dtype=bool), np.nan, 0.1)
+    html = connectivity_section(fc, diff, {"GroupColumn": "response", "Levels": ["a", "b"]}, None, *args, figures)
+    assert "Not run" not in html and 'id="group-comparison"' in html
+    assert [f["id"] for f in figures.items] == ["fc-mean", "fc-groupdiff"]

@@ -251,7 +251,9 @@ def group_connectivity_step(matrices: Sequence[str], participants: str, group_co
     table = read_participants(participants)
     meta: dict[str, Any] = {**PEARSON_METADATA, "GroupColumn": group_column}
     diff = np.full(mean.shape, np.nan)
-    if group_column and group_column in table:
+    if not group_column:
+        meta["Note"] = "report.group_column is null"
+    elif group_column in table:
         subjects = [_subject(p) for p in matrices]
         group_of = dict(zip(table["participant_id"], table[group_column]))
         levels = sorted({group_of.get(s) for s in subjects} - {None, "n/a", ""})
@@ -262,9 +264,10 @@ def group_connectivity_step(matrices: Sequence[str], participants: str, group_co
             meta.update({"Levels": levels, "Contrast": f"{levels[1]} minus {levels[0]} (Fisher z)",
                          "N": {levels[0]: len(low), levels[1]: len(high)}})
         else:
-            meta["Note"] = f"column {group_column!r} has {len(levels)} levels among these runs; a difference needs 2"
+            meta["Note"] = (f"report.group_column {group_column!r} has {len(levels)} levels among these runs; "
+                            "a difference needs 2")
     else:
-        meta["Note"] = f"no column {group_column!r} in {participants}"
+        meta["Note"] = f"report.group_column {group_column!r} is not a column of {participants}"
     write_tsv(out_diff, pd.DataFrame(diff, index=pd.Index(names, name="Node"), columns=names), index=True)
     write_sidecar(out_diff, "connectivity", [*matrices, participants], metadata_fields=meta)
 
