@@ -570,3 +570,25 @@ def test_group_difference_not_run_names_the_reason():
     html = connectivity_section(fc, diff, {"GroupColumn": "response", "Levels": ["a", "b"]}, None, *args, figures)
     assert "Not run" not in html and 'id="group-comparison"' in html
     assert [f["id"] for f in figures.items] == ["fc-mean", "fc-groupdiff"]
+
+
+def test_manifest_summary_counts_suffixes_of_bids_named_files_only(tmp_path):
+    """Files without a BIDS name (notes.v6, scan.1e2, README) count as 'other', whatever suffix the
+    manifest recorded for them; BIDS-named files count under their suffix."""
+    from fmriflow.report import inputs as read
+    from fmriflow.report.overview import dataset_section
+
+    manifest = tmp_path / "manifest.tsv"
+    write_tsv(manifest, pd.DataFrame({
+        "path": ["sub-01/func/sub-01_task-rest_bold.nii.gz", "sub-01/func/sub-01_task-rest_bold.json",
+                 "task-rest_bold.json", "sub-01/anat/sub-01_T1w.nii.gz", "participants.tsv", "notes.v6",
+                 "scan.1e2", "README"],
+        "sha256": [f"{k:064x}" for k in range(8)],
+        "suffix": ["bold", "bold", "bold", "T1w", "participants", "6", "e2", None],
+    }))
+    files = read.read_table(manifest, ["path", "sha256"], dtype=str)  # as build_report reads it
+    people = pd.DataFrame({"participant_id": ["sub-01"]})
+    page = _Page()
+    page.feed(dataset_section(people, "participants.tsv", files, manifest))
+    counts = {r["Suffix"]: r["Files"] for r in _rows(page, "manifest-summary")}
+    assert counts == {"T1w": "1", "bold": "3", "other": "3", "participants": "1"}
