@@ -7,12 +7,14 @@ all checks passed, and gives every artefact its provenance sidecar.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import json
 import logging
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -22,7 +24,7 @@ from .checks import check_bold_data, check_manifest_row
 from .datasets.participants import read_participants
 from .connectivity import PEARSON_METADATA, fisher_mean, pearson
 from .connectivity import fisher_z as fisher_z_transform  # stack_step's flag is called fisher_z
-from .errors import InputError
+from .errors import InputError, SettingError
 from .io import atomic_path, read_tsv, save_nifti, write_json, write_tsv
 from .naming import subject_of
 from .preproc import PreprocFiles, check_run
@@ -314,28 +316,62 @@ def _subject(path: str) -> str:
     return Path(path).name.split("_")[0]
 
 
+# What each dataset.* key allows: an error that a key's value causes names the key with this
+DATASET_KEYS = {
+    "window": "an integer of at least 20, at most a training run's time points, counted at dataset.target_tr when set",
+    "stride": "an integer of at least 1 time point",
+    "target_tr": "a number of seconds above 0, or null to keep each run's TR",
+    "fractions": "3 numbers of at least 0 for train, val and test, train above 0, summing to 1",
+    "stratify": "a column of participants.tsv with a label for every subject, or null for no stratification",
+}
+
+
 def dataset_step(runs: Sequence[str], timeseries: Sequence[str], participants: str, out_card: str, *,
                  window: int, stride: int, target_tr: float | None, fractions: Sequence[float],
                  stratify: str | None, seed: int) -> None:
     """Model-ready windows of the time series: subject-level splits (stratified by the participants
-    column ``stratify``), scaling fitted on training subjects."""
+    column ``stratify``), scaling fitted on training subjects.
+
+    An error caused by one of the settings names its ``dataset.*`` config key, value and allowed values.
+    """
     from .datasets.participants import subject_labels
     from .datasets.regions import build_dataset
     from .datasets.splits import make_splits
 
+    values = {"window": window, "stride": stride, "target_tr": target_tr, "fractions": fractions, "stratify": stratify}
     specs = [{"run": run, "subject": subject_of(run), "timeseries": path,
               "tr": float(_read_sidecar(path)["RepetitionTime"])} for run, path in zip(runs, timeseries)]
     read_participants(participants)  # readable, each subject once, before any label is taken from it
-    labels = subject_labels(participants, stratify) if stratify else None
+    with _naming_config_keys("dataset", values, DATASET_KEYS, {"column": "stratify"}):
+        labels = subject_labels(participants, stratify) if stratify else None
     subjects = sorted({s["subject"] for s in specs})
     if labels is not None:
         labels = labels.loc[[s for s in subjects if s in labels.index]]
-    splits = make_splits(subjects, fractions=fractions, seed=seed, stratify=labels)
-    # the card records the inputs with their sha256 (its Provenance field)
-    card = build_dataset(specs, splits, Path(out_card).parent, window=window, stride=stride,
-                         target_tr=target_tr, seed=seed)
+    with _naming_config_keys("dataset", values, DATASET_KEYS):
+        splits = make_splits(subjects, fractions=fractions, seed=seed, stratify=labels)
+        # the card records the inputs with their sha256 (its Provenance field)
+        card = build_dataset(specs, splits, Path(out_card).parent, window=window, stride=stride,
+                             target_tr=target_tr, seed=seed)
     for run in card["skipped_runs"]:  # too short for a window: kept in the per-run results, left out here
         logging.getLogger("fmriflow").warning("%s is left out of the dataset: %s", run["run"], run["reason"])
+
+
+@contextlib.contextmanager
+def _naming_config_keys(section: str, values: Mapping[str, Any], allowed: Mapping[str, str],
+                        aliases: Mapping[str, str] | None = None) -> Iterator[None]:
+    """Re-raise an error caused by library settings with the config keys they came from.
+
+    ``values``: key -> the value the step was given; ``allowed``: key -> what the key allows;
+    ``aliases``: library parameter -> key, where the two names differ (``subject_labels``' column).
+    """
+    try:
+        yield
+    except (InputError, SettingError) as exc:
+        keys = [k for k in dict.fromkeys((aliases or {}).get(s, s) for s in exc.settings) if k in allowed]
+        if not keys:
+            raise
+        note = "; ".join(f"{section}.{k} is {json.dumps(values[k], default=str)}, allowed: {allowed[k]}" for k in keys)
+        raise exc.with_note(note) from exc
 
 
 def voxel_dataset_step(runs: Sequence[str], bolds: Sequence[str], masks: Sequence[str], splits: str, geometry: str,
