@@ -342,12 +342,13 @@ def dataset_step(runs: Sequence[str], timeseries: Sequence[str], participants: s
     specs = [{"run": run, "subject": subject_of(run), "timeseries": path,
               "tr": float(_read_sidecar(path)["RepetitionTime"])} for run, path in zip(runs, timeseries)]
     read_participants(participants)  # readable, each subject once, before any label is taken from it
-    with _naming_config_keys("dataset", values, DATASET_KEYS, {"column": "stratify"}):
+    keys = {name: (f"dataset.{name}", values[name], allowed) for name, allowed in DATASET_KEYS.items()}
+    with _naming_config_keys({"column": keys["stratify"]}):  # subject_labels' column is dataset.stratify
         labels = subject_labels(participants, stratify) if stratify else None
     subjects = sorted({s["subject"] for s in specs})
     if labels is not None:
         labels = labels.loc[[s for s in subjects if s in labels.index]]
-    with _naming_config_keys("dataset", values, DATASET_KEYS):
+    with _naming_config_keys(keys):
         splits = make_splits(subjects, fractions=fractions, seed=seed, stratify=labels)
         # the card records the inputs with their sha256 (its Provenance field)
         card = build_dataset(specs, splits, Path(out_card).parent, window=window, stride=stride,
@@ -357,20 +358,18 @@ def dataset_step(runs: Sequence[str], timeseries: Sequence[str], participants: s
 
 
 @contextlib.contextmanager
-def _naming_config_keys(section: str, values: Mapping[str, Any], allowed: Mapping[str, str],
-                        aliases: Mapping[str, str] | None = None) -> Iterator[None]:
-    """Re-raise an error caused by library settings with the config keys they came from.
+def _naming_config_keys(keys: Mapping[str, tuple[str, Any, str]]) -> Iterator[None]:
+    """Re-raise an error caused by library settings (its ``settings``) naming the config keys they came from.
 
-    ``values``: key -> the value the step was given; ``allowed``: key -> what the key allows;
-    ``aliases``: library parameter -> key, where the two names differ (``subject_labels``' column).
+    ``keys``: library parameter -> (config key, the value the step was given, what the key allows).
     """
     try:
         yield
     except (InputError, SettingError) as exc:
-        keys = [k for k in dict.fromkeys((aliases or {}).get(s, s) for s in exc.settings) if k in allowed]
-        if not keys:
+        named = [keys[s] for s in dict.fromkeys(exc.settings) if s in keys]
+        if not named:
             raise
-        note = "; ".join(f"{section}.{k} is {json.dumps(values[k], default=str)}, allowed: {allowed[k]}" for k in keys)
+        note = "; ".join(f"{key} is {json.dumps(value, default=str)}, allowed: {allowed}" for key, value, allowed in named)
         raise exc.with_note(note) from exc
 
 
