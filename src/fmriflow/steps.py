@@ -134,13 +134,23 @@ def resample_step(bold: str, mask: str, atlas_img: str, qc: str, out_bold: str, 
                       metadata_fields={"SpatialReference": "MNI152NLin6Asym res-2 (A424 grid)"})
 
 
-def denoise_step(run: str, bold: str, mask: str, confounds: str, out: str, out_qc: str, **settings: Any) -> None:
-    """Denoised BOLD and the run's QC row (motion, censoring, tSNR); ``settings``: ``DenoiseSettings``' fields."""
-    from .denoise import DenoiseSettings, denoise_run
+def denoise_step(run: str, bold: str, mask: str, confounds: str, out: str, out_qc: str, *,
+                 min_degrees_of_freedom: int | None = None, **settings: Any) -> None:
+    """Denoised BOLD and the run's QC row (motion, censoring, tSNR); ``settings``: ``DenoiseSettings``' fields.
+
+    ``min_degrees_of_freedom`` (``qc.min_degrees_of_freedom``; None: no minimum): a strategy that
+    leaves fewer is refused before anything is written, the error naming both config keys.
+    """
+    from .denoise import STRATEGIES, DenoiseSettings, denoise_run
 
     checked = DenoiseSettings(**settings)  # an unknown or missing setting is a TypeError naming it
     section = dataclasses.asdict(checked)
-    info = denoise_run(bold, mask, confounds, out, checked)
+    keys = {"strategy": ("denoise.strategy", checked.strategy,
+                         f"one of {', '.join(STRATEGIES)}; fewer regressors leave more degrees of freedom"),
+            "min_degrees_of_freedom": ("qc.min_degrees_of_freedom", min_degrees_of_freedom,
+                                       "an integer, or null for no minimum (here and in the run QC)")}
+    with _naming_config_keys(keys):
+        info = denoise_run(bold, mask, confounds, out, checked, min_degrees_of_freedom=min_degrees_of_freedom)
     qc = info.pop("qc")
     inputs = [bold, mask, confounds] + [p for p in [Path(confounds).with_suffix(".json")] if p.is_file()]
     write_sidecar(out, "denoise", inputs, parameters=info, config=section,
