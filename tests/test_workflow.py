@@ -267,6 +267,9 @@ def test_coarser_bold_is_resampled(tmp_path, atlas_dir):
     # two subjects: once QC has spoken the cohort may hold one class, nothing to fine-tune
     # (this test is about resampling; fine-tuning has its own DAG test)
     config["finetune"]["enabled"] = False
+    # 40 volumes: 24P leaves sub-01 8 degrees of freedom (6 volumes censored) and sub-02 14; a
+    # minimum of 8 lets both be denoised, and the censoring threshold keeps QC's cohort (sub-02)
+    config["qc"] = {"min_degrees_of_freedom": 8, "max_fraction_censored": 0.1}
     proc = run_snakemake(tmp_path, config)
     assert proc.returncode == 0, proc.stderr[-5000:]
     resampled = sorted((results / "fmriflow").glob("sub-*/func/*_desc-preproc_bold.nii.gz"))

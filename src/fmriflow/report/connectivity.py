@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 
 from .figures import draw_matrix, groups_text, robust_max
-from .html import fmt, key_value_table, sources_html, table
+from .html import fmt, key_value_table, not_run, sources_html, table
 
 _ORDER_NOTE = ("<p>Matrices are in A424 label order, which groups regions as cortex right (Glasser 1-180), cortex "
                "left (181-360), subcortex (361-396) and cerebellum (397-424); A424 ships no network assignment, "
@@ -23,6 +23,11 @@ def connectivity_section(fc, diff, diff_meta, recovery, regions, fc_path, diff_p
     )]
     if diff is None:
         parts.append("<p>No group difference was computed.</p>")
+        return "\n".join(parts)
+    if not np.isfinite(diff).any():  # the step wrote an all-NaN matrix: no two groups to compare
+        parts.append(not_run("group difference", not_run_reason(diff_meta)))
+        if recovery is not None:
+            parts.append(not_run("ground-truth recovery", "no group difference to compare the planted edges with"))
         return "\n".join(parts)
     if diff_meta:
         parts.append("<h3>Group comparison</h3>")
@@ -78,6 +83,13 @@ def _recovery_html(rec, edges_path, diff_path) -> str:
         table(headers, rows, table_id="ground-truth"),
         f'<div class="source">Planted: {sources_html([edges_path])}; observed: {sources_html([diff_path])}.</div>',
     ])
+
+
+def not_run_reason(meta) -> str:
+    """Why the group difference is undefined: the config key when no column was set, else the step's note."""
+    if "GroupColumn" in meta and not meta["GroupColumn"]:
+        return "report.group_column is null"
+    return str(meta.get("Note") or "the difference is undefined (NaN) for every pair of regions")
 
 
 def contrast_text(meta) -> str:
