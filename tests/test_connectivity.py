@@ -117,3 +117,27 @@ def test_pearson_equals_nilearn_correlation():
     ts = _series()
     ref = ConnectivityMeasure(kind="correlation", cov_estimator=EmpiricalCovariance()).fit_transform([ts.to_numpy()])[0]
     np.testing.assert_allclose(pearson(ts).to_numpy(), ref, atol=1e-10)
+
+
+def test_group_connectivity_step_without_group_column_notes_the_config_key(tmp_path):
+    """report.group_column: null writes an all-NaN difference whose sidecar names the key."""
+    from fmriflow.io import read_json, read_tsv, write_tsv
+    from fmriflow.provenance import sidecar_path
+    from fmriflow.steps import group_connectivity_step
+
+    names = ["R1", "R2", "R3"]
+    matrices = []
+    for k, subject in enumerate(["01", "02"]):
+        path = tmp_path / f"sub-{subject}_task-rest_relmat.tsv"
+        values = np.full((3, 3), 0.1 * (k + 1))
+        np.fill_diagonal(values, 1.0)
+        write_tsv(path, pd.DataFrame(values, index=pd.Index(names, name="Node"), columns=names), index=True)
+        matrices.append(str(path))
+    participants = tmp_path / "participants.tsv"
+    write_tsv(participants, pd.DataFrame({"participant_id": ["sub-01", "sub-02"], "group": ["a", "b"]}))
+    mean, diff = tmp_path / "mean.tsv", tmp_path / "diff.tsv"
+    for column, note in ((None, "report.group_column is null"),
+                         ("site", f"report.group_column 'site' is not a column of {participants}")):
+        group_connectivity_step(matrices, str(participants), column, str(mean), str(diff))
+        assert np.isnan(read_tsv(diff, index_col=0).to_numpy()).all()
+        assert read_json(sidecar_path(diff))["Note"] == note

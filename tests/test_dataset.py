@@ -352,3 +352,48 @@ def test_dataset_with_dataloader_workers_and_distributed_sampler(small, tmp_path
     assert len(shards[0]) == len(shards[1]) == 10
     assert sorted(shards[0] + shards[1]) == train_ids
     assert len(RegionWindowDataset(tmp_path / "ds", split=None)) == len(index)
+
+
+# --------------------------------------------------------------------------- the workflow step
+
+
+def _step_inputs(folder: Path, lengths: dict[str, int], tr=2.0):
+    """Time series with their sidecars (the TR) and a participants table, as the dataset rule gives them."""
+    from fmriflow.io import write_json
+    from fmriflow.provenance import sidecar_path
+
+    runs = _write_runs(folder, lengths, n_regions=8, tr=tr)
+    for run in runs:
+        write_json(sidecar_path(run["timeseries"]), {"RepetitionTime": tr})
+    participants = folder / "participants.tsv"
+    write_tsv(participants, pd.DataFrame({"participant_id": [f"sub-{s}" for s in sorted(lengths)],
+                                          "response": ["0", "1"] * (len(lengths) // 2) + ["0"] * (len(lengths) % 2)}))
+    return [r["run"] for r in runs], [str(r["timeseries"]) for r in runs], str(participants)
+
+
+def test_dataset_step_errors_name_the_config_key(tmp_path):
+    """An error caused by a dataset.* value names the key, its value and what is allowed; the library's
+    own wording stays in the message."""
+    from fmriflow.steps import dataset_step
+
+    runs, series, participants = _step_inputs(tmp_path, {f"{k:02d}": 20 for k in range(1, 7)})
+    out = tmp_path / "dataset" / "dataset_card.json"
+    settings = {"window": 200, "stride": 200, "target_tr": None, "fractions": [0.6, 0.2, 0.2], "stratify": None, "seed": 0}
+    with pytest.raises(InputError, match=r"no training run yields a window.*20 time points, fewer than one window of 200\)"
+                                         r" \(dataset\.window is 200, allowed: an integer"):
+        dataset_step(runs, series, participants, str(out), **settings)
+    with pytest.raises(InputError, match=r"after resampling to TR 1\.0 s, fewer than one window of 200\).*"
+                                         r"dataset\.window is 200, allowed: .*; dataset\.target_tr is 1\.0, allowed: "):
+        dataset_step(runs, series, participants, str(out), **{**settings, "target_tr": 1.0})
+    with pytest.raises(ValueError, match=r"'stride' must be a positive integer; 0 was provided \(dataset\.stride is 0, "
+                                         r"allowed: an integer"):
+        dataset_step(runs, series, participants, str(out), **{**settings, "window": 10, "stride": 0})
+    with pytest.raises(ValueError, match=r"'fractions' must be .* summing to 1; \(0\.5, 0\.1, 0\.1\) was provided "
+                                         r"\(dataset\.fractions is \[0\.5, 0\.1, 0\.1\], allowed: "):
+        dataset_step(runs, series, participants, str(out), **{**settings, "window": 10, "fractions": [0.5, 0.1, 0.1]})
+    with pytest.raises(InputError, match=r"participants table has no column 'site' .* \(dataset\.stratify is \"site\", "
+                                         r"allowed: a column of participants\.tsv .* or null"):
+        dataset_step(runs, series, participants, str(out), **{**settings, "window": 10, "stratify": "site"})
+    assert not out.parent.exists()
+    dataset_step(runs, series, participants, str(out), **{**settings, "window": 10, "stratify": "response"})
+    assert load_card(out.parent)["window"] == 10

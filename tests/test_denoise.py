@@ -211,3 +211,55 @@ def test_filter_above_nyquist_rejected(run, tmp_path):
     bold, mask, tsv, _, _ = run
     with pytest.raises(ValueError, match="'low_pass' must lie in"):
         denoise_run(bold, mask, tsv, tmp_path / "o.nii.gz", _section(low_pass=0.3))
+
+
+def _shortened(bold, tsv, confounds, n):
+    """The run cut to its first ``n`` volumes (BOLD and confounds)."""
+    img = nib.load(bold)
+    short = nib.Nifti1Image(np.asarray(img.dataobj)[..., :n], img.affine, img.header)
+    nib.save(short, bold)
+    confounds.iloc[:n].to_csv(tsv, sep="\t", index=False, na_rep="n/a")
+
+
+def test_denoise_step_refuses_a_strategy_that_leaves_too_few_degrees_of_freedom(tmp_path):
+    """36P on 20 volumes (2 dummies): 18 kept volumes cannot hold mean, trend and 36 regressors, so
+    nothing is left (0 degrees of freedom); the step says so before writing anything, naming the
+    strategy, the volumes, the regressors and the config keys."""
+    import dataclasses
+
+    from fmriflow.steps import denoise_step
+
+    bold, mask, tsv, confounds, _ = _write_run(tmp_path / "fmriprep")
+    _shortened(bold, tsv, confounds, 20)
+    section = dataclasses.asdict(_section(strategy="36P"))
+    out, out_qc = tmp_path / "out" / "denoised_bold.nii.gz", tmp_path / "out" / "denoised_qc.tsv"
+    pattern = (r"strategy '36P' leaves 0 degrees of freedom, fewer than the minimum of 10: 18 volumes kept "
+               r"\(20 in, 2 dummy, 0 censored\), 38 parameters to fit \(mean, linear trend and 36 regressors: "
+               r"trans_x, trans_x_derivative1, .* global_signal_derivative1_power2\) "
+               r"\(denoise\.strategy is \"36P\", allowed: .*; qc\.min_degrees_of_freedom is 10, allowed: .*null")
+    with pytest.raises(InputError, match=pattern) as failure:
+        denoise_step("sub-01/func/sub-01_task-rest", str(bold), str(mask), str(tsv), str(out), str(out_qc),
+                     min_degrees_of_freedom=10, **section)
+    assert str(failure.value).startswith(f"{tsv}: ")
+    assert not out.parent.exists() or list(out.parent.iterdir()) == []
+    # null: no refusal (the run QC still reports the 0 degrees of freedom)
+    denoise_step("sub-01/func/sub-01_task-rest", str(bold), str(mask), str(tsv), str(out), str(out_qc),
+                 min_degrees_of_freedom=None, **section)
+    assert pd.read_csv(out_qc, sep="\t")["degrees_of_freedom"].tolist() == [0]
+
+
+def test_denoise_step_keeps_a_run_with_enough_degrees_of_freedom(tmp_path):
+    """70 volumes, 2 dummies, 5 censored: 63 kept - (2 + 36) = 25 degrees of freedom >= 25."""
+    import dataclasses
+
+    from fmriflow.steps import denoise_step
+
+    bold, mask, tsv, _, _ = _write_run(tmp_path / "fmriprep")
+    section = dataclasses.asdict(_section(strategy="36P", fd_threshold=0.5))
+    out, out_qc = tmp_path / "out" / "denoised_bold.nii.gz", tmp_path / "out" / "denoised_qc.tsv"
+    denoise_step("sub-01/func/sub-01_task-rest", str(bold), str(mask), str(tsv), str(out), str(out_qc),
+                 min_degrees_of_freedom=25, **section)
+    assert pd.read_csv(out_qc, sep="\t")["degrees_of_freedom"].tolist() == [25] and out.is_file()
+    with pytest.raises(InputError, match="leaves 25 degrees of freedom, fewer than the minimum of 26"):
+        denoise_step("sub-01/func/sub-01_task-rest", str(bold), str(mask), str(tsv), str(out), str(out_qc),
+                     min_degrees_of_freedom=26, **section)

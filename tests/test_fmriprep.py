@@ -232,6 +232,8 @@ def test_stub_runtime_through_the_dag(tmp_path, atlas_dir, monkeypatch):
     image = tmp_path / "fmriprep-25.2.2.sif"
     image.write_bytes(b"stub image")
     config = _fmriprep_config(demo, results, tmp_path, image=str(image))
+    # 30 volumes leave 2 and 4 degrees of freedom after 24P: no minimum (denoising would refuse them)
+    config["qc"] = {"min_degrees_of_freedom": None}
     monkeypatch.setenv("PATH", f"{STUBS}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setenv("FMRIFLOW_STUB_SOURCE", str(demo / "derivatives" / "fmriprep"))
     runs = sorted(p.name.removesuffix("_bold.nii.gz") for p in (demo / "bids").glob("sub-*/func/*_bold.nii.gz"))

@@ -129,3 +129,23 @@ def test_chain_ran_and_sidecars_say_lite(lite_run):
         fc = read_tsv(results / "fmriflow" / sub / "func" /
                       f"{sub}_task-rest_space-MNI152NLin6Asym_res-2_atlas-A424_stat-pearsoncorrelation_relmat.tsv", index_col=0)
         assert fc.shape == (424, 424) and np.isfinite(fc.to_numpy()).sum() > 300**2
+
+
+def test_rerun_gives_the_same_bytes(lite_run, tmp_path):
+    """Preprocessing sub-01 again, outside the DAG, with the DAG's settings (Affine, seed 0, one
+    thread) writes the same files: ANTs' registration is seeded (a seed of 0 used to mean the
+    clock to ANTs, so every run differed)."""
+    from fmriflow.preproc import PreprocFiles
+    from fmriflow.preproc.lite import preprocess_run
+
+    demo, results = lite_run
+    grid = results / "fmriflow" / "atlases" / "atlas-A424" / "atlas-A424_space-MNI152NLin6Asym_res-2_dseg.nii.gz"
+    # fMRIPrep-shaped names: the boldref is named after the BOLD (_desc-preproc_bold -> _boldref)
+    again = PreprocFiles(tmp_path / "run_desc-preproc_bold.nii.gz", tmp_path / "run_desc-brain_mask.nii.gz",
+                         tmp_path / "run_desc-confounds_timeseries.tsv")
+    preprocess_run(demo / "bids" / "sub-01" / "func" / "sub-01_task-rest_bold.nii.gz", grid, again,
+                   transform="Affine", seed=0, threads=1)
+    first = _lite(results, "sub-01", "desc-confounds_timeseries.tsv")
+    assert again.confounds.read_bytes() == first.read_bytes()
+    dag_bold = _lite(results, "sub-01", "space-MNI152NLin2009aSym_res-2_desc-preproc_bold.nii.gz")
+    np.testing.assert_array_equal(np.asarray(nib.load(again.bold).dataobj), np.asarray(nib.load(dag_bold).dataobj))

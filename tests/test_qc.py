@@ -35,3 +35,25 @@ def test_each_criterion_excludes_with_its_reason():
 def test_region_coverage():
     cov = pd.DataFrame({"index": [1, 2, 3, 4], "coverage": [1.0, 0.6, 0.2, 0.0], "used": [True, True, False, False]})
     assert region_coverage(cov) == {"region_coverage": 0.5, "mean_region_coverage": 0.45, "n_regions_dropped": 2}
+
+
+def test_run_qc_step_keeps_subject_and_run_labels_as_text(tmp_path):
+    """Labels such as '001' stay text in the group QC table (not the number 1)."""
+    from fmriflow.io import read_tsv, write_tsv
+    from fmriflow.steps import run_qc_step
+
+    runs = ["sub-001_task-rest", "sub-010_task-rest"]
+    qc_tables, cov_tables = [], []
+    for k, run in enumerate(runs):
+        qc_path, cov_path = tmp_path / f"{run}_qc.tsv", tmp_path / f"{run}_coverage.tsv"
+        write_tsv(qc_path, pd.DataFrame([{"run": run, "subject": run[4:7], "mean_fd": 0.1 + k, "max_fd": 0.4}]))
+        write_tsv(cov_path, pd.DataFrame({"index": [1, 2], "coverage": [1.0, 0.5], "used": [True, True]}))
+        qc_tables.append(str(qc_path))
+        cov_tables.append(str(cov_path))
+    out = tmp_path / "desc-runs_qc.tsv"
+    run_qc_step(runs, qc_tables, cov_tables, str(out), max_mean_fd=0.5)
+    assert (tmp_path / "desc-runs_qc.tsv").read_text().splitlines()[1].split("\t")[1] == "001"
+    table = read_tsv(out, dtype={"subject": str, "run": str})
+    assert table["subject"].tolist() == ["001", "010"]
+    assert table["run"].tolist() == runs
+    assert table["included"].tolist() == [True, False]

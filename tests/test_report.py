@@ -561,3 +561,56 @@ def test_bad_training_inputs_are_named(inputs, tmp_path):
     with pytest.raises(ValueError, match="unknown kind"):
         build_report(tmp_path / "r.html", **{**inputs["kwargs"], "run_files": {"sub-01_task-rest": {"boldx": "a"}}})
     assert not (tmp_path / "r.html").exists()
+
+
+def test_group_difference_not_run_names_the_reason():
+    """report.group_column: null (or a difference with no defined value) shows 'Not run' with the
+    reason, and neither the sidecar's table nor an all-grey figure."""
+    from fmriflow.report.connectivity import connectivity_section
+    from fmriflow.report.figures import Figures
+
+    n = 6
+    regions = pd.DataFrame({"index": np.arange(1, n + 1), "name": [f"R{k}" for k in range(1, n + 1)]})
+    fc, nan = np.eye(n), np.full((n, n), np.nan)
+    args = (regions, "fc.tsv", "diff.tsv", None)
+    # as group_connectivity_step wrote it before (the note said "no column None"), and as it writes it now
+    for meta in ({"GroupColumn": None, "Note": "no column None in participants.tsv"},
+                 {"GroupColumn": None, "Note": "report.group_column is null"}):
+        figures = Figures()
+        html = connectivity_section(fc, nan, meta, None, *args, figures)
+        assert "<b>Not run:</b> group difference (report.group_column is null)." in html
+        assert "no column None" not in html and 'id="group-comparison"' not in html
+        assert [f["id"] for f in figures.items] == ["fc-mean"]
+    figures = Figures()
+    note = "report.group_column 'site' has 1 levels among these runs; a difference needs 2"
+    html = connectivity_section(fc, nan, {"GroupColumn": "site", "Note": note}, None, *args, figures)
+    assert f"<b>Not run:</b> group difference ({note})." in html.replace("&#x27;", "'")
+    assert [f["id"] for f in figures.items] == ["fc-mean"]
+    # a computed difference is still drawn, with its comparison table
+    figures = Figures()
+    diff = np.where(np.eye(n, dtype=bool), np.nan, 0.1)
+    html = connectivity_section(fc, diff, {"GroupColumn": "response", "Levels": ["a", "b"]}, None, *args, figures)
+    assert "Not run" not in html and 'id="group-comparison"' in html
+    assert [f["id"] for f in figures.items] == ["fc-mean", "fc-groupdiff"]
+
+
+def test_manifest_summary_counts_suffixes_of_bids_named_files_only(tmp_path):
+    """Files without a BIDS name (notes.v6, scan.1e2, README) count as 'other', whatever suffix the
+    manifest recorded for them; BIDS-named files count under their suffix."""
+    from fmriflow.report import inputs as read
+    from fmriflow.report.overview import dataset_section
+
+    manifest = tmp_path / "manifest.tsv"
+    write_tsv(manifest, pd.DataFrame({
+        "path": ["sub-01/func/sub-01_task-rest_bold.nii.gz", "sub-01/func/sub-01_task-rest_bold.json",
+                 "task-rest_bold.json", "sub-01/anat/sub-01_T1w.nii.gz", "participants.tsv", "notes.v6",
+                 "scan.1e2", "README"],
+        "sha256": [f"{k:064x}" for k in range(8)],
+        "suffix": ["bold", "bold", "bold", "T1w", "participants", "6", "e2", None],
+    }))
+    files = read.read_table(manifest, ["path", "sha256"], dtype=str)  # as build_report reads it
+    people = pd.DataFrame({"participant_id": ["sub-01"]})
+    page = _Page()
+    page.feed(dataset_section(people, "participants.tsv", files, manifest))
+    counts = {r["Suffix"]: r["Files"] for r in _rows(page, "manifest-summary")}
+    assert counts == {"T1w": "1", "bold": "3", "other": "3", "participants": "1"}

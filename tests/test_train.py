@@ -1,10 +1,14 @@
-"""Pretraining on the CPU: the loss falls, resuming is exact, SIGTERM checkpoints, DDP equals one process."""
+"""Pretraining on the CPU: the loss falls, resuming is exact, SIGTERM checkpoints, DDP equals one process;
+a run that fails or cannot reach a step boundary ends at once, DataLoader workers included."""
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -13,7 +17,9 @@ import pandas as pd
 import pytest
 import torch
 
-from fmriflow.datasets.regions import build_dataset, make_splits
+from fmriflow.datasets.regions import RegionWindowDataset, build_dataset, make_splits
+from fmriflow.errors import InputError
+from fmriflow.training import loop
 from fmriflow.training.config import TrainConfig
 from fmriflow.training.loop import train
 
@@ -219,3 +225,222 @@ def test_rerun_with_other_pace_settings_resumes(data, tmp_path):
     train(config(data, tmp_path / "straight", max_steps=20))
     for key, value in weights(tmp_path / "straight").items():
         assert torch.equal(weights(out)[key], value), key
+
+
+# --- failures and stops that cannot wait for a step boundary ---------------------------------------
+
+def _live(where) -> list[str]:
+    """'pid command line' of each live (not zombie) process for which ``where(ppid, session, cmdline)`` holds."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:  # ended meanwhile
+            continue
+        state, ppid, _, session = stat[stat.rindex(")") + 2:].split()[:4]
+        if state != "Z" and where(int(ppid), int(session), cmdline):
+            found.append(f"{entry.name} {cmdline}")
+    return found
+
+
+def _left_behind(proc: subprocess.Popen, marker: str) -> list[str]:
+    """Processes of a training process started in its own session: in that session or carrying ``marker``."""
+    return _live(lambda ppid, session, cmdline: session == proc.pid or marker in cmdline)
+
+
+def _ends_within(proc: subprocess.Popen, seconds: float) -> tuple[float, str]:
+    """(seconds it took, stderr) of a process that must end within ``seconds``; else it is killed and the test fails."""
+    t0 = time.perf_counter()
+    try:
+        _, err = proc.communicate(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # the workers too: they ignore SIGTERM
+        _, err = proc.communicate()
+        pytest.fail(f"still running after {seconds:.0f} s; stderr tail:\n{err[-2000:]}")
+    return time.perf_counter() - t0, err
+
+
+@pytest.fixture(scope="module")
+def startup() -> float:
+    """Seconds ``python -m fmriflow.train --help`` takes here: the imports any run pays before it can fail."""
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "fmriflow.train", "--help"], capture_output=True, check=True, timeout=300)
+    return time.perf_counter() - t0
+
+
+def test_check_batch_size_says_what_is_allowed():
+    from fmriflow.training.sampling import check_batch_size
+
+    cfg = TrainConfig(dataset="ds", out="run", batch_size=8)
+    check_batch_size(cfg, 8, world=2)
+    with pytest.raises(InputError, match=r"--batch-size \(config pretrain.batch_size\) must be between 1 and the 7 "
+                                         r"training samples of ds; 8 was provided"):
+        check_batch_size(cfg, 7, world=1)
+    with pytest.raises(InputError, match=r"--batch-size \(config pretrain.batch_size\) must be divisible by the 3 "
+                                         r"training processes.*; 8 was provided"):
+        check_batch_size(cfg, 100, world=3)
+    with pytest.raises(InputError, match=r"^ds: the training split has no samples"):
+        check_batch_size(cfg, 0, world=1)
+    with pytest.raises(InputError, match="between 1 and"):
+        check_batch_size(dataclasses.replace(cfg, batch_size=0), 100, world=1)
+
+
+def test_batch_size_over_the_training_samples_fails_at_once(data, tmp_path, startup):
+    """The reported hang: the sampler's error came from the loader's first prefetch, after its workers had
+    started; they ignore SIGTERM, and the exiting interpreter waited on them forever."""
+    n_train = len(RegionWindowDataset(data[0], "train"))
+    cfg = config(data, tmp_path / "run", batch_size=n_train + 1)
+    cmd = [c if c != "--num-workers=0" else "--num-workers=2" for c in _train_cmd(cfg, [sys.executable])]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    elapsed, err = _ends_within(proc, startup + 30)
+    assert proc.returncode == 1, err
+    assert f"--batch-size (config pretrain.batch_size) must be between 1 and the {n_train} training samples" in err
+    assert f"{n_train + 1} was provided" in err
+    assert elapsed < startup + 15, (elapsed, startup)
+    assert _left_behind(proc, str(tmp_path / "run")) == []
+
+
+class _Failing(torch.utils.data.Dataset):
+    """A training set whose samples fail (in the DataLoader's workers)."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def __len__(self):
+        return len(self.inner)
+
+    def __getitem__(self, i):
+        raise RuntimeError("toy read failure")
+
+
+def _failing_loss(model, batch, noise):
+    raise RuntimeError("toy loss failure")
+
+
+@pytest.mark.parametrize("where", ["worker", "loop"])
+def test_error_in_the_loop_ends_the_loader_workers(data, tmp_path, monkeypatch, where):
+    build_task = loop.build_task
+
+    def failing_task(cfg):
+        task = build_task(cfg)
+        if where == "worker":
+            task.train_set = _Failing(task.train_set)
+        else:
+            task.loss = _failing_loss
+        return task
+
+    monkeypatch.setattr(loop, "build_task", failing_task)
+    before = set(_live(lambda ppid, session, cmdline: ppid == os.getpid()))
+    handler = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(RuntimeError, match="toy read failure" if where == "worker" else "toy loss failure"):
+        train(config(data, tmp_path / "run", num_workers=2, max_steps=5))
+    left = [p for p in _live(lambda ppid, session, cmdline: ppid == os.getpid()) if p not in before]
+    # on failure, end them here, or this process waits on them at exit; torch's SIGCHLD handler
+    # would take their end for a crash and raise in whatever runs next
+    sigchld = signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    try:
+        for p in left:
+            os.kill(int(p.split()[0]), signal.SIGKILL)
+            os.waitpid(int(p.split()[0]), 0)
+    finally:
+        signal.signal(signal.SIGCHLD, sigchld)
+    assert left == []
+    assert signal.getsignal(signal.SIGTERM) is handler  # the run gives its signals back
+
+
+# Runs fmriflow.train (argv[3:]) with one split stalling, as on a stuck read, once asked for a sample:
+# argv[1] "evaluate": the validation set, in the training process (the step-0 evaluation, before the
+# loop); "worker": the training set, in the DataLoader workers (the loop waits for its first batch).
+# The file argv[2] appears when the stall begins.
+STALLING = textwrap.dedent('''
+    import sys, time
+    from pathlib import Path
+    import torch
+    from fmriflow.training import loop
+
+    where, flag, argv = sys.argv[1], Path(sys.argv[2]), sys.argv[3:]
+
+    class Stalling(torch.utils.data.Dataset):
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __len__(self):
+            return len(self.inner)
+
+        def __getitem__(self, i):
+            flag.touch()
+            time.sleep(600)
+
+    build_task = loop.build_task
+
+    def stalling_task(cfg):
+        task = build_task(cfg)
+        split = "val_set" if where == "evaluate" else "train_set"
+        setattr(task, split, Stalling(getattr(task, split)))
+        return task
+
+    loop.build_task = stalling_task
+    sys.exit(loop.main(argv))
+''')
+
+
+def _stalling_run(data, tmp_path, where: str) -> tuple[subprocess.Popen, Path]:
+    """A training process (own session) stalled where ``where`` says, once the stall has begun; and its flag."""
+    flag = tmp_path / "stalled"
+    cmd = _train_cmd(config(data, tmp_path / "run", max_steps=50), [sys.executable, "-c", STALLING, where, str(flag)])
+    cmd = [c for c in cmd if c not in ("-m", "fmriflow.train")]
+    cmd = [c if c != "--num-workers=0" else "--num-workers=2" for c in cmd]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 300
+    while not flag.exists():
+        if proc.poll() is not None or time.time() > deadline:
+            os.killpg(proc.pid, signal.SIGKILL)
+            pytest.fail(f"the run did not stall (exit {proc.poll()}): {proc.communicate()[1][-2000:]}")
+        time.sleep(0.1)
+    time.sleep(0.5)  # into the sleep of the stall
+    return proc, flag
+
+
+def test_sigterm_outside_the_steps_stops_at_once(data, tmp_path):
+    """A signal while no step runs (here the step-0 evaluation, stuck) cannot wait for a step boundary."""
+    proc, _ = _stalling_run(data, tmp_path, "evaluate")
+    proc.send_signal(signal.SIGTERM)
+    elapsed, err = _ends_within(proc, 20)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "stopped by SIGTERM before a step boundary" in err
+    assert elapsed < 10
+    assert _left_behind(proc, str(tmp_path / "run")) == []
+
+
+def test_second_sigterm_stops_a_run_stuck_on_its_workers(data, tmp_path):
+    """The first signal asks for a checkpoint at the next step boundary; a second one ends the run at once,
+    workers (stuck in a read, deaf to SIGTERM) included."""
+    proc, _ = _stalling_run(data, tmp_path, "worker")
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(1)
+    assert proc.poll() is None  # waits for the step boundary
+    proc.send_signal(signal.SIGTERM)
+    elapsed, err = _ends_within(proc, 20)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert elapsed < 10
+    assert _left_behind(proc, str(tmp_path / "run")) == []
+
+
+def test_workers_die_with_their_training_process(data, tmp_path):
+    """SIGKILL leaves the training process no clean-up: its workers, busy in a read, must end by themselves
+    (torch's watchdog looks only between samples; the kernel's parent-death signal does not wait)."""
+    proc, _ = _stalling_run(data, tmp_path, "worker")
+    assert len(_left_behind(proc, str(tmp_path / "run"))) == 3  # the training process and its 2 workers
+    proc.kill()
+    proc.wait(timeout=30)  # not communicate(): live workers hold its stderr open
+    proc.stderr.close()
+    deadline = time.time() + 3
+    while _left_behind(proc, str(tmp_path / "run")) and time.time() < deadline:
+        time.sleep(0.1)
+    left = _left_behind(proc, str(tmp_path / "run"))
+    for p in left:
+        os.kill(int(p.split()[0]), signal.SIGKILL)
+    assert left == []

@@ -12,6 +12,7 @@ import torch
 from test_voxel_dataset import write_run
 
 from fmriflow.datasets.regions import make_splits
+from fmriflow.errors import InputError
 from fmriflow.training.config import TrainConfig
 from fmriflow.training.loop import train
 from fmriflow.datasets.voxels import build_voxel_dataset
@@ -88,3 +89,9 @@ def test_finetuning_sidecars_name_the_finetuning_step(data, tmp_path):
     for artefact in ("model.pt", "metrics.csv"):
         sidecar = json.loads(sidecar_path(tmp_path / "bmt" / artefact).read_text())
         assert sidecar["Provenance"]["Step"] == "voxel_finetune", artefact
+
+
+def test_impossible_batch_size_names_the_voxel_setting(data, tmp_path):
+    with pytest.raises(InputError, match=r"--batch-size \(config voxel.brainmt.batch_size\) must be between 1 and "
+                                         r"the \d+ training samples .*; 1000 was provided"):
+        train(cfg(data, tmp_path / "bmt", task="brainmt", target="group", batch_size=1000))

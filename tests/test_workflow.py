@@ -342,7 +342,7 @@ def test_shipped_config_runs_a_dataset_without_the_demo_columns(tmp_path, atlas_
     assert (results / "pretrain" / "tiny" / "metrics.csv").is_file() and not (results / "finetune").exists()
     diff = json.loads((results / "fmriflow" / "group" /
                        "space-MNI152NLin6Asym_res-2_atlas-A424_stat-pearsoncorrelation_desc-groupdiff_relmat.json").read_text())
-    assert diff["GroupColumn"] is None and diff["Note"] == "report.group_column is null: no groups compared"
+    assert diff["GroupColumn"] is None and diff["Note"] == "report.group_column is null"
 
 
 def test_config_naming_a_missing_column_fails_at_plan_time(tmp_path, atlas_dir):
@@ -420,6 +420,9 @@ def test_coarser_bold_is_resampled(tmp_path, atlas_dir):
     # two subjects: once QC has spoken the cohort may hold one class, nothing to fine-tune
     # (this test is about resampling; fine-tuning has its own DAG test)
     config["finetune"]["enabled"] = False
+    # 40 volumes: 24P leaves sub-01 8 degrees of freedom (6 volumes censored) and sub-02 14; a
+    # minimum of 8 lets both be denoised, and the censoring threshold keeps QC's cohort (sub-02)
+    config["qc"] = {"min_degrees_of_freedom": 8, "max_fraction_censored": 0.1}
     proc = run_snakemake(tmp_path, config)
     assert proc.returncode == 0, proc.stderr[-5000:]
     resampled = sorted((results / "fmriflow").glob("sub-*/func/*_desc-preproc_bold.nii.gz"))

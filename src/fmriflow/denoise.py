@@ -268,7 +268,8 @@ def plan_cleaning(confounds: pd.DataFrame, metadata: Mapping[str, Any] | None, c
                              low_pass=settings.low_pass, filter_order=settings.filter_order, scrub=settings.scrub)
     output_volumes = np.flatnonzero(kept) if settings.scrub == "censor" else np.arange(len(kept))
     # kept volumes minus the fitted parameters (mean, trend, regressors); at or below zero
-    # the fit is exact and nothing is left: the run QC excludes it (qc.min_degrees_of_freedom)
+    # the fit is exact and nothing is left: denoise_run refuses fewer than its minimum
+    # (qc.min_degrees_of_freedom), and the run QC excludes such runs
     t = np.arange(len(kept), dtype=float)
     full = np.column_stack([np.ones_like(t), t, regressors] if settings.detrend else [np.ones_like(t), regressors])
     dof = int(kept.sum()) - int(np.linalg.matrix_rank(full[kept]))
@@ -276,8 +277,13 @@ def plan_cleaning(confounds: pd.DataFrame, metadata: Mapping[str, Any] | None, c
 
 
 def denoise_run(bold: str | Path, mask: str | Path, confounds: str | Path, out: str | Path,
-                settings: DenoiseSettings) -> dict:
-    """Clean every in-mask voxel of ``bold`` and write the result (float32); return sidecar fields and QC."""
+                settings: DenoiseSettings, *, min_degrees_of_freedom: int | None = None) -> dict:
+    """Clean every in-mask voxel of ``bold`` and write the result (float32); return sidecar fields and QC.
+
+    A plan that leaves fewer than ``min_degrees_of_freedom`` degrees of freedom (None: no
+    minimum) is an ``InputError`` raised before anything is written: its "cleaned" BOLD would
+    be round-off. The error lists ``strategy`` and ``min_degrees_of_freedom`` in its ``settings``.
+    """
     from .io import load_nifti
 
     img = load_nifti(bold)
@@ -286,6 +292,7 @@ def denoise_run(bold: str | Path, mask: str | Path, confounds: str | Path, out: 
     n_volumes, tr = img.shape[3], float(img.header.get_zooms()[3])
     table, meta = read_confounds(confounds)
     plan = plan_cleaning(table, meta, confounds, n_volumes, tr, settings)
+    check_degrees_of_freedom(plan, settings, n_volumes, min_degrees_of_freedom, confounds)
     mask_img = open_nifti(mask)
     if mask_img.shape[:3] != img.shape[:3] or not np.allclose(mask_img.affine, img.affine, atol=1e-4):
         raise InputError(mask, f"mask grid {mask_img.shape[:3]} differs from the BOLD grid {img.shape[:3]}")
@@ -339,6 +346,27 @@ def denoise_run(bold: str | Path, mask: str | Path, confounds: str | Path, out: 
             "median_tsnr": tsnr,
         },
     }
+
+
+_LISTED_REGRESSORS = 40  # names shown in the error; longer lists end with "and N more"
+
+
+def check_degrees_of_freedom(plan: CleaningPlan, settings: DenoiseSettings, n_volumes: int,
+                             minimum: int | None, confounds_path: str | Path) -> None:
+    """Raise ``InputError`` when ``plan`` leaves fewer than ``minimum`` degrees of freedom (None: never)."""
+    if minimum is None or plan.degrees_of_freedom >= minimum:
+        return
+    n_kept = int(plan.kept.sum())
+    names = plan.regressors[:_LISTED_REGRESSORS]
+    more = len(plan.regressors) - len(names)
+    listing = (": " + ", ".join(names) + (f" and {more} more" if more else "")) if names else ""
+    trend = "mean, linear trend" if settings.detrend else "mean"
+    n_parameters = (2 if settings.detrend else 1) + len(plan.regressors)
+    raise InputError(confounds_path, (
+        f"strategy {settings.strategy!r} leaves {plan.degrees_of_freedom} degrees of freedom, fewer than the minimum "
+        f"of {minimum}: {n_kept} volumes kept ({n_volumes} in, {plan.n_dummy} dummy, {int((~plan.kept).sum())} "
+        f"censored), {n_parameters} parameters to fit ({trend} and {len(plan.regressors)} "
+        f"regressors{listing})"), settings=["strategy", "min_degrees_of_freedom"])
 
 
 def temporal_snr(series: np.ndarray) -> float:

@@ -7,12 +7,14 @@ all checks passed, and gives every artefact its provenance sidecar.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import json
 import logging
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -22,7 +24,7 @@ from .checks import check_bold_data, check_manifest_row
 from .datasets.participants import read_participants
 from .connectivity import PEARSON_METADATA, fisher_mean, pearson
 from .connectivity import fisher_z as fisher_z_transform  # stack_step's flag is called fisher_z
-from .errors import InputError
+from .errors import InputError, SettingError
 from .io import atomic_path, read_tsv, save_nifti, write_json, write_tsv
 from .naming import subject_of
 from .preproc import PreprocFiles, check_run
@@ -132,13 +134,23 @@ def resample_step(bold: str, mask: str, atlas_img: str, qc: str, out_bold: str, 
                       metadata_fields={"SpatialReference": "MNI152NLin6Asym res-2 (A424 grid)"})
 
 
-def denoise_step(run: str, bold: str, mask: str, confounds: str, out: str, out_qc: str, **settings: Any) -> None:
-    """Denoised BOLD and the run's QC row (motion, censoring, tSNR); ``settings``: ``DenoiseSettings``' fields."""
-    from .denoise import DenoiseSettings, denoise_run
+def denoise_step(run: str, bold: str, mask: str, confounds: str, out: str, out_qc: str, *,
+                 min_degrees_of_freedom: int | None = None, **settings: Any) -> None:
+    """Denoised BOLD and the run's QC row (motion, censoring, tSNR); ``settings``: ``DenoiseSettings``' fields.
+
+    ``min_degrees_of_freedom`` (``qc.min_degrees_of_freedom``; None: no minimum): a strategy that
+    leaves fewer is refused before anything is written, the error naming both config keys.
+    """
+    from .denoise import STRATEGIES, DenoiseSettings, denoise_run
 
     checked = DenoiseSettings(**settings)  # an unknown or missing setting is a TypeError naming it
     section = dataclasses.asdict(checked)
-    info = denoise_run(bold, mask, confounds, out, checked)
+    keys = {"strategy": ("denoise.strategy", checked.strategy,
+                         f"one of {', '.join(STRATEGIES)}; fewer regressors leave more degrees of freedom"),
+            "min_degrees_of_freedom": ("qc.min_degrees_of_freedom", min_degrees_of_freedom,
+                                       "an integer, or null for no minimum (here and in the run QC)")}
+    with _naming_config_keys(keys):
+        info = denoise_run(bold, mask, confounds, out, checked, min_degrees_of_freedom=min_degrees_of_freedom)
     qc = info.pop("qc")
     inputs = [bold, mask, confounds] + [p for p in [Path(confounds).with_suffix(".json")] if p.is_file()]
     write_sidecar(out, "denoise", inputs, parameters=info, config=section,
@@ -157,7 +169,7 @@ def run_qc_step(runs: Sequence[str], qc_tables: Sequence[str], coverage_tables: 
 
     rows = []
     for run, qc_path, cov_path in zip(runs, qc_tables, coverage_tables):
-        row = read_tsv(qc_path).iloc[0].to_dict()
+        row = read_tsv(qc_path, dtype={"subject": str, "run": str}).iloc[0].to_dict()  # "001" stays "001"
         if row.get("run") != run:
             raise InputError(qc_path, f"QC row is for run {row.get('run')!r}, expected {run!r}")
         row.update(region_coverage(read_tsv(cov_path)))
@@ -251,7 +263,9 @@ def group_connectivity_step(matrices: Sequence[str], participants: str, group_co
     table = read_participants(participants)
     meta: dict[str, Any] = {**PEARSON_METADATA, "GroupColumn": group_column}
     diff = np.full(mean.shape, np.nan)
-    if group_column and group_column in table:
+    if not group_column:
+        meta["Note"] = "report.group_column is null"
+    elif group_column in table:
         subjects = [_subject(p) for p in matrices]
         group_of = dict(zip(table["participant_id"], table[group_column]))
         levels = sorted({group_of.get(s) for s in subjects} - {None, "n/a", ""})
@@ -262,11 +276,10 @@ def group_connectivity_step(matrices: Sequence[str], participants: str, group_co
             meta.update({"Levels": levels, "Contrast": f"{levels[1]} minus {levels[0]} (Fisher z)",
                          "N": {levels[0]: len(low), levels[1]: len(high)}})
         else:
-            meta["Note"] = f"column {group_column!r} has {len(levels)} levels among these runs; a difference needs 2"
-    elif not group_column:
-        meta["Note"] = "report.group_column is null: no groups compared"
+            meta["Note"] = (f"report.group_column {group_column!r} has {len(levels)} levels among these runs; "
+                            "a difference needs 2")
     else:
-        meta["Note"] = f"no column {group_column!r} in {participants}"
+        meta["Note"] = f"report.group_column {group_column!r} is not a column of {participants}"
     write_tsv(out_diff, pd.DataFrame(diff, index=pd.Index(names, name="Node"), columns=names), index=True)
     write_sidecar(out_diff, "connectivity", [*matrices, participants], metadata_fields=meta)
 
@@ -313,28 +326,61 @@ def _subject(path: str) -> str:
     return Path(path).name.split("_")[0]
 
 
+# What each dataset.* key allows: an error that a key's value causes names the key with this
+DATASET_KEYS = {
+    "window": "an integer of at least 20, at most a training run's time points, counted at dataset.target_tr when set",
+    "stride": "an integer of at least 1 time point",
+    "target_tr": "a number of seconds above 0, or null to keep each run's TR",
+    "fractions": "3 numbers of at least 0 for train, val and test, train above 0, summing to 1",
+    "stratify": "a column of participants.tsv with a label for every subject, or null for no stratification",
+}
+
+
 def dataset_step(runs: Sequence[str], timeseries: Sequence[str], participants: str, out_card: str, *,
                  window: int, stride: int, target_tr: float | None, fractions: Sequence[float],
                  stratify: str | None, seed: int) -> None:
     """Model-ready windows of the time series: subject-level splits (stratified by the participants
-    column ``stratify``), scaling fitted on training subjects."""
+    column ``stratify``), scaling fitted on training subjects.
+
+    An error caused by one of the settings names its ``dataset.*`` config key, value and allowed values.
+    """
     from .datasets.participants import subject_labels
     from .datasets.regions import build_dataset
     from .datasets.splits import make_splits
 
+    values = {"window": window, "stride": stride, "target_tr": target_tr, "fractions": fractions, "stratify": stratify}
     specs = [{"run": run, "subject": subject_of(run), "timeseries": path,
               "tr": float(_read_sidecar(path)["RepetitionTime"])} for run, path in zip(runs, timeseries)]
     read_participants(participants)  # readable, each subject once, before any label is taken from it
-    labels = subject_labels(participants, stratify) if stratify else None
+    keys = {name: (f"dataset.{name}", values[name], allowed) for name, allowed in DATASET_KEYS.items()}
+    with _naming_config_keys({"column": keys["stratify"]}):  # subject_labels' column is dataset.stratify
+        labels = subject_labels(participants, stratify) if stratify else None
     subjects = sorted({s["subject"] for s in specs})
     if labels is not None:
         labels = labels.loc[[s for s in subjects if s in labels.index]]
-    splits = make_splits(subjects, fractions=fractions, seed=seed, stratify=labels)
-    # the card records the inputs with their sha256 (its Provenance field)
-    card = build_dataset(specs, splits, Path(out_card).parent, window=window, stride=stride,
-                         target_tr=target_tr, seed=seed)
+    with _naming_config_keys(keys):
+        splits = make_splits(subjects, fractions=fractions, seed=seed, stratify=labels)
+        # the card records the inputs with their sha256 (its Provenance field)
+        card = build_dataset(specs, splits, Path(out_card).parent, window=window, stride=stride,
+                             target_tr=target_tr, seed=seed)
     for run in card["skipped_runs"]:  # too short for a window: kept in the per-run results, left out here
         logging.getLogger("fmriflow").warning("%s is left out of the dataset: %s", run["run"], run["reason"])
+
+
+@contextlib.contextmanager
+def _naming_config_keys(keys: Mapping[str, tuple[str, Any, str]]) -> Iterator[None]:
+    """Re-raise an error caused by library settings (its ``settings``) naming the config keys they came from.
+
+    ``keys``: library parameter -> (config key, the value the step was given, what the key allows).
+    """
+    try:
+        yield
+    except (InputError, SettingError) as exc:
+        named = [keys[s] for s in dict.fromkeys(exc.settings) if s in keys]
+        if not named:
+            raise
+        note = "; ".join(f"{key} is {json.dumps(value, default=str)}, allowed: {allowed}" for key, value, allowed in named)
+        raise exc.with_note(note) from exc
 
 
 def voxel_dataset_step(runs: Sequence[str], bolds: Sequence[str], masks: Sequence[str], splits: str, geometry: str,

@@ -77,10 +77,12 @@ def subject_labels(participants: pd.DataFrame | str | Path, column: str) -> pd.S
     where = path if path is not None else "participants"
     for needed in ("participant_id", column):
         if needed not in table.columns:
-            raise InputError(where, f"participants table has no column '{needed}' (columns: {list(table.columns)})")
+            raise InputError(where, f"participants table has no column '{needed}' (columns: {list(table.columns)})",
+                             settings=["column"] if needed == column else [])
     if table[column].isna().any():
         missing = table.loc[table[column].isna(), "participant_id"].tolist()
-        raise InputError(where, f"column '{column}' is missing for {missing[:10]}; every subject needs a label to stratify")
+        raise InputError(where, f"column '{column}' is missing for {missing[:10]}; every subject needs a label to stratify",
+                         settings=["column"])
     return pd.Series(table[column].to_numpy(), index=[bare(p) for p in table["participant_id"]], name=column)
 
 

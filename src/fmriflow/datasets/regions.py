@@ -56,7 +56,7 @@ import numpy as np
 import pandas as pd
 from numpy.lib.format import open_memmap
 
-from ..errors import InputError
+from ..errors import InputError, SettingError
 from ..io import read_tsv, sha256sum, write_json, write_tsv
 from ..provenance import build_sidecar
 from . import store
@@ -126,7 +126,7 @@ def build_dataset(
         raise ValueError("build_dataset needs at least one run")
     window, stride = _positive_int(window, "window"), _positive_int(stride, "stride")
     if target_tr is not None and not (np.isfinite(target_tr) and target_tr > 0):
-        raise ValueError(f"'target_tr' must be a positive number of seconds or None; {target_tr!r} was provided")
+        raise SettingError("target_tr", f"'target_tr' must be a positive number of seconds or None; {target_tr!r} was provided")
     if min_coverage_regions is not None:
         min_coverage_regions = _positive_int(min_coverage_regions, "min_coverage_regions")
     split_table = check_splits(splits)
@@ -206,9 +206,9 @@ def _cache_runs(specs, scratch: Path, window, stride, target_tr, min_regions) ->
             "tr": spec["tr"], "tr_stored": tr_stored, "n_timepoints_input": len(frame),
             "n_timepoints": len(values), "n_regions_with_data": int(valid.sum()),
         }
-        reason = _skip_reason(len(values), int(valid.sum()), window, min_regions, target_tr)
+        reason, settings = _skip_reason(len(values), int(valid.sum()), window, min_regions, target_tr)
         if reason:
-            skipped.append({**info, "reason": reason, "name": spec["name"]})
+            skipped.append({**info, "reason": reason, "settings": settings, "name": spec["name"]})
             continue
         starts = list(range(0, len(values) - window + 1, stride))
         cache = scratch / f"run{number:06d}.npy"
@@ -226,9 +226,12 @@ def _training_runs(kept: list[dict[str, Any]], skipped: list[dict[str, Any]]) ->
         if short:
             name = short[0]["name"]
             listing = "; ".join(f"{s['run']}: {s['reason']}" for s in short[:5]) + (" ..." if len(short) > 5 else "")
+            settings = list(dict.fromkeys(key for s in short for key in s["settings"]))
         else:
             name, listing = "runs", f"none of the {len(kept) + len(skipped)} runs is of a subject in the train split"
-        raise InputError(name, f"no training run yields a window, so the scaling cannot be fitted ({listing})")
+            settings = []
+        raise InputError(name, f"no training run yields a window, so the scaling cannot be fitted ({listing})",
+                         settings=settings)
     return train
 
 
@@ -438,15 +441,17 @@ def _resample(values: np.ndarray, valid: np.ndarray, tr: float, target_tr: float
     return out, float(f"{tr * down / up:.12g}")  # drop float noise: 0.72 * 10 / 9 -> 0.8
 
 
-def _skip_reason(n_time: int, n_valid: int, window: int, min_regions: int | None, target_tr) -> str | None:
+def _skip_reason(n_time: int, n_valid: int, window: int, min_regions: int | None,
+                 target_tr) -> tuple[str | None, tuple[str, ...]]:
+    """Why a run yields no window (None: it does), and the parameters behind that reason."""
     at = "" if target_tr is None else f" after resampling to TR {target_tr} s"
     if n_time < window:
-        return f"{n_time} time points{at}, fewer than one window of {window}"
+        return f"{n_time} time points{at}, fewer than one window of {window}", ("window",) + (("target_tr",) if at else ())
     if n_valid == 0:
-        return "no region has data (every column is n/a)"
+        return "no region has data (every column is n/a)", ()
     if min_regions is not None and n_valid < min_regions:
-        return f"{n_valid} regions with data, fewer than min_coverage_regions={min_regions}"
-    return None
+        return f"{n_valid} regions with data, fewer than min_coverage_regions={min_regions}", ("min_coverage_regions",)
+    return None, ()
 
 
 def _fit_scaling(caches: list[Path], n_regions: int) -> tuple[np.ndarray, ...]:
@@ -498,5 +503,5 @@ def _summary(values: np.ndarray) -> dict[str, float | None]:
 
 def _positive_int(value: Any, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"'{name}' must be a positive integer; {value!r} was provided")
+        raise SettingError(name, f"'{name}' must be a positive integer; {value!r} was provided")
     return int(value)

@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from ..errors import InputError
+from ..errors import InputError, SettingError
 from ..io import read_tsv
 from .participants import bare
 
@@ -169,7 +169,7 @@ def in_split_order(specs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def _check_fractions(fractions: Sequence[float]) -> np.ndarray:
     f = np.asarray(fractions, dtype=np.float64)
     if f.shape != (3,) or not np.isfinite(f).all() or (f < 0).any() or f[0] <= 0 or abs(f.sum() - 1) > 1e-6:
-        raise ValueError(f"'fractions' must be 3 non-negative numbers (train > 0) summing to 1; {tuple(fractions)} was provided")
+        raise SettingError("fractions", f"'fractions' must be 3 non-negative numbers (train > 0) summing to 1; {tuple(fractions)} was provided")
     return f / f.sum()
 
 
@@ -181,20 +181,21 @@ def _stratum_labels(subjects: list, stratify) -> dict[str, str] | None:
     else:
         stratify = list(stratify)
         if len(stratify) != len(subjects):
-            raise ValueError(f"'stratify' has {len(stratify)} labels for {len(subjects)} subjects")
+            raise SettingError("stratify", f"'stratify' has {len(stratify)} labels for {len(subjects)} subjects")
         items = zip(subjects, stratify)
     labels: dict[str, str] = {}
     for subject, label in items:
         if label is None or (isinstance(label, float) and math.isnan(label)):
-            raise InputError("stratify", f"subject '{subject}' has no stratification label ({label!r} was provided)")
+            raise InputError("stratify", f"subject '{subject}' has no stratification label ({label!r} was provided)",
+                             settings=["stratify"])
         label, subject = str(label), bare(subject)
         if labels.setdefault(subject, label) != label:
             raise InputError("stratify", f"subject '{subject}' has two stratification labels: {labels[subject]!r} and "
-                                         f"{label!r}; each subject has one")
+                                         f"{label!r}; each subject has one", settings=["stratify"])
     missing = sorted({bare(s) for s in subjects} - set(labels))
     if missing:
         raise InputError("stratify", f"no stratification label for subjects {missing[:10]}; every subject needs one "
-                                     f"(labels were given for {len(labels)} subjects)")
+                                     f"(labels were given for {len(labels)} subjects)", settings=["stratify"])
     return labels
 
 

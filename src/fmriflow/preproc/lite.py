@@ -110,6 +110,9 @@ def preprocess_run(raw_bold: str | Path, grid_img: str | Path, out: PreprocFiles
         raise ValueError(f"'transform' must be one of {TRANSFORMS}; {transform!r} was provided")
     # ITK reads its thread count when a filter starts: one job's share, and reproducible
     os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(threads)
+    # antsRegistration seeds its metric sampling from the clock when --random-seed is 0, so
+    # seed 0 gave a different result on every run: ANTs gets seed + 1, never 0
+    ants_seed = seed + 1
     import ants
     from nilearn.datasets import load_mni152_template
 
@@ -131,10 +134,10 @@ def preprocess_run(raw_bold: str | Path, grid_img: str | Path, out: PreprocFiles
     grid_ants = to_ants(np.zeros(grid.shape[:3], np.float32), grid.affine)
 
     with tempfile.TemporaryDirectory(prefix="fmriflow-lite-") as tmp:
-        motion_files, params, boldref = _head_motion(data, affine, fixed, center, n_dummy, seed, tmp)
+        motion_files, params, boldref = _head_motion(data, affine, fixed, center, n_dummy, ants_seed, tmp)
         template = load_mni152_template(resolution=2)
         to_template = ants.registration(to_ants(np.asarray(template.dataobj), template.affine), to_ants(boldref, affine),
-                                        type_of_transform=transform, random_seed=seed, outprefix=f"{tmp}/tpl_")
+                                        type_of_transform=transform, random_seed=ants_seed, outprefix=f"{tmp}/tpl_")
         bold = np.empty((*grid.shape[:3], n_volumes), np.float32)
         for t in range(n_volumes):
             bold[..., t] = ants.apply_transforms(grid_ants, to_ants(data[..., t], affine),

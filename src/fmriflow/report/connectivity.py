@@ -24,8 +24,11 @@ def connectivity_section(fc, diff, diff_meta, recovery, regions, fc_path, diff_p
     if diff is None:
         parts.append("<p>No group difference was computed.</p>")
         return "\n".join(parts)
-    if "GroupColumn" in diff_meta and diff_meta["GroupColumn"] is None:  # its sidecar: switched off in the config
-        parts.append(not_run("group difference", "report.group_column is null"))
+    switched_off = "GroupColumn" in diff_meta and not diff_meta["GroupColumn"]  # report.group_column: null
+    if switched_off or not np.isfinite(diff).any():  # all NaN: no two groups to compare
+        parts.append(not_run("group difference", not_run_reason(diff_meta)))
+        if recovery is not None:
+            parts.append(not_run("ground-truth recovery", "no group difference to compare the planted edges with"))
         return "\n".join(parts)
     if diff_meta:
         parts.append("<h3>Group comparison</h3>")
@@ -81,6 +84,13 @@ def _recovery_html(rec, edges_path, diff_path) -> str:
         table(headers, rows, table_id="ground-truth"),
         f'<div class="source">Planted: {sources_html([edges_path])}; observed: {sources_html([diff_path])}.</div>',
     ])
+
+
+def not_run_reason(meta) -> str:
+    """Why the group difference is undefined: the config key when no column was set, else the step's note."""
+    if "GroupColumn" in meta and not meta["GroupColumn"]:
+        return "report.group_column is null"
+    return str(meta.get("Note") or "the difference is undefined (NaN) for every pair of regions")
 
 
 def contrast_text(meta) -> str:

@@ -61,7 +61,7 @@ def read_qc(paths: list[PathLike]) -> pd.DataFrame:
     """The preproc QC rows of every run, with ``label`` (file-name run label) and ``subject``."""
     frames = []
     for path in paths:
-        table = read_table(path, ["run", "mean_fd", "max_fd"])
+        table = read_table(path, ["run", "mean_fd", "max_fd"], dtype={"subject": str, "run": str})
         if table.empty:
             raise InputError(path, "QC table has no rows")
         for col in QC_NUMBERS:
@@ -79,7 +79,7 @@ def read_qc(paths: list[PathLike]) -> pd.DataFrame:
 
 def read_run_qc(path: PathLike) -> pd.DataFrame:
     """The run_qc table (one row per run, ``included`` and ``exclusion_reasons``), with ``label``."""
-    table = read_table(path, ["run", "included", "exclusion_reasons"], dtype={"run": str, "exclusion_reasons": str})
+    table = read_table(path, ["run", "included", "exclusion_reasons"], dtype={"run": str, "subject": str, "exclusion_reasons": str})
     table["included"] = as_bool(table["included"], path, "included")
     table["label"] = [Path(r).name for r in table["run"]]
     return table

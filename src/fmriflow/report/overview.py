@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import PurePosixPath
+
 import numpy as np
 import pandas as pd
 
 from .html import details, esc, key_value_table, name, table
 from .inputs import config_get
+
+# A BIDS file name: key-value entities, then the suffix, then the extension
+# (sub-01_task-rest_bold.nii.gz, task-rest_bold.json), or a top-level table named by its suffix.
+_BIDS_NAME = re.compile(r"^(?:(?:[a-zA-Z0-9]+-[a-zA-Z0-9]+_)+(?P<suffix>[a-zA-Z0-9]+)|(?P<table>participants|samples))"
+                        r"\.[a-zA-Z][a-zA-Z0-9]*(?:\.[a-zA-Z][a-zA-Z0-9]*)*$")
 
 
 def summary_section(people, files, checks, runs, run_qc, dropped, config, validation_path) -> str:
@@ -51,7 +59,7 @@ def dataset_section(people, participants_path, files, manifest_path) -> str:
              f"{len(files)} raw files in the manifest <code>{esc(name(manifest_path))}</code> "
              "(every file with its sha256: see Provenance).</p>"]
     if "suffix" in files:
-        kinds = files.assign(kind=files["suffix"].fillna("other")).groupby("kind").size()
+        kinds = files.assign(kind=file_kinds(files)).groupby("kind").size()
         parts.append("<h3>Manifest</h3>")
         parts.append(table(["Suffix", "Files"], kinds.items(), table_id="manifest-summary"))
     if counts:
@@ -60,6 +68,17 @@ def dataset_section(people, participants_path, files, manifest_path) -> str:
     parts.append("<h3>Participants</h3>")
     parts.append(table(list(people.columns), people.itertuples(index=False), table_id="participants", scroll=True))
     return "\n".join(parts)
+
+
+def file_kinds(files: pd.DataFrame) -> list[str]:
+    """Each manifest file's suffix when its name is a BIDS name with that suffix; "other" otherwise
+    (README, notes.v6, scan.1e2: pybids derives a "suffix" from any name)."""
+    kinds = []
+    for path, suffix in zip(files["path"], files["suffix"]):
+        match = _BIDS_NAME.match(PurePosixPath(str(path)).name)
+        named = (match.group("suffix") or match.group("table")) if match else None
+        kinds.append(str(suffix) if named is not None and named == suffix else "other")
+    return kinds
 
 
 def column_summary(values: pd.Series) -> str:

@@ -1,6 +1,7 @@
 """What a training run is: its settings (``TrainConfig``, also the command line), the tasks and
-target kinds it accepts, the provenance step of each task (``SIDECAR_STEP``), which settings
-shape its result (``NOT_SHAPING``), and what the loop needs from a model family (``Task``)."""
+target kinds it accepts, the provenance step of each task (``SIDECAR_STEP``), the workflow config
+section of each task (``CONFIG_SECTION``), which settings shape its result (``NOT_SHAPING``), and
+what the loop needs from a model family (``Task``)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,10 @@ TARGET_KINDS = ("classification", "regression")
 # (workflow/rules/pretrain.smk, voxel.smk), so a fine-tuned model does not claim to be pretrained
 SIDECAR_STEP = {"brainlm": "pretrain", "neurostorm-mae": "voxel_pretrain", "brainmt": "voxel_finetune",
                 "neurostorm": "voxel_finetune"}
+# the workflow config section whose settings a task's rule passes on the command line (config/config.yaml),
+# so an error about a setting can name the key the user wrote
+CONFIG_SECTION = {"brainlm": "pretrain", "neurostorm-mae": "voxel.pretrain", "brainmt": "voxel.brainmt",
+                  "neurostorm": "voxel.neurostorm"}
 
 
 @dataclass

@@ -13,6 +13,9 @@ resumable: the checkpoint holds model, optimiser, scheduler, step and RNG states
 order and masks are functions of (seed, step), so a run stopped at any checkpoint and resumed
 follows the same trajectory as an uninterrupted one. SIGTERM / SIGUSR1 (SLURM's warning before
 a time limit or preemption) write a checkpoint and stop; rerunning the same command continues.
+A run that cannot reach a step boundary stops at once instead: a signal before the first step or
+after the last, or a second signal, ends it without a checkpoint (exit status 128 + signal), and
+an error ends it with the error; either way its DataLoader workers end with it.
 
     python -m fmriflow.train --dataset DIR --coords LUT.tsv --out DIR [--model tiny] [--max-steps N] ...
     python -m fmriflow.train --task brainmt --dataset VOXELS --participants participants.tsv --target age \
@@ -23,8 +26,12 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import ctypes
 import dataclasses
+import functools
 import math
+import multiprocessing
+import os
 import random
 import shutil
 import signal
@@ -32,19 +39,20 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from ..errors import InputError
 from ..io import atomic_path
 from ..provenance import write_sidecar
 from .checkpoint import CHECKPOINT, load_checkpoint, run_inputs, save_checkpoint, save_model
 from .config import SIDECAR_STEP, Task, TrainConfig
 from .distributed import Dist, setup_distributed
-from .sampling import RankBatches, mask_noise
+from .sampling import RankBatches, check_batch_size, mask_noise
 from .tasks import build_task
 
 
@@ -66,16 +74,54 @@ def _ignore_stop_signals(_worker_id: int) -> None:
         signal.signal(sig, signal.SIG_IGN)
 
 
+def _start_worker(parent: int, worker_id: int) -> None:
+    """A DataLoader worker's set-up: stop signals left to the training process, and death with it.
+
+    A worker ignores SIGTERM, so only its parent can end it. torch's worker watchdog notices a dead
+    parent only between batches; on Linux the kernel also kills the worker the moment its parent
+    ends (PR_SET_PDEATHSIG), even one busy in a slow read.
+    """
+    _ignore_stop_signals(worker_id)
+    if sys.platform.startswith("linux"):
+        pr_set_pdeathsig = 1
+        if ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0) == 0 \
+                and os.getppid() != parent:  # the parent ended before the request was made
+            os._exit(1)
+
+
+class StopNow(BaseException):
+    """A stop signal that cannot wait for a step boundary; like KeyboardInterrupt, not an ``Exception``."""
+
+    def __init__(self, signum: int):
+        self.signum = signum
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+
+
 class _Stop:
-    """Set by SIGTERM / SIGUSR1; the loop checkpoints and exits at the next step boundary."""
+    """SIGTERM / SIGUSR1 handling for the time a run holds them.
+
+    While the loop runs (``stepping``), the first signal is a request: the loop checkpoints and
+    exits at the next step boundary. A signal outside the loop, or a second one, means the
+    boundary may never come (the process waits on a stuck worker, a peer, a read): ``StopNow``
+    is raised at once, and the loop's clean-up ends the workers. ``restore`` gives the signals
+    back to the handlers from before.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
     def __init__(self):
         self.signum: int | None = None
-        for sig in (signal.SIGTERM, signal.SIGUSR1):
-            signal.signal(sig, self._handle)
+        self.stepping = False
+        self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
 
     def _handle(self, signum, frame) -> None:
+        if self.signum is not None or not self.stepping:
+            raise StopNow(signum)
         self.signum = signum
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
 
 def _agreed(interrupted: bool, ddp: Dist) -> bool:
@@ -105,49 +151,55 @@ class _Run:
 def train(cfg: TrainConfig, should_stop: Callable[[int], bool] | None = None) -> dict[str, Any]:
     """Train (or resume) to ``cfg.max_steps``; ``should_stop(step)`` acts like a signal (tests, budgets)."""
     ddp = setup_distributed()
-    if cfg.batch_size % ddp.world:
-        raise ValueError(f"batch size {cfg.batch_size} is not divisible by the {ddp.world} processes")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     # every RNG the checkpoint records is seeded, so a rerun writes byte-identical checkpoints
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    run = _set_up(cfg, ddp, build_task(cfg))
+    task = build_task(cfg)
+    check_batch_size(cfg, len(task.train_set), ddp.world)  # before any loader starts a worker
+    run = _set_up(cfg, ddp, task)
     checkpoint, inputs = out / CHECKPOINT, run_inputs(cfg)
     step = load_checkpoint(checkpoint, cfg, inputs, ddp, run.model, run.optimizer, run.scheduler)
     trainable = _wrap(run.model, cfg, ddp)
     stop = _Stop()
-    metrics = _Metrics(out / "train_log.csv", ddp.master, resume_step=step)
-    train_loss = _TrainLoss(ddp.device)
-    n_noise = None
+    try:
+        metrics = _Metrics(out / "train_log.csv", ddp.master, resume_step=step)
+        train_loss = _TrainLoss(ddp.device)
+        n_noise = None
 
-    if step == 0:  # the untrained model's validation loss: the baseline the curve starts from
-        metrics.write(step=0, val_loss=evaluate(run.model, run.task, cfg, ddp, run.bf16))
-    for batch in _loader(run.task.train_set, cfg, ddp, step):
-        batch = _to_device(batch, ddp.device)
-        if n_noise is None:
-            n_noise = run.task.n_noise(batch["x"])
-        loss, grad_norm = _step(run, trainable, batch, step, n_noise)
-        train_loss.add(loss, cfg.batch_size)
-        step += 1
+        if step == 0:  # the untrained model's validation loss: the baseline the curve starts from
+            metrics.write(step=0, val_loss=evaluate(run.model, run.task, cfg, ddp, run.bf16))
+        with _batches(_loader(run.task.train_set, cfg, ddp, step)) as batches:
+            stop.stepping = True
+            for batch in batches:
+                batch = _to_device(batch, ddp.device)
+                if n_noise is None:
+                    n_noise = run.task.n_noise(batch["x"])
+                loss, grad_norm = _step(run, trainable, batch, step, n_noise)
+                train_loss.add(loss, cfg.batch_size)
+                step += 1
 
-        if step % cfg.log_every == 0 or step == cfg.max_steps:
-            train_loss.write(metrics, step, cfg, ddp, lr=run.scheduler.get_last_lr()[0], grad_norm=grad_norm)
-        if step % cfg.eval_every == 0 or step == cfg.max_steps:
-            metrics.write(step=step, val_loss=evaluate(run.model, run.task, cfg, ddp, run.bf16))
-        interrupted = _agreed(stop.signum is not None or (should_stop is not None and should_stop(step)), ddp)
-        if step % cfg.checkpoint_every == 0 or step == cfg.max_steps or interrupted:
-            save_checkpoint(checkpoint, run.model, run.optimizer, run.scheduler, step, cfg, ddp, inputs=inputs)
-        if interrupted:
-            break
+                if step % cfg.log_every == 0 or step == cfg.max_steps:
+                    train_loss.write(metrics, step, cfg, ddp, lr=run.scheduler.get_last_lr()[0], grad_norm=grad_norm)
+                if step % cfg.eval_every == 0 or step == cfg.max_steps:
+                    metrics.write(step=step, val_loss=evaluate(run.model, run.task, cfg, ddp, run.bf16))
+                interrupted = _agreed(stop.signum is not None or (should_stop is not None and should_stop(step)), ddp)
+                if step % cfg.checkpoint_every == 0 or step == cfg.max_steps or interrupted:
+                    save_checkpoint(checkpoint, run.model, run.optimizer, run.scheduler, step, cfg, ddp, inputs=inputs)
+                if interrupted:
+                    break
+        stop.stepping = False
 
-    result = {"step": step, "interrupted": step < cfg.max_steps}
-    if ddp.master and step >= cfg.max_steps:
-        _save_outputs(out, run)
-    if ddp.world > 1:
-        dist.barrier()
-        dist.destroy_process_group()
+        result = {"step": step, "interrupted": step < cfg.max_steps}
+        if ddp.master and step >= cfg.max_steps:
+            _save_outputs(out, run)
+        if ddp.world > 1:
+            dist.barrier()
+            dist.destroy_process_group()
+    finally:
+        stop.restore()
     return result
 
 
@@ -192,8 +244,45 @@ def _loader(dataset: torch.utils.data.Dataset, cfg: TrainConfig, ddp: Dist, step
     """This rank's batches from ``step`` to ``cfg.max_steps``."""
     return torch.utils.data.DataLoader(
         dataset, batch_sampler=RankBatches(len(dataset), cfg, ddp, step), num_workers=cfg.num_workers,
-        pin_memory=ddp.device.type == "cuda", persistent_workers=False, worker_init_fn=_ignore_stop_signals,
+        pin_memory=ddp.device.type == "cuda", persistent_workers=False,
+        worker_init_fn=functools.partial(_start_worker, os.getpid()),
     )
+
+
+@contextlib.contextmanager
+def _batches(loader: torch.utils.data.DataLoader) -> Iterator[Iterator[dict]]:
+    """The loader's batches; its worker processes end with the loop, however the loop ends.
+
+    On an error or ``StopNow`` the workers are killed before the exception goes on: they hold
+    nothing to save, and they ignore SIGTERM, so the interpreter's exit (which terminates and
+    then joins its daemonic children) would wait on them forever. A worker started by a loader
+    whose start failed is among them: the children started here, not the iterator, are killed.
+    Otherwise torch shuts them down as usual: told to stop, then joined.
+    """
+    before = set(multiprocessing.active_children())
+    batches = None
+    try:
+        batches = iter(loader)
+        yield batches
+        _shut_down(batches)
+    except BaseException:
+        # torch's SIGCHLD handler would take the kill for a crash and raise over the exception on its way
+        sigchld = signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        try:
+            for worker in set(multiprocessing.active_children()) - before:
+                worker.kill()
+                worker.join()
+            _shut_down(batches)
+        finally:
+            signal.signal(signal.SIGCHLD, sigchld)
+        raise
+
+
+def _shut_down(batches: Iterator[dict] | None) -> None:
+    """End a DataLoader iterator's workers and free its queues (torch's own shut-down; none without workers)."""
+    shutdown = getattr(batches, "_shutdown_workers", None)
+    if shutdown is not None:
+        shutdown()
 
 
 def _step(run: _Run, trainable: torch.nn.Module, batch: dict, step: int, n_noise: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -314,7 +403,15 @@ class _Metrics:
 
 def main(argv: list[str] | None = None) -> int:
     cfg = TrainConfig.from_args(argv, description=__doc__)
-    result = train(cfg)
+    try:
+        result = train(cfg)
+    except InputError as exc:  # a setting or input the run cannot use: the message says which
+        print(f"fmriflow-train: error: {exc}", file=sys.stderr)
+        return 1
+    except StopNow as exc:
+        print(f"fmriflow-train: {exc} before a step boundary; no checkpoint written for the steps since the last",
+              file=sys.stderr)
+        return 128 + exc.signum
     if result["interrupted"]:
         print(f"fmriflow-train: interrupted at step {result['step']}; checkpoint written, rerun to continue", file=sys.stderr)
         return 3

@@ -1,6 +1,7 @@
 """What each step sees, as pure functions of (seed, step): the sample indices of a global batch
 (``global_batches``), this rank's share of them (``RankBatches``) and the masking noise
-(``mask_noise``). Exact resumption rests on these: a resumed run recomputes them, it replays nothing."""
+(``mask_noise``). Exact resumption rests on these: a resumed run recomputes them, it replays nothing.
+``check_batch_size`` refuses a global batch the training split or the processes cannot make."""
 
 from __future__ import annotations
 
@@ -9,8 +10,27 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from .config import TrainConfig
+from ..errors import InputError
+from .config import CONFIG_SECTION, TrainConfig
 from .distributed import Dist
+
+
+def check_batch_size(cfg: TrainConfig, n_samples: int, world: int) -> None:
+    """Refuse ``cfg.batch_size`` unless ``world`` processes can draw it from ``n_samples`` training samples.
+
+    Called before any DataLoader (and its worker processes) exists; the error names the setting
+    as the command line and the workflow config spell it.
+    """
+    setting = f"--batch-size (config {CONFIG_SECTION[cfg.task]}.batch_size)"
+    if n_samples == 0:
+        raise InputError(cfg.dataset, f"the training split has no samples, so {setting} {cfg.batch_size} "
+                         "cannot be drawn; check the dataset's splits (and --window for voxel tasks)")
+    if not 1 <= cfg.batch_size <= n_samples:
+        raise InputError(None, f"{setting} must be between 1 and the {n_samples} training samples of "
+                         f"{cfg.dataset}; {cfg.batch_size} was provided")
+    if cfg.batch_size % world:
+        raise InputError(None, f"{setting} must be divisible by the {world} training processes (each takes an "
+                         f"equal share); {cfg.batch_size} was provided")
 
 
 def global_batches(n_samples: int, batch_size: int, seed: int, start_step: int) -> Iterator[tuple[int, np.ndarray]]:
@@ -40,6 +60,7 @@ class RankBatches:
     """This rank's share of each global batch from ``start_step`` on, for a DataLoader's batch_sampler."""
 
     def __init__(self, n_samples: int, cfg: "TrainConfig", ddp: "Dist", start_step: int):
+        check_batch_size(cfg, n_samples, ddp.world)  # here, not when a worker-started loader first draws
         self.n_samples, self.cfg, self.ddp, self.start = n_samples, cfg, ddp, start_step
 
     def __iter__(self):
