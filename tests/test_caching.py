@@ -141,6 +141,13 @@ def test_denoise_change_reruns_denoise_and_after(finished):
     assert not {"bids", "atlas", "preproc_derivatives", "resample"} & set(jobs), jobs
     listed = params_changed(base, changed)
     assert set(listed.values()) == {"denoise"} and len(listed) == 2 * n_runs, listed  # BOLD + QC row per run
+    # the reason names the changed entry only, not the whole section (nor the whole config)
+    dry = snakemake(base, changed, "--dry-run", *fc_targets(changed))
+    reasons = [line for line in (dry.stdout + dry.stderr).splitlines() if "Params have changed" in line]
+    assert len(reasons) == n_runs, reasons
+    for line in reasons:
+        assert "before: 'denoise.high_pass=0.01'" in line and "now: 'denoise.high_pass=0.02'" in line, line
+        assert "low_pass" not in line and len(line) < 200, line
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])

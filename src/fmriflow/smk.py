@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import sys
 import traceback
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 
 @contextlib.contextmanager
@@ -35,3 +37,49 @@ def logged(log_path: str) -> Iterator[logging.Logger]:
         finally:
             logging.captureWarnings(False)
             root.removeHandler(handler)
+
+
+class Shaped(Mapping):
+    """Config entries a rule's script reads (``params.config``), kept out of Snakemake's params record.
+
+    Snakemake records the ``repr`` of each built-in param and, when a record differs, prints the
+    old and the new value in the job's reason: a whole config section (or the whole config) for a
+    one-key change. An object of this class is not a built-in, so Snakemake leaves it out; the
+    rule tracks the same entries through ``tracked_params``, one short param per leaf.
+    """
+
+    def __init__(self, entries: dict[str, Any]):
+        self._entries = entries
+
+    def __getitem__(self, key: str) -> Any:
+        return self._entries[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __repr__(self) -> str:
+        return f"Shaped({self._entries!r})"
+
+
+def leaves(entries: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """(dotted key, value) of every leaf of a nested mapping; lists and empty mappings are leaves."""
+    for key, value in entries.items():
+        if isinstance(value, Mapping) and value:
+            yield from leaves(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def tracked_params(entries: Mapping[str, Any]) -> dict[str, Any]:
+    """Rule params that make Snakemake rerun a job when an entry changes, naming only that entry.
+
+    ``{"config": Shaped(entries), "_shape0": "denoise.high_pass=0.01", ...}``: the reason of a rerun
+    then reads "before: 'denoise.high_pass=0.01' now: 'denoise.high_pass=0.02'".
+    """
+    params: dict[str, Any] = {"config": Shaped(entries)}
+    for index, (key, value) in enumerate(sorted(leaves(entries))):
+        params[f"_shape{index}"] = f"{key}={json.dumps(value, sort_keys=True, default=str)}"
+    return params

@@ -8,7 +8,7 @@ rule bids:
         validation=f"{OUT}/bids/validation.json",
     params:
         bids_dir=BIDS_DIR,
-        config=shaping("bids"),
+        **shaping("bids"),
     log:
         f"{LOGS}/bids/bids.log",
     script:
@@ -20,7 +20,7 @@ rule dataset_description:
     output:
         f"{DERIV}/dataset_description.json",
     params:
-        config=config,  # its ConfigurationHash is the hash of the whole resolved config
+        **shaping_all(),  # its ConfigurationHash is the hash of the whole resolved config
     log:
         f"{LOGS}/bids/dataset_description.log",
     script:

@@ -16,7 +16,7 @@ from snakemake_interface_executor_plugins.settings import DeploymentMethod
 
 from snakemake.utils import validate
 
-from fmriflow import launch, naming
+from fmriflow import launch, naming, smk
 from fmriflow.checks import check_config, check_participant_columns, in_schema_order
 from fmriflow.connectivity import GROUP_KINDS, STAT
 from fmriflow.errors import InputError
@@ -94,6 +94,9 @@ def mem_from_inputs(floor_mb, per_input_mb):
 def shaping(*keys, drop=()):
     """The config entries that shape a rule's outputs, given to the rule as ``params.config``.
 
+    Use as ``params: **shaping(...)``: besides ``config``, one tracking param per entry, so that a
+    rerun's reason names the changed entries only (``fmriflow.smk.tracked_params``).
+
     Snakemake reruns a job whose params changed since its outputs were made (the ``params``
     rerun trigger); it cannot see what a script reads from ``snakemake.config``. So scripts read
     config only through this subset: a step reruns when an entry it reads changes, and not when
@@ -114,7 +117,12 @@ def shaping(*keys, drop=()):
         for part in parents:
             node = node[part]
         del node[last]
-    return _sorted(picked)
+    return smk.tracked_params(_sorted(picked))
+
+
+def shaping_all():
+    """The whole resolved config as ``params.config`` (in its own order), tracked as ``shaping`` does."""
+    return smk.tracked_params(copy.deepcopy(config))
 
 
 def _sorted(value):

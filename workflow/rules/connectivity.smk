@@ -7,7 +7,7 @@ rule connectivity:
         npy=[relmat("{run}", "{atlas}", k, ".npy") for k in RUN_KINDS],
         dynamic=[relmat("{run}", "{atlas}", "pearson", ".npy", desc="dynamic")] if DYNAMIC else [],
     params:
-        config=shaping("connectivity.kinds", "connectivity.sliding_window"),
+        **shaping("connectivity.kinds", "connectivity.sliding_window"),
     log:
         f"{LOGS}/connectivity/{{run}}_atlas-{{atlas}}.log",
     script:
@@ -40,7 +40,7 @@ rule connectivity_stack:
         runs=group_file("{atlas}", "{stat}", "stack", suffix="runs"),
     params:
         runs=lambda wildcards: included_runs(),
-        config=shaping("connectivity.fisher_z"),
+        **shaping("connectivity.fisher_z"),
     wildcard_constraints:
         stat="|".join(STAT[k] for k in RUN_KINDS),
     log:
@@ -60,7 +60,7 @@ rule tangent_stack:
         reference=group_file("{atlas}", STAT["tangent"], "reference", extension=".npy"),
     params:
         runs=lambda wildcards: included_runs(),
-        config=shaping("connectivity.fisher_z"),
+        **shaping("connectivity.fisher_z"),
     log:
         f"{LOGS}/connectivity/stack_atlas-{{atlas}}_stat-tangent.log",
     script:

@@ -8,7 +8,7 @@ rule denoise:
         bold=grid("{run}", desc="denoised", suffix="bold", extension=".nii.gz"),
         qc=grid("{run}", desc="denoised", suffix="qc", extension=".tsv"),
     params:
-        config=shaping("denoise", "qc.min_degrees_of_freedom"),  # a strategy leaving fewer is refused
+        **shaping("denoise", "qc.min_degrees_of_freedom"),  # a strategy leaving fewer is refused
     resources:
         mem_mb=mem_from_inputs(4000, 10),
     log:

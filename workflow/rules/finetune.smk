@@ -14,7 +14,7 @@ rule finetune_features:
         samples=f"{FINETUNE_DIR}/features/{naming.FINETUNE_FEATURES['samples']}",
     params:
         dataset=DATASET_DIR,
-        config=shaping("finetune.seed", "finetune.device"),
+        **shaping("finetune.seed", "finetune.device"),
     resources:
         **finetune_resources(),
     log:
@@ -36,7 +36,7 @@ rule finetune:
     params:
         dataset=DATASET_DIR,
         # what trains and scores one set-up; not which set-ups exist, nor the job's size
-        config=shaping("finetune", drop=("finetune.enabled", "finetune.setups", "finetune.gpus",
+        **shaping("finetune", drop=("finetune.enabled", "finetune.setups", "finetune.gpus",
                                          "finetune.mem_mb", "finetune.runtime")),
     wildcard_constraints:
         setup="[A-Za-z0-9_.-]+",

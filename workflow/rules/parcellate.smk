@@ -9,7 +9,7 @@ rule parcellate:
         timeseries=[timeseries("{run}", a) for a in ATLASES],
         coverage=[grid("{run}", atlas=a, stat="coverage", suffix="bold", extension=".tsv") for a in ATLASES],
     params:
-        config=shaping("parcellate"),
+        **shaping("parcellate"),
     resources:
         mem_mb=mem_from_inputs(1000, 6),
     log:

@@ -15,7 +15,7 @@ rule preproc_derivatives:
     output:
         qc=out("{run}", desc="preproc", suffix="qc", extension=".tsv"),
     params:
-        config=shaping("bids_dir", "preproc.mode", "qc.fd_threshold"),
+        **shaping("bids_dir", "preproc.mode", "qc.fd_threshold"),
     log:
         f"{LOGS}/preproc/{{run}}.log",
     script:
@@ -66,7 +66,7 @@ if MODE == "lite":
             boldref=str(boldref_path(LITE_FILES)),
         params:
             root=f"{OUT}/{LITE_ROOT}",
-            config=shaping("preproc.mode", "preproc.lite"),
+            **shaping("preproc.mode", "preproc.lite"),
         threads: config["preproc"]["lite"]["threads"]
         resources:
             mem_mb=mem_from_inputs(6000, 12),

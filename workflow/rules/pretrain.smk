@@ -9,7 +9,7 @@ rule dataset:
         card=f"{DATASET_DIR}/dataset_card.json",
     params:
         runs=lambda wildcards: included_runs(),
-        config=shaping("dataset"),
+        **shaping("dataset"),
     log:
         f"{LOGS}/dataset/atlas-{ATLAS}.log",
     script:

@@ -15,7 +15,7 @@ checkpoint run_qc:
         table=run_qc_table(),
     params:
         runs=list(RUNS),
-        config=shaping("qc"),
+        **shaping("qc"),
     log:
         f"{LOGS}/qc/run_qc.log",
     script:

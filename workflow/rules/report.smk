@@ -26,7 +26,7 @@ rule report:
         figures=report(directory(f"{OUT}/report/figures"), patterns=["{figure}.png"], caption="../report/figure.rst",
                        category="Figures", labels={"figure": "{figure}"}),
     params:
-        config=config,  # its provenance section shows the whole resolved config
+        **shaping_all(),  # its provenance section shows the whole resolved config
         runs=list(RUNS),
         voxel_names=list(voxel_metrics()),
     log:

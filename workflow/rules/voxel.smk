@@ -14,7 +14,7 @@ rule voxel_dataset:
     params:
         runs=lambda wildcards: included_runs(),
         splits=f"{DATASET_DIR}/splits.tsv",
-        config=shaping("voxel.dtype"),
+        **shaping("voxel.dtype"),
     wildcard_constraints:
         geometry="|".join(VOXEL_GRID.values()),
     resources:

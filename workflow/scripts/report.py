@@ -16,7 +16,7 @@ with logged(snakemake.log[0]):
         group_fc=i.group_fc,
         group_diff=i.group_diff,
         ground_truth_edges=i.ground_truth[0] if i.ground_truth else None,
-        config=snakemake.params.config,
+        config=dict(snakemake.params.config),
         run_qc=i.run_qc,
         run_files=run_files,
         atlas_image=i.atlas_image,
