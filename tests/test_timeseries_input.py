@@ -328,7 +328,8 @@ def test_dag_from_region_timeseries_to_the_report(tmp_path, fmt):
     assert card["n_regions"] == N_REGIONS
     assert (results / "pretrain" / "tiny" / "model.pt").is_file()
     variants = read_tsv(results / "finetune" / "response" / "variants.tsv")
-    assert {"concat", "ts_only", "logistic", "ridge"} <= set(variants.iloc[:, 1]) | set(variants.iloc[:, 0])
+    assert {"concat", "ts_only", "permuted_concat", "logistic", "ridge"} <= set(variants["variant"])
+    assert set(variants["n_subjects"]) == {len(SUBJECTS)}
 
     html = (results / "report" / "fmriflow_report.html").read_text()
     assert f"Atlas: <code>{ATLAS}</code>, {N_REGIONS} regions" in html
