@@ -1,10 +1,12 @@
 # fmriflow: raw BIDS fMRI -> fMRIPrep derivatives -> A424 grid -> denoised BOLD
 #           -> A424 region time series -> connectivity -> report.
+# input.mode timeseries: ready-made region time series of any atlas -> connectivity -> report.
 #
 # Outputs (<output_dir> = config output_dir, "results" by default):
 #   <output_dir>/bids/                    manifest.tsv (every raw file, sha256, TR, shape), validation.json
 #   <output_dir>/fmriprep/, work/fmriprep/ preproc.mode fmriprep: fMRIPrep's outputs, per-subject work dirs (kept)
 #   <output_dir>/preproc-lite/            preproc.mode lite: fMRIPrep-shaped outputs of the minimal preprocessing
+#   <output_dir>/timeseries/              input.mode timeseries: manifest.tsv (every input file, sha256), validation.json
 #   <output_dir>/fmriflow/                BIDS-Derivatives root (dataset_description.json)
 #       atlases/atlas-A424/               the atlas used, with its look-up table
 #       sub-*/[ses-*/]func/               per run: QC row, BOLD + mask on the atlas grid, denoised BOLD,
@@ -37,6 +39,7 @@ include: "workflow/rules/preproc.smk"
 include: "workflow/rules/resample.smk"
 include: "workflow/rules/denoise.smk"
 include: "workflow/rules/parcellate.smk"
+include: "workflow/rules/timeseries.smk"
 include: "workflow/rules/qc.smk"
 include: "workflow/rules/connectivity.smk"
 include: "workflow/rules/pretrain.smk"

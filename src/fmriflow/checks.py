@@ -99,7 +99,9 @@ def _cross_key_problems(config: Mapping[str, Any]) -> list[str]:
     if finetune["enabled"] and not config["pretrain"]["enabled"]:
         problems.append("finetune.enabled: true needs pretrain.enabled: true (fine-tuning starts from the pretrained "
                         "encoder and its dataset); set finetune.enabled: false, or pretrain.enabled: true")
-    return problems
+    from .timeseries.settings import config_problems as timeseries_problems  # input.mode: timeseries
+
+    return problems + timeseries_problems(config)
 
 
 def _dotted(path: Iterable[Any]) -> str:

@@ -1,12 +1,12 @@
 rule atlas:
     """A424: fetched (or taken from atlas.path / FMRIFLOW_ATLAS_DIR), verified by sha256, recorded."""
     output:
-        img=atlas_img(ATLAS),
-        labels=atlas_labels(ATLAS),
+        img=atlas_img("A424"),
+        labels=atlas_labels("A424"),
     # no params: where the atlas is found does not shape it (its sha256 is checked), so moving
     # the cache must not rerun it and, through its new mtime, every step after it
     log:
-        f"{LOGS}/atlas/atlas-{ATLAS}.log",
+        f"{LOGS}/atlas/atlas-A424.log",
     script:
         "../scripts/atlas.py"
 
@@ -16,7 +16,7 @@ rule extra_atlas:
     input:
         image=lambda wildcards: EXTRA_ATLASES[wildcards.extra]["image"],
         labels=lambda wildcards: EXTRA_ATLASES[wildcards.extra]["labels"],
-        reference=atlas_img(ATLAS),
+        reference=atlas_img("A424"),
     output:
         img=atlas_img("{extra}"),
         labels=atlas_labels("{extra}"),

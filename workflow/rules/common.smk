@@ -45,31 +45,46 @@ OUT = config["output_dir"]
 DERIV = f"{OUT}/fmriflow"
 LOGS = f"{OUT}/logs"
 BIDS_DIR = config["bids_dir"]
-ATLAS = "A424"  # the atlas of the foundation models; config atlas.extra adds others
-EXTRA_ATLASES = config["atlas"]["extra"]
+TIMESERIES = config["input"]["mode"] == "timeseries"  # region time series in, no voxel steps (timeseries.smk)
+# the atlas of the foundation models; config atlas.extra adds others (input.mode timeseries: the input's, alone)
+ATLAS = config["input"]["timeseries"]["atlas"] if TIMESERIES else "A424"
+EXTRA_ATLASES = {} if TIMESERIES else config["atlas"]["extra"]
 ATLASES = [ATLAS, *EXTRA_ATLASES]
 KINDS = config["connectivity"]["kinds"]
 RUN_KINDS = [k for k in KINDS if k not in GROUP_KINDS]
 KIND_OF_STAT = {stat: kind for kind, stat in STAT.items()}
 DYNAMIC = config["connectivity"]["sliding_window"]["window"] is not None
 
-if not Path(BIDS_DIR).is_dir():
+
+def timeseries_inputs():
+    """Runs and participants table of input.timeseries; a problem stops the plan, naming it."""
+    from fmriflow.timeseries import find_inputs
+
+    try:
+        return find_inputs(config["input"]["timeseries"], config["subjects"], config["tasks"])
+    except InputError as exc:
+        raise WorkflowError(str(exc)) from None
+
+
+TS_INPUT = timeseries_inputs() if TIMESERIES else None
+if not TIMESERIES and not Path(BIDS_DIR).is_dir():
     raise WorkflowError(
         f"bids_dir {BIDS_DIR!r} does not exist: set bids_dir in config/config.yaml to your raw BIDS dataset, "
         "or run the demo (`make demo`: the demo dataset and config/demo.yaml)."
     )
-PARTICIPANTS = f"{BIDS_DIR}/participants.tsv"
+PARTICIPANTS = str(TS_INPUT.participants) if TIMESERIES else f"{BIDS_DIR}/participants.tsv"
 try:  # each participants.tsv column the config names for a step that runs, before any job
     check_participant_columns(config, PARTICIPANTS)
 except InputError as exc:
     raise WorkflowError(str(exc)) from None
 
-# run key (e.g. sub-01/func/sub-01_task-rest) -> raw BOLD path
-RUNS = {key: str(path) for key, path in discover_runs(BIDS_DIR, config["subjects"], config["tasks"]).items()}
+# run key (e.g. sub-01/func/sub-01_task-rest) -> raw BOLD path (input.mode timeseries: the run's region time series)
+RUNS = {key: str(path) for key, path in (TS_INPUT.runs if TIMESERIES else
+                                         discover_runs(BIDS_DIR, config["subjects"], config["tasks"])).items()}
 
 # run key -> the fMRIPrep-shaped BOLD, mask and confounds every later step reads: existing files
 # (derivatives mode) or the names the fmriprep / lite rules write (workflow/rules/preproc.smk)
-PREPROC = preproc_files(config["preproc"], RUNS, OUT)
+PREPROC = {} if TIMESERIES else preproc_files(config["preproc"], RUNS, OUT)
 
 
 wildcard_constraints:
@@ -337,3 +352,44 @@ def voxel_metrics():
     if "neurostorm" in VOXEL["models"]:
         runs["neurostorm pretraining"] = rules.voxel_pretrain.output.metrics
     return runs
+
+
+# --------------------------------------------------------------------------- input.mode: timeseries
+# Ready-made region time series replace the voxel steps (workflow/rules/timeseries.smk): the runs
+# are the input files, and the run QC and the report read the ingestion's files where the voxel
+# steps' would be.
+
+
+def timeseries_sources(run):
+    """A run's input file, then its JSON sidecar and XCP-D's motion table where they exist."""
+    from fmriflow.timeseries.steps import source_files
+
+    return source_files(RUNS[run])
+
+
+def input_qc(run):
+    """The QC row of a run's ingested time series."""
+    return out(run, desc="input", suffix="qc", extension=".tsv")
+
+
+def coverage_table(run):
+    return grid(run, atlas=ATLAS, stat="coverage", suffix="bold", extension=".tsv")
+
+
+def run_qc_rows():
+    """Each run's QC row for the run_qc checkpoint: the denoise step's, or the ingestion's."""
+    return [input_qc(r) for r in RUNS] if TIMESERIES else expand(rules.denoise.output.qc, run=RUNS)
+
+
+def report_data_inputs(wildcards):
+    """The report's data-side inputs: the bids and voxel steps' files, or the ingestion's (no BOLD)."""
+    if TIMESERIES:
+        return {"manifest": f"{OUT}/timeseries/manifest.tsv", "validation": f"{OUT}/timeseries/validation.json",
+                "qc": [input_qc(r) for r in RUNS], "coverage": [coverage_table(r) for r in RUNS],
+                "confounds": [], "bold": [], "mask": [], "denoised": []}
+    return {"manifest": rules.bids.output.manifest, "validation": rules.bids.output.validation,
+            "qc": expand(rules.preproc_derivatives.output.qc, run=RUNS), "coverage": [coverage_table(r) for r in RUNS],
+            # per run, in RUNS order: FD traces of every run; tSNR maps and carpet plots of a few (report/runqc.py)
+            "confounds": [str(PREPROC[r].confounds) for r in RUNS], "bold": expand(rules.resample.output.bold, run=RUNS),
+            "mask": expand(rules.resample.output.mask, run=RUNS), "denoised": expand(rules.denoise.output.bold, run=RUNS),
+            "atlas_image": atlas_img(ATLAS)}

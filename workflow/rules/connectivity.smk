@@ -18,7 +18,7 @@ rule group_connectivity:
     """Fisher-z mean Pearson FC over runs and the difference between the two groups of report.group_column."""
     input:
         relmats=lambda wildcards: [relmat(r, wildcards.atlas, "pearson") for r in included_runs()],
-        participants=f"{BIDS_DIR}/participants.tsv",
+        participants=PARTICIPANTS,
     output:
         mean=group_file("{atlas}", STAT["pearson"], "mean"),
         diff=group_file("{atlas}", STAT["pearson"], "groupdiff"),
@@ -34,7 +34,7 @@ rule connectivity_stack:
     """Runs x regions x regions stack of one per-run kind (a modelling input), with its row table."""
     input:
         matrices=lambda wildcards: [relmat(r, wildcards.atlas, KIND_OF_STAT[wildcards.stat], ".npy") for r in included_runs()],
-        participants=f"{BIDS_DIR}/participants.tsv",
+        participants=PARTICIPANTS,
     output:
         stack=group_file("{atlas}", "{stat}", "stack", extension=".npy"),
         runs=group_file("{atlas}", "{stat}", "stack", suffix="runs"),
@@ -53,7 +53,7 @@ rule tangent_stack:
     """Tangent-space connectivity of every run around the group geometric mean (all runs)."""
     input:
         matrices=lambda wildcards: [timeseries(r, wildcards.atlas) for r in included_runs()],
-        participants=f"{BIDS_DIR}/participants.tsv",
+        participants=PARTICIPANTS,
     output:
         stack=group_file("{atlas}", STAT["tangent"], "stack", extension=".npy"),
         runs=group_file("{atlas}", STAT["tangent"], "stack", suffix="runs"),

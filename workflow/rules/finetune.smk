@@ -29,7 +29,7 @@ rule finetune:
         features=rules.finetune_features.output,
         model=rules.pretrain.output.model,
         coords=atlas_labels(ATLAS),
-        participants=f"{BIDS_DIR}/participants.tsv",
+        participants=PARTICIPANTS,
     output:
         predictions=f"{FINETUNE_DIR}/setup-{{setup}}/predictions.tsv",
         metrics=f"{FINETUNE_DIR}/setup-{{setup}}/metrics.tsv",

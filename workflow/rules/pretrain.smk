@@ -4,7 +4,7 @@ rule dataset:
     """Windows of the A424 time series, robust-scaled on training subjects, split by subject, memory-mapped."""
     input:
         timeseries=lambda wildcards: [timeseries(r, ATLAS) for r in included_runs()],  # QC-passed runs only
-        participants=f"{BIDS_DIR}/participants.tsv",
+        participants=PARTICIPANTS,
     output:
         card=f"{DATASET_DIR}/dataset_card.json",
     params:

@@ -9,8 +9,8 @@
 checkpoint run_qc:
     """Every run's motion, censoring, DVARS, tSNR and region coverage; excluded runs with their reasons."""
     input:
-        qc=expand(rules.denoise.output.qc, run=RUNS),
-        coverage=[grid(r, atlas=ATLAS, stat="coverage", suffix="bold", extension=".tsv") for r in RUNS],
+        qc=run_qc_rows(),  # the denoise step's rows, or (input.mode timeseries) the ingestion's
+        coverage=[coverage_table(r) for r in RUNS],
     output:
         table=run_qc_table(),
     params:

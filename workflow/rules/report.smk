@@ -1,18 +1,9 @@
 rule report:
     """One self-contained HTML page: data, QC and exclusions, coverage, connectivity, training, provenance."""
     input:
-        participants=f"{BIDS_DIR}/participants.tsv",
-        manifest=rules.bids.output.manifest,
-        validation=rules.bids.output.validation,
-        qc=expand(rules.preproc_derivatives.output.qc, run=RUNS),
-        coverage=[grid(r, atlas=ATLAS, stat="coverage", suffix="bold", extension=".tsv") for r in RUNS],
+        unpack(report_data_inputs),  # manifest, validation, QC rows, coverage; BOLD files of the voxel steps
+        participants=PARTICIPANTS,
         run_qc=run_qc_table(),
-        # per run, in RUNS order: FD traces of every run; tSNR maps and carpet plots of a few (report/runqc.py)
-        confounds=[str(PREPROC[r].confounds) for r in RUNS],
-        bold=expand(rules.resample.output.bold, run=RUNS),
-        mask=expand(rules.resample.output.mask, run=RUNS),
-        denoised=expand(rules.denoise.output.bold, run=RUNS),
-        atlas_image=atlas_img(ATLAS),
         atlas_labels=atlas_labels(ATLAS),
         group_fc=group_file(ATLAS, STAT["pearson"], "mean"),
         group_diff=group_file(ATLAS, STAT["pearson"], "groupdiff"),

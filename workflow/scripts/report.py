@@ -19,7 +19,7 @@ with logged(snakemake.log[0]):
         config=dict(snakemake.params.config),
         run_qc=i.run_qc,
         run_files=run_files,
-        atlas_image=i.atlas_image,
+        atlas_image=i.get("atlas_image"),  # none without BOLD (input.mode timeseries)
         atlas_labels=i.atlas_labels,
         pretrain_metrics=i.pretrain[0] if i.pretrain else None,
         voxel_metrics=dict(zip(p.voxel_names, i.voxel)),

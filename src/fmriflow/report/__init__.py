@@ -58,7 +58,7 @@ def build_report(
     - ``run_qc``: the ``run_qc`` table. ``run_files``: run key or label -> ``confounds``
       (FD traces), ``bold`` and ``mask`` on the atlas grid (tSNR maps), ``denoised`` (carpet
       plots) of a few runs (see ``runqc``).
-    - ``atlas_image``, ``atlas_labels``: A424 on the BOLD grid (carpet row order) and its
+    - ``atlas_image``, ``atlas_labels``: the atlas on the BOLD grid (carpet row order) and its
       look-up table with ``x``, ``y``, ``z`` (top regions on a brain).
     - ``pretrain_metrics``, ``voxel_metrics`` (name -> path): training ``metrics.csv`` files.
     - ``finetune_table``, ``predictions``: ``variants.tsv`` and each set-up's
@@ -82,7 +82,7 @@ def build_report(
     dropped = dropped_regions(cov, regions)
     sections = [
         ("summary", "Summary", summary_section(people, files, data["checks"], runs_table, data["decisions"], dropped,
-                                               config, validation)),
+                                               config, validation, read.atlas_summary(atlas_labels))),
         ("dataset", "Dataset", dataset_section(people, participants, files, manifest)),
         ("run-qc", "Run QC", qc_section(runs_table, qc, coverage, run_qc, files_of_run, atlas_image, config, figures)),
         ("coverage", "Coverage", coverage_section(cov, regions, dropped, coverage, config, figures)),

@@ -217,3 +217,15 @@ def flatten(*items: PathLike | Sequence[PathLike] | None) -> list[str]:
                 if str(p) not in out:
                     out.append(str(p))
     return out
+
+
+def atlas_summary(path: PathLike | None) -> dict | None:
+    """Name, region count and coordinate source of the atlas whose look-up table is ``path``
+    (name and source from its sidecar when there is one, else the name from ``atlas-<name>_dseg.tsv``)."""
+    if path is None:
+        return None
+    table = read_table(path, ["index", "name"])
+    sidecar = existing_sidecar(path)
+    meta = read_json(sidecar) if sidecar is not None else {}
+    name = meta.get("Name") or Path(path).name.split("_")[0].removeprefix("atlas-")
+    return {"name": str(name), "n_regions": len(table), "coordinates_from": meta.get("CoordinatesFrom")}

@@ -17,14 +17,17 @@ _BIDS_NAME = re.compile(r"^(?:(?:[a-zA-Z0-9]+-[a-zA-Z0-9]+_)+(?P<suffix>[a-zA-Z0
                         r"\.[a-zA-Z][a-zA-Z0-9]*(?:\.[a-zA-Z][a-zA-Z0-9]*)*$")
 
 
-def summary_section(people, files, checks, runs, run_qc, dropped, config, validation_path) -> str:
+def summary_section(people, files, checks, runs, run_qc, dropped, config, validation_path, atlas=None) -> str:
+    timeseries = config_get(config, "input", "mode") == "timeseries"  # region time series in, no BOLD
     is_image = files["path"].str.endswith((".nii", ".nii.gz"))
-    n_bold = int((is_image & (files["suffix"] == "bold")).sum()) if "suffix" in files else None
+    kind = (is_image | timeseries) & (files["suffix"] == ("timeseries" if timeseries else "bold"))
+    n_bold = int(kind.sum()) if "suffix" in files else None
     n_excluded = None if run_qc is None else int((~run_qc["included"]).sum())
     cards = [
         ("Subjects (participants.tsv)", people["participant_id"].nunique(), ""),
         ("Subjects with processed runs", runs["subject"].nunique(), ""),
-        ("Raw BOLD files (manifest)", "n/a" if n_bold is None else n_bold, ""),
+        ("Region time series files (manifest)" if timeseries else "Raw BOLD files (manifest)",
+         "n/a" if n_bold is None else n_bold, ""),
         ("Runs processed", len(runs), ""),
         ("Runs excluded by QC", "n/a" if n_excluded is None else n_excluded, "warn" if n_excluded else "good"),
         ("Validator errors", checks["n_errors"], "bad" if checks["n_errors"] else "good"),
@@ -35,14 +38,23 @@ def summary_section(people, files, checks, runs, run_qc, dropped, config, valida
     parts += [f'<div class="card {cls}"><div class="value">{esc(v)}</div><div>{esc(k)}</div></div>'
               for k, v, cls in cards]
     parts.append("</div>")
-    mode = config_get(config, "preproc", "mode")
+    mode = None if timeseries else config_get(config, "preproc", "mode")
+    if timeseries:
+        source = config_get(config, "input", "timeseries") or {}
+        parts.append(f"<p>Input: ready-made region time series (<code>input.mode: timeseries</code>, format "
+                     f"<code>{esc(source.get('format'))}</code>); preprocessing, denoising and parcellation did not run "
+                     "here, and the run QC has no motion, censoring or tSNR numbers unless the input carried them.</p>")
+    if atlas is not None:
+        how = f" (coordinates: {esc(atlas['coordinates_from'])})" if atlas.get("coordinates_from") else ""
+        parts.append(f"<p>Atlas: <code>{esc(atlas['name'])}</code>, {atlas['n_regions']} regions{how}.</p>")
     if mode is not None:
         parts.append(f"<p>Preprocessing mode: <code>{esc(mode)}</code>.</p>")
         if mode == "lite":
             parts.append('<p class="note bad">Preprocessed with the <b>lite</b> mode: a minimal preprocessing '
                          "from pip-installable tools, not fMRIPrep. Interpret motion and connectivity with that in mind.</p>")
     validator = " ".join(str(checks.get(k) or "") for k in ("validator", "validator_version")).strip() or "validator"
-    parts.append(f"<p>BIDS validation by <code>{esc(validator)}</code> ({esc(name(validation_path))}).</p>")
+    checked = "Input checks" if timeseries else "BIDS validation"
+    parts.append(f"<p>{checked} by <code>{esc(validator)}</code> ({esc(name(validation_path))}).</p>")
     if checks.get("errors"):
         parts.append(details(f"Validator errors ({len(checks['errors'])})",
                              "<ul>" + "".join(f"<li>{esc(e)}</li>" for e in checks["errors"]) + "</ul>"))

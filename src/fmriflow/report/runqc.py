@@ -82,7 +82,8 @@ def qc_section(table_: pd.DataFrame, qc_paths, coverage_paths, run_qc_path, run_
     parts = [
         "<p>One row per run. FD is Power framewise displacement; a high-motion volume has FD above the "
         "run's threshold. tSNR is the median over brain voxels of the temporal mean over the temporal SD of the "
-        "preprocessed BOLD. Coverage is the share of a region's A424 voxels inside the run's brain mask.</p>",
+        "preprocessed BOLD. Coverage is the share of a region's atlas voxels inside the run's brain mask (from "
+        "ready-made region time series: 1 where the region has data, 0 where it is n/a).</p>",
         table(headers, rows, table_id="qc-table", scroll=True),
         f'<div class="source">Tables: {sources_html(tables)}</div>',
         "<h3>Exclusions</h3>",
@@ -159,7 +160,7 @@ def coverage_section(cov, regions, dropped, coverage_paths, config, figures) -> 
     threshold = config_get(config, "parcellate", "min_coverage")
     parts = [figures.add(
         "coverage", lambda fig: _draw_coverage(fig, matrix, sorted(cov), regions, threshold), 10, 6.5,
-        "A424 region coverage across runs: median with min-max band per region label (top) and every run (bottom).",
+        "Atlas region coverage across runs: median with min-max band per region label (top) and every run (bottom).",
         coverage_paths,
     )]
     if dropped.empty:
