@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import inspect
+import re
 from pathlib import Path
 
 import pytest
@@ -189,3 +190,12 @@ def test_shipped_config_holds_the_schema_defaults():
         return found
 
     assert differences(config, schema, "") == ["bids_dir: 'data/bids' in config.yaml, '<no default>' in the schema"]
+
+
+def test_rules_unpack_shaping_into_their_params():
+    """``shaping()`` returns ``config`` and one tracking param per entry: a rule that writes
+    ``config=shaping(...)`` would hand its script a dict of those, and track nothing."""
+    offenders = [f"{path.name}:{n}" for path in sorted((SRC.parent / "workflow" / "rules").glob("*.smk"))
+                 for n, line in enumerate(path.read_text().splitlines(), 1)
+                 if re.search(r"\w+\s*=\s*shaping(_all)?\(", line)]
+    assert not offenders, f"use `**shaping(...)` in params: {offenders}"

@@ -17,8 +17,8 @@ if TIMESERIES:
         output:
             labels=atlas_labels(ATLAS),
         params:
-            config=shaping("input.timeseries.atlas", "input.timeseries.coordinates", "input.timeseries.labels_image",
-                           "input.timeseries.labels_table"),
+            **shaping("input.timeseries.atlas", "input.timeseries.coordinates", "input.timeseries.labels_image",
+                      "input.timeseries.labels_table"),
         log:
             f"{LOGS}/atlas/atlas-{ATLAS}.log",
         script:
@@ -34,8 +34,8 @@ if TIMESERIES:
             coverage=coverage_table("{run}"),
             qc=input_qc("{run}"),
         params:
-            config=shaping("input.timeseries.format", "input.timeseries.atlas", "input.timeseries.repetition_time",
-                           "qc.fd_threshold"),
+            **shaping("input.timeseries.format", "input.timeseries.atlas", "input.timeseries.repetition_time",
+                      "qc.fd_threshold"),
         log:
             f"{LOGS}/timeseries/{{run}}.log",
         script:
@@ -50,7 +50,7 @@ if TIMESERIES:
             validation=f"{OUT}/timeseries/validation.json",
         params:
             runs=RUNS,
-            config=shaping("input.timeseries.format", "input.timeseries.atlas", "input.timeseries.repetition_time"),
+            **shaping("input.timeseries.format", "input.timeseries.atlas", "input.timeseries.repetition_time"),
         log:
             f"{LOGS}/timeseries/manifest.log",
         script:
