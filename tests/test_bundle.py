@@ -279,6 +279,19 @@ def test_encoder_relations_are_checked():
         check_config(_config(finetune={"scaling": "zscore"}), SCHEMA)
 
 
+def test_dataset_columns_count_with_an_encoder():
+    """With an encoder from elsewhere the project still builds its dataset: dataset.stratify is read."""
+    import yaml
+
+    from fmriflow.checks import participant_columns_in_use, with_defaults
+
+    schema = yaml.safe_load(SCHEMA.read_text())
+    config = _config(pretrain={"enabled": False}, dataset={"stratify": "response"},
+                     finetune={"enabled": True, "target": "y", "encoder": "b", "setups": ["agnostic"]})
+    assert participant_columns_in_use(with_defaults(config, schema)) == {"dataset.stratify": "response",
+                                                                        "finetune.target": "y"}
+
+
 # --------------------------------------------------------------------------- two projects through the DAG
 
 

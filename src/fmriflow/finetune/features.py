@@ -51,14 +51,16 @@ def load_encoder(model_path: str | Path, coords, pretrained: bool = True, seed: 
     if Path(model_path).suffix == ".safetensors":
         from ..bundle.read import load_bundle_encoder
 
-        model = load_bundle_encoder(Path(model_path).parent, pretrained, seed)
-    else:
-        state = torch.load(model_path, map_location="cpu", weights_only=False)
-        config = BrainLMConfig(**state["model_config"])
-        torch.manual_seed(seed)
-        model = BrainLM(config, coords)
-        if pretrained:
-            model.load_state_dict(state["model"])
+        model = load_bundle_encoder(Path(model_path).parent, pretrained, seed)  # in eval mode
+        for p in model.parameters():
+            p.requires_grad_(False)
+        return model
+    state = torch.load(model_path, map_location="cpu", weights_only=False)
+    config = BrainLMConfig(**state["model_config"])
+    torch.manual_seed(seed)
+    model = BrainLM(config, coords)
+    if pretrained:
+        model.load_state_dict(state["model"])
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
