@@ -253,6 +253,57 @@ def test_given_scaling_is_applied_as_given(tmp_path):
                       stride=10, scaling=scaling.iloc[:4])
 
 
+@pytest.mark.parametrize("mode", ["card", "refit"])
+def test_prepare_resamples_to_the_card_tr_and_scales_as_chosen(pretrained_folder, atlas_dir, tmp_path, mode):
+    """A cohort at TR 1 s, prepared for an encoder pretrained at 2 s: resampled (scipy's resample_poly,
+    as the card says), windows of the card's length, scaled with the card's statistics or refitted."""
+    from scipy.signal import resample_poly
+
+    from fmriflow.bundle.prepare import prepare_step
+    from fmriflow.io import read_tsv, write_tsv
+
+    folder, labels, *_ = pretrained_folder
+    card = _bundle(folder, atlas_dir, tmp_path / "bundle")
+    rng = np.random.default_rng(5)
+    runs, paths, raw = [], [], {}
+    for subject in ("11", "12", "13", "14"):
+        run = f"sub-{subject}/func/sub-{subject}_task-rest"
+        raw[run] = rng.normal(2, 1, (120, 424))
+        path = tmp_path / "ts" / f"{subject}_timeseries.tsv"
+        write_tsv(path, pd.DataFrame(raw[run], columns=labels["name"]))
+        path.with_suffix(".json").write_text(json.dumps({"RepetitionTime": 1.0}))
+        runs.append(run)
+        paths.append(str(path))
+    participants = tmp_path / "participants.tsv"
+    participants.write_text("participant_id\n" + "".join(f"sub-{s}\n" for s in ("11", "12", "13", "14")))
+    config = {"dataset": {"window": 200, "stride": 20, "target_tr": None, "fractions": [0.5, 0.25, 0.25],
+                          "stratify": None, "seed": 0},
+              "finetune": {"scaling": mode}, **card["preprocessing"]}
+    out = tmp_path / "dataset" / "dataset_card.json"
+    prepare_step(str(tmp_path / "bundle" / "model_card.json"), "A424", str(atlas_dir / "A424+2mm.nii.gz"),
+                 str(folder / "labels.tsv"), runs, paths, str(participants), str(out), config=config)
+
+    index = read_tsv(out.parent / "index.tsv", dtype={"run": str, "subject": str})
+    samples = np.load(out.parent / "samples.npy")
+    assert set(index["tr"]) == {2.0} and samples.shape[1:] == (424, 40)  # the card's TR and window
+    # TSV values are 9 significant digits, as the dataset step read them
+    resampled = {run: resample_poly(read_tsv(p).to_numpy(), 1, 2, axis=0, padtype="line") for run, p in zip(runs, paths)}
+    if mode == "card":
+        median = np.array([np.nan if v is None else v for v in card["scaling"]["median"]])
+        iqr = np.array([np.nan if v is None else v for v in card["scaling"]["iqr"]])
+    else:
+        train = index.loc[index["split"] == "train", "run"].unique()
+        q25, median, q75 = np.percentile(np.concatenate([resampled[r] for r in train]), [25, 50, 75], axis=0)
+        iqr = q75 - q25
+    for row in index.itertuples():
+        x = resampled[row.run][row.start_tr:row.start_tr + 40].T
+        expected = (x - median[:, None]) / iqr[:, None]
+        expected[~np.isfinite(median)] = 0
+        np.testing.assert_allclose(samples[row.sample], expected, rtol=1e-5, atol=1e-5)
+    fit_on = json.loads(out.read_text())["scaling"]["fit_on"]
+    assert ("model_card.json" in fit_on) == (mode == "card")
+
+
 # --------------------------------------------------------------------------- config
 
 
