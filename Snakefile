@@ -14,6 +14,8 @@
 #       group/                            group-mean FC and group difference; desc-runs_qc.tsv (run QC, exclusions)
 #   <output_dir>/dataset/atlas-A424/       model-ready windows (memory-mapped), splits, scaling, dataset card
 #   <output_dir>/pretrain/<model>/        pretrained masked autoencoder (model.pt), metrics.csv
+#   <output_dir>/fmriflow/models/atlas-A424_model-<model>/  the encoder as a bundle for other projects:
+#                                         model.safetensors, config.json, model_card.json (finetune.encoder)
 #   <output_dir>/finetune/<target>/       features/, setup-*/ (predictions, metrics, folds, attributions),
 #                                         variants.tsv (every variant and baseline of every set-up)
 #   <output_dir>/dataset/voxel-<grid>/    (voxel.enabled) z-scored 4-D frames on a model's grid, memory-mapped
@@ -43,6 +45,7 @@ include: "workflow/rules/timeseries.smk"
 include: "workflow/rules/qc.smk"
 include: "workflow/rules/connectivity.smk"
 include: "workflow/rules/pretrain.smk"
+include: "workflow/rules/bundle.smk"
 include: "workflow/rules/finetune.smk"
 include: "workflow/rules/voxel.smk"
 include: "workflow/rules/report.smk"

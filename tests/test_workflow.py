@@ -403,7 +403,7 @@ def test_pretraining_off_plans_no_dataset_pretraining_or_finetuning(tmp_path, at
     report still runs (its Pretraining section then says "Not run", tests/test_report.py)."""
     demo = make_demo(tmp_path / "demo", atlas_dir, n_subjects=2, n_trs=20, bold_res=4, seed=23)
     results = tmp_path / "results"
-    modelling = {"dataset", "pretrain", "finetune_features", "finetune", "finetune_table"}
+    modelling = {"dataset", "pretrain", "bundle", "finetune_features", "finetune", "finetune_table"}
     on = planned_jobs(run_snakemake(tmp_path, demo_config(demo, results), "--dry-run"))
     assert set(on) >= modelling | {"report"}  # the demo's settings: all of them
     off = planned_jobs(run_snakemake(tmp_path, demo_config(demo, results, pretrain={"enabled": False},

@@ -96,9 +96,18 @@ def _cross_key_problems(config: Mapping[str, Any]) -> list[str]:
     if finetune["min_epochs"] > finetune["max_epochs"]:
         problems.append(f"finetune.min_epochs: {finetune['min_epochs']} is more than finetune.max_epochs "
                         f"({finetune['max_epochs']})")
-    if finetune["enabled"] and not config["pretrain"]["enabled"]:
+    encoder, pretrain = finetune["encoder"], config["pretrain"]["enabled"]
+    if finetune["enabled"] and not pretrain and encoder is None:
         problems.append("finetune.enabled: true needs pretrain.enabled: true (fine-tuning starts from the pretrained "
-                        "encoder and its dataset); set finetune.enabled: false, or pretrain.enabled: true")
+                        "encoder and its dataset); set finetune.enabled: false, or pretrain.enabled: true, or "
+                        "finetune.encoder to an encoder bundle pretrained elsewhere")
+    if encoder is not None and pretrain:
+        problems.append(f"finetune.encoder: {encoder!r} fine-tunes an encoder pretrained elsewhere, so this project "
+                        "pretrains none: set pretrain.enabled: false, or finetune.encoder: null to fine-tune this "
+                        "run's pretraining")
+    if encoder is not None and not finetune["enabled"]:
+        problems.append(f"finetune.encoder: {encoder!r} is read by fine-tuning only, and finetune.enabled is false: "
+                        "set finetune.enabled: true, or finetune.encoder: null")
     from .timeseries.settings import config_problems as timeseries_problems  # input.mode: timeseries
 
     return problems + timeseries_problems(config)
@@ -135,7 +144,8 @@ def participant_columns_in_use(config: Mapping[str, Any]) -> dict[str, str | Non
     with its defaults). A null column is left out, unless the step needs one (the targets)."""
     finetune, voxel = config["finetune"], config["voxel"]
     used = {"report.group_column": config["report"]["group_column"]}  # the group FC always runs
-    if config["pretrain"]["enabled"] or voxel["enabled"]:  # the region dataset (the voxel data reuse its splits)
+    # the region dataset (for pretraining, for an encoder from elsewhere; the voxel data reuse its splits)
+    if config["pretrain"]["enabled"] or finetune["encoder"] is not None or voxel["enabled"]:
         used["dataset.stratify"] = config["dataset"]["stratify"]
     if finetune["enabled"]:
         used["finetune.target"] = finetune["target"]

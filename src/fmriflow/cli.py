@@ -57,6 +57,16 @@ def _finetune_summary(args: argparse.Namespace) -> None:
     print(format_summary(args.folder, args.top, args.truth))
 
 
+def _model_card(args: argparse.Namespace) -> None:
+    import json
+
+    from .bundle import read_card
+    from .bundle.show import format_card
+
+    card = read_card(args.bundle)
+    print(json.dumps(card, indent=2) if args.json else format_card(card, args.regions))
+
+
 def _audit(args: argparse.Namespace) -> None:
     from .audit import AuditFailed, audit, format_tree, parse_maps
 
@@ -125,6 +135,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--truth", type=Path, help="table of region 'index' and boolean 'planted' (a simulation's "
                    "ground truth, e.g. data/demo/ground_truth/regions.tsv): compare the attributions with it")
     p.set_defaults(func=_finetune_summary)
+
+    p = sub.add_parser("model-card", help="print an encoder bundle's model card (how to prepare data for it, where it came from)")
+    p.add_argument("bundle", type=Path, help="the bundle folder (e.g. results/fmriflow/models/atlas-A424_model-tiny) "
+                   "or its model_card.json")
+    p.add_argument("--regions", type=int, default=5, help="regions whose statistics are listed (all are in the card)")
+    p.add_argument("--json", action="store_true", help="the whole card as JSON")
+    p.set_defaults(func=_model_card)
 
     p = sub.add_parser("audit", help="verify an artefact's provenance back to the raw inputs (every sha256)",
                        description="Walks FILE's provenance sidecar and its inputs' sidecars down to the raw inputs, "

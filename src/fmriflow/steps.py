@@ -338,9 +338,10 @@ DATASET_KEYS = {
 
 def dataset_step(runs: Sequence[str], timeseries: Sequence[str], participants: str, out_card: str, *,
                  window: int, stride: int, target_tr: float | None, fractions: Sequence[float],
-                 stratify: str | None, seed: int) -> None:
+                 stratify: str | None, seed: int, scaling: pd.DataFrame | None = None,
+                 scaling_source: str | None = None) -> None:
     """Model-ready windows of the time series: subject-level splits (stratified by the participants
-    column ``stratify``), scaling fitted on training subjects.
+    column ``stratify``), scaling fitted on training subjects (or ``scaling`` given: ``build_dataset``).
 
     An error caused by one of the settings names its ``dataset.*`` config key, value and allowed values.
     """
@@ -362,7 +363,7 @@ def dataset_step(runs: Sequence[str], timeseries: Sequence[str], participants: s
         splits = make_splits(subjects, fractions=fractions, seed=seed, stratify=labels)
         # the card records the inputs with their sha256 (its Provenance field)
         card = build_dataset(specs, splits, Path(out_card).parent, window=window, stride=stride,
-                             target_tr=target_tr, seed=seed)
+                             target_tr=target_tr, seed=seed, scaling=scaling, scaling_source=scaling_source)
     for run in card["skipped_runs"]:  # too short for a window: kept in the per-run results, left out here
         logging.getLogger("fmriflow").warning("%s is left out of the dataset: %s", run["run"], run["reason"])
 

@@ -191,7 +191,7 @@ def all_outputs():
         *[relmat(r, a, "pearson", ".npy", desc="dynamic") for r in RUNS for a in ATLASES if DYNAMIC],
         *[group_file(a, STAT[k], "stack", extension=".npy") for a in ATLASES for k in KINDS],
         f"{OUT}/report/fmriflow_report.html",
-        *([f"{PRETRAIN_DIR}/model.pt"] if PRETRAIN["enabled"] else []),
+        *([f"{PRETRAIN_DIR}/model.pt", *bundle_files(BUNDLE_DIR)] if PRETRAIN["enabled"] else []),
         *([f"{FINETUNE_DIR}/variants.tsv"] if FINETUNE["enabled"] else []),
         run_qc_table(),
     ]
@@ -271,6 +271,56 @@ def cli_options(options):
 
 FINETUNE = config["finetune"]
 FINETUNE_DIR = f"{OUT}/finetune/{FINETUNE['target']}"
+
+
+# --------------------------------------------------------------------------- encoder bundles
+
+# where this project's pretrained encoder travels from (workflow/rules/bundle.smk): weights, config, card
+BUNDLE_DIR = f"{DERIV}/models/atlas-{ATLAS}_model-{PRETRAIN['model']}"
+# finetune.encoder: a bundle from another project, fine-tuned instead of this run's pretraining
+ENCODER = FINETUNE["encoder"]
+
+
+def bundle_files(folder):
+    from fmriflow.bundle import FILES
+
+    return [f"{folder}/{name}" for name in FILES]
+
+
+if ENCODER:
+    from fmriflow.bundle import read_card
+
+    try:  # before any job: a bundle that cannot be read stops the plan, naming the key
+        read_card(ENCODER)
+    except InputError as exc:
+        raise WorkflowError(f"finetune.encoder: {exc}") from None
+    ENCODER = str(Path(ENCODER))  # no trailing slash in the paths built from it
+
+
+def encoder_model():
+    """The encoder fine-tuning starts from: the bundle's weights, or this run's pretrained model."""
+    return bundle_files(ENCODER)[0] if ENCODER else f"{PRETRAIN_DIR}/model.pt"
+
+
+def encoder_extras():
+    """The bundle's config and card besides its weights (none without finetune.encoder): inputs, so a
+    changed bundle reruns fine-tuning."""
+    return bundle_files(ENCODER)[1:] if ENCODER else []
+
+
+def dataset_encoder_inputs():
+    """The dataset step's inputs from the bundle: its card, and this project's atlas to check against it."""
+    if not ENCODER:
+        return {}
+    return {"encoder_card": bundle_files(ENCODER)[2], "atlas_image": atlas_img(ATLAS), "atlas_labels": atlas_labels(ATLAS)}
+
+
+def dataset_shaping():
+    """What shapes the dataset: its section; with finetune.encoder also the scaling choice, and the
+    preprocessing that the step compares with the card's."""
+    if not ENCODER:
+        return shaping("dataset")
+    return {**shaping("dataset", "finetune.scaling", "preproc.mode", "denoise", "parcellate"), "atlas": ATLAS}
 
 
 @functools.cache

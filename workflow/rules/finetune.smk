@@ -5,7 +5,8 @@ rule finetune_features:
     """Per-window FC and frozen-encoder embeddings (pretrained and random), computed once."""
     input:
         card=rules.dataset.output.card,
-        model=rules.pretrain.output.model,
+        model=encoder_model(),  # this run's pretrain model, or finetune.encoder's weights
+        encoder=encoder_extras(),
         coords=atlas_labels(ATLAS),
     output:
         fc=f"{FINETUNE_DIR}/features/{naming.FINETUNE_FEATURES['fc']}",
@@ -27,7 +28,8 @@ rule finetune:
     """Every variant and baseline, k-fold by subject, on one set-up; predictions, metrics, attributions."""
     input:
         features=rules.finetune_features.output,
-        model=rules.pretrain.output.model,
+        model=encoder_model(),
+        encoder=encoder_extras(),
         coords=atlas_labels(ATLAS),
         participants=PARTICIPANTS,
     output:

@@ -5,11 +5,12 @@ rule dataset:
     input:
         timeseries=lambda wildcards: [timeseries(r, ATLAS) for r in included_runs()],  # QC-passed runs only
         participants=PARTICIPANTS,
+        **dataset_encoder_inputs(),  # finetune.encoder: prepared by its card (fmriflow.bundle.prepare)
     output:
         card=f"{DATASET_DIR}/dataset_card.json",
     params:
         runs=lambda wildcards: included_runs(),
-        **shaping("dataset"),
+        **dataset_shaping(),
     log:
         f"{LOGS}/dataset/atlas-{ATLAS}.log",
     script:

@@ -93,6 +93,8 @@ def build_dataset(
     target_tr: float | None = None,
     min_coverage_regions: int | None = None,
     seed: int | None = None,
+    scaling: pd.DataFrame | None = None,
+    scaling_source: str | None = None,
 ) -> dict[str, Any]:
     """Write a region-window dataset to ``out_dir`` and return its card.
 
@@ -117,6 +119,11 @@ def build_dataset(
         has at least one.
     seed
         The split seed to record in the card; default: ``splits.attrs["seed"]`` when set.
+    scaling
+        Given statistics instead of fitting them (region, median, iqr, as ``scaling.tsv``; the
+        regions in the time series' order): an encoder's inputs are prepared as in its
+        pretraining (``fmriflow.bundle``). A region with no median is masked, as one without
+        training data is. ``scaling_source`` says in the card where they came from.
 
     Returns
     -------
@@ -134,16 +141,20 @@ def build_dataset(
         seed = splits.attrs.get("seed")
     specs = check_runs(runs, dict(zip(split_table["subject"], split_table["split"])),
                        ("run", "subject", "tr", "timeseries"), _run_name, _run_fields)
+    given = None if scaling is None else (scaling, scaling_source or "given")
     with building_dir(out_dir) as tmp:
-        card = _build(specs, split_table, tmp, window, stride, target_tr, min_coverage_regions, seed)
+        card = _build(specs, split_table, tmp, window, stride, target_tr, min_coverage_regions, seed, given)
     return card
 
 
-def _build(specs, split_table, tmp: Path, window, stride, target_tr, min_regions, seed) -> dict[str, Any]:
+def _build(specs, split_table, tmp: Path, window, stride, target_tr, min_regions, seed, given=None) -> dict[str, Any]:
     scratch = tmp / "scratch"
     scratch.mkdir()
     regions, kept, skipped = _cache_runs(specs, scratch, window, stride, target_tr, min_regions)
-    median, iqr, n_fit, zero_iqr = _fit_scaling([k["cache"] for k in _training_runs(kept, skipped)], len(regions))
+    if given is None:
+        median, iqr, n_fit, zero_iqr = _fit_scaling([k["cache"] for k in _training_runs(kept, skipped)], len(regions))
+    else:
+        median, iqr, n_fit, zero_iqr = _given_scaling(given[0], regions, specs[0]["name"])
     defined = np.isfinite(median)
 
     # Pass 2: scale each run and write its windows into the memory-mapped arrays.
@@ -178,6 +189,8 @@ def _build(specs, split_table, tmp: Path, window, stride, target_tr, min_regions
     write_tsv(tmp / SCALING, scaling_table)
     card = _card(specs, split_table, kept, skipped, index, regions, median, iqr, n_fit, zero_iqr,
                  window=window, stride=stride, target_tr=target_tr, min_regions=min_regions, seed=seed)
+    if given is not None:
+        card["scaling"].update(fit_on=given[1], n_timepoints=0)
     # the card is the folder's provenance record: the checksum of each file it describes
     card["Provenance"]["Outputs"] = [{"path": name, "sha256": sha256sum(tmp / name)}
                                      for name in (SAMPLES, REGION_MASK, INDEX, SPLITS_FILE, SCALING)]
@@ -486,6 +499,23 @@ def _fit_scaling(caches: list[Path], n_regions: int) -> tuple[np.ndarray, ...]:
     zero = iqr == 0
     iqr[zero] = 1.0
     return median, iqr, count, zero
+
+
+def _given_scaling(table: pd.DataFrame, regions: list[str], name: str) -> tuple[np.ndarray, ...]:
+    """``_fit_scaling``'s arrays from given statistics, checked against the time series' regions."""
+    given = [str(r) for r in table["region"]]
+    if given != regions:
+        first = next((i for i, (a, b) in enumerate(zip(given, regions)) if a != b), min(len(given), len(regions)))
+        raise InputError(name, f"the given scaling has {len(given)} regions, the time series {len(regions)}; they "
+                         f"first differ at position {first + 1} ({given[first:first + 1]} vs {regions[first:first + 1]})",
+                         settings=("scaling",))
+    median = table["median"].to_numpy(dtype=np.float64)
+    iqr = table["iqr"].to_numpy(dtype=np.float64)
+    bad = np.isfinite(median) & ~(np.isfinite(iqr) & (iqr > 0))
+    if bad.any():
+        raise InputError(name, f"the given scaling's iqr must be positive where a median is given; region "
+                         f"{regions[int(np.flatnonzero(bad)[0])]} has {iqr[bad][0]!r}", settings=("scaling",))
+    return median, iqr, np.zeros(len(regions), dtype=np.int64), np.zeros(len(regions), dtype=bool)
 
 
 def _scale_run(values: np.ndarray, mask: np.ndarray, median: np.ndarray, iqr: np.ndarray) -> np.ndarray:

@@ -43,7 +43,18 @@ def dataset_fc(dataset: str | Path, samples: np.ndarray) -> np.ndarray:
 
 
 def load_encoder(model_path: str | Path, coords, pretrained: bool = True, seed: int = 0) -> BrainLM:
-    """The pretraining step's model, frozen; with ``pretrained=False`` the same shape, random."""
+    """The pretraining step's model, frozen; with ``pretrained=False`` the same shape, random.
+
+    ``model_path``: the ``pretrain`` rule's model.pt, or the ``model.safetensors`` of an encoder
+    bundle (``finetune.encoder``), whose weights carry the atlas coordinates of its card.
+    """
+    if Path(model_path).suffix == ".safetensors":
+        from ..bundle.read import load_bundle_encoder
+
+        model = load_bundle_encoder(Path(model_path).parent, pretrained, seed)  # in eval mode
+        for p in model.parameters():
+            p.requires_grad_(False)
+        return model
     state = torch.load(model_path, map_location="cpu", weights_only=False)
     config = BrainLMConfig(**state["model_config"])
     torch.manual_seed(seed)
