@@ -75,10 +75,10 @@ def main(argv=None) -> int:
     config_file.write_text(yaml.safe_dump(config_for(args, cohort_dir.resolve(), results.resolve())))
 
     started = time.perf_counter()
-    # run from the work folder: its own .snakemake records, which the timings read back
+    # the work folder holds the run's .snakemake records, which the timings read back
     proc = subprocess.run([sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--profile",
                            str(REPO / "profiles" / "local"), "--cores", str(args.cores), "--configfile",
-                           str(config_file.resolve())], cwd=args.work)
+                           str(config_file.resolve()), "--directory", str(args.work.resolve())], cwd=REPO)
     workflow = time.perf_counter() - started
     if proc.returncode:
         print(f"the workflow failed (exit {proc.returncode}); see the logs under {results}", file=sys.stderr)

@@ -7,9 +7,9 @@ rule bundle:
         model=rules.pretrain.output.model,
         metrics=rules.pretrain.output.metrics,
         card=rules.dataset.output.card,  # scaling.tsv beside it; the card holds its sha256
-        atlas_image=atlas_img(ATLAS),
+        **atlas_image_input(),
         atlas_labels=atlas_labels(ATLAS),
-        manifest=rules.bids.output.manifest,
+        manifest=raw_manifest(),
     output:
         weights=bundle_files(BUNDLE_DIR)[0],
         config=bundle_files(BUNDLE_DIR)[1],
@@ -26,5 +26,5 @@ rule bundle:
         from fmriflow.smk import logged
 
         with logged(log[0]):
-            bundle_step(input.model, input.metrics, input.card, params.atlas, input.atlas_image, input.atlas_labels,
+            bundle_step(input.model, input.metrics, input.card, params.atlas, input.get("atlas_image"), input.atlas_labels,
                         input.manifest, str(Path(output.weights).parent), preprocessing=params.config)

@@ -44,7 +44,7 @@ JOB_PYTHON = "python" if IN_CONTAINER and config["container"] else sys.executabl
 OUT = config["output_dir"]
 DERIV = f"{OUT}/fmriflow"
 LOGS = f"{OUT}/logs"
-BIDS_DIR = config["bids_dir"]
+BIDS_DIR = config.setdefault("bids_dir", None)  # input.mode timeseries reads none (the voxel rules still name it)
 TIMESERIES = config["input"]["mode"] == "timeseries"  # region time series in, no voxel steps (timeseries.smk)
 # the atlas of the foundation models; config atlas.extra adds others (input.mode timeseries: the input's, alone)
 ATLAS = config["input"]["timeseries"]["atlas"] if TIMESERIES else "A424"
@@ -312,7 +312,17 @@ def dataset_encoder_inputs():
     """The dataset step's inputs from the bundle: its card, and this project's atlas to check against it."""
     if not ENCODER:
         return {}
-    return {"encoder_card": bundle_files(ENCODER)[2], "atlas_image": atlas_img(ATLAS), "atlas_labels": atlas_labels(ATLAS)}
+    return {"encoder_card": bundle_files(ENCODER)[2], **atlas_image_input(), "atlas_labels": atlas_labels(ATLAS)}
+
+
+def atlas_image_input():
+    """The model atlas's image as an input, where there is one (input.mode timeseries may have only a table)."""
+    return {} if TIMESERIES else {"atlas_image": atlas_img(ATLAS)}
+
+
+def raw_manifest():
+    """Every raw input with its sha256: the BIDS manifest, or the region time series' in input.mode timeseries."""
+    return f"{OUT}/timeseries/manifest.tsv" if TIMESERIES else rules.bids.output.manifest
 
 
 def dataset_shaping():

@@ -6,7 +6,7 @@ with logged(snakemake.log[0]):
     if "encoder_card" in i.keys():  # finetune.encoder: prepared by the bundle's card
         from fmriflow.bundle.prepare import prepare_step
 
-        prepare_step(i.encoder_card, snakemake.params.atlas, i.atlas_image, i.atlas_labels, snakemake.params.runs,
+        prepare_step(i.encoder_card, snakemake.params.atlas, i.get("atlas_image"), i.atlas_labels, snakemake.params.runs,
                      list(i.timeseries), i.participants, snakemake.output.card, config=config)
     else:
         dataset_step(snakemake.params.runs, list(i.timeseries), i.participants, snakemake.output.card,

@@ -37,13 +37,14 @@ _PATHS = ("dataset", "out", "coords", "participants", "init_from")
 
 
 def build_card(*, model_info: Mapping[str, Any], dataset_card: str | Path, scaling_tsv: str | Path,
-               atlas_name: str, atlas_image: str | Path, atlas_labels: str | Path, manifest: str | Path,
+               atlas_name: str, atlas_image: str | Path | None, atlas_labels: str | Path, manifest: str | Path,
                metrics_csv: str | Path, preprocessing: Mapping[str, Any], n_parameters: int) -> dict[str, Any]:
     """The card of an encoder pretrained on the dataset folder of ``dataset_card``.
 
     ``model_info``: ``model.pt``'s entries besides the weights (``config``: the training settings,
     ``model_config``: the architecture); ``preprocessing``: the config of the steps before the
-    dataset (``preproc.mode``, ``denoise``, ``parcellate``).
+    dataset (``preproc.mode``, ``denoise``, ``parcellate``); ``atlas_image`` None: an atlas known by its
+    table alone (region time series input), whose card then holds no image sha256.
     """
     data = read_json(dataset_card)
     labels = read_tsv(atlas_labels, dtype={"name": str})
@@ -58,7 +59,8 @@ def build_card(*, model_info: Mapping[str, Any], dataset_card: str | Path, scali
         "fmriflow_version": __version__,
         "model": {"architecture": "BrainLM", "name": model_info["config"]["model"], "n_parameters": n_parameters,
                   "embedding": f"{arch['pool']} pooling of the encoder's output, {arch['hidden']} values per window"},
-        "atlas": {"name": atlas_name, "sha256": sha256sum(atlas_image), "labels_sha256": sha256sum(atlas_labels),
+        "atlas": {"name": atlas_name, "sha256": sha256sum(atlas_image) if atlas_image else None,
+                  "labels_sha256": sha256sum(atlas_labels),
                   "n_regions": len(regions), "regions": regions,
                   "coordinates": labels[["x", "y", "z"]].to_numpy(dtype=float).tolist(),
                   "coordinate_space": "MNI152NLin6Asym (mm)"},
@@ -115,17 +117,21 @@ def _nullable(values: pd.Series) -> list[float | None]:
 # --------------------------------------------------------------------------- using a card
 
 
-def check_atlas(card: Mapping[str, Any], card_path: str | Path, atlas_name: str, atlas_image: str | Path,
+def check_atlas(card: Mapping[str, Any], card_path: str | Path, atlas_name: str, atlas_image: str | Path | None,
                 atlas_labels: str | Path) -> None:
     """Refuse a project atlas that is not the card's: name, image sha256 and region order must agree.
 
+    The image sha256 is compared where both sides have an image (an atlas given as a table of
+    regions and coordinates has none); name and region order always.
+
     The error names both atlases (name, sha256, files) and the first region that differs.
     """
-    ours = {"name": atlas_name, "sha256": sha256sum(atlas_image)}
+    ours = {"name": atlas_name, "sha256": sha256sum(atlas_image) if atlas_image else None}
     theirs = card["atlas"]
     regions = read_tsv(atlas_labels, dtype={"name": str})["name"].tolist()
     problem = None
-    if (theirs["name"], theirs["sha256"]) != (ours["name"], ours["sha256"]):
+    images_differ = None not in (theirs["sha256"], ours["sha256"]) and theirs["sha256"] != ours["sha256"]
+    if theirs["name"] != ours["name"] or images_differ:
         problem = "another atlas"
     elif regions != theirs["regions"]:
         at = next((i for i, (a, b) in enumerate(zip(regions, theirs["regions"])) if a != b),

@@ -23,7 +23,7 @@ log = logging.getLogger("fmriflow")
 SCALING_MODES = ("card", "refit")
 
 
-def prepare_step(card_path: str, atlas_name: str, atlas_image: str, atlas_labels: str, runs: Sequence[str],
+def prepare_step(card_path: str, atlas_name: str, atlas_image: str | None, atlas_labels: str, runs: Sequence[str],
                  timeseries: Sequence[str], participants: str, out_card: str, *, config: Mapping[str, Any]) -> None:
     """The dataset of this project's runs, prepared as the card says.
 

@@ -24,7 +24,8 @@ def format_card(card: Mapping[str, Any], regions: int = 5) -> str:
         _row("embedding", model["embedding"]),
         "",
         "Preparing new data",
-        _row("atlas", f"{atlas['name']}, {atlas['n_regions']} regions, image sha256 {atlas['sha256']}"),
+        _row("atlas", f"{atlas['name']}, {atlas['n_regions']} regions, image sha256 "
+                      f"{atlas['sha256'] or 'none (an atlas given as a table)'}"),
         _row("region order", ", ".join(atlas["regions"][:regions]) + (" ..." if atlas["n_regions"] > regions else "")),
         _row("window", f"{card['input']['window']} time points, patches of {card['input']['patch_size']}"),
         _row("TR", f"stored at {', '.join(f'{t:g}' for t in tr['stored'])} s; target_tr {tr['target_tr'] or 'none'}; "

@@ -32,13 +32,13 @@ def write_bundle(out_dir: str | Path, model: BrainLM, card: Mapping[str, Any]) -
     return paths
 
 
-def bundle_step(model_pt: str, metrics_csv: str, dataset_card: str, atlas_name: str, atlas_image: str,
+def bundle_step(model_pt: str, metrics_csv: str, dataset_card: str, atlas_name: str, atlas_image: str | None,
                 atlas_labels: str, manifest: str, out_dir: str, *, preprocessing: Mapping[str, Any]) -> None:
     """The ``pretrain`` rule's model as a bundle in ``out_dir``, with the weights' provenance sidecar."""
     state = torch.load(model_pt, map_location="cpu", weights_only=False)
     model = BrainLM(BrainLMConfig(**state["model_config"]), state["model"]["coords"])
     model.load_state_dict(state["model"])
-    inputs = [model_pt, metrics_csv, dataset_card, atlas_image, atlas_labels, manifest]
+    inputs = [p for p in (model_pt, metrics_csv, dataset_card, atlas_image, atlas_labels, manifest) if p]
     card = build_card(
         model_info={k: v for k, v in state.items() if k != "model"}, dataset_card=dataset_card,
         scaling_tsv=Path(dataset_card).with_name(SCALING), atlas_name=atlas_name, atlas_image=atlas_image,
