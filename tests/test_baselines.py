@@ -119,9 +119,9 @@ def test_no_warnings_on_a_realistic_p_much_greater_than_n_cohort():
 def test_grid_reaches_past_the_eigenvalues_at_both_ends(small):
     x, _ = small
     s2 = baselines.Basis.fit(x)[0].s2
-    np.testing.assert_allclose(np.sort(s2)[::-1][:len(s2)],
-                               np.linalg.svd(StandardScaler().fit_transform(x.astype(float)), compute_uv=False)[:len(s2)] ** 2,
-                               rtol=1e-8)
+    singular = np.linalg.svd(StandardScaler().fit_transform(x.astype(float)), compute_uv=False)
+    np.testing.assert_allclose(np.sort(s2)[::-1], singular[:len(s2)] ** 2, rtol=1e-8)
+    assert len(s2) == len(x) - 1  # centring removes one dimension of 90 subjects' span
     alpha = baselines.penalty_grid("ridge", s2)
     assert alpha[0] <= 1e-3 * s2.min() * 1.0001 and alpha[-1] >= 1e3 * s2.max() * 0.9999
     assert np.allclose(np.diff(np.log10(alpha)), np.diff(np.log10(alpha))[0]) and np.diff(np.log10(alpha))[0] <= 0.5
