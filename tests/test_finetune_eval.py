@@ -109,12 +109,14 @@ def test_missing_labels_are_an_error_naming_the_file_or_dropped_on_request(tmp_p
     assert cohort.dropped == ("03", "07") and len(cohort.labels) == 18
 
 
-def test_logistic_baseline_finds_a_sparse_edge_effect_and_permuted_labels_do_not():
+def test_logistic_baseline_finds_a_distributed_edge_effect_and_permuted_labels_do_not():
     rng = np.random.default_rng(0)
     n, r = 40, 30
     y = np.repeat([0, 1], n // 2)
     fc = rng.normal(0, 0.1, (n, r, r))
-    fc[:, 2, 7] += 0.6 * y  # one planted edge among 435 (+0.3 after symmetrising, 4 noise sd)
+    rows, cols = np.triu_indices(r, k=1)
+    planted = rng.choice(len(rows), 40, replace=False)  # 40 edges among 435 (L2: effects spread over edges)
+    fc[:, rows[planted], cols[planted]] += 0.2 * y[:, None]  # +0.1 after symmetrising, 1.4 noise sd
     fc = (fc + fc.transpose(0, 2, 1)) / 2
     x = baselines.upper_triangle(fc)
     assert x.shape == (n, r * (r - 1) // 2)
@@ -122,7 +124,7 @@ def test_logistic_baseline_finds_a_sparse_edge_effect_and_permuted_labels_do_not
     train, test = order[:30], order[30:]
     scores, chosen = baselines.fit_predict("logistic", "classification", x[train], y[train], x[test])
     assert evaluation.compute("classification", y[test], scores)["auroc"] > 0.9
-    assert set(chosen) == {"C", "l1_ratio"}
+    assert set(chosen) == {"C", "penalty_edge", "inner_auroc"}
     perm = rng.permutation(y[train])
     scores, _ = baselines.fit_predict("ridge", "classification", x[train], perm, x[test])
     assert ((scores >= 0) & (scores <= 1)).all()

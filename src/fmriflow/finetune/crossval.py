@@ -207,7 +207,8 @@ def _baselines(fold: Fold, inputs: Inputs, settings: FinetuneSettings, results: 
 def _baseline_controls(fold: Fold, name: str, task: str, x_train: np.ndarray, y_train: np.ndarray,
                        x_test: np.ndarray, results: Results, permutations: int) -> None:
     def fit_score(rng: np.random.Generator) -> tuple[np.ndarray, dict]:
-        return baselines.fit_predict(name, task, x_train, rng.permutation(y_train), x_test, seed=fold.seed)
+        return baselines.fit_predict(name, task, x_train, rng.permutation(y_train), x_test, seed=fold.seed,
+                                     warn=False)  # a penalty on the grid's edge is expected with no signal
 
     permuted_controls(results, fold, name, False, fit_score, permutations)
 

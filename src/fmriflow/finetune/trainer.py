@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..models.brainnetcnn import BrainNetCNN
 from ..models.fmmtc import FMMTC, FMMTCConfig
 from .settings import TrainSettings
 
@@ -30,11 +31,27 @@ VARIANTS: dict[str, dict] = {
     "fc_only": dict(modalities="fc"),
     "no_pretrain": dict(fusion="concat"),
 }
+FC_MODELS = ("brainnetcnn",)  # FC-only models outside FMMTC (fmriflow.models.brainnetcnn)
 
 
-def build(variant: str, ts_dim: int, settings: TrainSettings) -> FMMTC:
+class FCModel(nn.Module):
+    """An FC-only network called as FMMTC is, ``model(ts, fc)``; the TS embedding is ignored."""
+
+    use_fc = True
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, ts: torch.Tensor, fc: torch.Tensor) -> torch.Tensor:
+        return self.net(fc)  # (B, R, R) -> (B, n_outputs)
+
+
+def build(variant: str, ts_dim: int, settings: TrainSettings, n_regions: int = 0) -> FMMTC | FCModel:
+    if variant == "brainnetcnn":
+        return FCModel(BrainNetCNN(n_regions))
     if variant not in VARIANTS:
-        raise ValueError(f"'variant' must be one of {tuple(VARIANTS)}. Got: {variant!r}")
+        raise ValueError(f"'variant' must be one of {(*VARIANTS, *FC_MODELS)}. Got: {variant!r}")
     config = FMMTCConfig(embed_dim=settings.embed_dim, resnet_width=settings.resnet_width, **VARIANTS[variant])
     return FMMTC(ts_dim, config)
 
@@ -90,7 +107,7 @@ def fit(variant: str, task: str, ts: np.ndarray, fc: np.ndarray, y: np.ndarray,
     """
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    model = build(variant, ts.shape[1], settings).to(settings.device)
+    model = build(variant, ts.shape[1], settings, n_regions=fc.shape[-1]).to(settings.device)
     if init_fc is not None and model.use_fc:
         model.fc_encoder.load_state_dict(init_fc.fc_encoder.state_dict())
         model.fc_proj.load_state_dict(init_fc.fc_proj.state_dict())
