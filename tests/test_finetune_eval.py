@@ -182,7 +182,8 @@ def test_settings_defaults_are_the_schema_defaults():
     schema = yaml.safe_load((Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml")
                             .read_text())
     section = schema["properties"]["finetune"]["properties"]
-    sizing = {"enabled", "setups", "gpus", "mem_mb", "runtime"}  # place the job; not settings
+    # place the job, or choose the encoder and how its windows are prepared (inputs of the job); not settings
+    sizing = {"enabled", "setups", "gpus", "mem_mb", "runtime", "encoder", "scaling"}
     defaults = FinetuneSettings().as_config()
     assert set(defaults) == set(section) - sizing
     assert defaults == {k: tuple(v["default"]) if isinstance(v["default"], list) else v["default"]

@@ -37,9 +37,10 @@ rule finetune:
         metrics=f"{FINETUNE_DIR}/setup-{{setup}}/metrics.tsv",
     params:
         dataset=DATASET_DIR,
-        # what trains and scores one set-up; not which set-ups exist, nor the job's size
-        **shaping("finetune", drop=("finetune.enabled", "finetune.setups", "finetune.gpus",
-                                         "finetune.mem_mb", "finetune.runtime")),
+        # what trains and scores one set-up; not which set-ups exist, nor the job's size, nor where the
+        # encoder and the windows come from (finetune.encoder, finetune.scaling: those reach it as inputs)
+        **shaping("finetune", drop=("finetune.enabled", "finetune.setups", "finetune.gpus", "finetune.mem_mb",
+                                    "finetune.runtime", "finetune.encoder", "finetune.scaling")),
     wildcard_constraints:
         setup="[A-Za-z0-9_.-]+",
     threads: 2
