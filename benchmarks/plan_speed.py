@@ -8,8 +8,9 @@ then times in subprocesses, one after the other in the same run:
   workflow (derivatives mode, the demo's settings) on that dataset;
 - ``bare``: the same command on a workflow of 5 chained rules x N subjects (shell rules,
   one input each), the floor Snakemake itself sets;
-- ``startup`` (``--startup``): what each cluster job pays before it runs, reading the
-  workflow (``snakemake --list-rules``; a job parses the Snakefile the same way).
+- ``startup`` (``--startup``): what each cluster job pays before it runs: reading the workflow
+  and planning its one target (a dry run of the first run's denoised BOLD, whose plan has its
+  preprocessing check, resampling and denoising: a job on SLURM reads the Snakefile the same way).
 
 CPU time (user + system of the child processes) is the figure; wall time is printed beside.
 
@@ -127,7 +128,8 @@ def measure(root: Path, n: int, startup: bool) -> dict:
     row.update(longest_line=max(map(len, text.splitlines())), output_mb=len(text) / 1e6,
                shell_none=text.count("Shell command: None"))
     if startup:
-        row["startup_cpu"], _, _ = timed(fmriflow_command(root, "--list-rules"), REPO)
+        target = root / "results/fmriflow/sub-00000/func/sub-00000_task-rest_space-MNI152NLin6Asym_res-2_desc-denoised_bold.nii.gz"
+        row["startup_cpu"], _, _ = timed(fmriflow_command(root, "-n", "--quiet", "all", "--", str(target)), REPO)
     return row
 
 

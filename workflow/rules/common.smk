@@ -4,8 +4,8 @@
 
 import copy
 import functools
+import logging
 import math
-import re
 import shlex
 import sys
 from pathlib import Path
@@ -13,6 +13,7 @@ from pathlib import Path
 import yaml
 
 from snakemake_interface_executor_plugins.settings import DeploymentMethod
+from snakemake_interface_logger_plugins.common import LogEvent
 
 from snakemake.utils import validate
 
@@ -20,7 +21,7 @@ from fmriflow import launch, naming
 from fmriflow.checks import check_config, check_participant_columns, in_schema_order
 from fmriflow.connectivity import GROUP_KINDS, STAT
 from fmriflow.errors import InputError
-from fmriflow.ingest import discover_runs
+from fmriflow.ingest import RUN_KEY_PATTERN, Sidecars, discover_runs, listing_fingerprint
 from fmriflow.models.grids import INPUT_GRIDS, grid_label
 from fmriflow.preproc import FMRIPREP_ROOT, LITE_ROOT, preproc_files
 
@@ -29,6 +30,13 @@ check_config(config, f"{workflow.basedir}/workflow/schemas/config.schema.yaml", 
 validate(config, "../schemas/config.schema.yaml", set_default=True)
 # the schema's key order, whichever file set a key (config/config.yaml, config/demo.yaml, --configfile ...)
 in_schema_order(config, yaml.safe_load(Path(f"{workflow.basedir}/workflow/schemas/config.schema.yaml").read_text()))
+
+
+# With printshellcmds (both profiles), Snakemake 9 prints "Shell command: None" for every job
+# of a script: or run: rule, thousands of lines at thousands of subjects; shell rules keep theirs.
+logging.getLogger("snakemake.logging").addFilter(
+    lambda record: not (getattr(record, "event", None) == LogEvent.SHELLCMD and getattr(record, "shellcmd", "") is None)
+)
 
 
 # The project image, used by every rule (with --software-deployment-method apptainer only)
@@ -67,14 +75,46 @@ except InputError as exc:
 # run key (e.g. sub-01/func/sub-01_task-rest) -> raw BOLD path
 RUNS = {key: str(path) for key, path in discover_runs(BIDS_DIR, config["subjects"], config["tasks"]).items()}
 
-# run key -> the fMRIPrep-shaped BOLD, mask and confounds every later step reads: existing files
-# (derivatives mode) or the names the fmriprep / lite rules write (workflow/rules/preproc.smk)
-PREPROC = preproc_files(config["preproc"], RUNS, OUT)
+
+class _PreprocOf(dict):
+    """Run key -> the fMRIPrep-shaped BOLD, mask and confounds every later step reads: existing files
+    (derivatives mode) or the names the fmriprep / lite rules write (workflow/rules/preproc.smk).
+    Found on first use, so that a cluster job looks up its own run's files, not every run's."""
+
+    def __missing__(self, run):
+        self[run] = preproc_files(config["preproc"], [run], OUT)[run]
+        return self[run]
+
+
+preproc_files(config["preproc"], [], OUT)  # the preproc section's own errors, before any job
+PREPROC = _PreprocOf()
 
 
 wildcard_constraints:
-    run="|".join(re.escape(run) for run in RUNS),
+    run=RUN_KEY_PATTERN,  # any run key: a list of the dataset's runs here makes the plan quadratic in runs
     atlas="|".join(ATLASES),
+
+
+# --------------------------------------------------------------------------- each run's raw files
+
+SIDECARS = Sidecars(BIDS_DIR)  # folder listings read once per workflow read
+
+
+def raw_sidecars(run):
+    """The JSON sidecars a run's raw BOLD inherits (BIDS inheritance principle), least specific first."""
+    return [str(p) for p in SIDECARS.of(RUNS[run])]
+
+
+def subject_raw_files(subject):
+    """Every raw BOLD of a subject with its sidecars: what that subject's preprocessing depends on."""
+    runs = [r for r in RUNS if naming.subject_of(r) == subject]
+    return list(dict.fromkeys(f for r in runs for f in [RUNS[r], *raw_sidecars(r)]))
+
+
+def raw_listing(wildcards):
+    """Params function of the bids step: changes when any raw file is added, removed or changed,
+    so that the manifest follows the dataset without thousands of named inputs."""
+    return listing_fingerprint(BIDS_DIR)
 
 
 def mem_from_inputs(floor_mb, per_input_mb):
