@@ -196,3 +196,25 @@ def test_changed_repetition_time_replans_its_run_and_fails_the_audit(grown):
     # the problem names the changed sidecar and the record of the run's first step that read it
     assert any(p.startswith(f"{sidecar}: sha256") and str(qc.with_suffix(".json")) in p for p in result.problems), \
         result.problems
+
+
+# ---------------------------------------------------------------------------- console output
+
+def test_console_shortens_job_lines_for_the_terminal_only():
+    import logging
+
+    from fmriflow.console import ConsoleFilter, ShortFormatter, shorten_files
+
+    files = [f"sub-{i:04d}_qc.tsv" for i in range(5000)]
+    record = logging.makeLogRecord({"msg": None, "event": "job_info", "input": files, "reason": "x" * 600_000})
+    seen = {}
+    formatter = ShortFormatter(type("Inner", (logging.Formatter,), {
+        "format": lambda self, r: seen.update(input=r.input, reason=r.reason) or ""})())
+    formatter.format(record)
+    assert seen["input"] == [*files[:5], "... (4994 more) ...", files[-1]]  # 5 + 4994 + 1 = 5000
+    assert len(seen["reason"]) < 1200 and seen["reason"].startswith("x" * 1000)
+    assert record.input is files and len(record.reason) == 600_000  # other handlers see the whole record
+    assert shorten_files(files[:6]) == files[:6]
+    drop = ConsoleFilter()
+    assert not drop.filter(logging.makeLogRecord({"event": "shellcmd", "shellcmd": None}))
+    assert drop.filter(logging.makeLogRecord({"event": "shellcmd", "shellcmd": "echo hi"}))

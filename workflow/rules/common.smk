@@ -4,7 +4,6 @@
 
 import copy
 import functools
-import logging
 import math
 import shlex
 import sys
@@ -13,11 +12,10 @@ from pathlib import Path
 import yaml
 
 from snakemake_interface_executor_plugins.settings import DeploymentMethod
-from snakemake_interface_logger_plugins.common import LogEvent
 
 from snakemake.utils import validate
 
-from fmriflow import launch, naming
+from fmriflow import console, launch, naming
 from fmriflow.checks import check_config, check_participant_columns, in_schema_order
 from fmriflow.connectivity import GROUP_KINDS, STAT
 from fmriflow.errors import InputError
@@ -32,11 +30,9 @@ validate(config, "../schemas/config.schema.yaml", set_default=True)
 in_schema_order(config, yaml.safe_load(Path(f"{workflow.basedir}/workflow/schemas/config.schema.yaml").read_text()))
 
 
-# With printshellcmds (both profiles), Snakemake 9 prints "Shell command: None" for every job
-# of a script: or run: rule, thousands of lines at thousands of subjects; shell rules keep theirs.
-logging.getLogger("snakemake.logging").addFilter(
-    lambda record: not (getattr(record, "event", None) == LogEvent.SHELLCMD and getattr(record, "shellcmd", "") is None)
-)
+# Snakemake's terminal at thousands of runs: group jobs' file lists and reasons shortened,
+# no "Shell command: None" for script: and run: jobs (fmriflow.console); the plan sees every file.
+console.install()
 
 
 # The project image, used by every rule (with --software-deployment-method apptainer only)

@@ -9,7 +9,7 @@
 checkpoint run_qc:
     """Every run's motion, censoring, DVARS, tSNR and region coverage; excluded runs with their reasons."""
     input:
-        # each run's QC rows (params.qc) come before its coverage: one input per run, not two
+        qc=expand(rules.denoise.output.qc, run=RUNS),
         coverage=[grid(r, atlas=ATLAS, stat="coverage", suffix="bold", extension=".tsv") for r in RUNS],
         # the validator's verdict (bids.fail_on_errors) comes before any group step; the runs'
         # own jobs do not wait for it, so one subject's change does not rerun the others
@@ -18,7 +18,6 @@ checkpoint run_qc:
         table=run_qc_table(),
     params:
         runs=list(RUNS),
-        qc=lambda wildcards: expand(rules.denoise.output.qc, run=RUNS),
         config=shaping("qc"),
     log:
         f"{LOGS}/qc/run_qc.log",

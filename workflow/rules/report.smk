@@ -4,9 +4,14 @@ rule report:
         participants=f"{BIDS_DIR}/participants.tsv",
         manifest=rules.bids.output.manifest,
         validation=rules.bids.output.validation,
-        # every run's files (params.run_files) come before the run QC table: one input stands for
-        # thousands, so the plan's input and reason lines stay short, and any run rerun reruns it
+        qc=expand(rules.preproc_derivatives.output.qc, run=RUNS),
+        coverage=[grid(r, atlas=ATLAS, stat="coverage", suffix="bold", extension=".tsv") for r in RUNS],
         run_qc=run_qc_table(),
+        # per run, in RUNS order: FD traces of every run; tSNR maps and carpet plots of a few (report/runqc.py)
+        confounds=lambda wildcards: [str(PREPROC[r].confounds) for r in RUNS],
+        bold=expand(rules.resample.output.bold, run=RUNS),
+        mask=expand(rules.resample.output.mask, run=RUNS),
+        denoised=expand(rules.denoise.output.bold, run=RUNS),
         atlas_image=atlas_img(ATLAS),
         atlas_labels=atlas_labels(ATLAS),
         group_fc=group_file(ATLAS, STAT["pearson"], "mean"),
@@ -23,16 +28,6 @@ rule report:
     params:
         config=config,  # its provenance section shows the whole resolved config
         runs=list(RUNS),
-        # per run, in RUNS order: QC rows, coverage, FD traces of every run; tSNR maps and carpet
-        # plots of a few (report/runqc.py)
-        run_files=lambda wildcards: {
-            "qc": expand(rules.preproc_derivatives.output.qc, run=RUNS),
-            "coverage": [grid(r, atlas=ATLAS, stat="coverage", suffix="bold", extension=".tsv") for r in RUNS],
-            "confounds": [str(PREPROC[r].confounds) for r in RUNS],
-            "bold": expand(rules.resample.output.bold, run=RUNS),
-            "mask": expand(rules.resample.output.mask, run=RUNS),
-            "denoised": expand(rules.denoise.output.bold, run=RUNS),
-        },
         voxel_names=list(voxel_metrics()),
     log:
         f"{LOGS}/report/report.log",

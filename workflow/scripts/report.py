@@ -4,16 +4,15 @@ from fmriflow.smk import logged
 
 with logged(snakemake.log[0]):
     i, o, p = snakemake.input, snakemake.output, snakemake.params
-    f = p.run_files  # per-run files, listed in params: the run QC table (an input) comes after them all
     run_files = {run: {"confounds": c, "bold": b, "mask": m, "denoised": d}
-                 for run, c, b, m, d in zip(p.runs, f["confounds"], f["bold"], f["mask"], f["denoised"])}
+                 for run, c, b, m, d in zip(p.runs, i.confounds, i.bold, i.mask, i.denoised)}
     summary = build_report(
         o.html,
         participants=i.participants,
         manifest=i.manifest,
         validation=i.validation,
-        qc=list(f["qc"]),
-        coverage=list(f["coverage"]),
+        qc=list(i.qc),
+        coverage=list(i.coverage),
         group_fc=i.group_fc,
         group_diff=i.group_diff,
         ground_truth_edges=i.ground_truth[0] if i.ground_truth else None,
