@@ -179,6 +179,15 @@ def test_adding_a_subject_plans_that_subject_and_dataset_wide_steps(grown):
 
 
 @pytestmark_dag
+def test_a_file_no_run_reads_replans_the_manifest_only(grown):
+    _, demo, _, _ = grown
+    readme = demo / "bids" / "README"
+    readme.write_text((readme.read_text() if readme.exists() else "") + "\nA note added later.\n")
+    assert _plan(grown) == {"bids": 1}  # run QC and the group steps stay: the runs did not change
+    _finish(grown)
+
+
+@pytestmark_dag
 def test_changed_repetition_time_replans_its_run_and_fails_the_audit(grown):
     from fmriflow.audit import audit
 

@@ -107,6 +107,13 @@ def subject_raw_files(subject):
     return list(dict.fromkeys(f for r in runs for f in [RUNS[r], *raw_sidecars(r)]))
 
 
+def validated():
+    """Input of each run's first job: the validator ran (and, with bids.fail_on_errors, passed) before
+    it. ancient(): an order, not a rerun trigger: when the bids step reruns for another subject's
+    change (or a README's), this run is not redone."""
+    return ancient(f"{OUT}/bids/validation.json")
+
+
 def raw_listing(wildcards):
     """Params function of the bids step: changes when any raw file is added, removed or changed,
     so that the manifest follows the dataset without thousands of named inputs."""

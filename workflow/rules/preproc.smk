@@ -12,6 +12,7 @@ rule preproc_derivatives:
         confounds=fmriprep_file("confounds"),
         raw_bold=lambda wildcards: RUNS[wildcards.run],
         sidecars=lambda wildcards: raw_sidecars(wildcards.run),  # its own, not the dataset-wide manifest
+        validated=validated(),
     output:
         qc=out("{run}", desc="preproc", suffix="qc", extension=".tsv"),
     params:
@@ -31,9 +32,8 @@ if MODE == "fmriprep":
             name:
                 f"fmriprep_{_subject}"
             input:
-                # the subject's own raw files: another subject's change does not rerun it; the
-                # validator (fMRIPrep runs with --skip-bids-validation) runs beside, in the bids rule
-                raw=subject_raw_files(_subject),
+                raw=subject_raw_files(_subject),  # its own: another subject's change does not rerun it
+                validated=validated(),  # fMRIPrep runs with --skip-bids-validation
             output:
                 _files,
             params:
@@ -59,6 +59,7 @@ if MODE == "lite":
             raw_bold=lambda wildcards: RUNS[wildcards.run],
             atlas=atlas_img(ATLAS),  # the output grid
             sidecars=lambda wildcards: raw_sidecars(wildcards.run),
+            validated=validated(),
         output:
             bold=str(LITE_FILES.bold),
             mask=str(LITE_FILES.mask),

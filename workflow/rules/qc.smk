@@ -11,9 +11,6 @@ checkpoint run_qc:
     input:
         qc=expand(rules.denoise.output.qc, run=RUNS),
         coverage=[grid(r, atlas=ATLAS, stat="coverage", suffix="bold", extension=".tsv") for r in RUNS],
-        # the validator's verdict (bids.fail_on_errors) comes before any group step; the runs'
-        # own jobs do not wait for it, so one subject's change does not rerun the others
-        validation=rules.bids.output.validation,
     output:
         table=run_qc_table(),
     params:
