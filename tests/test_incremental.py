@@ -102,6 +102,22 @@ def test_listing_fingerprint_follows_every_raw_change(tmp_path):
     assert listing_fingerprint(root) == unchanged
 
 
+def test_manifest_provenance_lists_every_raw_file_with_its_checksum(tmp_path):
+    import hashlib
+
+    from fmriflow.steps import bids_step
+
+    root = _dataset(tmp_path / "bids")
+    (root / "README").write_text("raw, not BIDS-named")
+    (root / "derivatives" / "x").mkdir(parents=True)  # not raw data: neither listed nor recorded
+    (root / "derivatives" / "x" / "a.tsv").write_text("1")
+    bids_step(str(root), str(tmp_path / "manifest.tsv"), str(tmp_path / "validation.json"), validate=False)
+    recorded = {i["path"]: i["sha256"] for i in json.loads((tmp_path / "manifest.json").read_text())["Provenance"]["Inputs"]}
+    expected = {p.as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in root.rglob("*") if p.is_file() and "derivatives" not in p.parts}
+    assert recorded == expected
+
+
 def test_run_key_pattern_takes_run_keys_and_no_derivative_entities():
     pattern = re.compile(RUN_KEY_PATTERN)
     keys = [run_key(parse_name(n)) for n in NAMES[:3]]
