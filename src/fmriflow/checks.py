@@ -16,9 +16,9 @@ Where they run (docs/reliability.md lists every case and its message):
 - per reader of ``participants.tsv`` (``fmriflow.datasets.participants``);
 - per extra atlas, after it is put on the template grid (``check_atlas_on_grid``).
 
-The official BIDS validator runs before all of these in the ``bids`` step (each run's first
-job waits for it, without being redone when it reruns for another subject) and, with
-``bids.fail_on_errors`` (the default), stops the whole run on the raw-data errors it
+The official BIDS validator runs in the ``bids`` step, beside the runs' own jobs (each run
+depends on its own raw files only) and before any group step, and, with
+``bids.fail_on_errors`` (the default), stops the run on the raw-data errors it
 knows (missing RepetitionTime, TR mismatch, 3D BOLD, repeated participants); the checks
 here catch the same problems per run when it is off, and the ones it does not look for
 (truncated or non-finite data, empty runs, fMRIPrep outputs).

@@ -108,9 +108,10 @@ def subject_raw_files(subject):
 
 
 def validated():
-    """Input of each run's first job: the validator ran (and, with bids.fail_on_errors, passed) before
-    it. ancient(): an order, not a rerun trigger: when the bids step reruns for another subject's
-    change (or a README's), this run is not redone."""
+    """Input of run QC, the first group step: the validator ran (and, with bids.fail_on_errors,
+    passed) before any group step. ancient(): an order, not a rerun trigger, so that a README
+    edit reruns the bids step and not the group steps. Not an input of the runs' own jobs:
+    Snakemake 9.27 then ignores a newer raw input of a job whose ancient input's job reruns."""
     return ancient(f"{OUT}/bids/validation.json")
 
 

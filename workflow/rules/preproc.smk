@@ -12,7 +12,6 @@ rule preproc_derivatives:
         confounds=fmriprep_file("confounds"),
         raw_bold=lambda wildcards: RUNS[wildcards.run],
         sidecars=lambda wildcards: raw_sidecars(wildcards.run),  # its own, not the dataset-wide manifest
-        validated=validated(),
     output:
         qc=out("{run}", desc="preproc", suffix="qc", extension=".tsv"),
     params:
@@ -32,8 +31,10 @@ if MODE == "fmriprep":
             name:
                 f"fmriprep_{_subject}"
             input:
-                raw=subject_raw_files(_subject),  # its own: another subject's change does not rerun it
-                validated=validated(),  # fMRIPrep runs with --skip-bids-validation
+                # its own raw files: another subject's change does not rerun it. The validator runs
+                # beside it, in the bids rule (fMRIPrep runs with --skip-bids-validation), and stops
+                # the group steps when it fails (run QC waits for it).
+                raw=subject_raw_files(_subject),
             output:
                 _files,
             params:
@@ -59,7 +60,6 @@ if MODE == "lite":
             raw_bold=lambda wildcards: RUNS[wildcards.run],
             atlas=atlas_img(ATLAS),  # the output grid
             sidecars=lambda wildcards: raw_sidecars(wildcards.run),
-            validated=validated(),
         output:
             bold=str(LITE_FILES.bold),
             mask=str(LITE_FILES.mask),

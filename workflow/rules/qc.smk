@@ -11,6 +11,7 @@ checkpoint run_qc:
     input:
         qc=expand(rules.denoise.output.qc, run=RUNS),
         coverage=[grid(r, atlas=ATLAS, stat="coverage", suffix="bold", extension=".tsv") for r in RUNS],
+        validation=validated(),
     output:
         table=run_qc_table(),
     params:
