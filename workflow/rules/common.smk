@@ -101,10 +101,17 @@ def raw_sidecars(run):
     return [str(p) for p in SIDECARS.of(RUNS[run])]
 
 
+@functools.cache
+def _runs_of_subjects():
+    runs = {}
+    for run in RUNS:
+        runs.setdefault(naming.subject_of(run), []).append(run)
+    return runs
+
+
 def subject_raw_files(subject):
     """Every raw BOLD of a subject with its sidecars: what that subject's preprocessing depends on."""
-    runs = [r for r in RUNS if naming.subject_of(r) == subject]
-    return list(dict.fromkeys(f for r in runs for f in [RUNS[r], *raw_sidecars(r)]))
+    return list(dict.fromkeys(f for r in _runs_of_subjects()[subject] for f in [RUNS[r], *raw_sidecars(r)]))
 
 
 def validated():
