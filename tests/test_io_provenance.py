@@ -66,3 +66,14 @@ def test_block_writer_makes_compression_independent_of_write_sizes(tmp_path):
     outputs = {compress(piece) for piece in (352, 65536, 1 << 20, 5_000_001)}
     assert len(outputs) == 1
     assert gzip.decompress(outputs.pop()) == payload
+
+
+def test_known_checksums_are_recorded_without_reading_the_file(tmp_path):
+    from fmriflow.provenance import describe_inputs
+
+    present = tmp_path / "a.txt"
+    present.write_bytes(b"abc")
+    absent = tmp_path / "gone.txt"  # a known digest is taken as given: the file is not read
+    described = describe_inputs([present, absent], known={str(absent): "f" * 64})
+    assert described == [{"path": str(present), "sha256": hashlib.sha256(b"abc").hexdigest()},
+                         {"path": str(absent), "sha256": "f" * 64}]

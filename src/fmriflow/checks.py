@@ -7,18 +7,18 @@ Where they run (docs/reliability.md lists every case and its message):
   relations between keys (fine-tuning needs pretraining);
 - the participants.tsv columns the config names (``check_participant_columns``), when the
   workflow is read: each key whose step runs and whose column the table's header lacks;
-- per raw BOLD file, while the ``bids`` step lists the dataset (``raw_bold_problem``): the
-  problem is recorded in the manifest instead of stopping the dataset-wide step, so that
-  the run's own first job fails on it (``check_manifest_row``), and with ``--keep-going``
-  the other subjects go on;
-- per run, in that first job, before any of its artefacts is written: the recorded
-  problem, then the image data of the raw and the preprocessed BOLD (``check_bold_data``:
+- per raw BOLD file, in its run's first job (``raw_bold_problem``, from the header and the
+  sidecars the run inherits): the run fails naming the file, and with ``--keep-going`` the
+  other subjects go on; the ``bids`` step records the same problem in the manifest;
+- per run, in that first job, before any of its artefacts is written: after the header and
+  sidecar, the image data of the raw and the preprocessed BOLD (``check_bold_data``:
   complete, finite, not empty), streamed a few volumes at a time;
 - per reader of ``participants.tsv`` (``fmriflow.datasets.participants``);
 - per extra atlas, after it is put on the template grid (``check_atlas_on_grid``).
 
-The official BIDS validator runs before all of these in the ``bids`` step and, with
-``bids.fail_on_errors`` (the default), stops the whole run on the raw-data errors it
+The official BIDS validator runs in the ``bids`` step, beside the runs' own jobs (each run
+depends on its own raw files only) and before any group step, and, with
+``bids.fail_on_errors`` (the default), stops the run on the raw-data errors it
 knows (missing RepetitionTime, TR mismatch, 3D BOLD, repeated participants); the checks
 here catch the same problems per run when it is off, and the ones it does not look for
 (truncated or non-finite data, empty runs, fMRIPrep outputs).
@@ -221,13 +221,6 @@ def bold_repetition_time(path: str | Path, sidecar: dict, tolerance: float = 1e-
     if abs(header_tr - tr) > tolerance:
         raise InputError(path, f"header TR {header_tr:g} s disagrees with sidecar RepetitionTime {tr:g} s")
     return tr
-
-
-def check_manifest_row(raw_bold: str | Path, row: Mapping[str, Any]) -> None:
-    """Raise the problem the ``bids`` step recorded for this raw BOLD file (header, sidecar), if any."""
-    problem = row.get("problem")
-    if isinstance(problem, str) and problem:
-        raise InputError(raw_bold, problem)
 
 
 def check_bold_data(path: str | Path) -> dict[str, int]:

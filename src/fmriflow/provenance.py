@@ -46,9 +46,11 @@ def sidecar_path(artefact: str | Path) -> Path:
     return artefact.with_name(name + ".json")
 
 
-def describe_inputs(paths: Iterable[str | Path]) -> list[dict[str, str]]:
-    """Path (as given, so relative paths stay relative) and sha256 of each input file."""
-    return [{"path": str(p), "sha256": sha256sum(p)} for p in paths]
+def describe_inputs(paths: Iterable[str | Path], known: Mapping[str, str] | None = None) -> list[dict[str, str]]:
+    """Path (as given, so relative paths stay relative) and sha256 of each input file;
+    ``known``: path -> sha256 already computed (a manifest's), not read again."""
+    known = known or {}
+    return [{"path": str(p), "sha256": known.get(str(p)) or sha256sum(p)} for p in paths]
 
 
 def build_sidecar(
@@ -57,13 +59,14 @@ def build_sidecar(
     parameters: Mapping[str, Any] | None = None,
     config: Mapping[str, Any] | None = None,
     metadata_fields: Mapping[str, Any] | None = None,
+    known: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     inputs = [str(p) for p in inputs]
     sidecar: dict[str, Any] = dict(metadata_fields or {})
     sidecar["Sources"] = inputs
     sidecar["Provenance"] = {
         "Step": step,
-        "Inputs": describe_inputs(inputs),
+        "Inputs": describe_inputs(inputs, known),
         "Parameters": dict(parameters or {}),
         "Config": dict(config or {}),
         "Software": software_versions(),

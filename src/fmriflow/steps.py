@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from . import atlas as atlas_mod
-from .checks import check_bold_data, check_manifest_row
+from .checks import check_bold_data, raw_bold_problem
 from .datasets.participants import read_participants
 from .connectivity import PEARSON_METADATA, fisher_mean, pearson
 from .connectivity import fisher_z as fisher_z_transform  # stack_step's flag is called fisher_z
@@ -68,32 +68,36 @@ def bids_step(bids_dir: str, out_manifest: str, out_validation: str, *, validate
         raise InputError(bids_dir, f"the BIDS validator reports {report['n_errors']} error(s):\n  {listing}\n"
                          "(set bids.fail_on_errors: false to go on regardless)")
     manifest = build_manifest(bids_dir)
+    # every raw file is an input of the manifest, so an audit from any artefact that leads here
+    # checks each raw byte (sidecars included) against the checksum the manifest recorded
+    raw = {(Path(bids_dir) / path).as_posix(): sha for path, sha in zip(manifest["path"], manifest["sha256"])}
     inputs = [Path(bids_dir) / "dataset_description.json"]
     parameters = {"validate": validate, "fail_on_errors": fail_on_errors}
     write_json(out_validation, {**report, "Provenance": build_sidecar("bids", inputs, parameters)["Provenance"]})
     write_tsv(out_manifest, manifest)
-    write_sidecar(out_manifest, "bids", inputs, parameters=parameters)
+    write_sidecar(out_manifest, "bids", list(raw), parameters=parameters, known=raw)
 
 
-def preproc_derivatives_step(run: str, files: PreprocFiles, raw_bold: str, manifest: str, bids_dir: str,
-                             out_qc: str, *, preproc: Config, fd_threshold: float) -> None:
-    """Check one run's existing fMRIPrep outputs and write its QC row.
+def preproc_derivatives_step(run: str, files: PreprocFiles, raw_bold: str, sidecars: Sequence[str], out_qc: str, *,
+                             preproc: Config, fd_threshold: float) -> None:
+    """Check one run's fMRIPrep outputs against its raw BOLD and write its QC row.
 
+    ``sidecars``: the raw BOLD's JSON sidecars by the BIDS inheritance principle, least specific
+    first (``fmriflow.ingest.Sidecars``); their RepetitionTime is checked against the header. They
+    are recorded as inputs, so the run reruns when one changes and an audit sees any change.
     ``preproc`` is what shaped the preprocessed files (recorded in the sidecar); volumes with FD
     above ``fd_threshold`` count as high-motion in the QC row.
     """
-    table = read_tsv(manifest, dtype={"path": str})
-    # absolute, not resolved: git-annex files are symlinks whose targets carry no BIDS name
-    rel = Path(os.path.relpath(os.path.abspath(raw_bold), os.path.abspath(bids_dir))).as_posix()
-    row = table.loc[table["path"] == rel]
-    if row.empty:
-        raise InputError(raw_bold, f"not listed in the manifest {manifest}")
-    check_manifest_row(raw_bold, row.iloc[0])
-    qc = check_run(files, float(row["tr"].iloc[0]), fd_threshold)
+    from .ingest import merged_metadata
+
+    tr, problem = raw_bold_problem(raw_bold, merged_metadata(raw_bold, sidecars))
+    if problem:
+        raise InputError(raw_bold, problem)
+    qc = check_run(files, tr, fd_threshold)
     for image in (raw_bold, files.bold):  # the data, read through once: headers are checked above
         check_bold_data(image)
     write_tsv(out_qc, pd.DataFrame([{"run": run, "subject": subject_of(run), **qc}]))
-    write_sidecar(out_qc, "preproc", [raw_bold, files.bold, files.mask, files.confounds],
+    write_sidecar(out_qc, "preproc", [raw_bold, *sidecars, files.bold, files.mask, files.confounds],
                   parameters={"mode": preproc["mode"]}, config=preproc)
 
 

@@ -2,12 +2,12 @@ rule bids:
     """Validate the raw dataset and list every file with its sha256, TR and shape."""
     input:
         f"{BIDS_DIR}/dataset_description.json",
-        list(RUNS.values()),
     output:
         manifest=f"{OUT}/bids/manifest.tsv",
         validation=f"{OUT}/bids/validation.json",
     params:
         bids_dir=BIDS_DIR,
+        listing=raw_listing,  # every raw file's name, size and time: reruns on any raw change
         **shaping("bids"),
     log:
         f"{LOGS}/bids/bids.log",

@@ -5,7 +5,6 @@
 import copy
 import functools
 import math
-import re
 import shlex
 import sys
 from pathlib import Path
@@ -16,11 +15,11 @@ from snakemake_interface_executor_plugins.settings import DeploymentMethod
 
 from snakemake.utils import validate
 
-from fmriflow import launch, naming, smk
+from fmriflow import console, launch, naming, smk
 from fmriflow.checks import check_config, check_participant_columns, in_schema_order
 from fmriflow.connectivity import GROUP_KINDS, STAT
 from fmriflow.errors import InputError
-from fmriflow.ingest import discover_runs
+from fmriflow.ingest import RUN_KEY_PATTERN, Sidecars, discover_runs, listing_fingerprint
 from fmriflow.models.grids import INPUT_GRIDS, grid_label
 from fmriflow.preproc import FMRIPREP_ROOT, LITE_ROOT, preproc_files
 
@@ -29,6 +28,11 @@ check_config(config, f"{workflow.basedir}/workflow/schemas/config.schema.yaml", 
 validate(config, "../schemas/config.schema.yaml", set_default=True)
 # the schema's key order, whichever file set a key (config/config.yaml, config/demo.yaml, --configfile ...)
 in_schema_order(config, yaml.safe_load(Path(f"{workflow.basedir}/workflow/schemas/config.schema.yaml").read_text()))
+
+
+# Snakemake's terminal at thousands of runs: group jobs' file lists and reasons shortened,
+# no "Shell command: None" for script: and run: jobs (fmriflow.console); the plan sees every file.
+console.install()
 
 
 # The project image, used by every rule (with --software-deployment-method apptainer only)
@@ -82,14 +86,62 @@ except InputError as exc:
 RUNS = {key: str(path) for key, path in (TS_INPUT.runs if TIMESERIES else
                                          discover_runs(BIDS_DIR, config["subjects"], config["tasks"])).items()}
 
-# run key -> the fMRIPrep-shaped BOLD, mask and confounds every later step reads: existing files
-# (derivatives mode) or the names the fmriprep / lite rules write (workflow/rules/preproc.smk)
-PREPROC = {} if TIMESERIES else preproc_files(config["preproc"], RUNS, OUT)
+
+class _PreprocOf(dict):
+    """Run key -> the fMRIPrep-shaped BOLD, mask and confounds every later step reads: existing files
+    (derivatives mode) or the names the fmriprep / lite rules write (workflow/rules/preproc.smk).
+    Found on first use, so that a cluster job looks up its own run's files, not every run's."""
+
+    def __missing__(self, run):
+        self[run] = preproc_files(config["preproc"], [run], OUT)[run]
+        return self[run]
+
+
+if not TIMESERIES:
+    preproc_files(config["preproc"], [], OUT)  # the preproc section's own errors, before any job
+PREPROC = _PreprocOf()
 
 
 wildcard_constraints:
-    run="|".join(re.escape(run) for run in RUNS),
+    run=RUN_KEY_PATTERN,  # any run key: a list of the dataset's runs here makes the plan quadratic in runs
     atlas="|".join(ATLASES),
+
+
+# --------------------------------------------------------------------------- each run's raw files
+
+SIDECARS = None if TIMESERIES else Sidecars(BIDS_DIR)  # folder listings read once per workflow read
+
+
+def raw_sidecars(run):
+    """The JSON sidecars a run's raw BOLD inherits (BIDS inheritance principle), least specific first."""
+    return [str(p) for p in SIDECARS.of(RUNS[run])]
+
+
+@functools.cache
+def _runs_of_subjects():
+    runs = {}
+    for run in RUNS:
+        runs.setdefault(naming.subject_of(run), []).append(run)
+    return runs
+
+
+def subject_raw_files(subject):
+    """Every raw BOLD of a subject with its sidecars: what that subject's preprocessing depends on."""
+    return list(dict.fromkeys(f for r in _runs_of_subjects()[subject] for f in [RUNS[r], *raw_sidecars(r)]))
+
+
+def validated():
+    """Input of run QC, the first group step: the validator ran (and, with bids.fail_on_errors,
+    passed) before any group step. ancient(): an order, not a rerun trigger, so that a README
+    edit reruns the bids step and not the group steps. Not an input of the runs' own jobs:
+    Snakemake 9.27 then ignores a newer raw input of a job whose ancient input's job reruns."""
+    return ancient(f"{OUT}/timeseries/validation.json" if TIMESERIES else f"{OUT}/bids/validation.json")
+
+
+def raw_listing(wildcards):
+    """Params function of the bids step: changes when any raw file is added, removed or changed,
+    so that the manifest follows the dataset without thousands of named inputs."""
+    return listing_fingerprint(BIDS_DIR)
 
 
 def mem_from_inputs(floor_mb, per_input_mb):

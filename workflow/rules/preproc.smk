@@ -11,11 +11,11 @@ rule preproc_derivatives:
         mask=fmriprep_file("mask"),
         confounds=fmriprep_file("confounds"),
         raw_bold=lambda wildcards: RUNS[wildcards.run],
-        manifest=rules.bids.output.manifest,
+        sidecars=lambda wildcards: raw_sidecars(wildcards.run),  # its own, not the dataset-wide manifest
     output:
         qc=out("{run}", desc="preproc", suffix="qc", extension=".tsv"),
     params:
-        **shaping("bids_dir", "preproc.mode", "qc.fd_threshold"),
+        **shaping("preproc.mode", "qc.fd_threshold"),
     log:
         f"{LOGS}/preproc/{{run}}.log",
     script:
@@ -31,8 +31,10 @@ if MODE == "fmriprep":
             name:
                 f"fmriprep_{_subject}"
             input:
-                raw=[RUNS[r] for r in RUNS if naming.subject_of(r) == _subject],
-                manifest=rules.bids.output.manifest,  # the validator ran (--skip-bids-validation)
+                # its own raw files: another subject's change does not rerun it. The validator runs
+                # beside it, in the bids rule (fMRIPrep runs with --skip-bids-validation), and stops
+                # the group steps when it fails (run QC waits for it).
+                raw=subject_raw_files(_subject),
             output:
                 _files,
             params:
@@ -57,7 +59,7 @@ if MODE == "lite":
         input:
             raw_bold=lambda wildcards: RUNS[wildcards.run],
             atlas=atlas_img(ATLAS),  # the output grid
-            manifest=rules.bids.output.manifest,
+            sidecars=lambda wildcards: raw_sidecars(wildcards.run),
         output:
             bold=str(LITE_FILES.bold),
             mask=str(LITE_FILES.mask),

@@ -11,6 +11,7 @@ checkpoint run_qc:
     input:
         qc=run_qc_rows(),  # the denoise step's rows, or (input.mode timeseries) the ingestion's
         coverage=[coverage_table(r) for r in RUNS],
+        validation=validated(),
     output:
         table=run_qc_table(),
     params:

@@ -35,8 +35,10 @@ def locate_run(deriv_root: str | Path, run: str, space: str = "MNI152NLin6Asym",
     found = {}
     for kind, desc, suffix in (("bold", "preproc", "bold"), ("mask", "brain", "mask")):
         candidates = [root / derivative(run, space=space, res=r, desc=desc, suffix=suffix, extension=".nii.gz") for r in (res, None)]
-        others = sorted((root / run).parent.glob(f"{Path(run).name}_space-{space}_res-*_desc-{desc}_{suffix}.nii.gz"))
-        path = next((c for c in [*candidates, *others] if c.is_file()), None)
+        path = next((c for c in candidates if c.is_file()), None)
+        if path is None:  # listed only when needed: the workflow locates every run when it is read
+            others = sorted((root / run).parent.glob(f"{Path(run).name}_space-{space}_res-*_desc-{desc}_{suffix}.nii.gz"))
+            path = next((c for c in others if c.is_file()), None)
         if path is None:
             raise InputError(candidates[0], f"preprocessed {kind} not found in fMRIPrep derivatives {root} "
                                             f"(also tried {candidates[1].name} and other res- values){_listing(root, run)}")
