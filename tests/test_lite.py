@@ -122,6 +122,14 @@ def test_chain_ran_and_sidecars_say_lite(lite_run):
     info = json.loads(resampled.read_text())["Provenance"]["Parameters"]
     assert info["resampled"] is False and info["SourceSpace"] == "MNI152NLin2009aSym"
     assert "MNI152NLin6Asym" in info["Transform"]
+    # each run's job log shows the two long loops' progress, in volumes, ending with all of them
+    logs = sorted(results.rglob("preproc_lite/**/*.log"))
+    assert len(logs) == 2, logs
+    n = N_TRS + N_DUMMY
+    for log in logs:
+        lines = log.read_text().splitlines()
+        for loop in ("lite: head motion", "lite: resampling"):
+            assert f"| {n}/{n} [" in [line for line in lines if line.startswith(loop)][-1], (log, lines)
     denoised = json.loads((resampled.parent / "sub-01_task-rest_space-MNI152NLin6Asym_res-2_desc-denoised_bold.json").read_text())
     assert denoised["Provenance"]["Parameters"]["DummyVolumes"] == N_DUMMY
     assert denoised["Provenance"]["Parameters"]["NumberOfVolumesOut"] == N_TRS

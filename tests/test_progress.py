@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import io
 
+import pytest
+
 from fmriflow import progress as progress_module
 
 
@@ -29,3 +31,19 @@ def test_progress_can_be_switched_off(monkeypatch):
     with contextlib.redirect_stderr(log):
         assert sum(progress_module.progress(range(3), desc="x")) == 3
     assert log.getvalue() == ""
+
+
+def test_progress_in_a_log_writes_a_line_per_interval_not_per_item(monkeypatch):
+    """A fast loop in a log gives its first and last state, not a line per item (tqdm's mininterval)."""
+    monkeypatch.setenv(progress_module.INTERVAL_ENV, "3600")
+    log = io.StringIO()
+    with contextlib.redirect_stderr(log):
+        assert sum(progress_module.progress(range(1000), desc="steps")) == sum(range(1000))
+    lines = log.getvalue().splitlines()
+    assert len(lines) == 2 and "0/1000" in lines[0] and "1000/1000" in lines[1]
+
+
+def test_progress_interval_must_be_seconds(monkeypatch):
+    monkeypatch.setenv(progress_module.INTERVAL_ENV, "soon")
+    with contextlib.redirect_stderr(io.StringIO()), pytest.raises(ValueError, match="FMRIFLOW_PROGRESS_INTERVAL.*'soon'"):
+        progress_module.progress(range(3), desc="x")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -137,12 +138,41 @@ def test_sigterm_writes_checkpoint_and_rerun_continues(data, tmp_path):
         assert torch.equal(weights(tmp_path / "killed")[key], value), key
 
 
+def _progress_lines(text: str, task: str = "brainlm") -> list[str]:
+    return [line for line in text.splitlines() if line.startswith(f"{task} training:")]
+
+
+def test_progress_in_the_log_has_steps_time_left_and_loss(data, tmp_path):
+    """A real run with stderr in a file, as the pretrain rule's log: whole lines with the step count
+    and tqdm's "elapsed<left" estimate; at most one line per interval (here every step, interval 0)."""
+    cfg = config(data, tmp_path / "run", max_steps=12, log_every=4)
+    log_path = tmp_path / "pretrain.log"
+    with log_path.open("w") as log_file:
+        proc = subprocess.run(_train_cmd(cfg, [sys.executable]), stderr=log_file, stdout=log_file,
+                              env={**os.environ, "FMRIFLOW_PROGRESS_INTERVAL": "0"})
+    text = log_path.read_text()
+    assert proc.returncode == 0, text[-3000:]
+    assert "\r" not in text
+    lines = _progress_lines(text)
+    assert lines[0].startswith("brainlm training:   0%") and "0/12" in lines[0]
+    assert lines[-1].startswith("brainlm training: 100%") and "12/12" in lines[-1]
+    counts = [int(line.split("|")[2].split("/")[0]) for line in lines]
+    assert counts == sorted(counts) and len(lines) <= 12 + 2  # a line per step at most (interval 0), and the close
+    assert all(re.search(r"\[\d+:\d+<\d+:\d+", line) for line in lines[1:]), lines  # elapsed<time left
+    # the loss of the last log row (step 12) rides along, as train_log.csv has it
+    last_loss = log(tmp_path / "run")["train_loss"][12]
+    assert f"train loss {last_loss:.4g}" in lines[-1]
+
+
 def test_ddp_two_processes_equal_one(data, tmp_path):
     """gloo DDP on 2 CPU processes (torchrun) = 1 process with the same global batch."""
     cfg = config(data, tmp_path / "ddp", max_steps=10)
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
-    proc = subprocess.run(_train_cmd(cfg, launcher), capture_output=True, text=True)
+    proc = subprocess.run(_train_cmd(cfg, launcher), capture_output=True, text=True,
+                          env={**os.environ, "FMRIFLOW_PROGRESS_INTERVAL": "0"})
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # rank 0 alone shows progress: one bar, started once
+    assert sum(" 0/10 " in line for line in _progress_lines(proc.stderr)) == 1, proc.stderr[-3000:]
     train(config(data, tmp_path / "single", max_steps=10))
     for key, value in weights(tmp_path / "single").items():
         torch.testing.assert_close(weights(tmp_path / "ddp")[key], value, atol=1e-5, rtol=1e-4)

@@ -33,7 +33,7 @@ def _fetch_atlas(args: argparse.Namespace) -> None:
 
 
 def _parcellate(args: argparse.Namespace) -> None:
-    from .steps import parcellate_step
+    from .parcellate_step import parcellate_step  # not through .steps: its imports would double the start-up
 
     parcellate_step(args.bold, args.mask, [(args.atlas, args.labels)], [args.out], [args.coverage],
                     strategy=args.strategy, min_coverage=args.min_coverage)

@@ -20,7 +20,6 @@ from typing import Iterator, Sequence
 import nibabel as nib
 import numpy as np
 import pandas as pd
-from isal import igzip_threaded
 
 from .errors import InputError
 from .io import open_nifti
@@ -175,6 +174,8 @@ class BoldChunks:
         buffer = bytearray(step * frame_bytes)
         # Read into one reused buffer rather than memory-mapping, so resident memory stays at
         # one chunk; for .nii.gz, ISA-L decompresses in its own thread while this one reduces.
+        from isal import igzip_threaded
+
         opener = (lambda p: igzip_threaded.open(p, "rb", threads=1)) if path.suffix == ".gz" else (lambda p: open(p, "rb"))
         with opener(path) as fh:
             fh.read(dataobj.offset)

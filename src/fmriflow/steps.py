@@ -29,6 +29,8 @@ from .io import atomic_path, read_tsv, save_nifti, write_json, write_tsv
 from .naming import subject_of
 from .preproc import PreprocFiles, check_run
 from .provenance import build_sidecar, write_sidecar
+# in a module of its own, so that `fmriflow parcellate` starts without this module's imports
+from .parcellate_step import parcellate_step  # noqa: F401
 
 # nilearn and pybids take seconds to import: the steps that need them import them
 # inside, so each Snakemake job pays only for its own step.
@@ -186,32 +188,6 @@ def run_qc_step(runs: Sequence[str], qc_tables: Sequence[str], coverage_tables: 
                   metadata_fields={"Thresholds": thresholds, "ExcludedRuns": table.loc[~table["included"], "run"].tolist(),
                                    "Description": "runs excluded here do not reach the connectivity stacks, "
                                                   "the group FC or the model-ready dataset"})
-
-
-def parcellate_step(bold: str, mask: str | None, atlases: Sequence[tuple[str, str | None]],
-                    out_timeseries: Sequence[str], out_coverage: Sequence[str | None], *, strategy: str,
-                    min_coverage: float) -> None:
-    """Region time series and coverage for every atlas, from one read of the BOLD.
-
-    ``atlases``: (label image, look-up TSV) pairs; without a TSV the image's labels name the
-    regions. A coverage path of None writes no coverage table.
-    """
-    from .io import open_nifti
-    from .parcellate import parcellate_many
-
-    section = {"strategy": strategy, "min_coverage": min_coverage}
-    tables = [(img, atlas_mod.load_labels_table(lut) if lut else atlas_mod.labels_of_image(img)) for img, lut in atlases]
-    results = parcellate_many(bold, tables, mask, strategy=strategy, min_coverage=min_coverage)
-    tr = float(open_nifti(bold).header.get_zooms()[3])
-    for (img, lut), result, ts_path, cov_path in zip(atlases, results, out_timeseries, out_coverage, strict=True):
-        write_tsv(ts_path, result.timeseries)
-        inputs = [p for p in (bold, mask, img, lut) if p]
-        dropped = {"RegionsBelowCoverage": result.dropped, "MinCoverage": min_coverage}
-        write_sidecar(ts_path, "parcellate", inputs, config=section,
-                      metadata_fields={"RepetitionTime": tr, "SamplingFrequency": 1.0 / tr, **dropped})
-        if cov_path:
-            write_tsv(cov_path, result.coverage)
-            write_sidecar(cov_path, "parcellate", inputs, config=section, metadata_fields=dropped)
 
 
 def connectivity_step(timeseries: str, out_tsv: Sequence[str], out_npy: Sequence[str | None], *,

@@ -146,6 +146,7 @@ from ..atlas import A424_N_REGIONS, a424_labels_table
 from ..datasets.participants import bare
 from ..confounds import dct_highpass_basis
 from ..io import sha256sum
+from ..progress import progress
 from .confounds import _confounds
 from .model import (
     BOLD_RESOLUTIONS, MODEL, RAW_RES, DemoModel, Population, _draw_population,
@@ -392,7 +393,7 @@ def _single_threaded_blas():
 def _run_subjects(specs: list[dict], shared: dict, jobs: int) -> list[dict]:
     jobs = min(jobs, len(specs))
     if jobs == 1:
-        return [_simulate_subject(spec, shared) for spec in specs]
+        return [_simulate_subject(spec, shared) for spec in progress(specs, desc="demo subjects", unit="subject")]
     # fork on Linux: the workers inherit the arrays and never re-run the caller's
     # __main__, which spawn and forkserver do: plain scripts and Snakemake `script:`
     # files have no `if __name__ == "__main__"` guard and would recurse. Elsewhere
@@ -401,7 +402,7 @@ def _run_subjects(specs: list[dict], shared: dict, jobs: int) -> list[dict]:
     with ProcessPoolExecutor(
         max_workers=jobs, mp_context=get_context(method), initializer=_init_worker, initargs=(shared,)
     ) as pool:
-        return list(pool.map(_worker, specs))
+        return list(progress(pool.map(_worker, specs), desc="demo subjects", total=len(specs), unit="subject"))
 
 
 def _simulate_subject(spec: dict, shared: dict) -> dict:

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from .. import CODE_URL, __version__
+from ..atlas import A424_FILES
 from ..confounds import MOTION_COLUMNS
 from ..io import atomic_path, save_nifti, write_json, write_text, write_tsv
 from ..naming import TEMPLATE_RES, TEMPLATE_SPACE, derivative
@@ -33,6 +34,46 @@ GENERATOR_NAME = "fmriflow demo-data"
 TASK = "rest"
 _MNI_CODE = 4  # NIfTI xform code "mni"
 _SCANNER_CODE = 1  # NIfTI xform code "scanner" (raw, native data)
+HED_VERSION = "8.3.0"  # the HED schema any annotation would use; the demo has none yet
+
+# What the BIDS validator recommends for every MRI sidecar and the demo can state truthfully:
+# the software that made the data, and for scanner, site and coil fields that there were none.
+# Acquisition parameters the simulation does not model (field strength, echo time, flip angle,
+# phase encoding, ...) have no truthful value and are left out: see VALIDATOR_WARNINGS_EXPECTED.
+_NONE = "none: synthetic data from fmriflow demo-data, no scanner"
+MRI_SIDECAR = {
+    "Manufacturer": _NONE,
+    "ManufacturersModelName": _NONE,
+    "DeviceSerialNumber": _NONE,
+    "StationName": _NONE,
+    "SoftwareVersions": f"fmriflow {__version__} (demo-data)",
+    "InstitutionName": _NONE,
+    "InstitutionAddress": _NONE,
+    "InstitutionalDepartmentName": _NONE,
+    "ReceiveCoilName": _NONE,
+    "ReceiveCoilActiveElements": _NONE,
+    "CoilCombinationMethod": _NONE,
+    "MatrixCoilMode": _NONE,
+    "PulseSequenceType": _NONE,
+    "PulseSequenceDetails": _NONE,
+    "SequenceName": _NONE,
+    "NonlinearGradientCorrection": False,
+}
+BOLD_SIDECAR = {
+    "TaskDescription": "Simulated rest: no task. Region signals follow a VAR(1) model whose covariance differs "
+                       "between responders and non-responders (fmriflow.demo; truth in ../ground_truth).",
+    "Instructions": "none: synthetic data, no participant was instructed",
+}
+# The warnings a generated demo still gets, by validator code and field, and why they stay.
+VALIDATOR_WARNINGS_EXPECTED = {
+    ("SIDECAR_KEY_RECOMMENDED", key): "an acquisition parameter the simulation does not model: no truthful value"
+    for key in ("MagneticFieldStrength", "EchoTime", "FlipAngle", "MRAcquisitionType", "ScanningSequence",
+                "SequenceVariant", "DwellTime", "PhaseEncodingDirection", "TotalReadoutTime")
+} | {
+    ("SIDECAR_KEY_RECOMMENDED", key): "a Cognitive Atlas / CogPO identifier names what a participant did; "
+                                      "no participant did anything, and no identifier could be checked offline"
+    for key in ("CogAtlasID", "CogPOID")
+}
 
 
 # --------------------------------------------------------------------------- one subject
@@ -215,7 +256,14 @@ def _write_bids_top(bids: Path, participants: pd.DataFrame, n_trs: int, tr: floa
         "BIDSVersion": BIDS_VERSION,
         "DatasetType": "raw",
         "License": "CC0",
-        "Authors": ["fmriflow demo generator"],
+        # the people behind the generator, and the program that wrote the data
+        "Authors": ["fmriflow contributors", f"{GENERATOR_NAME} (synthetic data, no participants)"],
+        "HEDVersion": HED_VERSION,
+        "SourceDatasets": [
+            *({"URL": f.url} for f in A424_FILES.values()),  # the URLs pin a commit
+            {"URL": "https://www.bic.mni.mcgill.ca/ServicesAtlases/ICBM152NLin2009",
+             "Version": "ICBM 2009a symmetric T1, 2 mm, as shipped with nilearn (the T1w images)"},
+        ],
         "GeneratedBy": [{
             "Name": GENERATOR_NAME,
             "Version": __version__,
@@ -236,8 +284,14 @@ def _write_bids_top(bids: Path, participants: pd.DataFrame, n_trs: int, tr: floa
         +
         "T1w images are the MNI152 template with noise. The generative model, its parameters\n"
         "and the planted connectivity differences between responders and non-responders are\n"
-        "in ../ground_truth/ground_truth.json.\n"
+        "in ../ground_truth/ground_truth.json.\n\n"
+        "Sidecar fields about a scanner, site or coil say that there was none. Acquisition\n"
+        "parameters the simulation does not model (field strength, echo time, flip angle, phase\n"
+        "encoding, ...) are left out: the BIDS validator's warnings about them are expected.\n"
     ))
+    # inherited by every run's sidecar (BIDS inheritance principle): said once, for all subjects
+    write_json(bids / f"task-{TASK}_bold.json", {**MRI_SIDECAR, **BOLD_SIDECAR})
+    write_json(bids / "T1w.json", MRI_SIDECAR)
     write_tsv(bids / "participants.tsv", participants)
     write_json(bids / "participants.json", {
         "participant_id": {"Description": "Participant label"},

@@ -52,6 +52,7 @@ from ..confounds import (
 )
 from ..errors import InputError
 from ..naming import derivative
+from ..progress import progress
 from .derivatives import PreprocFiles
 
 SPACE, RES = "MNI152NLin2009aSym", "2"
@@ -139,7 +140,7 @@ def preprocess_run(raw_bold: str | Path, grid_img: str | Path, out: PreprocFiles
         to_template = ants.registration(to_ants(np.asarray(template.dataobj), template.affine), to_ants(boldref, affine),
                                         type_of_transform=transform, random_seed=ants_seed, outprefix=f"{tmp}/tpl_")
         bold = np.empty((*grid.shape[:3], n_volumes), np.float32)
-        for t in range(n_volumes):
+        for t in progress(range(n_volumes), desc="lite: resampling", unit="volume"):
             bold[..., t] = ants.apply_transforms(grid_ants, to_ants(data[..., t], affine),
                                                  [motion_files[t], *to_template["fwdtransforms"]],
                                                  interpolator="linear").numpy()
@@ -180,7 +181,7 @@ def _head_motion(data: np.ndarray, affine: np.ndarray, fixed, center: np.ndarray
     n_volumes = data.shape[3]
     motion_files, params = [], np.zeros((n_volumes, 6))
     corrected_sum = np.zeros(data.shape[:3])
-    for t in range(n_volumes):
+    for t in progress(range(n_volumes), desc="lite: head motion", unit="volume"):
         reg = ants.registration(fixed, to_ants(data[..., t], affine), type_of_transform="Rigid",
                                 aff_metric="meansquares", aff_iterations=(100, 50), aff_shrink_factors=(2, 1),
                                 aff_smoothing_sigmas=(1, 0), random_seed=seed, outprefix=f"{tmp}/hmc{t:04d}_")

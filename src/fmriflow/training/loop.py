@@ -48,6 +48,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..errors import InputError
 from ..io import atomic_path
+from ..progress import progress
 from ..provenance import write_sidecar
 from .checkpoint import CHECKPOINT, load_checkpoint, run_inputs, save_checkpoint, save_model
 from .config import SIDECAR_STEP, Task, TrainConfig
@@ -164,6 +165,9 @@ def train(cfg: TrainConfig, should_stop: Callable[[int], bool] | None = None) ->
     step = load_checkpoint(checkpoint, cfg, inputs, ddp, run.model, run.optimizer, run.scheduler)
     trainable = _wrap(run.model, cfg, ddp)
     stop = _Stop()
+    # steps done, the time left and the last training loss; rank 0 only, a line at most every
+    # fmriflow.progress.LOG_INTERVAL seconds in a log (the metrics go to train_log.csv)
+    bar = progress(total=cfg.max_steps, initial=step, desc=f"{cfg.task} training", unit="step", disable=not ddp.master)
     try:
         metrics = _Metrics(out / "train_log.csv", ddp.master, resume_step=step)
         train_loss = _TrainLoss(ddp.device)
@@ -180,9 +184,11 @@ def train(cfg: TrainConfig, should_stop: Callable[[int], bool] | None = None) ->
                 loss, grad_norm = _step(run, trainable, batch, step, n_noise)
                 train_loss.add(loss, cfg.batch_size)
                 step += 1
+                bar.update()
 
                 if step % cfg.log_every == 0 or step == cfg.max_steps:
-                    train_loss.write(metrics, step, cfg, ddp, lr=run.scheduler.get_last_lr()[0], grad_norm=grad_norm)
+                    mean = train_loss.write(metrics, step, cfg, ddp, lr=run.scheduler.get_last_lr()[0], grad_norm=grad_norm)
+                    bar.set_postfix_str(f"train loss {mean:.4g}", refresh=False)
                 if step % cfg.eval_every == 0 or step == cfg.max_steps:
                     metrics.write(step=step, val_loss=evaluate(run.model, run.task, cfg, ddp, run.bf16))
                 interrupted = _agreed(stop.signum is not None or (should_stop is not None and should_stop(step)), ddp)
@@ -199,6 +205,7 @@ def train(cfg: TrainConfig, should_stop: Callable[[int], bool] | None = None) ->
             dist.barrier()
             dist.destroy_process_group()
     finally:
+        bar.close()
         stop.restore()
     return result
 
@@ -353,16 +360,19 @@ class _TrainLoss:
         self.sum += loss.detach()
         self.seen += samples
 
-    def write(self, metrics: "_Metrics", step: int, cfg: TrainConfig, ddp: Dist, lr: float, grad_norm: torch.Tensor) -> None:
-        """A row of the mean loss over all ranks, the learning rate, gradient norm and throughput; then restart."""
+    def write(self, metrics: "_Metrics", step: int, cfg: TrainConfig, ddp: Dist, lr: float, grad_norm: torch.Tensor) -> float:
+        """A row of the mean loss over all ranks, the learning rate, gradient norm and throughput; then restart.
+
+        Returns the row's mean loss."""
         if ddp.world > 1:
             dist.all_reduce(self.sum, op=dist.ReduceOp.AVG)
         elapsed = time.perf_counter() - self.t0
         n_logged = cfg.log_every if step % cfg.log_every == 0 else step % cfg.log_every
-        metrics.write(step=step, train_loss=self.sum.item() / n_logged, lr=lr,
-                      grad_norm=float(grad_norm), samples_per_s=self.seen / elapsed)
+        mean = self.sum.item() / n_logged
+        metrics.write(step=step, train_loss=mean, lr=lr, grad_norm=float(grad_norm), samples_per_s=self.seen / elapsed)
         self.sum.zero_()
         self.t0, self.seen = time.perf_counter(), 0
+        return mean
 
 
 class _Metrics:
