@@ -10,6 +10,7 @@ DEMO_DIR ?= data/demo
 DEMO_SUBJECTS ?= 24
 DEMO_CONFIG ?= config/demo.yaml
 JOBS ?= 2
+DEMO_START := $(shell date +%s)
 PYTEST_ARGS ?=
 
 # Scripts of Snakemake jobs must find the venv's python and fmriflow.
@@ -33,6 +34,8 @@ demo: install
 	$(BIN)/snakemake --profile profiles/local --cores $(JOBS) --configfile $(DEMO_CONFIG)
 	@$(BIN)/fmriflow finetune-summary results/finetune/response --truth $(DEMO_DIR)/ground_truth/regions.tsv
 	@echo "Report: $(abspath results/report/fmriflow_report.html)"
+	@$(BIN)/fmriflow timings --since $(DEMO_START) --benchmarks results/benchmarks
+	@echo "make demo: $$(( $$(date +%s) - $(DEMO_START) )) s wall, install and demo data included"
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

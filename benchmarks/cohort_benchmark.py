@@ -89,7 +89,8 @@ def main(argv=None) -> int:
           f" device {args.device}, {args.cores} cores")
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print(f"\nsimulation {simulated:.0f} s, workflow {workflow:.0f} s wall")
-    subprocess.run([sys.executable, "-m", "fmriflow.cli", "timings", str(args.work.resolve())], cwd=REPO)
+    subprocess.run([sys.executable, "-m", "fmriflow.cli", "timings", "--metadata",
+                    str(args.work.resolve() / ".snakemake" / "metadata")], cwd=REPO)
     return 0
 
 

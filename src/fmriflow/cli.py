@@ -67,6 +67,14 @@ def _model_card(args: argparse.Namespace) -> None:
     print(json.dumps(card, indent=2) if args.json else format_card(card, args.regions))
 
 
+def _timings(args: argparse.Namespace) -> None:
+    from .timings import format_timings, jobs, read_benchmarks, read_metadata, rule_table
+
+    job_table = jobs(read_metadata(args.metadata, since=args.since))
+    peaks = read_benchmarks(args.benchmarks) if args.benchmarks else None
+    print(format_timings(rule_table(job_table, peaks), job_table))
+
+
 def _audit(args: argparse.Namespace) -> None:
     from .audit import AuditFailed, audit, format_tree, parse_maps
 
@@ -142,6 +150,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--regions", type=int, default=5, help="regions whose statistics are listed (all are in the card)")
     p.add_argument("--json", action="store_true", help="the whole card as JSON")
     p.set_defaults(func=_model_card)
+
+    p = sub.add_parser("timings", help="wall seconds per rule of a Snakemake run (from .snakemake/metadata)")
+    p.add_argument("--metadata", type=Path, default=Path(".snakemake/metadata"), help="Snakemake's metadata folder")
+    p.add_argument("--since", type=float, help="only jobs that started at or after this time (seconds since the epoch)")
+    p.add_argument("--benchmarks", type=Path, help="folder of Snakemake benchmark tables, one subfolder per rule "
+                   "(their max_rss gives the peak memory column)")
+    p.set_defaults(func=_timings)
 
     p = sub.add_parser("audit", help="verify an artefact's provenance back to the raw inputs (every sha256)",
                        description="Walks FILE's provenance sidecar and its inputs' sidecars down to the raw inputs, "

@@ -20,6 +20,8 @@ rule finetune_features:
         **finetune_resources(),
     log:
         f"{LOGS}/finetune/features.log",
+    benchmark:
+        f"{OUT}/benchmarks/finetune_features/features.tsv"  # peak memory for `fmriflow timings`
     script:
         "../scripts/finetune_features.py"
 
@@ -43,11 +45,13 @@ rule finetune:
                                     "finetune.runtime", "finetune.encoder", "finetune.scaling")),
     wildcard_constraints:
         setup="[A-Za-z0-9_.-]+",
-    threads: 2
+    threads: 2  # worker processes over the set-up's folds and variants (fmriflow.finetune.pool)
     resources:
         **finetune_resources(),
     log:
         f"{LOGS}/finetune/setup-{{setup}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/finetune/setup-{{setup}}.tsv"
     script:
         "../scripts/finetune.py"
 

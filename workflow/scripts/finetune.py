@@ -8,4 +8,4 @@ with logged(snakemake.log[0]):
     i = snakemake.input
     settings = FinetuneSettings.from_config(snakemake.params.config["finetune"])
     setup_step(snakemake.wildcards.setup, snakemake.params.dataset, str(Path(i.features[0]).parent), i.participants,
-               i.model, i.coords, str(Path(snakemake.output.metrics).parent), settings)
+               i.model, i.coords, str(Path(snakemake.output.metrics).parent), settings, workers=snakemake.threads)

@@ -6,6 +6,7 @@
 ``trainer``     training with early stopping on an inner validation split
 ``attribution`` integrated gradients per modality and per region
 ``crossval``    one fold of a set-up: every variant and baseline, and the permuted-label controls
+``pool``        the folds' units over worker processes, recorded in a fixed order
 ``ig_tables``   the attribution tables gathered over folds
 ``run``         the workflow steps: cached features, one set-up end to end, the variant table
 """

@@ -17,7 +17,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 import pandas as pd
@@ -143,8 +143,42 @@ def run_fold(fold: Fold, inputs: Inputs, settings: FinetuneSettings, results: Re
              attribute: Attribute | None) -> None:
     """Every variant, then every baseline, of one fold; ``attribute``: None for no attribution."""
     results.fold_rows += fold.roles()
-    _variants(fold, inputs, settings, results, attribute)
-    _baselines(fold, inputs, settings, results)
+    for unit in fold_units(settings):
+        run_unit(unit, fold, inputs, settings, results, attribute)
+
+
+Unit = tuple  # ("variants", names) | ("control", permutation) | ("baselines",)
+
+
+def fold_units(settings: FinetuneSettings) -> list[Unit]:
+    """One fold's work as independent units, in the order their results are recorded.
+
+    Every network fit seeds itself (``fit_seed``, permutation ``[seed, fold, k]``), so a unit's
+    results do not depend on what ran before it or in which process: units may run anywhere, in
+    any order, and be recorded in this order (``fmriflow.finetune.pool``). Staged fusion keeps
+    the deep variants in one unit: the fused ones start from that fold's fc_only FC branch.
+    """
+    order = _variant_order(settings)
+    staged = settings.staged_fusion and any(v in FUSED for v in order)
+    units: list[Unit] = []
+    for group in [tuple(order)] if staged else [(v,) for v in order]:
+        units.append(("variants", group))
+        if "concat" in group and settings.permuted_control:
+            units += [("control", k) for k in range(settings.permutations)]
+    return units + [("baselines",)]
+
+
+def run_unit(unit: Unit, fold: Fold, inputs: Inputs, settings: FinetuneSettings, results: Results,
+             attribute: Attribute | None) -> None:
+    """One unit of ``fold_units`` on one fold."""
+    if unit[0] == "variants":
+        _variants(fold, inputs, settings, results, attribute, unit[1])
+    elif unit[0] == "control":
+        _deep_controls(fold, inputs, settings, results, "concat", "pretrained", [unit[1]])
+    elif unit[0] == "baselines":
+        _baselines(fold, inputs, settings, results)
+    else:
+        raise ValueError(f"unknown unit {unit!r}")
 
 
 def _variant_order(settings: FinetuneSettings) -> list[str]:
@@ -156,9 +190,9 @@ def _variant_order(settings: FinetuneSettings) -> list[str]:
 
 
 def _variants(fold: Fold, inputs: Inputs, settings: FinetuneSettings, results: Results,
-              attribute: Attribute | None) -> None:
+              attribute: Attribute | None, names: tuple[str, ...]) -> None:
     fc_stage = None  # staged fusion: this fold's fc_only model
-    for variant in _variant_order(settings):
+    for variant in names:
         encoder = "random" if variant == "no_pretrain" else "pretrained"
         init = fc_stage if variant in FUSED else None
         model, target, info = fit(variant, inputs.cohort.task, inputs.ts[encoder], inputs.fc, inputs.y,
@@ -171,12 +205,10 @@ def _variants(fold: Fold, inputs: Inputs, settings: FinetuneSettings, results: R
         results.record(fold, variant, scores, True, info)
         if variant == "concat" and attribute is not None:
             attribute(fold, model)
-        if variant == "concat" and settings.permuted_control:
-            _deep_controls(fold, inputs, settings, results, variant, encoder)
 
 
 def _deep_controls(fold: Fold, inputs: Inputs, settings: FinetuneSettings, results: Results, variant: str,
-                   encoder: str) -> None:
+                   encoder: str, permutations: Iterable[int]) -> None:
     ts, task = inputs.ts[encoder], inputs.cohort.task
 
     def fit_score(rng: np.random.Generator) -> tuple[np.ndarray, dict]:
@@ -189,7 +221,7 @@ def _deep_controls(fold: Fold, inputs: Inputs, settings: FinetuneSettings, resul
                                   seed=fold.fit_seed, init_fc=stage)
         return predict(model, target, ts, inputs.fc, fold.test_rows, settings.train), info
 
-    permuted_controls(results, fold, variant, True, fit_score, settings.permutations)
+    permuted_controls(results, fold, variant, True, fit_score, permutations)
 
 
 def _baselines(fold: Fold, inputs: Inputs, settings: FinetuneSettings, results: Results) -> None:
@@ -214,13 +246,15 @@ def _baseline_controls(fold: Fold, name: str, task: str, x_train: np.ndarray, y_
 
 
 def permuted_controls(results: Results, fold: Fold, name: str, per_window: bool,
-                      fit_score: Callable[[np.random.Generator], tuple[np.ndarray, dict]], permutations: int) -> None:
-    """``permutations`` label-permuted refits of ``name`` on this fold, recorded as ``permuted_<name>``.
+                      fit_score: Callable[[np.random.Generator], tuple[np.ndarray, dict]],
+                      permutations: int | Iterable[int]) -> None:
+    """Label-permuted refits of ``name`` on this fold, recorded as ``permuted_<name>``: ``permutations``
+    of them, or the permutations ``k`` listed.
 
     ``fit_score(rng)`` shuffles the training labels with ``rng`` (seeded ``[seed, fold, k]``), refits
     and returns the test scores and the fit's log entry.
     """
-    for k in range(permutations):
+    for k in range(permutations) if isinstance(permutations, int) else permutations:
         scores, info = fit_score(np.random.default_rng([fold.seed, fold.index, k]))
         results.record(fold, PERMUTED + name, scores, per_window, info, permutation=k)
 

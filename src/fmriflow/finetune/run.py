@@ -6,7 +6,8 @@ set-up (``cohort.setup_names``): for each repeat and outer fold it splits the tr
 subjects into fit and validation subjects, trains every variant with early stopping,
 fits the baselines by nested CV, scores the test subjects (window scores averaged per
 subject), and computes integrated gradients of the main model (concat fusion) on the
-test windows (folds: ``crossval``; attribution tables: ``ig_tables``). ``table_step``
+test windows (folds: ``crossval``; worker processes: ``pool``; attribution tables:
+``ig_tables``). ``table_step``
 gathers every set-up's metrics into one table. The steps take the config section as
 ``FinetuneSettings`` (``settings``).
 """
@@ -25,7 +26,8 @@ from ..naming import FINETUNE_FEATURES
 from ..provenance import write_sidecar
 from . import cohort as cohorts
 from . import features as feats
-from .crossval import Results, load_inputs, make_fold, run_fold
+from .crossval import Results, fold_units, load_inputs, make_fold
+from .pool import run_units
 from .ig_tables import IGTables
 from .settings import FinetuneSettings
 
@@ -58,12 +60,16 @@ def features_step(dataset: str, model: str, coords: str, out_dir: str, seed: int
 
 
 def setup_step(setup: str, dataset: str, features_dir: str, participants: str, model: str, coords: str,
-               out_dir: str, settings: FinetuneSettings) -> None:
-    """Cross-validate every variant and baseline of ``settings`` on one set-up; write its tables."""
+               out_dir: str, settings: FinetuneSettings, workers: int = 1) -> None:
+    """Cross-validate every variant and baseline of ``settings`` on one set-up; write its tables.
+
+    ``workers``: processes that train the folds' units side by side (``fmriflow.finetune.pool``);
+    the tables are the same for any number.
+    """
     inputs = load_inputs(dataset, features_dir, participants, settings)
     attribution = IGTables(setup, model, coords, dataset, inputs, settings)
-    attribute = attribution.add if attribution.enabled else None
     results = Results(inputs.cohort)
+    tasks = []
     for repeat in range(settings.repeats):
         seed = settings.seed + repeat
         plan = cohorts.folds(inputs.cohort, setup, settings.folds, seed, settings.drug_column, settings.site_column)
@@ -71,7 +77,11 @@ def setup_step(setup: str, dataset: str, features_dir: str, participants: str, m
             fold = make_fold(inputs, setup, repeat, index, seed, train, test, settings.val_fraction)
             log.info("set-up %s, repeat %d, fold %d/%d: %d fit, %d validation, %d test subjects", setup, repeat,
                      index + 1, len(plan), len(fold.fit), len(fold.val), len(test))
-            run_fold(fold, inputs, settings, results, attribute)
+            results.fold_rows += fold.roles()
+            tasks += [(fold, unit) for unit in fold_units(settings)]
+    log.info("set-up %s: %d units (variants, permuted controls, baselines) of %d folds on %d worker(s)", setup,
+             len(tasks), len({(f.repeat, f.index) for f, _ in tasks}), workers)
+    run_units(tasks, inputs, settings, results, attribution, workers, desc=f"fine-tuning {setup}")
     tables = {**results.tables(settings), **attribution.tables()}
     sources = [f"{dataset}/index.tsv", *(str(Path(features_dir) / f) for f in FINETUNE_FEATURES.values()), participants, model]
     parameters = {"setup": setup, "task": inputs.cohort.task, "dropped_unlabelled": list(inputs.cohort.dropped)}

@@ -128,11 +128,11 @@ def fit(variant: str, task: str, ts: np.ndarray, fc: np.ndarray, y: np.ndarray,
             out = model(ts_t[idx].to(settings.device), fc_t[idx].to(settings.device))[:, 0]
             target.loss(out, y_t[idx].to(settings.device)).backward()
             opt.step()
+        if epoch + 1 < settings.min_epochs:
+            continue  # no checkpoint is chosen yet: the validation pass would be thrown away
         vidx = torch.from_numpy(val_rows)
         val_loss = float(target.loss(_outputs(model, ts_t[vidx], fc_t[vidx], settings.batch_size,
                                               settings.device).cpu(), y_t[vidx]))
-        if epoch + 1 < settings.min_epochs:
-            continue
         if val_loss < best_loss - 1e-6:
             best, best_loss, best_epoch, stale = copy.deepcopy(model.state_dict()), val_loss, epoch, 0
         else:
