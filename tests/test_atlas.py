@@ -66,3 +66,17 @@ def test_labels_table(atlas_dir, a424_img):
     assert hits >= 400
     # right-hemisphere cortex (labels 1-180) has positive x in MNI
     assert (table.loc[table["index"] <= 180, "x"] > 0).mean() > 0.95
+
+
+def test_label_image_must_be_3d_integer_labels(tmp_path):
+    import nibabel as nib
+
+    from fmriflow.atlas import label_data
+
+    labels = np.zeros((4, 4, 4), np.float32)
+    labels[:2] = 1
+    assert np.array_equal(label_data(nib.Nifti1Image(labels, np.eye(4)), "a.nii"), labels)
+    with pytest.raises(InputError, match="probabilistic"):
+        label_data(nib.Nifti1Image(labels * 0.5, np.eye(4)), "p.nii")
+    with pytest.raises(InputError, match=r"3D image, got shape \(4, 4, 4, 2\)"):
+        label_data(nib.Nifti1Image(np.stack([labels, labels], -1), np.eye(4)), "4d.nii")

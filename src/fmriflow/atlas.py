@@ -161,6 +161,16 @@ def load_labels_table(path: str | Path) -> pd.DataFrame:
     return table
 
 
+def label_data(img, image: str | Path) -> np.ndarray:
+    """The voxel array of a label image, refused unless it is 3D and holds integers (not a probabilistic atlas)."""
+    if img.ndim != 3:
+        raise InputError(image, f"a label atlas must be a 3D image, got shape {img.shape}")
+    data = np.asarray(img.dataobj)
+    if not np.allclose(data, np.rint(data)):
+        raise InputError(image, "a label atlas must hold integer labels (is it a probabilistic atlas?)")
+    return data
+
+
 def label_atlas_on_grid(image: str | Path, labels_tsv: str | Path, reference: str | Path):
     """A user's label atlas on the reference (BOLD) grid, with its look-up table.
 
@@ -177,11 +187,7 @@ def label_atlas_on_grid(image: str | Path, labels_tsv: str | Path, reference: st
     table = load_labels_table(labels_tsv)
     original = img = open_nifti(image)
     ref = open_nifti(reference)
-    if img.ndim != 3:
-        raise InputError(image, f"a label atlas must be a 3D image, got shape {img.shape}")
-    data = np.asarray(img.dataobj)
-    if not np.allclose(data, np.rint(data)):
-        raise InputError(image, "a label atlas must hold integer labels (is it a probabilistic atlas?)")
+    data = label_data(img, image)
     same = img.shape == ref.shape[:3] and np.allclose(img.affine, ref.affine, atol=1e-4)
     if not same:
         try:

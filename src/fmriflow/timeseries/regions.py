@@ -49,15 +49,11 @@ def centroid_table(image: str | Path, labels: str | Path | None = None) -> pd.Da
     ``labels``: a TSV with ``index`` and ``name`` (BIDS dseg.tsv) naming the labels; without it a
     region is named by its label number. Every label of the table must be in the image.
     """
-    from ..atlas import load_labels_table
+    from ..atlas import label_data, load_labels_table
     from ..io import load_nifti
 
     img = load_nifti(image)
-    if img.ndim != 3:
-        raise InputError(image, f"a label image must be 3D; got shape {img.shape}")
-    data = np.asarray(img.dataobj)
-    if not np.allclose(data, np.rint(data)):
-        raise InputError(image, "a label image must hold integer labels (is it a probabilistic atlas?)")
+    data = label_data(img, image)
     values = np.rint(data).astype(np.int64).ravel(order="C")
     voxels = np.indices(data.shape).reshape(3, -1)  # C order, as ravel
     inside = values > 0
