@@ -604,13 +604,13 @@ def test_manifest_summary_counts_suffixes_of_bids_named_files_only(tmp_path):
     write_tsv(manifest, pd.DataFrame({
         "path": ["sub-01/func/sub-01_task-rest_bold.nii.gz", "sub-01/func/sub-01_task-rest_bold.json",
                  "task-rest_bold.json", "sub-01/anat/sub-01_T1w.nii.gz", "participants.tsv", "notes.v6",
-                 "scan.1e2", "README"],
-        "sha256": [f"{k:064x}" for k in range(8)],
-        "suffix": ["bold", "bold", "bold", "T1w", "participants", "6", "e2", None],
+                 "scan.1e2", "README", "T1w.json"],
+        "sha256": [f"{k:064x}" for k in range(9)],
+        "suffix": ["bold", "bold", "bold", "T1w", "participants", "6", "e2", None, "T1w"],
     }))
     files = read.read_table(manifest, ["path", "sha256"], dtype=str)  # as build_report reads it
     people = pd.DataFrame({"participant_id": ["sub-01"]})
     page = _Page()
     page.feed(dataset_section(people, "participants.tsv", files, manifest))
     counts = {r["Suffix"]: r["Files"] for r in _rows(page, "manifest-summary")}
-    assert counts == {"T1w": "1", "bold": "3", "other": "3", "participants": "1"}
+    assert counts == {"T1w": "2", "bold": "3", "other": "3", "participants": "1"}  # T1w.json: a top-level sidecar

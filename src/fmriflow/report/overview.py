@@ -13,8 +13,10 @@ from .inputs import config_get
 
 # A BIDS file name: key-value entities, then the suffix, then the extension
 # (sub-01_task-rest_bold.nii.gz, task-rest_bold.json), or a top-level table named by its suffix.
-_BIDS_NAME = re.compile(r"^(?:(?:[a-zA-Z0-9]+-[a-zA-Z0-9]+_)+(?P<suffix>[a-zA-Z0-9]+)|(?P<table>participants|samples))"
-                        r"\.[a-zA-Z][a-zA-Z0-9]*(?:\.[a-zA-Z][a-zA-Z0-9]*)*$")
+# entities + suffix + extension; or a participants/samples table; or a top-level sidecar named by its suffix
+# alone (T1w.json: inherited by every T1w of the dataset)
+_BIDS_NAME = re.compile(r"^(?:(?:(?:[a-zA-Z0-9]+-[a-zA-Z0-9]+_)+(?P<suffix>[a-zA-Z0-9]+)|(?P<table>participants|samples))"
+                        r"\.[a-zA-Z][a-zA-Z0-9]*(?:\.[a-zA-Z][a-zA-Z0-9]*)*|(?P<bare>[a-zA-Z0-9]+)\.json)$")
 
 
 def summary_section(people, files, checks, runs, run_qc, dropped, config, validation_path, atlas=None) -> str:
@@ -88,7 +90,7 @@ def file_kinds(files: pd.DataFrame) -> list[str]:
     kinds = []
     for path, suffix in zip(files["path"], files["suffix"]):
         match = _BIDS_NAME.match(PurePosixPath(str(path)).name)
-        named = (match.group("suffix") or match.group("table")) if match else None
+        named = (match.group("suffix") or match.group("table") or match.group("bare")) if match else None
         kinds.append(str(suffix) if named is not None and named == suffix else "other")
     return kinds
 
