@@ -78,19 +78,51 @@ def confusion(labels, scores) -> np.ndarray:
 
 def bootstrap_ci(task: str, labels, scores, n_boot: int = 1000, seed: int = 0,
                  level: float = 0.95) -> dict[str, tuple[float, float]]:
-    """Percentile bootstrap CI of each metric, resampling subjects with replacement."""
+    """Percentile bootstrap CI of each metric, resampling subjects with replacement.
+
+    Every draw's metrics are computed at once from an (n_boot, n) index matrix (``_draw_metrics``):
+    the same values as ``compute`` on each resample, without 5 sklearn calls per draw, which took
+    about a minute of one core per fine-tuning set-up.
+    """
     y = np.asarray(labels, dtype=float)
     s = np.asarray(scores, dtype=float)
-    rng = np.random.default_rng(seed)
-    draws: dict[str, list[float]] = {}
-    for _ in range(n_boot):
-        idx = rng.integers(0, len(y), len(y))
-        for name, value in compute(task, y[idx], s[idx]).items():
-            draws.setdefault(name, []).append(value)
+    idx = np.random.default_rng(seed).integers(0, len(y), (n_boot, len(y)))
+    draws = _draw_metrics(task, y[idx], s[idx])
     alpha = (1 - level) / 2
     return {name: (float(np.nanquantile(v, alpha)), float(np.nanquantile(v, 1 - alpha)))
             if np.isfinite(v).any() else (float("nan"), float("nan"))
-            for name, v in ((k, np.asarray(vals)) for k, vals in draws.items())}
+            for name, v in draws.items()}
+
+
+def _draw_metrics(task: str, y: np.ndarray, s: np.ndarray) -> dict[str, np.ndarray]:
+    """``compute``'s metrics of each row of labels ``y`` and scores ``s`` (shape (draws, n))."""
+    if task == "regression":
+        constant = (np.ptp(y, axis=1) == 0) | (np.ptp(s, axis=1) == 0)
+        yc, sc = y - y.mean(1, keepdims=True), s - s.mean(1, keepdims=True)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            r = (yc * sc).sum(1) / np.sqrt((yc ** 2).sum(1) * (sc ** 2).sum(1))
+        return {"mse": np.mean((y - s) ** 2, 1), "mae": np.mean(np.abs(y - s), 1),
+                "pearson_r": np.where(constant, np.nan, np.clip(r, -1, 1))}
+    if task != "classification":
+        raise ValueError(f"'task' must be 'classification' or 'regression'. Got: {task!r}")
+    y = y.astype(int)
+    pred = predicted_class(s)
+    tp = ((y == 1) & (pred == 1)).sum(1).astype(float)
+    tn = ((y == 0) & (pred == 0)).sum(1).astype(float)
+    fp = ((y == 0) & (pred == 1)).sum(1).astype(float)
+    fn = ((y == 1) & (pred == 0)).sum(1).astype(float)
+    n_pos, n_neg = tp + fn, tn + fp
+    two = (n_pos > 0) & (n_neg > 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        denominator = np.sqrt((tp + fp) * n_pos * n_neg * (tn + fn))
+        mcc = np.where(denominator > 0, (tp * tn - fp * fn) / denominator, 0.0)  # sklearn: 0 when undefined
+        f1 = np.where(2 * tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn), 0.0)
+        balanced = np.where(two, (tp / n_pos + tn / n_neg) / 2, np.nan)
+        # Mann-Whitney: average ranks, so tied scores count half
+        ranks = stats.rankdata(s, axis=1)
+        auroc = ((ranks * (y == 1)).sum(1) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+    return {"mcc": mcc, "auroc": np.where(two, auroc, np.nan), "accuracy": (tp + tn) / y.shape[1],
+            "balanced_accuracy": balanced, "f1": f1}
 
 
 def summarise(predictions: pd.DataFrame, task: str, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
