@@ -34,7 +34,7 @@ demo: install
 	$(BIN)/snakemake --profile profiles/local --cores $(JOBS) --configfile $(DEMO_CONFIG)
 	@$(BIN)/fmriflow finetune-summary results/finetune/response --truth $(DEMO_DIR)/ground_truth/regions.tsv
 	@echo "Report: $(abspath results/report/fmriflow_report.html)"
-	@$(BIN)/fmriflow timings --since $(DEMO_START) --benchmarks results/benchmarks
+	@$(BIN)/fmriflow timings --since $(DEMO_START) --benchmarks results/logs/benchmarks
 	@echo "make demo: $$(( $$(date +%s) - $(DEMO_START) )) s wall, install and demo data included"
 
 test: install

@@ -21,7 +21,7 @@ rule finetune_features:
     log:
         f"{LOGS}/finetune/features.log",
     benchmark:
-        f"{OUT}/benchmarks/finetune_features/features.tsv"  # peak memory for `fmriflow timings`
+        f"{LOGS}/benchmarks/finetune_features/features.tsv"  # peak memory for `fmriflow timings` (a run record)
     script:
         "../scripts/finetune_features.py"
 
@@ -51,7 +51,7 @@ rule finetune:
     log:
         f"{LOGS}/finetune/setup-{{setup}}.log",
     benchmark:
-        f"{OUT}/benchmarks/finetune/setup-{{setup}}.tsv"
+        f"{LOGS}/benchmarks/finetune/setup-{{setup}}.tsv"
     script:
         "../scripts/finetune.py"
 
