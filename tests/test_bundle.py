@@ -372,18 +372,10 @@ def two_projects(tmp_path_factory, atlas_dir):
 
 
 def _planned(base: Path, config: dict) -> dict[str, int]:
-    """Rule -> job count of the fine-tuning project's dry run (test_caching.planned_jobs, in its own state folder)."""
-    import re
+    """Rule -> job count of the fine-tuning project's dry run, in its own state folder."""
+    from test_caching import planned_jobs
 
-    from test_caching import snakemake
-
-    proc = snakemake(base, config, "--dry-run", directory=base / "stateB")
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    text = proc.stdout + proc.stderr
-    if "Nothing to be done" in text:
-        return {}
-    table = text[text.index("Job stats:"):].split("\n\n")[0]
-    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M) if m[1] != "total"}
+    return planned_jobs(base, config, directory=base / "stateB")
 
 
 @pytest.mark.integration

@@ -42,9 +42,9 @@ def snakemake(workdir: Path, config: dict, *extra: str, wait: bool = True, direc
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=1200)
 
 
-def planned_jobs(workdir: Path, config: dict, *targets: str) -> dict[str, int]:
-    """Rule -> job count of a dry run (its "Job stats" table)."""
-    proc = snakemake(workdir, config, "--dry-run", *targets)
+def planned_jobs(workdir: Path, config: dict, *targets: str, directory: Path = REPO) -> dict[str, int]:
+    """Rule -> job count of a dry run (its "Job stats" table); ``directory`` holds the .snakemake state."""
+    proc = snakemake(workdir, config, "--dry-run", *targets, directory=directory)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     text = proc.stdout + proc.stderr
     if "Nothing to be done" in text:
