@@ -618,6 +618,12 @@ def test_rerun_from_raw_bids_is_byte_identical(tmp_path, atlas_dir):
                 record = json.loads(data)
                 del record["Provenance"]["Output"]["sha256"]
                 data = json.dumps(record).encode()
+            if path.name == "model.safetensors.json":  # the bundle's card (an output it lists) holds the measurement
+                record = json.loads(data)
+                for output in record["Provenance"]["Outputs"]:
+                    if output["path"].endswith("model_card.json"):
+                        del output["sha256"]
+                data = json.dumps(record).encode()
             files[rel] = hashlib.sha256(data).hexdigest()
         digests.append(files)
     assert len(digests[0]) > 80
