@@ -135,7 +135,7 @@ def validated():
     passed) before any group step. ancient(): an order, not a rerun trigger, so that a README
     edit reruns the bids step and not the group steps. Not an input of the runs' own jobs:
     Snakemake 9.27 then ignores a newer raw input of a job whose ancient input's job reruns."""
-    return ancient(f"{OUT}/timeseries/validation.json" if TIMESERIES else f"{OUT}/bids/validation.json")
+    return ancient(raw_validation())
 
 
 def raw_listing(wildcards):
@@ -374,7 +374,12 @@ def atlas_image_input():
 
 def raw_manifest():
     """Every raw input with its sha256: the BIDS manifest, or the region time series' in input.mode timeseries."""
-    return f"{OUT}/timeseries/manifest.tsv" if TIMESERIES else rules.bids.output.manifest
+    return f"{OUT}/{'timeseries' if TIMESERIES else 'bids'}/manifest.tsv"
+
+
+def raw_validation():
+    """The raw inputs' checks: the BIDS validator's, or the region time series readers' in input.mode timeseries."""
+    return f"{OUT}/{'timeseries' if TIMESERIES else 'bids'}/validation.json"
 
 
 def dataset_shaping():
@@ -496,10 +501,9 @@ def run_qc_rows():
 def report_data_inputs(wildcards):
     """The report's data-side inputs: the bids and voxel steps' files, or the ingestion's (no BOLD)."""
     if TIMESERIES:
-        return {"manifest": f"{OUT}/timeseries/manifest.tsv", "validation": f"{OUT}/timeseries/validation.json",
-                "qc": [input_qc(r) for r in RUNS], "coverage": [coverage_table(r) for r in RUNS],
+        return {"manifest": raw_manifest(), "validation": raw_validation(), "qc": [input_qc(r) for r in RUNS], "coverage": [coverage_table(r) for r in RUNS],
                 "confounds": [], "bold": [], "mask": [], "denoised": []}
-    return {"manifest": rules.bids.output.manifest, "validation": rules.bids.output.validation,
+    return {"manifest": raw_manifest(), "validation": raw_validation(),
             "qc": expand(rules.preproc_derivatives.output.qc, run=RUNS), "coverage": [coverage_table(r) for r in RUNS],
             # per run, in RUNS order: FD traces of every run; tSNR maps and carpet plots of a few (report/runqc.py)
             "confounds": [str(PREPROC[r].confounds) for r in RUNS], "bold": expand(rules.resample.output.bold, run=RUNS),
