@@ -1,7 +1,8 @@
 """Every variant, baseline and control on a simulated multi-site cohort, through the real DAG.
 
     python benchmarks/cohort_benchmark.py [--subjects 1000] [--regions 100] [--volumes 200]
-        [--work DIR] [--cores 2] [--device cpu|cuda] [--folds 5] [--max-epochs 50] [--quick]
+        [--work DIR] [--cores 2] [--device cpu|cuda] [--folds 5] [--max-epochs 50]
+        [--setups agnostic site] [--permutations 5] [--quick]
 
 Simulates a cohort with ``fmriflow.demo.cohort`` (sites, a weak FC effect, a dynamics effect;
 see its docstring), writes it as plain region time series, runs the workflow in
@@ -39,10 +40,10 @@ def config_for(args, cohort_dir: Path, results: Path) -> dict:
         "dataset": {"window": window, "stride": window // 2, "stratify": "group"},
         "pretrain": {"model": "tiny" if args.quick else "brainlm-5m", "max_steps": args.pretrain_steps,
                      "batch_size": 16, "gpus": int(args.device == "cuda"), "num_workers": 0},
-        "finetune": {"enabled": True, "target": "group", "site_column": "site", "setups": ["agnostic", "site"],
+        "finetune": {"enabled": True, "target": "group", "site_column": "site", "setups": args.setups,
                      "folds": args.folds, "repeats": 1, "device": args.device, "gpus": int(args.device == "cuda"),
                      "max_epochs": args.max_epochs, "resnet_width": 8 if args.quick else 64,
-                     "attribution": False, "permutations": 2 if args.quick else 5},
+                     "attribution": False, "permutations": 2 if args.quick else args.permutations},
     }
 
 
@@ -58,6 +59,9 @@ def main(argv=None) -> int:
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--max-epochs", type=int, default=50)
     parser.add_argument("--pretrain-steps", type=int, default=2000)
+    parser.add_argument("--setups", nargs="+", default=["agnostic", "site"],
+                        help="fine-tuning set-ups (finetune.setups): agnostic = stratified k-fold, site = by site")
+    parser.add_argument("--permutations", type=int, default=5, help="label-permuted refits per fold and control")
     parser.add_argument("--quick", action="store_true", help="150 subjects, tiny models, few epochs")
     args = parser.parse_args(argv)
     if args.quick:
