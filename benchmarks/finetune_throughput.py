@@ -126,14 +126,13 @@ def main() -> None:
         print(f"{args.subjects} subjects, 1 window of {REGIONS} x {TRS} each; 5 folds x ({len(VARIANTS)} variants "
               f"+ 5 permuted concat + 2 baselines), IG ({args.ig_steps} steps) of concat; ResNet width {args.width}, "
               f"{args.epochs} epochs; {os.cpu_count()} CPUs, torch {torch.__version__}")
-        one, many = fit_seconds(paths, args, 1), fit_seconds(paths, args, args.workers)
-        print(f"one concat fit in one process: {one:.2f} s with 1 torch thread, {many:.2f} s with {args.workers} "
-              f"({one / many:.2f}x for {args.workers}x the cores)")
-        cases = ([] if args.no_serial else [("cpu", 1)]) + [("cpu", args.workers)]
-        if torch.cuda.is_available():
-            cases.append(("cuda", 1))
+        # CPU cases first: asking torch whether CUDA is there initialises the driver in this
+        # process, and worker processes forked after that fail at their first CUDA query
+        cases = ([] if args.no_serial else [("cpu", 1)]) + [("cpu", args.workers), ("cuda", 1)]
         rows = []
         for device, workers in cases:
+            if device == "cuda" and not torch.cuda.is_available():
+                continue
             out = root / f"{device}-{workers}"
             seconds = run_case(paths, args, device, workers, out)
             rate = args.subjects * (len(VARIANTS) + 2) / seconds
@@ -146,6 +145,11 @@ def main() -> None:
                        for f in ("predictions.tsv", "metrics.tsv", "attribution_regions.tsv"))
             print(f"{r['case']} vs {cpu[0]['case']}: {cpu[0]['seconds'] / r['seconds']:.2f}x faster, "
                   f"tables {'identical' if same else 'DIFFERENT'}")
+        # after the worker cases: a backward pass in this process before it forks workers breaks
+        # theirs on a machine with a GPU (torch's autograd threads do not survive fork)
+        one, many = fit_seconds(paths, args, 1), fit_seconds(paths, args, args.workers)
+        print(f"one concat fit in one process: {one:.2f} s with 1 torch thread, {many:.2f} s with {args.workers} "
+              f"({one / many:.2f}x for {args.workers}x the cores)")
         for r in rows:
             if r["case"].startswith("cuda"):
                 best = min(cpu, key=lambda c: c["seconds"])
