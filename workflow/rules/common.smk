@@ -339,14 +339,25 @@ def bundle_files(folder):
     return [f"{folder}/{name}" for name in FILES]
 
 
-if ENCODER:
+# pretrain.init: a bundle this project's pretraining continues from (domain adaptation)
+INIT = PRETRAIN["init"]
+
+
+def _read_bundle(key, path):
+    """The bundle's path without a trailing slash; before any job, a card that cannot be read stops the plan."""
     from fmriflow.bundle import read_card
 
-    try:  # before any job: a bundle that cannot be read stops the plan, naming the key
-        read_card(ENCODER)
+    try:
+        read_card(path)
     except InputError as exc:
-        raise WorkflowError(f"finetune.encoder: {exc}") from None
-    ENCODER = str(Path(ENCODER))  # no trailing slash in the paths built from it
+        raise WorkflowError(f"{key}: {exc}") from None
+    return str(Path(path))
+
+
+ENCODER = _read_bundle("finetune.encoder", ENCODER) if ENCODER else None
+INIT = _read_bundle("pretrain.init", INIT) if INIT else None
+# the bundle whose card prepares this project's dataset (window, TR, scaling): fine-tuned or continued
+CARD_BUNDLE = ENCODER or INIT
 
 
 def encoder_model():
@@ -361,10 +372,21 @@ def encoder_extras():
 
 
 def dataset_encoder_inputs():
-    """The dataset step's inputs from the bundle: its card, and this project's atlas to check against it."""
-    if not ENCODER:
+    """The dataset step's inputs from the bundle (finetune.encoder or pretrain.init): its card, and this
+    project's atlas to check against it."""
+    if not CARD_BUNDLE:
         return {}
-    return {"encoder_card": bundle_files(ENCODER)[2], **atlas_image_input(), "atlas_labels": atlas_labels(ATLAS)}
+    return {"encoder_card": bundle_files(CARD_BUNDLE)[2], **atlas_image_input(), "atlas_labels": atlas_labels(ATLAS)}
+
+
+def init_inputs():
+    """The pretrain rule's inputs from pretrain.init: the bundle's three files (a changed bundle reruns it)."""
+    return {"init": bundle_files(INIT)} if INIT else {}
+
+
+def pretrain_init_options():
+    """fmriflow.train's options of continued pretraining: the bundle, and the atlas its card must have."""
+    return {"init_from": INIT, "atlas": ATLAS} if INIT else {}
 
 
 def atlas_image_input():
@@ -383,9 +405,9 @@ def raw_validation():
 
 
 def dataset_shaping():
-    """What shapes the dataset: its section; with finetune.encoder also the scaling choice, and the
-    preprocessing that the step compares with the card's."""
-    if not ENCODER:
+    """What shapes the dataset: its section; with a bundle's card (finetune.encoder, pretrain.init) also
+    the scaling choice, and the preprocessing that the step compares with the card's."""
+    if not CARD_BUNDLE:
         return shaping("dataset")
     return {**shaping("dataset", "finetune.scaling", "preproc.mode", "denoise", "parcellate"), "atlas": ATLAS}
 
