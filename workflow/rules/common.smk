@@ -22,6 +22,8 @@ from fmriflow.errors import InputError
 from fmriflow.ingest import RUN_KEY_PATTERN, Sidecars, discover_runs, listing_fingerprint
 from fmriflow.models.grids import INPUT_GRIDS, grid_label
 from fmriflow.preproc import FMRIPREP_ROOT, LITE_ROOT, preproc_files
+from fmriflow.modelling import PRETRAIN_OPTIONS
+from fmriflow.project import Paths, model_atlas
 
 
 check_config(config, f"{workflow.basedir}/workflow/schemas/config.schema.yaml", workflow.configfiles)  # every error, by key
@@ -51,7 +53,7 @@ LOGS = f"{OUT}/logs"
 BIDS_DIR = config.setdefault("bids_dir", None)  # input.mode timeseries reads none (the voxel rules still name it)
 TIMESERIES = config["input"]["mode"] == "timeseries"  # region time series in, no voxel steps (timeseries.smk)
 # the atlas of the foundation models; config atlas.extra adds others (input.mode timeseries: the input's, alone)
-ATLAS = config["input"]["timeseries"]["atlas"] if TIMESERIES else "A424"
+ATLAS = model_atlas(config)
 EXTRA_ATLASES = {} if TIMESERIES else config["atlas"]["extra"]
 ATLASES = [ATLAS, *EXTRA_ATLASES]
 KINDS = config["connectivity"]["kinds"]
@@ -303,8 +305,10 @@ def included_runs():
 # --------------------------------------------------------------------------- dataset and pretraining
 
 PRETRAIN = config["pretrain"]
-DATASET_DIR = f"{OUT}/dataset/atlas-{ATLAS}"
-PRETRAIN_DIR = f"{OUT}/pretrain/{PRETRAIN['model']}"
+# the modelling artefacts' folders, shared with the CLI's modelling commands (fmriflow.project)
+PATHS = Paths.of(config)
+DATASET_DIR = PATHS.dataset
+PRETRAIN_DIR = PATHS.pretrain
 
 
 def cli_options(options):
@@ -322,13 +326,13 @@ def cli_options(options):
 # --------------------------------------------------------------------------- fine-tuning
 
 FINETUNE = config["finetune"]
-FINETUNE_DIR = f"{OUT}/finetune/{FINETUNE['target']}"
+FINETUNE_DIR = PATHS.finetune
 
 
 # --------------------------------------------------------------------------- encoder bundles
 
 # where this project's pretrained encoder travels from (workflow/rules/bundle.smk): weights, config, card
-BUNDLE_DIR = f"{DERIV}/models/atlas-{ATLAS}_model-{PRETRAIN['model']}"
+BUNDLE_DIR = PATHS.bundle
 # finetune.encoder: a bundle from another project, fine-tuned instead of this run's pretraining
 ENCODER = FINETUNE["encoder"]
 

@@ -30,10 +30,8 @@ rule pretrain:
         launcher=launch.train_launcher(PRETRAIN, JOB_PYTHON),  # the interpreter that has fmriflow (the image's in a container)
         out=PRETRAIN_DIR,
         dataset=DATASET_DIR,
-        options=cli_options({**{key: PRETRAIN[key] for key in ("model", "batch_size", "max_steps", "lr", "warmup_steps",
-                                                                 "checkpoint_every", "precision", "seed", "num_workers",
-                                                                 "compile")},
-                             **pretrain_init_options()}),  # pretrain.init: the bundle and the atlas to check
+        # the same settings as `fmriflow pretrain` (fmriflow.modelling)
+        options=cli_options({**{key: PRETRAIN[key] for key in PRETRAIN_OPTIONS}, **pretrain_init_options()}),
     threads: launch.train_threads(PRETRAIN)
     resources:
         **launch.train_resources(PRETRAIN),
