@@ -114,6 +114,23 @@ def test_finetune_table_and_summary(project):
     assert "concat" in outputs["finetune-summary"]
 
 
+def test_continued_pretraining_from_the_first_projects_bundle(project, tmp_path):
+    """A second project continues pretraining from the first's bundle (pretrain.init through --set):
+    its windows are scaled by the card, and its own bundle names the first as its parent."""
+    import hashlib
+
+    base, config, _, _ = project
+    bundle = base / "results" / "fmriflow" / "models" / f"atlas-{ATLAS}_model-tiny"
+    for command in ("dataset", "pretrain"):
+        proc = fmriflow(command, "--config", config, "--output-dir", tmp_path / "second", "--set", f"pretrain.init={bundle}")
+        assert proc.returncode == 0, f"{command}: {proc.stderr[-4000:]}"
+    card = json.loads((tmp_path / "second" / "fmriflow" / "models" / f"atlas-{ATLAS}_model-tiny" / "model_card.json").read_text())
+    assert card["parent"]["sha256"]["model.safetensors"] == hashlib.sha256((bundle / "model.safetensors").read_bytes()).hexdigest()
+    scaling = pd.read_csv(tmp_path / "second" / "dataset" / f"atlas-{ATLAS}" / "scaling.tsv", sep="\t")
+    theirs = json.loads((bundle / "model_card.json").read_text())["scaling"]
+    np.testing.assert_allclose(scaling["median"], [np.nan if v is None else v for v in theirs["median"]], rtol=1e-12)
+
+
 def test_every_artefact_has_its_provenance_sidecar(project):
     from fmriflow.provenance import sidecar_path
 
