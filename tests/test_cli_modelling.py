@@ -151,6 +151,7 @@ def test_every_artefact_has_its_provenance_sidecar(project):
     assert missing == []
 
 
+@pytest.mark.integration  # plans the real DAG (a Snakemake dry run)
 def test_layout_is_the_rules(project, tmp_path):
     """A dry run of the workflow with the same config file plans the same files, and nothing else
     (the CLI's outputs are where the rules put them, so the workflow can take over a CLI project)."""
