@@ -124,11 +124,12 @@ def _bundle(folder, atlas_dir, out):
 
 
 def test_card_has_every_field_computed_independently(pretrained_folder, atlas_dir, tmp_path):
-    from fmriflow.bundle.card import CARD_FIELDS
+    from fmriflow.bundle.card import CARD_FIELDS, OPTIONAL_FIELDS
 
     folder, labels, raw, splits, model = pretrained_folder
     card = _bundle(folder, atlas_dir, tmp_path / "bundle")
-    assert sorted(card) == sorted(CARD_FIELDS)
+    assert sorted(card) == sorted([*CARD_FIELDS, *OPTIONAL_FIELDS])
+    assert card["parent"] is None  # pretrained from scratch (test_continued_pretraining: from a bundle)
     assert (tmp_path / "bundle" / "model.safetensors.json").is_file()  # the weights' provenance sidecar
 
     sha = lambda path: hashlib.sha256(Path(path).read_bytes()).hexdigest()  # noqa: E731

@@ -108,6 +108,10 @@ def _cross_key_problems(config: Mapping[str, Any]) -> list[str]:
     if encoder is not None and not finetune["enabled"]:
         problems.append(f"finetune.encoder: {encoder!r} is read by fine-tuning only, and finetune.enabled is false: "
                         "set finetune.enabled: true, or finetune.encoder: null")
+    if config["pretrain"]["init"] is not None and not pretrain:
+        problems.append(f"pretrain.init: {config['pretrain']['init']!r} continues pretraining from a bundle, and "
+                        "pretrain.enabled is false: set pretrain.enabled: true, or pretrain.init: null (to fine-tune "
+                        "the bundle without pretraining: finetune.encoder)")
     from .timeseries.settings import config_problems as timeseries_problems  # input.mode: timeseries
 
     return problems + timeseries_problems(config)

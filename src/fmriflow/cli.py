@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from . import __version__
-from .errors import InputError
+from .errors import InputError, SettingError
 
 DEFAULT_CACHE = "resources/atlases/A424"
 
@@ -51,10 +53,82 @@ def _connectivity(args: argparse.Namespace) -> None:
         connectivity_step(args.timeseries, [args.out], [None], kinds=[args.kind])
 
 
+# the modelling commands' flags that set a config key (the rest come from --config and --set)
+CONFIG_FLAGS = {"output_dir": "output_dir", "timeseries": "input.timeseries.dir", "format": "input.timeseries.format",
+                "atlas": "input.timeseries.atlas", "coordinates": "input.timeseries.coordinates",
+                "participants": "input.timeseries.participants"}
+
+
+def _config(args: argparse.Namespace, **implied: Any) -> dict:
+    """The resolved config of a modelling command: --config, then its flags and --set, then what the
+    command implies (``implied``: dotted key -> value, e.g. pretrain.enabled for ``pretrain``)."""
+    from .project import load_config, merged, parse_settings
+
+    flags = [f"{key}={json.dumps(getattr(args, flag))}" for flag, key in CONFIG_FLAGS.items()
+             if getattr(args, flag, None) is not None]
+    overrides = merged(parse_settings(flags + (args.set or [])),
+                       parse_settings(f"{key}={json.dumps(value)}" for key, value in implied.items()))
+    return load_config(args.config, overrides)
+
+
+def _dataset(args: argparse.Namespace) -> None:
+    from .modelling import dataset_steps
+
+    with _logged():
+        print(f"dataset written: {dataset_steps(_config(args))}")
+
+
+def _pretrain(args: argparse.Namespace) -> None:
+    from .modelling import pretrain_steps
+
+    with _logged():
+        result = pretrain_steps(_config(args, **{"pretrain.enabled": True}))
+    if result["interrupted"]:
+        raise RuntimeError(f"interrupted at step {result['step']}; checkpoint written, rerun to continue")
+    print(f"pretrained to step {result['step']}; bundle written: {result['bundle']}")
+
+
+def _finetune(args: argparse.Namespace) -> None:
+    from .modelling import finetune_steps
+
+    with _logged():
+        table = finetune_steps(_config(args, **{"finetune.enabled": True}), workers=args.workers)
+    print(f"variants table written: {table}")
+
+
+def _logged():
+    """The steps' messages and warnings on stderr, as the workflow's jobs write them to their logs."""
+    import contextlib
+    import logging
+
+    @contextlib.contextmanager
+    def scope():
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        root = logging.getLogger()
+        level = root.level
+        root.addHandler(handler)
+        root.setLevel(logging.INFO)
+        logging.captureWarnings(True)
+        try:
+            yield
+        finally:
+            logging.captureWarnings(False)
+            root.removeHandler(handler)
+            root.setLevel(level)
+
+    return scope()
+
+
 def _finetune_summary(args: argparse.Namespace) -> None:
     from .finetune.summary import format_summary
 
-    print(format_summary(args.folder, args.top, args.truth))
+    folder = args.folder
+    if folder is None:
+        from .project import Paths
+
+        folder = Path(Paths.of(_config(args)).finetune)
+    print(format_summary(folder, args.top, args.truth))
 
 
 def _model_card(args: argparse.Namespace) -> None:
@@ -89,6 +163,56 @@ def _audit(args: argparse.Namespace) -> None:
         print(format_tree(result))
     if not result.ok:
         raise AuditFailed(f"{len(result.problems)} problem(s) under {args.file}:\n  " + "\n  ".join(result.problems))
+
+
+def _config_options(p: argparse.ArgumentParser, inputs: bool = True) -> None:
+    """--config, --output-dir and --set; with ``inputs`` the region time series' flags."""
+    p.add_argument("--config", type=Path, help="YAML file with the workflow's keys (config/config.yaml's); "
+                   "defaults: workflow/schemas/config.schema.yaml, as for the workflow")
+    p.add_argument("--output-dir", help="output_dir: where the artefacts go (the workflow's layout)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="a config key (dotted, e.g. dataset.window=40 or pretrain.max_steps=500); repeatable")
+    if not inputs:
+        return
+    p.add_argument("--timeseries", help="input.timeseries.dir: the folder of region time series")
+    p.add_argument("--format", help="input.timeseries.format: xcpd | cpac | table")
+    p.add_argument("--atlas", help="input.timeseries.atlas: the atlas's name as the files name it")
+    p.add_argument("--coordinates", help="input.timeseries.coordinates: TSV of region names and MNI x, y, z")
+    p.add_argument("--participants", help="input.timeseries.participants (default: participants.tsv in the folder)")
+
+
+def _modelling_parsers(sub) -> None:
+    """The modelling half, step by step, on region time series: the workflow's rules without Snakemake."""
+    p = sub.add_parser("dataset", help="region time series + participants table -> QC'd runs -> model-ready dataset",
+                       description="Ingests region time series (input.timeseries: XCP-D, C-PAC/ABIDE .1D, or "
+                       "TSV/CSV/NPY with a sidecar), checks and QCs each run and builds the windows, scaling and "
+                       "subject splits, as the workflow's rules do, into <output_dir>/dataset/atlas-<atlas>.")
+    _config_options(p)
+    p.set_defaults(func=_dataset)
+
+    p = sub.add_parser("pretrain", help="pretrain the encoder on the dataset (resumes from its checkpoint); "
+                       "package it as a bundle", description="Trains pretrain.model on `fmriflow dataset`'s windows "
+                       "(pretrain.init: continued from a bundle) into <output_dir>/pretrain/<model>, then writes its "
+                       "bundle (weights, config.json, model card) under <output_dir>/fmriflow/models/.")
+    _config_options(p)
+    p.set_defaults(func=_pretrain)
+
+    p = sub.add_parser("finetune", help="fine-tune and evaluate every variant and baseline, cross-validated by subject",
+                       description="Embeds the windows with the pretrained encoder (or finetune.encoder's bundle), "
+                       "cross-validates every finetune.variants and baseline on each set-up the participants table "
+                       "supports, and writes <output_dir>/finetune/<target>/variants.tsv.")
+    _config_options(p)
+    p.add_argument("--workers", type=int, default=1, help="processes training folds side by side (same results)")
+    p.set_defaults(func=_finetune)
+
+    p = sub.add_parser("finetune-summary", help="print the fine-tuning variant table and attributions")
+    p.add_argument("folder", type=Path, nargs="?", help="e.g. results/finetune/response (default: the folder "
+                   "that --config's output_dir and finetune.target name)")
+    _config_options(p, inputs=False)
+    p.add_argument("--top", type=int, default=10, help="top regions by attribution to list")
+    p.add_argument("--truth", type=Path, help="table of region 'index' and boolean 'planted' (a simulation's "
+                   "ground truth, e.g. data/demo/ground_truth/regions.tsv): compare the attributions with it")
+    p.set_defaults(func=_finetune_summary)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -137,12 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.set_defaults(func=_connectivity)
 
-    p = sub.add_parser("finetune-summary", help="print the fine-tuning variant table and attributions")
-    p.add_argument("folder", type=Path, help="e.g. results/finetune/response")
-    p.add_argument("--top", type=int, default=10, help="top regions by attribution to list")
-    p.add_argument("--truth", type=Path, help="table of region 'index' and boolean 'planted' (a simulation's "
-                   "ground truth, e.g. data/demo/ground_truth/regions.tsv): compare the attributions with it")
-    p.set_defaults(func=_finetune_summary)
+    _modelling_parsers(sub)
 
     p = sub.add_parser("model-card", help="print an encoder bundle's model card (how to prepare data for it, where it came from)")
     p.add_argument("bundle", type=Path, help="the bundle folder (e.g. results/fmriflow/models/atlas-A424_model-tiny) "
@@ -177,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (InputError, RuntimeError, FileNotFoundError) as exc:
+    except (InputError, SettingError, RuntimeError, FileNotFoundError) as exc:
         print(f"fmriflow {args.command}: error: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -22,6 +22,8 @@ from fmriflow.errors import InputError
 from fmriflow.ingest import RUN_KEY_PATTERN, Sidecars, discover_runs, listing_fingerprint
 from fmriflow.models.grids import INPUT_GRIDS, grid_label
 from fmriflow.preproc import FMRIPREP_ROOT, LITE_ROOT, preproc_files
+from fmriflow.modelling import PRETRAIN_OPTIONS
+from fmriflow.project import Paths, model_atlas
 
 
 check_config(config, f"{workflow.basedir}/workflow/schemas/config.schema.yaml", workflow.configfiles)  # every error, by key
@@ -51,7 +53,7 @@ LOGS = f"{OUT}/logs"
 BIDS_DIR = config.setdefault("bids_dir", None)  # input.mode timeseries reads none (the voxel rules still name it)
 TIMESERIES = config["input"]["mode"] == "timeseries"  # region time series in, no voxel steps (timeseries.smk)
 # the atlas of the foundation models; config atlas.extra adds others (input.mode timeseries: the input's, alone)
-ATLAS = config["input"]["timeseries"]["atlas"] if TIMESERIES else "A424"
+ATLAS = model_atlas(config)
 EXTRA_ATLASES = {} if TIMESERIES else config["atlas"]["extra"]
 ATLASES = [ATLAS, *EXTRA_ATLASES]
 KINDS = config["connectivity"]["kinds"]
@@ -303,8 +305,10 @@ def included_runs():
 # --------------------------------------------------------------------------- dataset and pretraining
 
 PRETRAIN = config["pretrain"]
-DATASET_DIR = f"{OUT}/dataset/atlas-{ATLAS}"
-PRETRAIN_DIR = f"{OUT}/pretrain/{PRETRAIN['model']}"
+# the modelling artefacts' folders, shared with the CLI's modelling commands (fmriflow.project)
+PATHS = Paths.of(config)
+DATASET_DIR = PATHS.dataset
+PRETRAIN_DIR = PATHS.pretrain
 
 
 def cli_options(options):
@@ -322,13 +326,13 @@ def cli_options(options):
 # --------------------------------------------------------------------------- fine-tuning
 
 FINETUNE = config["finetune"]
-FINETUNE_DIR = f"{OUT}/finetune/{FINETUNE['target']}"
+FINETUNE_DIR = PATHS.finetune
 
 
 # --------------------------------------------------------------------------- encoder bundles
 
 # where this project's pretrained encoder travels from (workflow/rules/bundle.smk): weights, config, card
-BUNDLE_DIR = f"{DERIV}/models/atlas-{ATLAS}_model-{PRETRAIN['model']}"
+BUNDLE_DIR = PATHS.bundle
 # finetune.encoder: a bundle from another project, fine-tuned instead of this run's pretraining
 ENCODER = FINETUNE["encoder"]
 
@@ -339,14 +343,25 @@ def bundle_files(folder):
     return [f"{folder}/{name}" for name in FILES]
 
 
-if ENCODER:
+# pretrain.init: a bundle this project's pretraining continues from (domain adaptation)
+INIT = PRETRAIN["init"]
+
+
+def _read_bundle(key, path):
+    """The bundle's path without a trailing slash; before any job, a card that cannot be read stops the plan."""
     from fmriflow.bundle import read_card
 
-    try:  # before any job: a bundle that cannot be read stops the plan, naming the key
-        read_card(ENCODER)
+    try:
+        read_card(path)
     except InputError as exc:
-        raise WorkflowError(f"finetune.encoder: {exc}") from None
-    ENCODER = str(Path(ENCODER))  # no trailing slash in the paths built from it
+        raise WorkflowError(f"{key}: {exc}") from None
+    return str(Path(path))
+
+
+ENCODER = _read_bundle("finetune.encoder", ENCODER) if ENCODER else None
+INIT = _read_bundle("pretrain.init", INIT) if INIT else None
+# the bundle whose card prepares this project's dataset (window, TR, scaling): fine-tuned or continued
+CARD_BUNDLE = ENCODER or INIT
 
 
 def encoder_model():
@@ -361,10 +376,21 @@ def encoder_extras():
 
 
 def dataset_encoder_inputs():
-    """The dataset step's inputs from the bundle: its card, and this project's atlas to check against it."""
-    if not ENCODER:
+    """The dataset step's inputs from the bundle (finetune.encoder or pretrain.init): its card, and this
+    project's atlas to check against it."""
+    if not CARD_BUNDLE:
         return {}
-    return {"encoder_card": bundle_files(ENCODER)[2], **atlas_image_input(), "atlas_labels": atlas_labels(ATLAS)}
+    return {"encoder_card": bundle_files(CARD_BUNDLE)[2], **atlas_image_input(), "atlas_labels": atlas_labels(ATLAS)}
+
+
+def init_inputs():
+    """The pretrain rule's inputs from pretrain.init: the bundle's three files (a changed bundle reruns it)."""
+    return {"init": bundle_files(INIT)} if INIT else {}
+
+
+def pretrain_init_options():
+    """fmriflow.train's options of continued pretraining: the bundle, and the atlas its card must have."""
+    return {"init_from": INIT, "atlas": ATLAS} if INIT else {}
 
 
 def atlas_image_input():
@@ -383,9 +409,9 @@ def raw_validation():
 
 
 def dataset_shaping():
-    """What shapes the dataset: its section; with finetune.encoder also the scaling choice, and the
-    preprocessing that the step compares with the card's."""
-    if not ENCODER:
+    """What shapes the dataset: its section; with a bundle's card (finetune.encoder, pretrain.init) also
+    the scaling choice, and the preprocessing that the step compares with the card's."""
+    if not CARD_BUNDLE:
         return shaping("dataset")
     return {**shaping("dataset", "finetune.scaling", "preproc.mode", "denoise", "parcellate"), "atlas": ATLAS}
 

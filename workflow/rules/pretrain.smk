@@ -5,7 +5,7 @@ rule dataset:
     input:
         timeseries=lambda wildcards: [timeseries(r, ATLAS) for r in included_runs()],  # QC-passed runs only
         participants=PARTICIPANTS,
-        **dataset_encoder_inputs(),  # finetune.encoder: prepared by its card (fmriflow.bundle.prepare)
+        **dataset_encoder_inputs(),  # finetune.encoder, pretrain.init: prepared by its card (fmriflow.bundle.prepare)
     output:
         card=f"{DATASET_DIR}/dataset_card.json",
     params:
@@ -22,6 +22,7 @@ rule pretrain:
     input:
         card=rules.dataset.output.card,
         coords=atlas_labels(ATLAS),
+        **init_inputs(),  # pretrain.init: the bundle continued from
     output:
         model=f"{PRETRAIN_DIR}/model.pt",
         metrics=f"{PRETRAIN_DIR}/metrics.csv",
@@ -29,9 +30,8 @@ rule pretrain:
         launcher=launch.train_launcher(PRETRAIN, JOB_PYTHON),  # the interpreter that has fmriflow (the image's in a container)
         out=PRETRAIN_DIR,
         dataset=DATASET_DIR,
-        options=cli_options({key: PRETRAIN[key] for key in ("model", "batch_size", "max_steps", "lr", "warmup_steps",
-                                                             "checkpoint_every", "precision", "seed", "num_workers",
-                                                             "compile")}),
+        # the same settings as `fmriflow pretrain` (fmriflow.modelling)
+        options=cli_options({**{key: PRETRAIN[key] for key in PRETRAIN_OPTIONS}, **pretrain_init_options()}),
     threads: launch.train_threads(PRETRAIN)
     resources:
         **launch.train_resources(PRETRAIN),

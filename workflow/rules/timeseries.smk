@@ -8,6 +8,8 @@ if TIMESERIES:
 
     # parcellate names the same files; here they come from the input instead
     ruleorder: timeseries_run > parcellate
+    # and atlas A424's table, when the input's atlas is A424 (its image is not needed here)
+    ruleorder: timeseries_atlas > atlas
 
     rule timeseries_atlas:
         """The input atlas's table (index, name, MNI x, y, z): from the coordinates table, or label-image centroids."""

@@ -29,6 +29,8 @@ FILES = (WEIGHTS, CONFIG, CARD)
 # every top-level field of a card (format_version 1); ``read_card`` refuses one that lacks any
 CARD_FIELDS = ("Name", "format_version", "fmriflow_version", "model", "atlas", "input", "scaling",
                "preprocessing", "pretraining_data", "training", "Provenance")
+# fields a card may lack (read_card takes cards written before them): ``parent`` (pretrain.init)
+OPTIONAL_FIELDS = ("parent",)
 SCALING_FORMULA = "(x - median) / iqr per region, on each run's series after resampling; a region whose median is null is masked (0)"
 # the run table fields of a dataset card that the fingerprint sums over
 _SPLITS = ("train", "val", "test")
@@ -76,6 +78,8 @@ def build_card(*, model_info: Mapping[str, Any], dataset_card: str | Path, scali
         "pretraining_data": _fingerprint(data, dataset_card, manifest),
         "training": {"settings": {k: v for k, v in model_info["config"].items() if k not in _PATHS},
                      "final": _final_losses(metrics_csv)},
+        # pretrain.init: the bundle this encoder continued from (its checksums and card summary); null: from scratch
+        "parent": model_info.get("parent"),
     }
 
 

@@ -46,8 +46,18 @@ def format_card(card: Mapping[str, Any], regions: int = 5) -> str:
         _row("final losses", f"train {_num(final['train_loss'])} (step {final['train_loss_step']}), "
                              f"validation {_num(final['val_loss'])} (step {final['val_loss_step']}), "
                              f"{final['steps']} steps"),
+        _row("continued from", _parent(card.get("parent"))),
     ]
     return "\n".join(lines)
+
+
+def _parent(parent: Mapping[str, Any] | None) -> str:
+    if parent is None:
+        return "none (pretrained from random weights)"
+    data = parent["pretraining_data"]
+    return (f"the bundle with weights sha256 {parent['sha256']['model.safetensors'][:16]}... "
+            f"({parent['model']['architecture']} '{parent['model']['name']}', {data['subjects']} subjects, "
+            f"{data['hours']['all']:.2f} hours)")
 
 
 def _statistics(card: Mapping[str, Any], regions: int) -> list[str]:

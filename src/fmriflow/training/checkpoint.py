@@ -29,8 +29,21 @@ def run_inputs(cfg: TrainConfig) -> dict[str, str]:
     from ..io import sha256sum
 
     files = {"dataset_card": str(Path(cfg.dataset) / "dataset_card.json"), "coords": cfg.coords,
-             "participants": cfg.participants, "init_from": cfg.init_from}
+             "participants": cfg.participants}
+    files.update({f"init_from:{Path(p).name}" if Path(cfg.init_from).is_dir() else "init_from": str(p)
+                  for p in init_files(cfg)})
     return {key: sha256sum(path) for key, path in files.items() if path and Path(path).is_file()}
+
+
+def init_files(cfg: TrainConfig) -> list[str]:
+    """The initial model's files: a bundle folder's three files (brainlm), or the one model.pt (neurostorm)."""
+    if not cfg.init_from:
+        return []
+    if Path(cfg.init_from).is_dir():
+        from ..bundle.parent import bundle_files
+
+        return [str(p) for p in bundle_files(cfg.init_from)]
+    return [cfg.init_from]
 
 
 def load_checkpoint(path: Path, cfg: TrainConfig, inputs: dict[str, str], ddp: Dist, model, optimizer,

@@ -52,7 +52,10 @@ class TrainConfig:
     participants: str = ""  # brainmt / neurostorm: participants.tsv with the target column
     target: str = ""  # the column to predict
     target_kind: str = "classification"  # classification (cross-entropy) | regression (MSE on the standardised target)
-    init_from: str = ""  # neurostorm: model.pt of neurostorm-mae pretraining, whose encoder is loaded and frozen
+    # neurostorm: model.pt of neurostorm-mae pretraining, whose encoder is loaded and frozen;
+    # brainlm: an encoder bundle folder whose weights the run continues from (pretrain.init)
+    init_from: str = ""
+    atlas: str = ""  # brainlm with init_from: this project's atlas name, checked against the bundle's card
     prompt_len: int = 4  # neurostorm: prompt tokens per block
     grad_checkpoint: bool = False  # recompute blocks in the backward pass (voxel models)
 

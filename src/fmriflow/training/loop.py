@@ -50,7 +50,7 @@ from ..errors import InputError
 from ..io import atomic_path
 from ..progress import progress
 from ..provenance import write_sidecar
-from .checkpoint import CHECKPOINT, load_checkpoint, run_inputs, save_checkpoint, save_model
+from .checkpoint import CHECKPOINT, init_files, load_checkpoint, run_inputs, save_checkpoint, save_model
 from .config import SIDECAR_STEP, Task, TrainConfig
 from .distributed import Dist, setup_distributed
 from .sampling import RankBatches, check_batch_size, mask_noise
@@ -318,8 +318,8 @@ def _save_outputs(out: Path, run: _Run) -> None:
         shutil.copyfile(out / "train_log.csv", tmp)
     save_model(out / "model.pt", run.model, cfg, run.info)
     # the card holds the dataset's checksums; the other inputs are set per task (voxel tasks have no coords)
-    inputs = [Path(cfg.dataset) / "dataset_card.json",
-              *(p for p in (cfg.coords, cfg.participants, cfg.init_from) if p)]
+    inputs = [Path(cfg.dataset) / "dataset_card.json", *(p for p in (cfg.coords, cfg.participants) if p),
+              *init_files(cfg)]
     for artefact in (out / "metrics.csv", out / "model.pt"):
         write_sidecar(artefact, SIDECAR_STEP[cfg.task], inputs, parameters=dataclasses.asdict(cfg))
 

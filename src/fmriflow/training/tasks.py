@@ -45,12 +45,18 @@ def _brainlm_task(cfg: TrainConfig) -> Task:
         raise ValueError("task brainlm needs --coords (the atlas look-up TSV with x, y, z)")
     lut = read_tsv(cfg.coords)
     model = create_model(cfg.model, torch.tensor(lut[["x", "y", "z"]].to_numpy(dtype=np.float32)))
+    info = {}
+    if cfg.init_from:  # continued pretraining: after the seeded random build, so a resumed run builds the same
+        from ..bundle.parent import init_from_bundle
+
+        info["parent"] = init_from_bundle(model, cfg.init_from, cfg.atlas, cfg.coords)
     return Task(
         model=model,
         train_set=RegionWindowDataset(cfg.dataset, "train"),
         val_set=RegionWindowDataset(cfg.dataset, "val"),
         loss=lambda m, batch, noise: m(batch["x"], noise=noise).loss,
         n_noise=lambda x: model.n_tokens(x.shape[1], x.shape[2]),
+        info=info,
     )
 
 
