@@ -15,6 +15,8 @@ import torch.nn.functional as F
 
 from fmriflow.models.brainsymphony import CONFIGS, BrainSymphony, BrainSymphonyConfig, create_brainsymphony
 
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
 R, T = 10, 40  # tiny problem: 10 regions x 40 time points (the tiny config's window)
 
 

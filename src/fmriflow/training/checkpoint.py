@@ -25,11 +25,14 @@ CHECKPOINT = "checkpoint.pt"
 
 def run_inputs(cfg: TrainConfig) -> dict[str, str]:
     """sha256 of the files a run learns from: the dataset card (which lists its inputs' sha256,
-    splits and scaling), the coordinates, the participants table and the initial model."""
+    splits and scaling), the coordinates, the participants table, the initial model and the connectomes."""
     from ..io import sha256sum
+
+    from .symphony import sc_files
 
     files = {"dataset_card": str(Path(cfg.dataset) / "dataset_card.json"), "coords": cfg.coords,
              "participants": cfg.participants, "init_from": cfg.init_from}
+    files.update({f"sc:{path.name}": str(path) for path in sc_files(cfg)})
     return {key: sha256sum(path) for key, path in files.items() if path and Path(path).is_file()}
 
 
