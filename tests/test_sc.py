@@ -119,3 +119,28 @@ def test_demo_connectomes(tmp_path):
     assert ratio_in > 1.4 * ratio_out
     truth = read_json(tmp_path / "qsirecon" / "ground_truth_sc.json")
     assert truth["subjects"]["sub-01"]["responder"] is True
+
+
+def test_prepare_connectome_records_the_transform(tmp_path):
+    counts = _counts()
+    source = tmp_path / "sub-01_connectome.csv"
+    np.savetxt(source, np.triu(counts), delimiter=",", fmt="%d")
+    labels = tmp_path / "atlas.tsv"
+    pd.DataFrame({"index": range(1, R + 1), "name": [f"r{i}" for i in range(R)]}).to_csv(labels, sep="\t", index=False)
+    volumes = tmp_path / "volumes.tsv"
+    pd.DataFrame({"volume_mm3": np.full(R, 100.0)}).to_csv(volumes, sep="\t", index=False)
+    from fmriflow.sc.connectome import prepare_connectome
+
+    out = tmp_path / "sub-01_desc-log10_connectome.tsv"
+    sidecar = read_json(prepare_connectome(source, out, labels, volumes=volumes))
+    table = read_tsv(out)
+    assert list(table.columns) == [f"r{i}" for i in range(R)]
+    with np.errstate(divide="ignore"):
+        want = np.where(counts > 0, np.log10(counts / 100.0), 0.0)
+    np.testing.assert_allclose(table.to_numpy(), want * (1 - np.eye(R)), atol=1e-8)
+    assert sidecar["Connectome"]["transform"] == "log10_count_over_volume"
+    assert sidecar["Connectome"]["mirrored_upper_triangle"] is True
+    assert sidecar["Provenance"]["Step"] == "sc"
+    with pytest.raises(InputError, match="atlas has 7 regions but the connectome is 6 x 6"):
+        pd.DataFrame({"index": range(1, R + 2), "name": [f"r{i}" for i in range(R + 1)]}).to_csv(labels, sep="\t", index=False)
+        prepare_connectome(source, out, labels, volumes=volumes)

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from ..errors import InputError, SettingError
-from ..io import write_tsv
+from ..io import read_tsv, write_tsv
 from ..provenance import write_sidecar
 
 TRANSFORMS = ("log10_count_over_volume", "log1p", "none")
@@ -170,6 +170,18 @@ def match_subjects(paths: Sequence[str | Path], subjects: Sequence[str]) -> tupl
     return {s: found[s][0] for s in subjects if s in found}, [s for s in subjects if s not in found]
 
 
+def find_connectomes(root: str | Path, subjects: Sequence[str], pattern: str = "sub-*",
+                     suffixes: Sequence[str] = (".csv", ".txt", ".mat", ".tsv")) -> tuple[dict[str, Path], list[str]]:
+    """``match_subjects`` over the files below ``root`` matching ``pattern``, files of other subjects left out."""
+    root = Path(root)
+    if not root.is_dir():
+        raise InputError(root, "no such folder of connectomes", settings=("sc.dir",))
+    wanted = set(subjects)
+    files = [p for p in sorted(root.rglob(pattern)) if p.is_file() and p.suffix in suffixes
+             and re.match(r"sub-([A-Za-z0-9]+)_", p.name) and p.name[4:].split("_")[0] in wanted]
+    return match_subjects(files, subjects)
+
+
 def write_connectome(path: str | Path, matrix: np.ndarray, region_names: Sequence[str], info: ConnectomeInfo,
                      inputs: Sequence[str | Path], parameters: Mapping[str, Any] | None = None) -> Path:
     """The matrix as a TSV (header = region names, no index) with its provenance sidecar."""
@@ -179,3 +191,26 @@ def write_connectome(path: str | Path, matrix: np.ndarray, region_names: Sequenc
     metadata = {"RelationshipMeasure": "streamline count" if info.transform == "none" else info.transform,
                 "Weighted": True, "Directed": False, "ValidDiagonal": False, "Connectome": asdict(info)}
     return write_sidecar(path, "sc", inputs, parameters=dict(parameters or {}), metadata_fields=metadata)
+
+
+def prepare_connectome(source: str | Path, out: str | Path, labels: str | Path, *, atlas: str = "",
+                       measure: str = "", transform: str = "log10_count_over_volume",
+                       volumes: str | Path | None = None, parameters: Mapping[str, Any] | None = None) -> Path:
+    """A subject's connectome from a QSIRecon / MRtrix file to the model's input: read, checked against
+    the atlas look-up table ``labels`` (its ``name`` column gives size and order), transformed, written
+    as a TSV with its sidecar (the transform recorded); the sidecar's path."""
+    lut = read_tsv(labels)
+    names = lut["name"].astype(str).tolist()
+    ids = lut["index"].astype(int).tolist() if "index" in lut.columns else None
+    counts, info = read_connectome(source, atlas, measure, region_ids=ids)
+    check_connectome(counts, source, n_regions=len(names))
+    sizes = None
+    if volumes is not None:
+        table = read_tsv(volumes)
+        if "volume_mm3" not in table.columns or len(table) != len(names):
+            raise InputError(volumes, f"needs a volume_mm3 column with one row per atlas region ({len(names)}); "
+                             f"got columns {list(table.columns)} and {len(table)} rows", settings=("volumes",))
+        sizes = table["volume_mm3"].to_numpy(dtype=float)
+    matrix = transform_connectome(counts, transform, sizes, info)
+    inputs = [source, labels, *([volumes] if volumes is not None else [])]
+    return write_connectome(out, matrix, names, info, inputs, parameters)

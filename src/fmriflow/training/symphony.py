@@ -36,11 +36,10 @@ def sc_files(cfg: TrainConfig) -> list[Path]:
 
 def load_connectomes(cfg: TrainConfig, subjects: list[str], region_names: list[str]) -> dict[str, np.ndarray]:
     """Subject -> float32 (R, R) connectome, each checked against the dataset's regions."""
-    from ..sc.connectome import check_connectome, match_subjects
+    from ..sc.connectome import check_connectome, find_connectomes
 
-    files = sc_files(cfg)
-    found, missing = match_subjects(files, sorted(set(subjects) | {f.name[4:].split("_")[0] for f in files}))
-    missing = [s for s in missing if s in subjects]
+    sc_files(cfg)  # the error when --sc-dir is missing
+    found, missing = find_connectomes(cfg.sc_dir, subjects, pattern=SC_PATTERN, suffixes=(".tsv",))
     if missing:
         raise InputError(cfg.sc_dir, f"no connectome for subject(s) {missing} of the dataset; run them with "
                          "--modalities fmri (the unimodal path)", settings=("sc_dir", "modalities"))
