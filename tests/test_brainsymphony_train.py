@@ -95,3 +95,25 @@ def test_missing_connectomes_are_named(data, tmp_path):
         train(config(data, tmp_path / "run", sc_dir=str(partial)))
     with pytest.raises(InputError, match="needs --sc-dir"):
         train(config(data, tmp_path / "run", sc_dir=""))
+
+
+def test_probe_of_the_pretrained_model(data, tmp_path):
+    from fmriflow.finetune.region_probe import probe_step
+    from fmriflow.io import read_json, read_tsv
+
+    train(config(data, tmp_path / "run", max_steps=4))
+    networks = tmp_path / "networks.tsv"
+    pd.DataFrame({"name": [f"r{i}" for i in range(N_REGIONS)][::-1],  # any order: matched by name
+                  "network": (np.arange(N_REGIONS) % 3)[::-1]}).to_csv(networks, sep="\t", index=False)
+    metrics = probe_step(tmp_path / "run" / "model.pt", data / "dataset", tmp_path / "probe", networks=networks,
+                         sc_dir=str(data / "sc"), max_windows=6, n_folds=2)
+    regions = read_tsv(tmp_path / "probe" / "regions.tsv")
+    assert list(regions["region"]) == [f"r{i}" for i in range(N_REGIONS)]
+    assert list(regions["network"]) == list(np.arange(N_REGIONS) % 3)
+    assert regions["incoming_attention"].sum() == pytest.approx(1.0, abs=1e-5)
+    assert regions["reconstruction_r2"].notna().all()
+    assert np.mean(regions["predicted_network"] == regions["network"]) == pytest.approx(metrics["accuracy"])
+    saved = read_json(tmp_path / "probe" / "network_identification.json")
+    assert saved["chance"] == pytest.approx(4 / 12) and saved["n_windows"] == 6
+    assert saved["Provenance"]["Step"] == "brainsymphony_probe"
+    assert (tmp_path / "probe" / "regions.json").is_file() and (tmp_path / "probe" / "networks.tsv").is_file()

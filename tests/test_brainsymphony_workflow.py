@@ -29,7 +29,7 @@ def test_plan_off_and_on(demo, tmp_path):
     off = planned_jobs(run_snakemake(tmp_path, demo_config(demo, tmp_path / "results"), "--dry-run"))
     assert "brainsymphony_pretrain" not in off and "sc_connectome" not in off
     on = planned_jobs(run_snakemake(tmp_path, _config(demo, tmp_path / "results"), "--dry-run"))
-    assert on["sc_connectome"] == 2 and on["brainsymphony_pretrain"] == 1
+    assert on["sc_connectome"] == 2 and on["brainsymphony_pretrain"] == 1 and on["brainsymphony_probe"] == 1
     fmri = planned_jobs(run_snakemake(tmp_path, _config(demo, tmp_path / "results", modalities="fmri"), "--dry-run"))
     assert fmri["brainsymphony_pretrain"] == 1 and "sc_connectome" not in fmri
 

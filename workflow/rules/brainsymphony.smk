@@ -9,7 +9,7 @@ rule sc_connectome:
         labels=atlas_labels(ATLAS),
         **({"volumes": SYMPHONY["sc"]["volumes"]} if SYMPHONY["sc"]["volumes"] else {}),
     output:
-        f"{SC_OUT}/sub-{{subject}}_atlas-{ATLAS}_desc-{SYMPHONY['sc']['transform']}_connectome.tsv",
+        sc_matrix("{subject}"),
     params:
         sc=SYMPHONY["sc"],
     log:
@@ -42,3 +42,25 @@ rule brainsymphony_pretrain:
     shell:
         "{params.launcher} -m fmriflow.train --task brainsymphony --dataset {params.dataset} {params.sc_dir}"
         " --out {params.out} {params.options} > {log} 2>&1"
+
+
+rule brainsymphony_probe:
+    """Region read-outs: incoming attention per region (and network), reconstruction R^2, network identification."""
+    input:
+        model=rules.brainsymphony_pretrain.output.model,
+        card=rules.dataset.output.card,
+        connectomes=sc_outputs(),
+        **({"networks": SYMPHONY["networks"]} if SYMPHONY["networks"] else {}),
+    output:
+        regions=f"{SYMPHONY_DIR}/probe/regions.tsv",
+        metrics=f"{SYMPHONY_DIR}/probe/network_identification.json",
+    params:
+        dataset=DATASET_DIR,
+        sc_dir=SC_OUT,
+        windows=SYMPHONY["probe_windows"],
+        folds=SYMPHONY["probe_folds"],
+        seed=SYMPHONY["seed"],
+    log:
+        f"{LOGS}/brainsymphony_probe/{SYMPHONY['model']}_modalities-{SYMPHONY['modalities']}.log",
+    script:
+        "../scripts/brainsymphony_probe.py"

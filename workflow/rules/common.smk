@@ -245,7 +245,7 @@ def all_outputs():
         f"{OUT}/report/fmriflow_report.html",
         *([f"{PRETRAIN_DIR}/model.pt", *bundle_files(BUNDLE_DIR)] if PRETRAIN["enabled"] else []),
         *([f"{FINETUNE_DIR}/variants.tsv"] if FINETUNE["enabled"] else []),
-        *([f"{SYMPHONY_DIR}/model.pt"] if SYMPHONY["enabled"] else []),
+        *([f"{SYMPHONY_DIR}/model.pt", f"{SYMPHONY_DIR}/probe/regions.tsv"] if SYMPHONY["enabled"] else []),
         run_qc_table(),
     ]
 
@@ -352,8 +352,15 @@ def sc_sources():
     return {subject: str(path) for subject, path in found.items()}
 
 
+def sc_matrix(subject):
+    """The connectome of a subject (or the {subject} wildcard) as the model takes it."""
+    from fmriflow.sc.connectome import TRANSFORM_DESC
+
+    return f"{SC_OUT}/sub-{subject}_atlas-{ATLAS}_desc-{TRANSFORM_DESC[SYMPHONY['sc']['transform']]}_connectome.tsv"
+
+
 def sc_outputs():
-    return [f"{SC_OUT}/sub-{s}_atlas-{ATLAS}_desc-{SYMPHONY['sc']['transform']}_connectome.tsv" for s in sc_sources()]
+    return [sc_matrix(s) for s in sc_sources()]
 
 
 # --------------------------------------------------------------------------- fine-tuning

@@ -106,3 +106,76 @@ def reconstruction_r2(model: BrainSymphony, x: np.ndarray, sc: np.ndarray | None
     with np.errstate(invalid="ignore", divide="ignore"):
         sst = s2 - s1 ** 2 / n
         return np.where(n > 1, 1 - sse / sst, np.nan)
+
+
+def load_brainsymphony(model_path) -> BrainSymphony:
+    """The pretrained model of a ``brainsymphony`` training run (its model.pt), in eval mode."""
+    from ..errors import InputError
+    from ..models.brainsymphony import BrainSymphonyConfig
+
+    state = torch.load(model_path, map_location="cpu", weights_only=False)
+    if state.get("task") != "brainsymphony":
+        raise InputError(model_path, f"not a brainsymphony model (task {state.get('task')!r})")
+    model = BrainSymphony(BrainSymphonyConfig(**state["model_config"]), int(state["n_regions"]))
+    model.load_state_dict(state["model"])
+    return model.eval()
+
+
+def probe_step(model_path, dataset, out_dir, networks=None, sc_dir: str = "", max_windows: int = 64,
+               n_folds: int = 5, seed: int = 0) -> dict:
+    """The region read-outs of a pretrained BrainSymphony on a dataset's windows, as TSV/JSON with sidecars.
+
+    ``networks``: a TSV with ``name`` and ``network`` columns (any region order); without it, no
+    network identification and no network means. Writes ``regions.tsv`` (incoming attention,
+    reconstruction R^2, out-of-fold network), ``networks.tsv`` and ``network_identification.json``.
+    """
+    from pathlib import Path
+
+    from ..io import read_tsv, write_json, write_tsv
+    from ..provenance import build_sidecar, write_sidecar
+    from ..training.config import TrainConfig
+    from ..training.symphony import load_connectomes
+    from ..datasets.regions import RegionWindowDataset
+
+    model, out = load_brainsymphony(model_path), Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    windows = RegionWindowDataset(dataset, None)
+    rows = np.linspace(0, len(windows) - 1, min(max_windows, len(windows))).round().astype(int)
+    names = read_tsv(Path(dataset) / "scaling.tsv")["region"].astype(str).tolist()
+    x = np.stack([windows[int(i)]["x"].numpy() for i in rows])
+    sc = None
+    if model.config.uses_sc:
+        subjects = windows.index["subject"].astype(str).to_numpy()[rows]
+        cfg = TrainConfig(dataset=str(dataset), out=str(out), task="brainsymphony", sc_dir=sc_dir,
+                          modalities=model.config.modalities)
+        connectomes = load_connectomes(cfg, sorted(set(subjects)), names)
+        sc = np.stack([connectomes[s] for s in subjects])
+    table = _region_table(model, x, sc, names, seed)
+    metrics: dict = {"n_windows": int(len(rows))}
+    if networks is not None:
+        lut = read_tsv(networks).astype({"name": str}).set_index("name")["network"]
+        table["network"] = lut.reindex(names).to_numpy()
+        emb = region_embeddings(model, x if model.config.uses_fmri else None, None if model.config.uses_fmri else sc)
+        metrics, predictions = network_identification(emb, table["network"], n_folds=n_folds, seed=seed)
+        table["predicted_network"] = predictions["predicted"].to_numpy()
+        by_network = table.groupby("network")["incoming_attention"].agg(["mean", "count"]).reset_index()
+        write_tsv(out / "networks.tsv", by_network.rename(columns={"mean": "incoming_attention", "count": "n_regions"}))
+    write_tsv(out / "regions.tsv", table)
+    inputs = [model_path, Path(dataset) / "dataset_card.json", *([networks] if networks is not None else [])]
+    parameters = {"max_windows": max_windows, "n_folds": n_folds, "seed": seed}
+    for name in ("regions.tsv", *(["networks.tsv"] if networks is not None else [])):
+        write_sidecar(out / name, "brainsymphony_probe", inputs, parameters=parameters)
+    provenance = build_sidecar("brainsymphony_probe", inputs, parameters=parameters)["Provenance"]
+    write_json(out / "network_identification.json", {**metrics, "n_windows": int(len(rows)), "Provenance": provenance})
+    return metrics
+
+
+def _region_table(model: BrainSymphony, x: np.ndarray, sc: np.ndarray | None, names, seed: int) -> pd.DataFrame:
+    """Per region: incoming attention (spatial stream, or the graph transformer for an SC-only model) and R^2."""
+    if model.config.uses_fmri:
+        incoming = np.concatenate([model.incoming_attention(xb).numpy() for xb, _ in _batches(x, None, 16)]).mean(0)
+        r2 = reconstruction_r2(model, x, sc, seed=seed)
+    else:
+        incoming = np.concatenate([model.incoming_attention(sc=sb).numpy() for _, sb in _batches(None, sc, 16)]).mean(0)
+        r2 = np.full(len(names), np.nan)
+    return pd.DataFrame({"region": names, "incoming_attention": incoming, "reconstruction_r2": r2})

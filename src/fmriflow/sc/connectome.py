@@ -34,6 +34,8 @@ from ..io import read_tsv, write_tsv
 from ..provenance import write_sidecar
 
 TRANSFORMS = ("log10_count_over_volume", "log1p", "none")
+# the desc- entity of a transformed connectome's file name (BIDS entity values are alphanumeric)
+TRANSFORM_DESC = {"log10_count_over_volume": "log10countovervolume", "log1p": "log1pcount", "none": "count"}
 SYMMETRY_RTOL = 1e-6  # relative to the largest |value|: counts written by tools are symmetric exactly
 
 
