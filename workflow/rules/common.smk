@@ -324,7 +324,9 @@ def cli_options(options):
 
 SYMPHONY = config["brainsymphony"]
 SYMPHONY_DIR = f"{OUT}/brainsymphony/{SYMPHONY['model']}_modalities-{SYMPHONY['modalities']}"
-SC_OUT = f"{OUT}/sc/atlas-{ATLAS}"  # the connectomes as the model takes them (one folder: --sc-dir)
+# the connectomes as the model takes them: one folder per transform (the run's --sc-dir), so that a
+# changed brainsymphony.sc.transform leaves no second connectome of a subject where training looks
+SC_OUT = f"{OUT}/sc/atlas-{ATLAS}/transform-{SYMPHONY['sc']['transform'].replace('_', '')}"
 
 
 @functools.cache
