@@ -20,6 +20,8 @@
 #                                         variants.tsv (every variant and baseline of every set-up)
 #   <output_dir>/dataset/voxel-<grid>/    (voxel.enabled) z-scored 4-D frames on a model's grid, memory-mapped
 #   <output_dir>/voxel/                   (voxel.enabled) NeuroSTORM pretraining, BrainMT / NeuroSTORM fine-tuning
+#   <output_dir>/sc/atlas-A424/transform-<t>/  (brainsymphony.enabled) connectomes as the model takes them
+#   <output_dir>/brainsymphony/<model>_modalities-<m>/  (brainsymphony.enabled) pretrained BrainSymphony, metrics.csv
 #   <output_dir>/report/fmriflow_report.html
 #   <output_dir>/logs/<rule>/...          one log per job
 
@@ -48,6 +50,7 @@ include: "workflow/rules/pretrain.smk"
 include: "workflow/rules/bundle.smk"
 include: "workflow/rules/finetune.smk"
 include: "workflow/rules/voxel.smk"
+include: "workflow/rules/brainsymphony.smk"
 include: "workflow/rules/report.smk"
 
 

@@ -474,3 +474,25 @@ def test_workers_die_with_their_training_process(data, tmp_path):
     for p in left:
         os.kill(int(p.split()[0]), signal.SIGKILL)
     assert left == []
+
+
+def test_checkpoint_of_an_older_version_resumes_when_new_settings_hold_their_defaults(data, tmp_path):
+    """A setting added to TrainConfig later is absent from a checkpoint written before it: at its
+    default it shapes nothing, so a run in flight resumes after an upgrade; at another value it
+    starts over."""
+    out = tmp_path / "run"
+    train(config(data, out, max_steps=20), should_stop=lambda step: step == 10)
+    state = torch.load(out / "checkpoint.pt", weights_only=False)
+    for key in ("modalities", "sc_dir", "atlas"):  # settings newer than such a checkpoint
+        del state["config"][key]
+    torch.save(state, out / "checkpoint.pt")
+    train(config(data, out, max_steps=20))
+    assert not (out / "checkpoint.pt.stale").exists()
+    assert list(log(out).index) == list(range(1, 21))
+
+    train(config(data, tmp_path / "other", max_steps=20), should_stop=lambda step: step == 10)
+    state = torch.load(tmp_path / "other" / "checkpoint.pt", weights_only=False)
+    del state["config"]["modalities"]
+    torch.save(state, tmp_path / "other" / "checkpoint.pt")
+    train(config(data, tmp_path / "other", max_steps=20, modalities="fmri"))
+    assert (tmp_path / "other" / "checkpoint.pt.stale").is_file()

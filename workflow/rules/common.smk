@@ -247,6 +247,7 @@ def all_outputs():
         f"{OUT}/report/fmriflow_report.html",
         *([f"{PRETRAIN_DIR}/model.pt", *bundle_files(BUNDLE_DIR)] if PRETRAIN["enabled"] else []),
         *([f"{FINETUNE_DIR}/variants.tsv"] if FINETUNE["enabled"] else []),
+        *([f"{SYMPHONY_DIR}/model.pt", f"{SYMPHONY_DIR}/probe/regions.tsv"] if SYMPHONY["enabled"] else []),
         run_qc_table(),
     ]
 
@@ -321,6 +322,51 @@ def cli_options(options):
         else:
             words += [flag, shlex.quote(str(value))]
     return " ".join(words)
+
+
+# --------------------------------------------------------------------------- BrainSymphony (opt-in)
+
+SYMPHONY = config["brainsymphony"]
+SYMPHONY_DIR = f"{OUT}/brainsymphony/{SYMPHONY['model']}_modalities-{SYMPHONY['modalities']}"
+# the connectomes as the model takes them: one folder per transform (the run's --sc-dir), so that a
+# changed brainsymphony.sc.transform leaves no second connectome of a subject where training looks
+SC_OUT = f"{OUT}/sc/atlas-{ATLAS}/transform-{SYMPHONY['sc']['transform'].replace('_', '')}"
+
+
+@functools.cache
+def sc_sources():
+    """Subject -> its QSIRecon / MRtrix connectome below brainsymphony.sc.dir; {} when no connectome is used.
+    Every subject of the runs needs one: the others take the fmri path (brainsymphony.modalities: fmri)."""
+    if not SYMPHONY["enabled"] or SYMPHONY["modalities"] == "fmri":
+        return {}
+    from fmriflow.sc.connectome import find_connectomes
+
+    if not SYMPHONY["sc"]["dir"]:
+        raise WorkflowError(f"brainsymphony.modalities {SYMPHONY['modalities']} needs brainsymphony.sc.dir "
+                            "(a folder of QSIRecon / MRtrix connectomes); none was given")
+    if SYMPHONY["sc"]["transform"] == "log10_count_over_volume" and not SYMPHONY["sc"]["volumes"]:
+        raise WorkflowError("brainsymphony.sc.transform log10_count_over_volume needs brainsymphony.sc.volumes "
+                            "(a TSV with volume_mm3 per region); or choose log1p | none")
+    subjects = sorted({naming.subject_of(run) for run in RUNS})
+    try:
+        found, missing = find_connectomes(SYMPHONY["sc"]["dir"], subjects, SYMPHONY["sc"]["pattern"])
+    except InputError as exc:
+        raise WorkflowError(f"brainsymphony.sc.dir: {exc}") from None
+    if missing:
+        raise WorkflowError(f"brainsymphony.sc.dir {SYMPHONY['sc']['dir']}: no connectome for subject(s) {missing}; "
+                            "use brainsymphony.modalities: fmri for a cohort without structural data")
+    return {subject: str(path) for subject, path in found.items()}
+
+
+def sc_matrix(subject):
+    """The connectome of a subject (or the {subject} wildcard) as the model takes it."""
+    from fmriflow.sc.connectome import TRANSFORM_DESC
+
+    return f"{SC_OUT}/sub-{subject}_atlas-{ATLAS}_desc-{TRANSFORM_DESC[SYMPHONY['sc']['transform']]}_connectome.tsv"
+
+
+def sc_outputs():
+    return [sc_matrix(s) for s in sc_sources()]
 
 
 # --------------------------------------------------------------------------- fine-tuning

@@ -1,6 +1,7 @@
 """PyTorch models of fmriflow: one model per module, each runnable on CPU at toy size.
 
 - ``brainlm``: BrainLM-style masked autoencoder on A424 region time series.
+- ``brainsymphony``: BrainSymphony, fMRI streams + Perceiver, signed graph transformer on structural connectivity, gated fusion.
 - ``brainmt``: BrainMT, hybrid bidirectional-Mamba / transformer on 4-D fMRI (and its attention-only twin).
 - ``neurostorm``, ``neurostorm_mae``: NeuroSTORM, shifted-window Mamba on 4-D fMRI; prompt tuning; masked pretraining.
 - ``ssm``: the Mamba-1 selective scan and block in plain PyTorch, and the dispatch to mamba-ssm's kernels.

@@ -25,13 +25,16 @@ CHECKPOINT = "checkpoint.pt"
 
 def run_inputs(cfg: TrainConfig) -> dict[str, str]:
     """sha256 of the files a run learns from: the dataset card (which lists its inputs' sha256,
-    splits and scaling), the coordinates, the participants table and the initial model."""
+    splits and scaling), the coordinates, the participants table, the initial model and the connectomes."""
     from ..io import sha256sum
+
+    from .symphony import sc_files
 
     files = {"dataset_card": str(Path(cfg.dataset) / "dataset_card.json"), "coords": cfg.coords,
              "participants": cfg.participants}
     files.update({f"init_from:{Path(p).name}" if Path(cfg.init_from).is_dir() else "init_from": str(p)
                   for p in init_files(cfg)})
+    files.update({f"sc:{path.name}": str(path) for path in sc_files(cfg)})
     return {key: sha256sum(path) for key, path in files.items() if path and Path(path).is_file()}
 
 
@@ -73,7 +76,11 @@ def _resumable(path: Path, cfg: TrainConfig, inputs: dict[str, str], ddp: Dist) 
     then = {k: v for k, v in state.get("config", {}).items() if k not in NOT_SHAPING}
     if isinstance(then.get("betas"), list):
         then["betas"] = tuple(then["betas"])
-    changed = sorted(k for k in now.keys() | then.keys() if now.get(k) != then.get(k))
+    # a setting added by a later fmriflow is absent from older checkpoints: at its default it
+    # changes nothing, and a run in flight on the cluster must not start over after an upgrade
+    defaults = {f.name: f.default for f in dataclasses.fields(cfg) if f.default is not dataclasses.MISSING}
+    changed = sorted(k for k in now.keys() | then.keys() if now.get(k) != then.get(k)
+                     and not (k not in then and k in defaults and now[k] == defaults[k]))
     if state.get("inputs") != inputs:
         changed.append("inputs (" + ", ".join(sorted(k for k in inputs.keys() | state.get("inputs", {}).keys()
                                                       if inputs.get(k) != state.get("inputs", {}).get(k))) + ")")

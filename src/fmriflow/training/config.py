@@ -12,15 +12,15 @@ from typing import Any, Callable
 
 import torch
 
-TASKS = ("brainlm", "neurostorm-mae", "brainmt", "neurostorm")
+TASKS = ("brainlm", "brainsymphony", "neurostorm-mae", "brainmt", "neurostorm")
 TARGET_KINDS = ("classification", "regression")
 # the step in the provenance sidecars of a task's outputs: the workflow rule that runs the task
 # (workflow/rules/pretrain.smk, voxel.smk), so a fine-tuned model does not claim to be pretrained
-SIDECAR_STEP = {"brainlm": "pretrain", "neurostorm-mae": "voxel_pretrain", "brainmt": "voxel_finetune",
+SIDECAR_STEP = {"brainlm": "pretrain", "brainsymphony": "brainsymphony_pretrain", "neurostorm-mae": "voxel_pretrain", "brainmt": "voxel_finetune",
                 "neurostorm": "voxel_finetune"}
 # the workflow config section whose settings a task's rule passes on the command line (config/config.yaml),
 # so an error about a setting can name the key the user wrote
-CONFIG_SECTION = {"brainlm": "pretrain", "neurostorm-mae": "voxel.pretrain", "brainmt": "voxel.brainmt",
+CONFIG_SECTION = {"brainlm": "pretrain", "brainsymphony": "brainsymphony", "neurostorm-mae": "voxel.pretrain", "brainmt": "voxel.brainmt",
                   "neurostorm": "voxel.neurostorm"}
 
 
@@ -58,10 +58,15 @@ class TrainConfig:
     atlas: str = ""  # brainlm with init_from: this project's atlas name, checked against the bundle's card
     prompt_len: int = 4  # neurostorm: prompt tokens per block
     grad_checkpoint: bool = False  # recompute blocks in the backward pass (voxel models)
+    # brainsymphony
+    modalities: str = "both"  # both (time series + connectomes) | fmri | sc
+    sc_dir: str = ""  # folder of per-subject connectome TSVs (fmriflow.training.symphony)
 
     def __post_init__(self):
         if self.task not in TASKS:
             raise ValueError(f"'task' must be one of {TASKS}; {self.task!r} was provided")
+        if self.modalities not in ("both", "fmri", "sc"):
+            raise ValueError(f"'modalities' must be one of ('both', 'fmri', 'sc'); {self.modalities!r} was provided")
         if self.target_kind not in TARGET_KINDS:
             raise ValueError(f"'target_kind' must be one of {TARGET_KINDS}; {self.target_kind!r} was provided")
 

@@ -54,6 +54,7 @@ from .checkpoint import CHECKPOINT, init_files, load_checkpoint, run_inputs, sav
 from .config import SIDECAR_STEP, Task, TrainConfig
 from .distributed import Dist, setup_distributed
 from .sampling import RankBatches, check_batch_size, mask_noise
+from .symphony import sc_files
 from .tasks import build_task
 
 
@@ -319,7 +320,7 @@ def _save_outputs(out: Path, run: _Run) -> None:
     save_model(out / "model.pt", run.model, cfg, run.info)
     # the card holds the dataset's checksums; the other inputs are set per task (voxel tasks have no coords)
     inputs = [Path(cfg.dataset) / "dataset_card.json", *(p for p in (cfg.coords, cfg.participants) if p),
-              *init_files(cfg)]
+              *init_files(cfg), *sc_files(cfg)]
     for artefact in (out / "metrics.csv", out / "model.pt"):
         write_sidecar(artefact, SIDECAR_STEP[cfg.task], inputs, parameters=dataclasses.asdict(cfg))
 

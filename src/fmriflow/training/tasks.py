@@ -2,6 +2,8 @@
 validation datasets, the loss of a batch and how much masking noise a batch needs.
 
 - ``brainlm``: the region-level masked autoencoder, pretrained on a region dataset.
+- ``brainsymphony``: BrainSymphony's masked reconstruction of region windows and/or structural
+  connectomes (``fmriflow.training.symphony``).
 - ``neurostorm-mae``: masked reconstruction on windows of a voxel dataset (no labels).
 - ``brainmt``: BrainMT trained end to end on a participants.tsv column.
 - ``neurostorm``: the encoder of a ``neurostorm-mae`` run (``init_from``) loaded and frozen;
@@ -33,6 +35,10 @@ def build_task(cfg: TrainConfig) -> Task:
     """The model, data and loss of ``cfg.task``."""
     if cfg.task == "brainlm":
         return _brainlm_task(cfg)
+    if cfg.task == "brainsymphony":
+        from .symphony import brainsymphony_task
+
+        return brainsymphony_task(cfg)
     return build_voxel_task(cfg)
 
 

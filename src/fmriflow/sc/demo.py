@@ -1,0 +1,117 @@
+"""Diffusion-derived structural connectomes for the synthetic demo, consistent with its networks.
+
+The demo (``fmriflow.demo``) simulates BOLD from networks of A424 regions and writes the truth
+(``ground_truth/ground_truth.json``: each region's network and centre, each subject's
+``response``). This module draws, per subject, the streamline counts a tractography run would
+give on the same regions, and writes them as MRtrix ``tck2connectome`` would (comma-separated,
+upper triangle only, as without ``-symmetric``) in a QSIRecon-shaped derivatives folder, with
+the region volumes a ``log10_count_over_volume`` transform needs.
+
+Model (``SCModel``): the expected count of regions i and j is
+
+    mu_ij = scale * s_subject * exp(-d_ij / length_mm) * (1 + within_boost [same network])
+            * (1 + effect [responder and i, j both in effect_networks])
+
+with ``d_ij`` the distance of the region centres (mm) and ``s_subject ~ U(0.8, 1.2)``; counts
+are Poisson. Streamlines are denser within networks, as functional coupling is; the responder
+effect is on networks the fMRI effect leaves alone (the demo's responder networks are 0 and 1,
+here 2 and 3 by default), so structure carries part of the group difference that the time series
+do not: what a fused model should beat each single modality on.
+
+Hook into the demo generator (``fmriflow.demo._generate``, after the ground truth is written):
+
+    write_demo_connectomes(staging / "derivatives" / "qsirecon", staging / "ground_truth" / "ground_truth.json",
+                           seed=seed)
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from ..io import read_json, write_json, write_text, write_tsv
+
+CONNECTOME_NAME = "sub-{label}_space-MNI152NLin6Asym_seg-A424_desc-streamlinecount_connectome.csv"
+VOLUMES_NAME = "seg-A424_desc-volume_regions.tsv"
+
+
+@dataclass(frozen=True)
+class SCModel:
+    scale: float = 2000.0  # expected streamlines between two touching regions of one network
+    length_mm: float = 25.0  # distance over which expected counts fall by e
+    within_boost: float = 2.0  # extra fraction of streamlines within a network
+    effect: float = 0.8  # responders' extra fraction within and between effect_networks
+    effect_networks: tuple[int, ...] = (2, 3)
+    subject_scale_range: tuple[float, float] = (0.8, 1.2)
+    volume_median_mm3: float = 3000.0  # region volumes: lognormal around this median
+    volume_log_sd: float = 0.5
+
+
+MODEL = SCModel()
+
+
+def region_volumes(n_regions: int, rng: np.random.Generator, model: SCModel = MODEL) -> np.ndarray:
+    """Region volumes (mm^3), lognormal; the demo may pass the atlas's voxel counts instead."""
+    return model.volume_median_mm3 * np.exp(model.volume_log_sd * rng.standard_normal(n_regions))
+
+
+def expected_counts(xyz: np.ndarray, networks: np.ndarray, responder: bool, subject_scale: float = 1.0,
+                    model: SCModel = MODEL) -> np.ndarray:
+    """``mu`` (R, R) of the module docstring, zero diagonal."""
+    distance = np.linalg.norm(xyz[:, None, :] - xyz[None, :, :], axis=-1)
+    same = networks[:, None] == networks[None, :]
+    mu = model.scale * subject_scale * np.exp(-distance / model.length_mm) * (1 + model.within_boost * same)
+    if responder:
+        in_effect = np.isin(networks, model.effect_networks)
+        mu = mu * (1 + model.effect * (in_effect[:, None] & in_effect[None, :]))
+    np.fill_diagonal(mu, 0.0)
+    return mu
+
+
+def simulate_counts(xyz: np.ndarray, networks: np.ndarray, responders: Sequence[bool], seed: int,
+                    model: SCModel = MODEL) -> tuple[np.ndarray, np.ndarray]:
+    """Streamline counts (S, R, R), symmetric, and the subject scales (S,), seeded."""
+    rng = np.random.default_rng([seed, 424])  # a stream of its own: the demo's draws stay as they are
+    n = len(networks)
+    i, j = np.triu_indices(n, 1)
+    counts = np.zeros((len(responders), n, n), dtype=np.int64)
+    scales = rng.uniform(*model.subject_scale_range, size=len(responders))
+    for s, responder in enumerate(responders):
+        upper = rng.poisson(expected_counts(xyz, networks, bool(responder), scales[s], model)[i, j])
+        counts[s, i, j] = upper
+        counts[s, j, i] = upper
+    return counts, scales
+
+
+def write_demo_connectomes(root: str | Path, ground_truth: str | Path, seed: int,
+                           model: SCModel = MODEL) -> list[Path]:
+    """One tck2connectome-style CSV per subject under ``root/sub-<label>/dwi/``, the region volumes
+    and ``root/ground_truth_sc.json`` (the model and who carries the effect); the CSV paths."""
+    truth = read_json(ground_truth)
+    regions = pd.DataFrame(truth["regions"])
+    xyz = regions[["x", "y", "z"]].to_numpy(dtype=float)
+    networks = regions["network"].to_numpy(dtype=int)
+    subjects = sorted(truth["subjects"])
+    responders = [int(truth["subjects"][s]["response"]) == 1 for s in subjects]
+    counts, scales = simulate_counts(xyz, networks, responders, seed, model)
+    root = Path(root)
+    paths = []
+    for s, participant in enumerate(subjects):
+        label = participant.removeprefix("sub-")
+        path = root / f"sub-{label}" / "dwi" / CONNECTOME_NAME.format(label=label)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        upper = np.triu(counts[s], 1)  # tck2connectome's default storage
+        write_text(path, "\n".join(",".join(str(v) for v in row) for row in upper) + "\n")
+        paths.append(path)
+    volumes = region_volumes(len(regions), np.random.default_rng([seed, 425]), model)
+    write_tsv(root / VOLUMES_NAME, pd.DataFrame({"index": regions["index"], "name": regions["name"],
+                                                 "volume_mm3": volumes}))
+    write_json(root / "ground_truth_sc.json", {
+        "model": asdict(model), "seed": seed,
+        "subjects": {p: {"responder": r, "scale": float(k)} for p, r, k in zip(subjects, responders, scales)},
+    })
+    return paths
