@@ -27,10 +27,13 @@ the training subjects only (nested CV), with the same standardisation and grid.
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
 from .. import baselines
 
+log = logging.getLogger(__name__)
 PROBES = {"probe": "pretrained", "probe_random": "random"}  # row name -> encoder of its embeddings
 MODEL = {"classification": "logistic", "regression": "ridge"}  # the probe's linear model by task
 
@@ -52,5 +55,10 @@ def fit_predict(task: str, embeddings: dict[str, np.ndarray], labels, train: lis
     x_train = np.stack([embeddings[s] for s in train])
     x_test = np.stack([embeddings[s] for s in test])
     y_train = np.asarray([labels[s] for s in train], dtype=float)
+    if not np.ptp(x_train, axis=0).any():
+        # an encoder that gives every training subject the same embedding carries nothing to fit (and leaves
+        # no feature after standardising): predict the training mean, which scores at chance
+        log.warning("probe: the training subjects' embeddings are all equal; the probe predicts the training mean")
+        return np.full(len(test), float(y_train.mean())), {"probe": model, "fallback": "constant embeddings"}
     scores, chosen = baselines.fit_predict(model, task, x_train, y_train, x_test, seed=seed)
     return scores, {"probe": model, **chosen}
