@@ -246,7 +246,7 @@ def _probes(fold: Fold, inputs: Inputs, results: Results) -> None:
     """The frozen probe of the encoder in use and of the random encoder, on the baselines' subjects."""
     for name, encoder in probes.PROBES.items():
         scores, chosen = probes.fit_predict(inputs.cohort.task, inputs.subject_ts[encoder], inputs.cohort.labels,
-                                            fold.train, fold.test, fold.seed)
+                                            fold.train, fold.test, fold.seed, name)
         results.record(fold, name, scores, False, chosen)
 
 
