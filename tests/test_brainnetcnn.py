@@ -112,15 +112,20 @@ def test_a_fold_runs_brainnetcnn_beside_the_baselines_into_one_table():
     rows_of = {s: np.arange(i * windows, (i + 1) * windows) for i, s in enumerate(subjects)}
     cohort = cohorts.Cohort(labels, "classification", pd.DataFrame(index=subjects), ())
     ts = np.zeros((len(y), 4), np.float32)
+    subject_ts = {s: np.zeros(4) for s in subjects}  # constant embeddings: the probes predict the training mean
     inputs = crossval.Inputs(cohort, np.arange(len(y)), rows_of, fc, {"pretrained": ts, "random": ts}, y,
-                             {s: fc[r].mean(axis=0) for s, r in rows_of.items()})
+                             {s: fc[r].mean(axis=0) for s, r in rows_of.items()},
+                             {"pretrained": subject_ts, "random": subject_ts})
     settings = FinetuneSettings(variants=("brainnetcnn",), permutations=2, bootstrap=10,
                                 train=TrainSettings(batch_size=8, max_epochs=2, patience=2))
     fold = crossval.make_fold(inputs, "agnostic", 0, 0, 0, subjects[:18], subjects[18:], 0.2)
     results = crossval.Results(cohort)
     crossval.run_fold(fold, inputs, settings, results, attribute=None)
     tables = results.tables(settings)
-    assert set(tables["metrics.tsv"]["variant"]) == {"brainnetcnn", "logistic", "ridge", "permuted_logistic"}
+    assert set(tables["metrics.tsv"]["variant"]) == {"brainnetcnn", "logistic", "ridge", "permuted_logistic", "probe",
+                                                     "probe_random"}
+    probe = tables["predictions.tsv"].query("variant == 'probe'")["score"]
+    assert np.allclose(probe, 0.5)  # the training mean of 9 subjects of each class
     assert (tables["predictions.tsv"].groupby("variant")["subject"].nunique() == 6).all()
     log = tables["training_log.tsv"].set_index("variant")
     assert {"best_epoch", "C", "alpha", "penalty_edge", "inner_auroc"} <= set(log.columns)

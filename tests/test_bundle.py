@@ -412,6 +412,48 @@ def test_finetuning_project_prepares_its_windows_by_the_card(two_projects):
 
 
 @pytest.mark.integration
+def test_report_shows_the_bundles_card_and_the_probe_rows(two_projects):
+    """No pretraining here: the Pretraining section shows the bundle's card (each figure read here from
+    model_card.json, each sha256 computed here), and the variant table has the frozen probes."""
+    from fmriflow.io import read_tsv
+    from test_report import _Page, _rows
+
+    _, bundle, config, _ = two_projects
+    results = Path(config["output_dir"])
+    text = (results / "report" / "fmriflow_report.html").read_text()
+    page = _Page()
+    page.feed(text)
+    pretraining = text.split('<section id="pretraining">')[1].split("</section>")[0]
+    assert "<b>Not run:</b> pretraining" not in pretraining and 'id="encoder-card"' in pretraining
+    fields = {r["Field"]: r["Value"] for r in _rows(page, "encoder-card")}
+    card = json.loads((bundle / "model_card.json").read_text())
+    for name in ("model.safetensors", "config.json", "model_card.json"):
+        assert fields[f"sha256 of {name}"] == hashlib.sha256((bundle / name).read_bytes()).hexdigest()
+    assert fields["fmriflow version"].startswith(f"{card['fmriflow_version']} ")
+    atlas, data, final = card["atlas"], card["pretraining_data"], card["training"]["final"]
+    assert fields["Atlas"] == f"{atlas['name']}, {atlas['n_regions']} regions, image sha256 {atlas['sha256']}"
+    assert fields["Window and patch"] == f"{card['input']['window']} time points, patches of {card['input']['patch_size']}"
+    assert fields["TR"].startswith(f"pretraining data stored at {', '.join(f'{t:g}' for t in card['input']['tr']['stored'])} s")
+    assert fields["Scaling"].startswith(f"{card['scaling']['method']}: ")
+    assert fields["Statistics fitted on"].endswith("(finetune.scaling: card)")
+    assert fields["Pretraining subjects"].startswith(f"{data['subjects']} (")
+    assert fields["Pretraining runs"].startswith(f"{data['runs']} (")
+    assert fields["Pretraining hours"] == ", ".join(f"{k} {v:.2f}" for k, v in data["hours"].items())
+    assert fields["Pretraining manifest sha256"] == data["manifest_sha256"]
+    assert fields["Final losses"] == (f"train {final['train_loss']:.6g} (step {final['train_loss_step']}), validation "
+                                      f"{final['val_loss']:.6g} (step {final['val_loss_step']}), {final['steps']} steps")
+
+    variants = read_tsv(results / "finetune" / "response" / "variants.tsv").set_index("variant")
+    shown = {r["Variant"]: r for r in _rows(page, "finetune-variants")}
+    for name, kind in (("probe", "probe"), ("probe_random", "control")):
+        row = variants.loc[name]
+        assert shown[name]["Kind"] == kind
+        assert shown[name]["AUROC pooled [95% CI]"] == (f"{row['auroc_pooled']:.3f} [{row['auroc_ci_low']:.3f}, "
+                                                        f"{row['auroc_ci_high']:.3f}]")
+    assert {"probe", "probe_random"} <= {r["Variant"] for r in _rows(page, "roc-confusion")}
+
+
+@pytest.mark.integration
 def test_changed_bundle_reruns_finetuning_and_nothing_upstream(two_projects):
     from safetensors.torch import load_file, save_file
     from test_caching import UPSTREAM

@@ -69,7 +69,7 @@ def test_tables_are_identical_for_one_and_for_several_workers(cohort, tmp_path, 
     assert one == three
     # every variant, baseline and permutation once per repeat, every subject tested once each time
     preds = pd.read_csv(tmp_path / "one" / "predictions.tsv", sep="\t", dtype={"subject": str})
-    expected = {(v, 0) for v in (*settings.variants, *settings.baselines)}
+    expected = {(v, 0) for v in (*settings.variants, *settings.baselines, "probe", "probe_random")}
     expected |= {(f"{crossval.PERMUTED}{v}", k) for v in ("concat", "logistic") for k in range(2)}
     assert set(map(tuple, preds[["variant", "permutation"]].drop_duplicates().to_numpy())) == expected
     assert (preds.groupby(["variant", "permutation", "repeat"]).subject.nunique() == SUBJECTS).all()

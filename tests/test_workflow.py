@@ -737,7 +737,7 @@ def test_finetune_predicts_every_subject_once_per_repeat(pipeline):
     root = results / "finetune" / "response"
     table = read_tsv(root / "variants.tsv")
     setups = ["agnostic"] + [f"site-{s}" for s in sorted(participants.site.unique())]
-    expected = {"concat", "ts_only", "logistic", "ridge", "permuted_concat", "permuted_logistic"}
+    expected = {"concat", "ts_only", "logistic", "ridge", "permuted_concat", "permuted_logistic", "probe", "probe_random"}
     for setup in setups:
         assert set(table.loc[table.setup == setup, "variant"]) == expected
         preds = read_tsv(root / f"setup-{setup}" / "predictions.tsv", dtype={"subject": str})

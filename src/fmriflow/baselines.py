@@ -216,11 +216,12 @@ def choose(name: str, task: str, x: np.ndarray, y: np.ndarray, splits: list, gri
 
 def fit_predict(name: str, task: str, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
                 seed: int = 0, inner_folds: int = INNER_FOLDS, groups: np.ndarray | None = None,
-                warn: bool = True) -> tuple[np.ndarray, dict]:
+                warn: bool = True, label: str | None = None) -> tuple[np.ndarray, dict]:
     """Nested-CV fit on the training rows; scores for the test rows and the choice made (for the log).
 
     ``warn``: log a warning when the chosen penalty is on an edge of its grid (permuted-label
-    controls pass False: their inner metric is flat, and the edge says nothing).
+    controls pass False: their inner metric is flat, and the edge says nothing). ``label``: what
+    the warning calls the fit (default: ``baseline '<name>'``).
     """
     _check(name, task)
     if task == "classification" and np.bincount(y_train.astype(int), minlength=2).min() < 2:
@@ -232,8 +233,8 @@ def fit_predict(name: str, task: str, x_train: np.ndarray, y_train: np.ndarray, 
     choice = choose(name, task, x_train, y_train, inner_splits(task, y_train, groups, inner_folds, seed), grid)
     if choice.edge:
         (log.warning if warn else log.debug)(
-            "baseline %r: the inner CV chose %s=%.3g, the %s penalty of its grid (%s from %.3g to %.3g, "
-            "inner %s %.3f): %s", name, PENALTY[name], choice.value, choice.edge, PENALTY[name], grid.min(),
+            "%s: the inner CV chose %s=%.3g, the %s penalty of its grid (%s from %.3g to %.3g, "
+            "inner %s %.3f): %s", label or f"baseline {name!r}", PENALTY[name], choice.value, choice.edge, PENALTY[name], grid.min(),
             grid.max(), choice.metric, choice.scores[choice.index], EDGE_MEANS[choice.edge])
     scores = path_scores(name, task, z_train, y_train, basis.transform(x_test), grid[choice.index:choice.index + 1])[0]
     return scores, choice.info()

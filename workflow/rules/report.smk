@@ -12,6 +12,7 @@ rule report:
         voxel=list(voxel_metrics().values()),
         finetune_table=[rules.finetune_table.output.table] if FINETUNE["enabled"] else [],
         predictions=finetune_outputs(rules.finetune.output.predictions),
+        encoder=bundle_files(ENCODER) if ENCODER else [],  # finetune.encoder's card, in the Pretraining section
     output:
         html=report(f"{OUT}/report/fmriflow_report.html", caption="../report/report.rst", category="Report"),
         figures=report(directory(f"{OUT}/report/figures"), patterns=["{figure}.png"], caption="../report/figure.rst",

@@ -1,3 +1,6 @@
+from pathlib import Path
+
+from fmriflow.bundle import CARD
 from fmriflow.provenance import write_sidecar
 from fmriflow.report import build_report
 from fmriflow.smk import logged
@@ -25,6 +28,7 @@ with logged(snakemake.log[0]):
         voxel_metrics=dict(zip(p.voxel_names, i.voxel)),
         finetune_table=i.finetune_table[0] if i.finetune_table else None,
         predictions=list(i.predictions),
+        encoder_card=next((f for f in i.encoder if Path(f).name == CARD), None),
         figures_dir=o.figures,
     )
     write_sidecar(o.html, "report", summary["inputs"], config=snakemake.params.config["report"])

@@ -5,6 +5,7 @@
 ``settings``    the ``finetune`` config section as frozen settings (schema defaults)
 ``trainer``     training with early stopping on an inner validation split
 ``attribution`` integrated gradients per modality and per region
+``probe``       frozen probes: the encoder's pooled embeddings into the baselines' linear models
 ``crossval``    one fold of a set-up: every variant and baseline, and the permuted-label controls
 ``pool``        the folds' units over worker processes, recorded in a fixed order
 ``ig_tables``   the attribution tables gathered over folds

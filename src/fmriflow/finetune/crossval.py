@@ -3,7 +3,8 @@
 ``load_inputs`` reads the cohort and the cached features once. ``make_fold`` turns one outer
 fold's subjects into fit, validation and test window rows. ``run_fold`` trains every variant
 (early stopping on the validation subjects), fits the baselines (nested CV inside the
-training subjects), and refits the label-permuted controls of ``concat`` and ``logistic``
+training subjects), probes the frozen encoders' embeddings (``probe``; nested CV as the baselines),
+and refits the label-permuted controls of ``concat`` and ``logistic``
 (``permuted_controls``, one routine for both). ``Results`` gathers every test subject's
 score (window scores averaged per subject) and the training logs.
 
@@ -27,6 +28,7 @@ from ..datasets.regions import read_index
 from ..models.fmmtc import FMMTC
 from ..naming import FINETUNE_FEATURES
 from . import cohort as cohorts
+from . import probe as probes
 from .settings import FinetuneSettings
 from .trainer import fit, predict
 
@@ -46,6 +48,7 @@ class Inputs:
     ts: dict[str, np.ndarray]  # embeddings of the 'pretrained' and the 'random' encoder
     y: np.ndarray  # label of every feature row (0 for unlabelled subjects' rows)
     subject_fc: dict[str, np.ndarray]  # mean window FC per subject (the baselines' input)
+    subject_ts: dict[str, dict[str, np.ndarray]]  # per encoder, mean window embedding per subject (the probes')
 
 
 def load_inputs(dataset: str, features_dir: str, participants: str, settings: FinetuneSettings) -> Inputs:
@@ -64,7 +67,8 @@ def load_inputs(dataset: str, features_dir: str, participants: str, settings: Fi
     for s, rows in rows_of.items():
         y[rows] = cohort.labels[s]
     subject_fc = {s: fc[rows].mean(axis=0) for s, rows in rows_of.items()}
-    return Inputs(cohort, samples, rows_of, fc, ts, y, subject_fc)
+    subject_ts = {encoder: probes.subject_embeddings(array, rows_of) for encoder, array in ts.items()}
+    return Inputs(cohort, samples, rows_of, fc, ts, y, subject_fc, subject_ts)
 
 
 @dataclass(frozen=True)
@@ -147,7 +151,7 @@ def run_fold(fold: Fold, inputs: Inputs, settings: FinetuneSettings, results: Re
         run_unit(unit, fold, inputs, settings, results, attribute)
 
 
-Unit = tuple  # ("variants", names) | ("control", permutation) | ("baselines",)
+Unit = tuple  # ("variants", names) | ("control", permutation) | ("baselines",) | ("probe",)
 
 
 def fold_units(settings: FinetuneSettings) -> list[Unit]:
@@ -165,7 +169,7 @@ def fold_units(settings: FinetuneSettings) -> list[Unit]:
         units.append(("variants", group))
         if "concat" in group and settings.permuted_control:
             units += [("control", k) for k in range(settings.permutations)]
-    return units + [("baselines",)]
+    return units + [("baselines",)] + ([("probe",)] if settings.probe else [])
 
 
 def run_unit(unit: Unit, fold: Fold, inputs: Inputs, settings: FinetuneSettings, results: Results,
@@ -177,6 +181,8 @@ def run_unit(unit: Unit, fold: Fold, inputs: Inputs, settings: FinetuneSettings,
         _deep_controls(fold, inputs, settings, results, "concat", "pretrained", [unit[1]])
     elif unit[0] == "baselines":
         _baselines(fold, inputs, settings, results)
+    elif unit[0] == "probe":
+        _probes(fold, inputs, results)
     else:
         raise ValueError(f"unknown unit {unit!r}")
 
@@ -234,6 +240,14 @@ def _baselines(fold: Fold, inputs: Inputs, settings: FinetuneSettings, results: 
         results.record(fold, name, scores, False, chosen)
         if name == "logistic" and settings.permuted_control:
             _baseline_controls(fold, name, task, x_train, y_train, x_test, results, settings.permutations)
+
+
+def _probes(fold: Fold, inputs: Inputs, results: Results) -> None:
+    """The frozen probe of the encoder in use and of the random encoder, on the baselines' subjects."""
+    for name, encoder in probes.PROBES.items():
+        scores, chosen = probes.fit_predict(inputs.cohort.task, inputs.subject_ts[encoder], inputs.cohort.labels,
+                                            fold.train, fold.test, fold.seed, name)
+        results.record(fold, name, scores, False, chosen)
 
 
 def _baseline_controls(fold: Fold, name: str, task: str, x_train: np.ndarray, y_train: np.ndarray,

@@ -41,7 +41,7 @@ _STATE: dict[str, Any] = {}  # a worker's inputs, settings and attribution table
 
 def unit_name(fold: Fold, unit: Unit) -> str:
     what = "+".join(unit[1]) if unit[0] == "variants" else (f"permuted concat {unit[1]}" if unit[0] == "control"
-                                                            else "baselines")
+                                                            else {"probe": "frozen probes"}.get(unit[0], unit[0]))
     return f"repeat {fold.repeat} fold {fold.index}: {what}"
 
 

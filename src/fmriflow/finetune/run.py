@@ -4,7 +4,7 @@
 pretrained encoder and of a random encoder of the same shape. ``setup_step`` runs one
 set-up (``cohort.setup_names``): for each repeat and outer fold it splits the training
 subjects into fit and validation subjects, trains every variant with early stopping,
-fits the baselines by nested CV, scores the test subjects (window scores averaged per
+fits the baselines and the frozen probes (``probe``) by nested CV, scores the test subjects (window scores averaged per
 subject), and computes integrated gradients of the main model (concat fusion) on the
 test windows (folds: ``crossval``; worker processes: ``pool``; attribution tables:
 ``ig_tables``). ``table_step``

@@ -47,6 +47,7 @@ class FinetuneSettings:
     # what runs on every fold
     variants: tuple[str, ...] = ("concat", "sum", "cross_attention", "moe", "ts_only", "fc_only", "no_pretrain")
     baselines: tuple[str, ...] = ("logistic", "ridge")
+    probe: bool = True  # frozen probes of the pretrained and the random encoder (fmriflow.finetune.probe)
     permuted_control: bool = True
     permutations: int = 5  # label permutations per fold and controlled model
     staged_fusion: bool = False

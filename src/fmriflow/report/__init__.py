@@ -19,6 +19,7 @@ from typing import Any, Mapping, Sequence
 from ..io import write_text
 from . import inputs as read
 from .connectivity import connectivity_section, recovery
+from .encoder import bundle_files
 from .figures import Figures
 from .html import page
 from .modelling import attribution_files, finetune_section, pretraining_section
@@ -39,7 +40,7 @@ def build_report(
     run_qc: PathLike | None = None, run_files: Mapping[str, Mapping[str, PathLike]] | None = None,
     atlas_image: PathLike | None = None, atlas_labels: PathLike | None = None,
     pretrain_metrics: PathLike | None = None, voxel_metrics: Mapping[str, PathLike] | None = None,
-    finetune_table: PathLike | None = None, predictions: Sequence[PathLike] = (),
+    finetune_table: PathLike | None = None, predictions: Sequence[PathLike] = (), encoder_card: PathLike | None = None,
     figures_dir: PathLike | None = None, title: str = "fmriflow report",
 ) -> dict:
     """Write the HTML report of one workflow run (atomically) and return what it holds.
@@ -63,6 +64,8 @@ def build_report(
     - ``pretrain_metrics``, ``voxel_metrics`` (name -> path): training ``metrics.csv`` files.
     - ``finetune_table``, ``predictions``: ``variants.tsv`` and each set-up's
       ``predictions.tsv`` (attribution tables beside them are read when present).
+    - ``encoder_card``: ``finetune.encoder``'s ``model_card.json`` (its weights and config beside
+      it): shown in the Pretraining section when this run pretrained nothing.
     - ``figures_dir``: also write every figure there as ``<id>.png`` with a provenance sidecar.
 
     Returns ``path``, ``sections`` (ids), ``figures`` (number, id, caption, sources), ``inputs``
@@ -88,13 +91,15 @@ def build_report(
         ("coverage", "Coverage", coverage_section(cov, regions, dropped, coverage, config, figures)),
         ("connectivity", "Connectivity", connectivity_section(
             data["fc"], data["diff"], data["diff_meta"], rec, regions, group_fc, group_diff, ground_truth_edges, figures)),
-        ("pretraining", "Pretraining", pretraining_section(pretrain_metrics, dict(voxel_metrics or {}), config, figures)),
+        ("pretraining", "Pretraining", pretraining_section(pretrain_metrics, dict(voxel_metrics or {}), config, figures,
+                                                                  encoder_card)),
         ("finetuning", "Fine-tuning", finetune_section(finetune_table, predictions, atlas_labels, config, figures)),
     ]
     used = read.flatten(participants, manifest, validation, qc, coverage, run_qc, group_fc, group_diff,
                         read.existing_sidecar(group_diff), ground_truth_edges, pretrain_metrics,
                         list((voxel_metrics or {}).values()), finetune_table, predictions,
                         attribution_files(predictions) if finetune_table is not None else None,
+                        bundle_files(encoder_card) if encoder_card is not None else None,
                         *[item["sources"] for item in figures.items])
     sections.append(("provenance", "Provenance", provenance_section(config, files, manifest, used)))
     write_text(out_html, page(title, sections))

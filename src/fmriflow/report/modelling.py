@@ -17,6 +17,7 @@ import pandas as pd
 
 from ..errors import InputError
 from ..evaluation import confusion, roc_points
+from .encoder import encoder_html
 from .html import esc, fmt, not_run, sources_html, table
 from .inputs import config_get, read_csv, read_table
 
@@ -25,6 +26,7 @@ PathLike = str | Path
 TOP_REGIONS = 20  # regions drawn on the brain and listed
 _DEFAULT_BASELINES = ("logistic", "ridge")
 _CONTROL_PREFIX = "permuted_"
+_PROBE, _PROBE_CONTROL = "probe", "probe_random"  # fmriflow.finetune.probe.PROBES
 _HEADLINE = {"classification": (("auroc", "AUROC"), ("balanced_accuracy", "Balanced accuracy"), ("mcc", "MCC")),
              "regression": (("pearson_r", "Pearson r"), ("mae", "MAE"), ("mse", "MSE"))}
 
@@ -32,9 +34,14 @@ _HEADLINE = {"classification": (("auroc", "AUROC"), ("balanced_accuracy", "Balan
 # ----------------------------------------------------------------------------- pretraining
 
 
-def pretraining_section(metrics_path: PathLike | None, voxel_metrics: Mapping[str, PathLike], config, figures) -> str:
+def pretraining_section(metrics_path: PathLike | None, voxel_metrics: Mapping[str, PathLike], config, figures,
+                        encoder_card: PathLike | None = None) -> str:
+    """Training curves; with ``encoder_card`` (``finetune.encoder``'s model_card.json) and no pretraining
+    here, the card of the encoder that was pretrained elsewhere."""
     parts, curves, sources = [], {}, []
-    if metrics_path is None:
+    if metrics_path is None and encoder_card is not None:
+        parts.append(encoder_html(encoder_card, config))
+    elif metrics_path is None:
         why = "pretrain.enabled is false" if config_get(config, "pretrain", "enabled") is False else "no metrics.csv was given"
         parts.append(not_run("pretraining", why))
     else:
@@ -110,7 +117,9 @@ def finetune_section(table_path: PathLike | None, predictions: Sequence[PathLike
     target = config_get(config, "finetune", "target") or "the target"
     parts = [
         f"<p>Prediction of <code>{esc(target)}</code> ({task}), cross-validated by subject: every FMMTC variant, "
-        "the FC baselines and the permuted-label controls (which should score at chance) for every set-up. "
+        "the FC baselines, the frozen probes (<code>probe</code>: the encoder's embeddings, averaged per subject, "
+        "into the baselines' nested-CV linear model; <code>probe_random</code>: the same on a random encoder of the "
+        "same shape, its control) and the permuted-label controls (which should score at chance) for every set-up. "
         "Pooled: the metric over every out-of-fold subject prediction, with a subject bootstrap 95% CI; "
         "folds: mean \u00b1 SD over folds.</p>",
         _variants_table(variants, task, baselines),
@@ -129,8 +138,10 @@ def finetune_section(table_path: PathLike | None, predictions: Sequence[PathLike
 
 
 def _kind(variant: str, baselines: set[str]) -> str:
-    if variant.startswith(_CONTROL_PREFIX):
+    if variant.startswith(_CONTROL_PREFIX) or variant == _PROBE_CONTROL:
         return "control"
+    if variant == _PROBE:
+        return "probe"
     return "baseline" if variant in baselines else "model"
 
 
