@@ -306,3 +306,83 @@ def test_import_checkpoint_cli_writes_a_bundle_with_the_recipe(tmp_path, atlas_d
                              str(tmp_path / "b2"), "--atlas-dir", str(atlas_dir), "--atlas-cache", str(tmp_path / "cache")],
                             capture_output=True, text=True)
     assert failed.returncode == 1 and "norm.bias" in failed.stderr and not (tmp_path / "b2").exists()
+
+
+# --------------------------------------------------------------------------- Brain-JEPA
+
+
+def released_jepa_shapes(hidden=768, layers=12, patch=16, regions=450, frames=160, gradient_dims=30) -> dict:
+    """The target encoder of jepa-ep300.pth.tar as the authors' DDP-wrapped VisionTransformer saves it."""
+    shapes = {"module.patch_embed.proj.weight": (hidden, 1, 1, patch), "module.patch_embed.proj.bias": (hidden,),
+              "module.pos_embed_proj.emb_h": (regions * frames // patch, hidden // 2),
+              "module.pos_embed_proj.predictor_pos_embed_proj.weight": (hidden // 2, gradient_dims),
+              "module.pos_embed_proj.predictor_pos_embed_proj.bias": (hidden // 2,),
+              "module.norm.weight": (hidden,), "module.norm.bias": (hidden,)}
+    for i in range(layers):
+        for name, shape in (("norm1", (hidden,)), ("norm2", (hidden,)), ("attn.qkv", (3 * hidden, hidden)),
+                            ("attn.proj", (hidden, hidden)), ("mlp.fc1", (4 * hidden, hidden)),
+                            ("mlp.fc2", (hidden, 4 * hidden))):
+            shapes[f"module.blocks.{i}.{name}.weight"] = shape
+            shapes[f"module.blocks.{i}.{name}.bias"] = (shape[0],)
+    return shapes
+
+
+def test_brain_jepa_release_maps_every_tensor_and_is_read_from_its_shapes():
+    from fmriflow.bundle.import_jepa import JEPA_KEYMAP, jepa_config
+    from fmriflow.models.brain_jepa import BrainJEPA
+
+    full = released_jepa_shapes()
+    assert len(full) == 151  # vit_base: 7 + 12 blocks x 12 tensors
+    state = random_state(full, device="meta")
+    config = jepa_config(state, 450, "jepa-ep300.pth.tar")
+    assert (config.hidden, config.n_layers, config.n_heads, config.patch_size, config.n_frames) == (768, 12, 12, 16, 160)
+    with torch.device("meta"):
+        model = BrainJEPA(config, np.zeros((450, 30), dtype=np.float32))
+    mapped = JEPA_KEYMAP.apply(state, model.state_dict(), "jepa-ep300.pth.tar")
+    assert set(mapped) == set(model.state_dict()) - {"gradient"}
+    assert sum(p.numel() for p in model.parameters()) == sum(
+        math.prod(s) for n, s in full.items() if not n.endswith("emb_h"))
+
+
+def test_brain_jepa_time_code_is_the_closed_form():
+    from fmriflow.models.brain_jepa import time_code
+
+    code = time_code(3, 10, 8).numpy()  # 3 regions x 10 patches, 8 channels
+    n = np.tile(np.arange(10), 3)[:, None]
+    angle = n / 10000.0 ** (np.arange(4)[None, :] / 4)
+    np.testing.assert_allclose(code, np.concatenate([np.sin(angle), np.cos(angle)], axis=1), atol=1e-6)
+
+
+def test_brain_jepa_import_writes_a_bundle_with_the_recipe(tmp_path, torch_one_thread):
+    from fmriflow.bundle import read_card
+    from fmriflow.bundle.read import load_bundle_encoder
+
+    shapes = released_jepa_shapes(hidden=32, layers=1, regions=60, frames=32, gradient_dims=4)
+    state = random_state(shapes, seed=2)
+    torch.save({"target_encoder": state, "encoder": state, "predictor": {}, "epoch": 300}, tmp_path / "jepa.pth.tar")
+    gradient = np.random.default_rng(0).normal(size=(60, 4))
+    np.savetxt(tmp_path / "gradient_mapping_450.csv", gradient, delimiter=",")
+    out = tmp_path / "bundle"
+    done = subprocess.run([sys.executable, "-m", "fmriflow.cli", "import-checkpoint", "brain-jepa",
+                           str(tmp_path / "jepa.pth.tar"), str(out)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    card = read_card(out)
+    assert card["input"]["window"] == 32 and card["input"]["tr"]["target_tr"] == pytest.approx(2.205)
+    assert card["model"]["source"]["not_imported"]["predictor"].startswith("the JEPA predictor")
+    assert card["atlas"]["regions"][0] == "TianS3_001" and card["atlas"]["regions"][50] == "Schaefer400_17n_001"
+    encoder = load_bundle_encoder(out)
+    np.testing.assert_allclose(encoder.gradient.numpy(), gradient, rtol=1e-6)
+    assert torch.equal(encoder.blocks[0].attn.qkv.weight, state["module.blocks.0.attn.qkv.weight"])
+
+    # the positions by hand: time code, then the gradient projection scaled to [-1, 1] over all tokens
+    w, b = state["module.pos_embed_proj.predictor_pos_embed_proj.weight"], state["module.pos_embed_proj.predictor_pos_embed_proj.bias"]
+    space = np.repeat(gradient @ w.numpy().T + b.numpy(), 2, axis=0)
+    space = (space - space.min()) / (space.max() - space.min()) * 2 - 1
+    np.testing.assert_allclose(encoder.positions().detach().numpy()[:, 16:], space, atol=1e-5)
+
+    missing = tmp_path / "alone"
+    missing.mkdir()
+    (missing / "jepa.pth.tar").write_bytes((tmp_path / "jepa.pth.tar").read_bytes())
+    failed = subprocess.run([sys.executable, "-m", "fmriflow.cli", "import-checkpoint", "brain-jepa",
+                             str(missing / "jepa.pth.tar"), str(tmp_path / "b2")], capture_output=True, text=True)
+    assert failed.returncode == 1 and "gradient_mapping_450.csv" in failed.stderr and "--gradient" in failed.stderr

@@ -70,7 +70,8 @@ def _model_card(args: argparse.Namespace) -> None:
 def _import_checkpoint(args: argparse.Namespace) -> None:
     from .bundle.imports import import_checkpoint
 
-    paths = import_checkpoint(args.kind, args.path, args.out, atlas_cache=args.atlas_cache, atlas_dir=args.atlas_dir)
+    paths = import_checkpoint(args.kind, args.path, args.out, atlas_cache=args.atlas_cache, atlas_dir=args.atlas_dir,
+                              gradient=args.gradient)
     print(f"bundle written to {args.out} ({', '.join(p.name for p in paths.values())}); "
           f"fmriflow model-card {args.out} prints its recipe")
 
@@ -110,12 +111,14 @@ def _bundle_parsers(sub, atlas_options) -> None:
 
     p = sub.add_parser("import-checkpoint", help="turn a local copy of released weights into an encoder bundle "
                        "(every tensor mapped; the card records the authors' input recipe)")
-    p.add_argument("kind", choices=("brainlm-v1", "brainlm-vitmae"),
+    p.add_argument("kind", choices=("brainlm-v1", "brainlm-vitmae", "brain-jepa"),
                    help="brainlm-v1: BrainLM's BrainLMForPretraining release; brainlm-vitmae: its ViT-MAE 111M/650M "
-                        "releases (needs the extra fmriflow[transformers])")
+                        "releases (needs the extra fmriflow[transformers]); brain-jepa: jepa-ep300.pth.tar")
     p.add_argument("path", type=Path, help="the release folder (config.json beside pytorch_model.bin or "
                    "model.safetensors) or its weights file")
     p.add_argument("out", type=Path, help="the bundle folder to write")
+    p.add_argument("--gradient", type=Path, help="brain-jepa: the region gradient table (default: "
+                   "gradient_mapping_450.csv beside the checkpoint)")
     atlas_options(p)  # the card records A424's region order and coordinates
     p.set_defaults(func=_import_checkpoint)
 

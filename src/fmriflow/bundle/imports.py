@@ -162,35 +162,51 @@ _EMBEDDING = "the CLS token of the encoder's output after its final LayerNorm, n
 
 
 def import_checkpoint(kind: str, path: str | Path, out_dir: str | Path, *, atlas_cache: str | Path,
-                      atlas_dir: str | Path | None = None) -> dict[str, Path]:
-    """Write the bundle of the release at ``path`` into ``out_dir``; returns the bundle's paths."""
-    if kind not in KINDS:
-        raise ValueError(f"'KIND' must be one of {tuple(KINDS)}; {kind!r} was provided")
+                      atlas_dir: str | Path | None = None, gradient: str | Path | None = None) -> dict[str, Path]:
+    """Write the bundle of the release at ``path`` into ``out_dir``; returns the bundle's paths.
+
+    ``gradient``: Brain-JEPA's region gradient table (default: gradient_mapping_450.csv beside the checkpoint).
+    """
+    if kind == "brain-jepa":
+        from .import_jepa import brain_jepa_parts
+
+        parts = brain_jepa_parts(Path(path), gradient)
+    elif kind in KINDS:
+        parts = _brainlm_parts(kind, path, atlas_cache, atlas_dir)
+    else:
+        raise ValueError(f"'KIND' must be one of {(*KINDS, 'brain-jepa')}; {kind!r} was provided")
+    model = parts["model"]
+    state = model.state_dict()
+    state.update(parts["keymap"].apply(parts["released"], state, parts["weights"]))
+    model.load_state_dict(state)
+    weights = parts["weights"]
+    card = {"Name": "fmriflow encoder bundle (imported release)", "format_version": FORMAT_VERSION,
+            "fmriflow_version": __version__,
+            "model": {"architecture": type(model).__name__, "name": kind,
+                      "n_parameters": sum(p.numel() for p in model.parameters()), "embedding": parts["embedding"],
+                      "source": {"kind": kind, "release": parts["release"], "weights": weights.name,
+                                 "weights_sha256": sha256sum(weights), "tensors": len(parts["released"]),
+                                 "dropped": dict(parts["keymap"].dropped), **parts["source"]}},
+            "atlas": parts["atlas"], **parts["recipe"],
+            "training": {"settings": parts["settings"], "final": None}}
+    card["Provenance"] = build_sidecar("import-checkpoint", parts["inputs"], parameters={"kind": kind})["Provenance"]
+    paths = write_bundle(out_dir, model, card)
+    write_sidecar(paths["weights"], "import-checkpoint", parts["inputs"], also=[paths["config"], paths["card"]],
+                  metadata_fields={"Description": f"released {kind} weights imported into fmriflow; model_card.json "
+                                                  "records the authors' input recipe"})
+    return paths
+
+
+def _brainlm_parts(kind: str, path: str | Path, atlas_cache: str | Path, atlas_dir: str | Path | None) -> dict:
     release, released, weights, config_path = read_release(path)
     atlas = fetch_a424(atlas_cache, atlas_dir)
     labels = a424_labels_table(atlas["coordinates"])
     coords = labels[["x", "y", "z"]].to_numpy(dtype="float32")
     model, keymap, recipe = KINDS[kind](release, coords, config_path)
-    state = model.state_dict()
-    state.update(keymap.apply(released, state, weights))
-    model.load_state_dict(state)
-    card = {"Name": "fmriflow encoder bundle (imported release)", "format_version": FORMAT_VERSION,
-            "fmriflow_version": __version__,
-            "model": {"architecture": type(model).__name__, "name": kind,
-                      "n_parameters": sum(p.numel() for p in model.parameters()), "embedding": _EMBEDDING,
-                      "source": {"kind": kind, "release": BRAINLM_SOURCE, "weights": weights.name,
-                                 "weights_sha256": sha256sum(weights), "config_sha256": sha256sum(config_path),
-                                 "tensors": len(released), "dropped": dict(keymap.dropped)}},
+    return {"model": model, "keymap": keymap, "released": released, "weights": weights, "recipe": recipe,
+            "inputs": [weights, config_path, atlas["coordinates"]], "release": BRAINLM_SOURCE,
+            "source": {"config_sha256": sha256sum(config_path)}, "embedding": _EMBEDDING, "settings": dict(release),
             "atlas": {"name": "A424", "sha256": A424_FILES["labels_img"].sha256,
                       "labels_sha256": A424_FILES["coordinates"].sha256, "n_regions": len(labels),
                       "regions": labels["name"].tolist(), "coordinates": coords.astype(float).tolist(),
-                      "coordinate_space": "MNI152NLin6Asym (mm)"},
-            **recipe,
-            "training": {"settings": dict(release), "final": None}}
-    inputs = [weights, config_path, atlas["coordinates"]]
-    card["Provenance"] = build_sidecar("import-checkpoint", inputs, parameters={"kind": kind})["Provenance"]
-    paths = write_bundle(out_dir, model, card)
-    write_sidecar(paths["weights"], "import-checkpoint", inputs, also=[paths["config"], paths["card"]],
-                  metadata_fields={"Description": f"released {kind} weights imported into fmriflow; model_card.json "
-                                                  "records the authors' input recipe"})
-    return paths
+                      "coordinate_space": "MNI152NLin6Asym (mm)"}}

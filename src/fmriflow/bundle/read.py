@@ -2,7 +2,8 @@
 
 Architectures: ``BrainLM`` (fmriflow's own, pretrained by the workflow) and the imported releases
 ``BrainLMv1`` (BrainLM's v1 twin) and ``BrainLMViTMAE`` (BrainLM's ViT-MAE models through
-``transformers``). Each is rebuilt from its config and the atlas coordinates its weights carry.
+``transformers``), each rebuilt from its config and the atlas coordinates its weights carry; and
+``BrainJEPA`` (Brain-JEPA's target encoder), rebuilt with the region gradients its weights carry.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from ..io import read_json
 from ..models.brainlm import BrainLM, BrainLMConfig
 from .card import CONFIG, WEIGHTS
 
-ARCHITECTURES = ("BrainLM", "BrainLMv1", "BrainLMViTMAE")
+ARCHITECTURES = ("BrainLM", "BrainLMv1", "BrainLMViTMAE", "BrainJEPA")
 
 
 def _config_class(architecture: str):
@@ -28,6 +29,10 @@ def _config_class(architecture: str):
         from ..models.brainlm_v1 import BrainLMv1Config
 
         return BrainLMv1Config
+    if architecture == "BrainJEPA":
+        from ..models.brain_jepa import BrainJEPAConfig
+
+        return BrainJEPAConfig
     return BrainLMConfig
 
 
@@ -63,7 +68,16 @@ def config_json(model: nn.Module) -> dict:
     return {"architecture": type(model).__name__, "n_regions": model.n_regions, "config": config}
 
 
-def _build(config: Any, coords: torch.Tensor) -> nn.Module:
+def _build(config: Any, state: dict[str, torch.Tensor], path: Path) -> nn.Module:
+    """The module of ``config``, with the atlas geometry (coordinates, or Brain-JEPA's gradients) of ``state``."""
+    geometry = "gradient" if type(config).__name__ == "BrainJEPAConfig" else "coords"
+    if geometry not in state:
+        raise InputError(path, f"no {geometry!r} tensor (the atlas geometry the encoder was pretrained with)")
+    coords = state[geometry]
+    if geometry == "gradient":
+        from ..models.brain_jepa import BrainJEPA
+
+        return BrainJEPA(config, coords.numpy())
     if isinstance(config, BrainLMConfig):
         return BrainLM(config, coords)
     if isinstance(config, dict):
@@ -85,10 +99,8 @@ def load_bundle_encoder(bundle: str | Path, pretrained: bool = True, seed: int =
         raise InputError(path, "no such file; an encoder bundle holds its weights in model.safetensors")
     config = read_config(bundle)
     state = load_file(path)
-    if "coords" not in state:
-        raise InputError(path, "no 'coords' tensor (the atlas coordinates the encoder was pretrained with)")
     torch.manual_seed(seed)
-    model = _build(config, state["coords"])
+    model = _build(config, state, path)
     if pretrained:
         try:
             model.load_state_dict(state)

@@ -69,3 +69,32 @@ def brainlm_vitmae_recipe(image_size: list[int], patch_size: int) -> dict:
         "preprocessing": dict(_BRAINLM_PREPROCESSING),
         "pretraining_data": dict(_BRAINLM_DATA),
     }
+
+
+BRAIN_JEPA_SOURCE = "Eric-LRL/Brain-JEPA (GitHub, commit b1dfa93), checkpoint jepa-ep300.pth.tar"
+
+
+def brain_jepa_recipe(n_frames: int, patch_size: int) -> dict:
+    """Card sections of Brain-JEPA (src/datasets/ukbiobank_scale.py, configs/ukb_vitb_ep300.yaml)."""
+    return {
+        "input": {"window": n_frames, "patch_size": patch_size, "stride": None,
+                  "tr": {"target_tr": 3 * UKB_TR, "stored": [UKB_TR],
+                         "resampling": "every 3rd frame of the UK Biobank series (0.735 s -> 2.205 s): a clip of "
+                                       f"{3 * n_frames} frames at a random start, {n_frames} frames at evenly "
+                                       "spaced indices (linspace, truncated)"},
+                  "layout": "regions x time: Tian S3 subcortex (50) first, then Schaefer-400 (17 networks), each in "
+                            "its atlas order",
+                  "dtype": "float32"},
+        "scaling": {"method": "robust", "formula": "(x - median) / iqr per region, statistics over the training "
+                                                   "subjects, before the frame sampling",
+                    "fit_on": "the authors' UK Biobank training subjects", "n_timepoints": None,
+                    "median": None, "iqr": None,
+                    "statistics": "not released (normalization_params_train.npz): refit them on the project's "
+                                  "training subjects (finetune.scaling: refit)",
+                    "regions_with_zero_iqr": None},
+        "preprocessing": {"pipeline": "UK Biobank imaging pipeline (FSL, FIX ICA denoising, MNI152)",
+                          "parcellation": "Schaefer-400 17 networks (fMRI.Schaefer17n400p) and Tian S3 "
+                                          "(fMRI.Tian_Subcortex_S3_3T) region means"},
+        "pretraining_data": {"source": "UK Biobank resting-state fMRI (the authors' split; not distributed)",
+                             "reference": "Dong et al., Brain-JEPA, NeurIPS 2024"},
+    }
