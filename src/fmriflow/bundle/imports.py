@@ -123,6 +123,13 @@ def brainlm_v1_config(release: Mapping[str, Any], source: str | Path):
     """``BrainLMv1Config`` of a release's config.json; settings the twin does not reproduce are refused."""
     from ..models.brainlm_v1 import BrainLMv1Config
 
+    needed = ("timepoint_patching_size", "num_timepoints_per_voxel", "hidden_size", "num_hidden_layers",
+              "num_attention_heads", "intermediate_size", "decoder_hidden_size", "decoder_num_hidden_layers",
+              "decoder_num_attention_heads", "decoder_intermediate_size", "conv_kernel_size", "mask_ratio",
+              "layer_norm_eps", "attention_probs_dropout_prob")
+    absent = [key for key in needed if key not in release]
+    if absent:
+        raise InputError(source, f"lacks {', '.join(absent)}; not a BrainLMForPretraining config.json")
     checks = {"num_landmarks": release.get("segment_means_seq_len"), "hidden_act": "gelu", "qkv_bias": True,
               "num_brain_voxels": 424, "decoder_hidden_size": release.get("hidden_size")}
     for key, allowed in checks.items():
@@ -205,7 +212,9 @@ def _brainlm_parts(kind: str, path: str | Path, atlas_cache: str | Path, atlas_d
     model, keymap, recipe = KINDS[kind](release, coords, config_path)
     return {"model": model, "keymap": keymap, "released": released, "weights": weights, "recipe": recipe,
             "inputs": [weights, config_path, atlas["coordinates"]], "release": BRAINLM_SOURCE,
-            "source": {"config_sha256": sha256sum(config_path)}, "embedding": _EMBEDDING, "settings": dict(release),
+            "source": {"config_sha256": sha256sum(config_path)}, "settings": dict(release),
+            "embedding": _EMBEDDING + ("; their tutorial's forward masked 75% of the patches at random (the "
+                                       "config's mask_ratio) before taking it" if kind == "brainlm-vitmae" else ""),
             "atlas": {"name": "A424", "sha256": A424_FILES["labels_img"].sha256,
                       "labels_sha256": A424_FILES["coordinates"].sha256, "n_regions": len(labels),
                       "regions": labels["name"].tolist(), "coordinates": coords.astype(float).tolist(),
