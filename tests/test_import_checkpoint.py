@@ -258,6 +258,30 @@ def test_vitmae_matches_transformers_on_the_authors_image_layout(torch_one_threa
     assert (latent - expected_latent).abs().max() <= 1e-5 * expected_latent.abs().max()
     assert (cls - unmasked).abs().max() <= 1e-5 * unmasked.abs().max()
     assert set(mask.unique().tolist()) == {0.0, 1.0}
+    assert model.config.hidden == 16 == cls.shape[1]  # the width the fine-tuning code reads
+
+
+def test_vitmae_bundle_rebuilds_the_same_encoder(tmp_path, atlas_dir, torch_one_thread):
+    from safetensors.torch import save_file
+
+    from fmriflow.bundle.imports import build_brainlm_vitmae, import_checkpoint
+    from fmriflow.bundle.read import load_bundle_encoder
+
+    release = tmp_path / "vitmae_111M"
+    release.mkdir()
+    (release / "config.json").write_text(json.dumps({**VITMAE_TOY, "architectures": ["ViTMAEForPreTraining"],
+                                                     "transformers_version": "4.28.0"}))
+    state = random_state(released_vitmae_shapes(VITMAE_TOY), seed=5)
+    save_file(state, str(release / "model.safetensors"))
+    import_checkpoint("brainlm-vitmae", release, tmp_path / "bundle", atlas_cache=tmp_path / "cache", atlas_dir=atlas_dir)
+    encoder = load_bundle_encoder(tmp_path / "bundle")
+    coordinates = np.loadtxt(atlas_dir / "A424_Coordinates.dat")[:, 1:]
+    twin, keymap, _ = build_brainlm_vitmae(VITMAE_TOY, coordinates, "config.json")
+    twin.load_state_dict({**twin.state_dict(), **keymap.apply(state, twin.state_dict(), "model.safetensors")})
+    x = torch.randn(2, 424, 200, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert torch.equal(encoder.encode(x), twin.eval().encode(x))
+    assert torch.equal(encoder.region_order, torch.from_numpy(np.argsort(coordinates[:, 1], kind="stable")))
 
 
 # --------------------------------------------------------------------------- the command

@@ -10,6 +10,7 @@ with -1 on every side (half each side) to the square ``image_size`` of the confi
 from __future__ import annotations
 
 import contextlib
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -44,6 +45,8 @@ class BrainLMViTMAE(nn.Module):
         self.hf_config = dict(config)
         self.pool = pool
         self.mae = ViTMAEForPreTraining(ViTMAEConfig(**self.hf_config))
+        # what fmriflow's other encoders expose (the embedding width, the pooling); the architecture is hf_config
+        self.config = SimpleNamespace(hidden=self.mae.config.hidden_size, pool=pool)
         coords = np.asarray(coords, dtype=np.float32)
         self.n_regions = coords.shape[0]
         self.register_buffer("coords", torch.from_numpy(coords.copy()))
