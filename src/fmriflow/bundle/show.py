@@ -71,7 +71,8 @@ def format_imported_card(card: Mapping[str, Any], regions: int = 5) -> str:
         _row("region order", ", ".join(atlas["regions"][:regions]) + (" ..." if atlas["n_regions"] > regions else "")),
         _row("layout", card["input"]["layout"]),
         _row("window", f"{card['input']['window']} time points, patches of {card['input']['patch_size']}"),
-        _row("TR", f"{', '.join(f'{t:g}' for t in tr['stored'])} s; {tr['resampling']}"),
+        _row("TR", f"pretraining data at {', '.join(f'{t:g}' for t in tr['stored'])} s, model input at "
+                   f"{tr['target_tr']:g} s; {tr['resampling']}"),
         _row("scaling", f"{scaling['method']}: {scaling['formula']}"),
         _row("statistics", scaling["statistics"]),
         _row("preprocessing", _flat(card["preprocessing"])),
