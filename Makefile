@@ -22,7 +22,7 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml requirements.lock
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -c requirements.lock -e ".[test,lite,slurm]"
+	$(BIN)/python -m pip install -c requirements.lock -e ".[test,lite,slurm,transformers]"
 	# antspyx (preproc.mode lite) declares scipy<1.16, which would downgrade scipy for the
 	# whole project; the functions fmriflow uses run with the locked scipy (tests/test_lite.py)
 	$(BIN)/python -m pip install --no-deps -c requirements.lock antspyx

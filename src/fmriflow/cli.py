@@ -141,6 +141,15 @@ def _model_card(args: argparse.Namespace) -> None:
     print(json.dumps(card, indent=2) if args.json else format_card(card, args.regions))
 
 
+def _import_checkpoint(args: argparse.Namespace) -> None:
+    from .bundle.imports import import_checkpoint
+
+    paths = import_checkpoint(args.kind, args.path, args.out, atlas_cache=args.atlas_cache, atlas_dir=args.atlas_dir,
+                              gradient=args.gradient)
+    print(f"bundle written to {args.out} ({', '.join(p.name for p in paths.values())}); "
+          f"fmriflow model-card {args.out} prints its recipe")
+
+
 def _timings(args: argparse.Namespace) -> None:
     from .timings import format_timings, jobs, read_benchmarks, read_metadata, rule_table
 
@@ -215,6 +224,29 @@ def _modelling_parsers(sub) -> None:
     p.set_defaults(func=_finetune_summary)
 
 
+def _bundle_parsers(sub, atlas_options) -> None:
+    """The encoder-bundle commands: ``model-card`` and ``import-checkpoint``."""
+    p = sub.add_parser("model-card", help="print an encoder bundle's model card (how to prepare data for it, where it came from)")
+    p.add_argument("bundle", type=Path, help="the bundle folder (e.g. results/fmriflow/models/atlas-A424_model-tiny) "
+                   "or its model_card.json")
+    p.add_argument("--regions", type=int, default=5, help="regions whose statistics are listed (all are in the card)")
+    p.add_argument("--json", action="store_true", help="the whole card as JSON")
+    p.set_defaults(func=_model_card)
+
+    p = sub.add_parser("import-checkpoint", help="turn a local copy of released weights into an encoder bundle "
+                       "(every tensor mapped; the card records the authors' input recipe)")
+    p.add_argument("kind", choices=("brainlm-v1", "brainlm-vitmae", "brain-jepa"),
+                   help="brainlm-v1: BrainLM's BrainLMForPretraining release; brainlm-vitmae: its ViT-MAE 111M/650M "
+                        "releases (needs the extra fmriflow[transformers]); brain-jepa: jepa-ep300.pth.tar")
+    p.add_argument("path", type=Path, help="the release folder (config.json beside pytorch_model.bin or "
+                   "model.safetensors) or its weights file")
+    p.add_argument("out", type=Path, help="the bundle folder to write")
+    p.add_argument("--gradient", type=Path, help="brain-jepa: the region gradient table (default: "
+                   "gradient_mapping_450.csv beside the checkpoint)")
+    atlas_options(p)  # the card records A424's region order and coordinates
+    p.set_defaults(func=_import_checkpoint)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fmriflow", description=__doc__)
     parser.add_argument("--version", action="version", version=f"fmriflow {__version__}")
@@ -263,12 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _modelling_parsers(sub)
 
-    p = sub.add_parser("model-card", help="print an encoder bundle's model card (how to prepare data for it, where it came from)")
-    p.add_argument("bundle", type=Path, help="the bundle folder (e.g. results/fmriflow/models/atlas-A424_model-tiny) "
-                   "or its model_card.json")
-    p.add_argument("--regions", type=int, default=5, help="regions whose statistics are listed (all are in the card)")
-    p.add_argument("--json", action="store_true", help="the whole card as JSON")
-    p.set_defaults(func=_model_card)
+    _bundle_parsers(sub, atlas_options)
 
     p = sub.add_parser("timings", help="wall seconds per rule of a Snakemake run (from .snakemake/metadata)")
     p.add_argument("--metadata", type=Path, default=Path(".snakemake/metadata"), help="Snakemake's metadata folder")
@@ -296,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (InputError, SettingError, RuntimeError, FileNotFoundError) as exc:
+    except (InputError, SettingError, RuntimeError, FileNotFoundError, ImportError) as exc:
         print(f"fmriflow {args.command}: error: {exc}", file=sys.stderr)
         return 1
     return 0

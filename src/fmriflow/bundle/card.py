@@ -151,6 +151,9 @@ def check_atlas(card: Mapping[str, Any], card_path: str | Path, atlas_name: str,
 
 def card_scaling(card: Mapping[str, Any]) -> pd.DataFrame:
     """The card's statistics as a ``scaling.tsv`` table (region, median, iqr; NaN where null)."""
+    if card["scaling"]["median"] is None:  # an imported release whose authors did not publish them
+        raise InputError(None, f"the encoder's card holds no scaling statistics ({card['scaling'].get('statistics')}); "
+                         "set finetune.scaling to 'refit'", settings=("finetune.scaling",))
     to_float = lambda values: np.array([np.nan if v is None else v for v in values], dtype=np.float64)  # noqa: E731
     return pd.DataFrame({"region": card["atlas"]["regions"], "median": to_float(card["scaling"]["median"]),
                          "iqr": to_float(card["scaling"]["iqr"])})

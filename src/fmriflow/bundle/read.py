@@ -1,23 +1,44 @@
-"""Rebuilding a bundle's encoder: the module from ``config.json``, the weights from ``model.safetensors``."""
+"""Rebuilding a bundle's encoder: the module from ``config.json``, the weights from ``model.safetensors``.
+
+Architectures: ``BrainLM`` (fmriflow's own, pretrained by the workflow) and the imported releases
+``BrainLMv1`` (BrainLM's v1 twin) and ``BrainLMViTMAE`` (BrainLM's ViT-MAE models through
+``transformers``), each rebuilt from its config and the atlas coordinates its weights carry; and
+``BrainJEPA`` (Brain-JEPA's target encoder), rebuilt with the region gradients its weights carry.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
+from torch import nn
 
 from ..errors import InputError
 from ..io import read_json
 from ..models.brainlm import BrainLM, BrainLMConfig
 from .card import CONFIG, WEIGHTS
 
-ARCHITECTURES = ("BrainLM",)
+ARCHITECTURES = ("BrainLM", "BrainLMv1", "BrainLMViTMAE", "BrainJEPA")
 
 
-def read_config(bundle: str | Path) -> BrainLMConfig:
-    """The architecture of a bundle (its ``config.json``)."""
+def _config_class(architecture: str):
+    if architecture == "BrainLMv1":
+        from ..models.brainlm_v1 import BrainLMv1Config
+
+        return BrainLMv1Config
+    if architecture == "BrainJEPA":
+        from ..models.brain_jepa import BrainJEPAConfig
+
+        return BrainJEPAConfig
+    return BrainLMConfig
+
+
+def read_config(bundle: str | Path) -> Any:
+    """The architecture of a bundle (its ``config.json``): a config dataclass, or for ``BrainLMViTMAE``
+    the dict of the ``transformers`` config and the pooling."""
     path = Path(bundle) / CONFIG
     if not path.is_file():
         raise InputError(path, "no such file; an encoder bundle holds its architecture in config.json")
@@ -25,22 +46,50 @@ def read_config(bundle: str | Path) -> BrainLMConfig:
         config = read_json(path)
     except json.JSONDecodeError as exc:
         raise InputError(path, f"not JSON ({exc})") from exc
-    if config.get("architecture") not in ARCHITECTURES:
-        raise InputError(path, f"'architecture' must be one of {ARCHITECTURES}; {config.get('architecture')!r} was found")
-    fields = {f.name for f in dataclasses.fields(BrainLMConfig)}
+    architecture = config.get("architecture")
+    if architecture not in ARCHITECTURES:
+        raise InputError(path, f"'architecture' must be one of {ARCHITECTURES}; {architecture!r} was found")
+    if architecture == "BrainLMViTMAE":
+        return dict(config["config"])
+    cls = _config_class(architecture)
+    fields = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(config["config"]) - fields)
     if unknown:
-        raise InputError(path, f"unknown BrainLMConfig field(s) {unknown}; this fmriflow knows {sorted(fields)}")
-    return BrainLMConfig(**config["config"])
+        raise InputError(path, f"unknown {cls.__name__} field(s) {unknown}; this fmriflow knows {sorted(fields)}")
+    return cls(**config["config"])
 
 
-def config_json(model: BrainLM) -> dict:
+def config_json(model: nn.Module) -> dict:
     """What ``config.json`` holds for ``model``."""
-    return {"architecture": type(model).__name__, "n_regions": model.n_regions,
-            "config": dataclasses.asdict(model.config)}
+    if type(model).__name__ == "BrainLMViTMAE":
+        config = {"hf_config": model.hf_config, "pool": model.pool}
+    else:
+        config = dataclasses.asdict(model.config)
+    return {"architecture": type(model).__name__, "n_regions": model.n_regions, "config": config}
 
 
-def load_bundle_encoder(bundle: str | Path, pretrained: bool = True, seed: int = 0) -> BrainLM:
+def _build(config: Any, state: dict[str, torch.Tensor], path: Path) -> nn.Module:
+    """The module of ``config``, with the atlas geometry (coordinates, or Brain-JEPA's gradients) of ``state``."""
+    geometry = "gradient" if type(config).__name__ == "BrainJEPAConfig" else "coords"
+    if geometry not in state:
+        raise InputError(path, f"no {geometry!r} tensor (the atlas geometry the encoder was pretrained with)")
+    coords = state[geometry]
+    if geometry == "gradient":
+        from ..models.brain_jepa import BrainJEPA
+
+        return BrainJEPA(config, coords.numpy())
+    if isinstance(config, BrainLMConfig):
+        return BrainLM(config, coords)
+    if isinstance(config, dict):
+        from ..models.brainlm_vitmae import BrainLMViTMAE
+
+        return BrainLMViTMAE(config["hf_config"], coords.numpy(), pool=config["pool"])
+    from ..models.brainlm_v1 import BrainLMv1
+
+    return BrainLMv1(config, coords.numpy())
+
+
+def load_bundle_encoder(bundle: str | Path, pretrained: bool = True, seed: int = 0) -> nn.Module:
     """The bundle's encoder (eval mode); with ``pretrained=False`` the same shape, randomly initialised
     (seeded), as the no-pretraining control. The atlas coordinates come from the weights either way."""
     from safetensors.torch import load_file
@@ -50,10 +99,8 @@ def load_bundle_encoder(bundle: str | Path, pretrained: bool = True, seed: int =
         raise InputError(path, "no such file; an encoder bundle holds its weights in model.safetensors")
     config = read_config(bundle)
     state = load_file(path)
-    if "coords" not in state:
-        raise InputError(path, "no 'coords' tensor (the atlas coordinates the encoder was pretrained with)")
     torch.manual_seed(seed)
-    model = BrainLM(config, state["coords"])
+    model = _build(config, state, path)
     if pretrained:
         try:
             model.load_state_dict(state)

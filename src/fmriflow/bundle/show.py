@@ -12,6 +12,8 @@ from .card import input_settings
 def format_card(card: Mapping[str, Any], regions: int = 5) -> str:
     """The card's sections as aligned lines; per-region lists shortened to their first ``regions`` rows
     (the full lists are in model_card.json)."""
+    if "source" in card["model"]:
+        return format_imported_card(card, regions)
     model, atlas, data = card["model"], card["atlas"], card["pretraining_data"]
     tr, prep = card["input"]["tr"], input_settings(card)
     final, scaling = card["training"]["final"], card["scaling"]
@@ -58,6 +60,38 @@ def _parent(parent: Mapping[str, Any] | None) -> str:
     return (f"the bundle with weights sha256 {parent['sha256']['model.safetensors'][:16]}... "
             f"({parent['model']['architecture']} '{parent['model']['name']}', {data['subjects']} subjects, "
             f"{data['hours']['all']:.2f} hours)")
+
+
+def format_imported_card(card: Mapping[str, Any], regions: int = 5) -> str:
+    """The card of an imported release: its source, the authors' input recipe, their pretraining data."""
+    model, atlas, source, tr = card["model"], card["atlas"], card["model"]["source"], card["input"]["tr"]
+    scaling = card["scaling"]
+    lines = [
+        f"{card['Name']} (card format {card['format_version']}, fmriflow {card['fmriflow_version']})",
+        "",
+        "Model",
+        _row("architecture", f"{model['architecture']} '{model['name']}', {model['n_parameters']:,} parameters"),
+        _row("embedding", model["embedding"]),
+        _row("release", source["release"]),
+        _row("weights", f"{source['weights']} (sha256 {source['weights_sha256']}), {source['tensors']} tensors, "
+                        f"{len(source['dropped'])} unused pattern(s) dropped"),
+        "",
+        "Preparing new data (the authors' recipe)",
+        _row("atlas", f"{atlas['name']}, {atlas['n_regions']} regions, image sha256 {atlas['sha256']}"),
+        _row("region order", ", ".join(atlas["regions"][:regions]) + (" ..." if atlas["n_regions"] > regions else "")),
+        _row("layout", card["input"]["layout"]),
+        _row("window", f"{card['input']['window']} time points, patches of {card['input']['patch_size']}"),
+        _row("TR", f"pretraining data at {', '.join(f'{t:g}' for t in tr['stored'])} s, model input at "
+                   f"{tr['target_tr']:g} s; {tr['resampling']}"),
+        _row("scaling", f"{scaling['method']}: {scaling['formula']}"),
+        _row("statistics", scaling["statistics"]),
+        _row("preprocessing", _flat(card["preprocessing"])),
+        "",
+        "Pretraining data",
+        _row("source", card["pretraining_data"]["source"]),
+        _row("reference", card["pretraining_data"]["reference"]),
+    ]
+    return "\n".join(lines)
 
 
 def _statistics(card: Mapping[str, Any], regions: int) -> list[str]:

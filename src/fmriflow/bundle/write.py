@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import torch
+from torch import nn
 
 from ..datasets.regions import SCALING
 from ..io import atomic_path, write_json
@@ -17,7 +18,7 @@ from .card import CARD, CONFIG, WEIGHTS, build_card
 from .read import config_json
 
 
-def write_bundle(out_dir: str | Path, model: BrainLM, card: Mapping[str, Any]) -> dict[str, Path]:
+def write_bundle(out_dir: str | Path, model: nn.Module, card: Mapping[str, Any]) -> dict[str, Path]:
     """Write ``model`` and ``card`` as a bundle in ``out_dir``; each file atomically. Returns the paths."""
     from safetensors.torch import save_file
 

@@ -1,0 +1,412 @@
+"""Importing released checkpoints (fmriflow.bundle.imports): state dicts with the released names and
+shapes (written out here from the published configs and module layouts, at toy width and at full
+size) load with every tensor mapped; missing and extra tensors are errors that list them; BrainLM
+v1's blocks match ``transformers``' Nystromformer layer and its time table the closed form; the
+ViT-MAE wrapper matches ``transformers``' ViTMAE on the authors' image layout built here by hand;
+the CLI writes a bundle whose card records the recipe and which rebuilds the same encoder."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from fmriflow.errors import InputError
+
+# the released v1 config.json (vandijklab/BrainLM pretrained_models/2023-06-06-22_15_00-checkpoint-1400)
+V1_RELEASE = {
+    "architectures": ["BrainLMForPretraining"], "attention_probs_dropout_prob": 0.1, "conv_kernel_size": 65,
+    "decoder_hidden_size": 256, "decoder_intermediate_size": 1024, "decoder_num_attention_heads": 4,
+    "decoder_num_hidden_layers": 2, "hidden_act": "gelu", "hidden_dropout_prob": 0.0, "hidden_size": 256,
+    "image_size": 224, "initializer_range": 0.02, "intermediate_size": 1024, "inv_coeff_init_option": False,
+    "layer_norm_eps": 1e-12, "loss_fn": "mse", "mask_ratio": 0.2, "model_type": "brainlm_mae",
+    "norm_pix_loss": False, "num_attention_heads": 4, "num_brain_voxels": 424, "num_channels": 3,
+    "num_hidden_layers": 4, "num_landmarks": 64, "num_timepoints_per_voxel": 200, "patch_size": 16,
+    "qkv_bias": True, "segment_means_seq_len": 64, "timepoint_patching_size": 20, "torch_dtype": "float32",
+    "transformers_version": "4.28.0.dev0", "use_tanh_decoder": False,
+}
+V1_TOY = {**V1_RELEASE, "hidden_size": 16, "decoder_hidden_size": 16, "intermediate_size": 32,
+          "decoder_intermediate_size": 32, "num_attention_heads": 2, "decoder_num_attention_heads": 2,
+          "num_hidden_layers": 2, "decoder_num_hidden_layers": 1, "num_timepoints_per_voxel": 40}
+VITMAE_TOY = {"hidden_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 32,
+              "decoder_hidden_size": 8, "decoder_num_hidden_layers": 1, "decoder_num_attention_heads": 2,
+              "decoder_intermediate_size": 16, "image_size": [432, 432], "patch_size": 16, "num_channels": 3,
+              "mask_ratio": 0.75, "layer_norm_eps": 1e-12, "qkv_bias": True, "hidden_act": "gelu"}
+# BrainLM's 111M and 650M shapes (ViT-B/16 at 432, ViT-H/14 at 434; decoder 512 x 8)
+VITMAE_FULL = {
+    "111M": {**VITMAE_TOY, "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
+             "intermediate_size": 3072, "decoder_hidden_size": 512, "decoder_num_hidden_layers": 8,
+             "decoder_num_attention_heads": 16, "decoder_intermediate_size": 2048},
+    "650M": {**VITMAE_TOY, "hidden_size": 1280, "num_hidden_layers": 32, "num_attention_heads": 16,
+             "intermediate_size": 5120, "decoder_hidden_size": 512, "decoder_num_hidden_layers": 8,
+             "decoder_num_attention_heads": 16, "decoder_intermediate_size": 2048, "image_size": [434, 434],
+             "patch_size": 14},
+}
+
+
+def _nystromformer_layer(prefix: str, width: int, heads: int, inner: int, kernel: int) -> dict:
+    """Names and shapes of one released Nystromformer layer (transformers 4.28)."""
+    shapes = {"attention.self.query.weight": (width, width), "attention.self.query.bias": (width,),
+              "attention.self.key.weight": (width, width), "attention.self.key.bias": (width,),
+              "attention.self.value.weight": (width, width), "attention.self.value.bias": (width,),
+              "attention.self.conv.weight": (heads, 1, kernel, 1),
+              "attention.output.dense.weight": (width, width), "attention.output.dense.bias": (width,),
+              "attention.output.LayerNorm.weight": (width,), "attention.output.LayerNorm.bias": (width,),
+              "intermediate.dense.weight": (inner, width), "intermediate.dense.bias": (inner,),
+              "output.dense.weight": (width, inner), "output.dense.bias": (width,),
+              "output.LayerNorm.weight": (width,), "output.LayerNorm.bias": (width,)}
+    return {f"{prefix}.{name}": shape for name, shape in shapes.items()}
+
+
+def released_v1_shapes(c: dict) -> dict:
+    """The tensors of a saved BrainLMForPretraining, as the authors' module (modeling_brainlm.py) holds them."""
+    H, D, P = c["hidden_size"], c["decoder_hidden_size"], c["timepoint_patching_size"]
+    shapes = {"vit.embeddings.cls_token": (1, 1, H), "vit.embeddings.signal_embedding_projection.weight": (H, P),
+              "vit.embeddings.signal_embedding_projection.bias": (H,),
+              "vit.embeddings.xyz_embedding_projection.weight": (H, 3),
+              "vit.embeddings.xyz_embedding_projection.bias": (H,), "vit.embeddings.pos_embedding.pe": (5000, H),
+              "vit.layernorm.weight": (H,), "vit.layernorm.bias": (H,), "decoder.mask_token": (1, 1, D),
+              "decoder.decoder_embed.weight": (D, H), "decoder.decoder_embed.bias": (D,),
+              "decoder.decoder_norm.weight": (D,), "decoder.decoder_norm.bias": (D,),
+              # the ViT-MAE image head the decoder inherits and never calls (16 * 16 * 3 outputs)
+              "decoder.decoder_pred.weight": (c["patch_size"] ** 2 * c["num_channels"], D),
+              "decoder.decoder_pred.bias": (c["patch_size"] ** 2 * c["num_channels"],),
+              "decoder.decoder_xyz_projection.weight": (H, 3), "decoder.decoder_xyz_projection.bias": (H,),
+              "decoder.pos_embedding.pe": (5000, H), "decoder.decoder_pred1.weight": (D // 2, D),
+              "decoder.decoder_pred1.bias": (D // 2,), "decoder.decoder_pred2.weight": (P, D // 2),
+              "decoder.decoder_pred2.bias": (P,)}
+    for i in range(c["num_hidden_layers"]):
+        shapes.update(_nystromformer_layer(f"vit.encoder.layer.{i}", H, c["num_attention_heads"],
+                                           c["intermediate_size"], c["conv_kernel_size"]))
+    for i in range(c["decoder_num_hidden_layers"]):
+        shapes.update(_nystromformer_layer(f"decoder.decoder_layers.{i}", D, c["decoder_num_attention_heads"],
+                                           c["decoder_intermediate_size"], c["conv_kernel_size"]))
+    return shapes
+
+
+def released_vitmae_shapes(c: dict) -> dict:
+    """The tensors of a saved ViTMAEForPreTraining as transformers 4.x names them (the release's format)."""
+    H, D, C, p = c["hidden_size"], c["decoder_hidden_size"], c["num_channels"], c["patch_size"]
+    n = (c["image_size"][0] // p) * (c["image_size"][1] // p)
+    shapes = {"vit.embeddings.cls_token": (1, 1, H), "vit.embeddings.position_embeddings": (1, n + 1, H),
+              "vit.embeddings.patch_embeddings.projection.weight": (H, C, p, p),
+              "vit.embeddings.patch_embeddings.projection.bias": (H,), "vit.layernorm.weight": (H,),
+              "vit.layernorm.bias": (H,), "decoder.mask_token": (1, 1, D), "decoder.decoder_pos_embed": (1, n + 1, D),
+              "decoder.decoder_embed.weight": (D, H), "decoder.decoder_embed.bias": (D,),
+              "decoder.decoder_norm.weight": (D,), "decoder.decoder_norm.bias": (D,),
+              "decoder.decoder_pred.weight": (p * p * C, D), "decoder.decoder_pred.bias": (p * p * C,)}
+    layers = [("vit.encoder.layer", c["num_hidden_layers"], H, c["intermediate_size"]),
+              ("decoder.decoder_layers", c["decoder_num_hidden_layers"], D, c["decoder_intermediate_size"])]
+    for prefix, count, w, inner in layers:
+        for i in range(count):
+            for name in ("attention.attention.query", "attention.attention.key", "attention.attention.value",
+                         "attention.output.dense"):
+                shapes[f"{prefix}.{i}.{name}.weight"], shapes[f"{prefix}.{i}.{name}.bias"] = (w, w), (w,)
+            shapes[f"{prefix}.{i}.intermediate.dense.weight"], shapes[f"{prefix}.{i}.intermediate.dense.bias"] = (inner, w), (inner,)
+            shapes[f"{prefix}.{i}.output.dense.weight"], shapes[f"{prefix}.{i}.output.dense.bias"] = (w, inner), (w,)
+            for norm in ("layernorm_before", "layernorm_after"):
+                shapes[f"{prefix}.{i}.{norm}.weight"], shapes[f"{prefix}.{i}.{norm}.bias"] = (w,), (w,)
+    return shapes
+
+
+def random_state(shapes: dict, seed: int = 0, device: str = "cpu") -> dict:
+    generator = torch.Generator().manual_seed(seed)
+    if device == "meta":
+        return {name: torch.empty(shape, device="meta") for name, shape in shapes.items()}
+    return {name: 0.2 * torch.randn(shape, generator=generator) for name, shape in shapes.items()}
+
+
+def _coords(n=424, seed=0):
+    return np.random.default_rng(seed).uniform(-60, 60, (n, 3)).astype(np.float32)
+
+
+def _import(build, release, state):
+    model, keymap, recipe = build(release, _coords(), "config.json")
+    mapped = keymap.apply(state, model.state_dict(), "pytorch_model.bin")
+    model.load_state_dict({**model.state_dict(), **mapped})
+    return model.eval(), mapped, keymap
+
+
+# --------------------------------------------------------------------------- BrainLM v1
+
+
+def test_v1_release_maps_every_tensor_at_toy_width_and_full_size(torch_one_thread):
+    from fmriflow.bundle.imports import build_brainlm_v1
+
+    full = released_v1_shapes(V1_RELEASE)
+    assert len(full) == 124  # the authors' module at the released config holds 124 tensors (measured beside it)
+    model, keymap, _ = build_brainlm_v1(V1_RELEASE, _coords(), "config.json")
+    mapped = keymap.apply(random_state(full, device="meta"), model.state_dict(), "pytorch_model.bin")
+    assert set(mapped) == set(model.state_dict()) - {"coords"}
+    assert sum(math.prod(s) for n, s in full.items() if not n.startswith("decoder.decoder_pred.")
+               and not n.endswith(".pe")) == sum(p.numel() for p in model.parameters())
+
+    state = random_state(released_v1_shapes(V1_TOY))
+    model, mapped, _ = _import(build_brainlm_v1, V1_TOY, state)
+    assert len(mapped) == len(state) - 2  # all but the unused image head (weight, bias)
+    assert torch.equal(model.blocks[1].attn.conv.weight, state["vit.encoder.layer.1.attention.self.conv.weight"])
+    assert torch.equal(model.decoder_time, state["decoder.pos_embedding.pe"])
+
+
+def test_missing_and_extra_tensors_are_listed(torch_one_thread):
+    from fmriflow.bundle.imports import build_brainlm_v1
+
+    state = random_state(released_v1_shapes(V1_TOY))
+    del state["vit.encoder.layer.1.output.dense.bias"]
+    state["vit.encoder.layer.9.output.dense.bias"] = torch.zeros(16)
+    state["vit.embeddings.signal_embedding_projection.weight"] = torch.zeros(16, 7)
+    with pytest.raises(InputError) as err:
+        _import(build_brainlm_v1, V1_TOY, state)
+    text = str(err.value)
+    assert "pytorch_model.bin" in text
+    assert "unmapped checkpoint tensors (1): vit.encoder.layer.9.output.dense.bias" in text
+    assert "missing from the checkpoint (2): blocks.1.fc2.bias, signal.weight" in text
+    assert "vit.embeddings.signal_embedding_projection.weight (16, 7) vs signal.weight (16, 20)" in text
+
+
+def test_v1_config_settings_the_twin_does_not_reproduce_are_refused():
+    from fmriflow.bundle.imports import brainlm_v1_config
+
+    with pytest.raises(InputError, match="'num_landmarks' is 32"):
+        brainlm_v1_config({**V1_RELEASE, "num_landmarks": 32}, "config.json")
+
+
+def test_v1_block_matches_transformers_nystromformer_layer(torch_one_thread):
+    from transformers import NystromformerConfig
+    from transformers.models.nystromformer.modeling_nystromformer import NystromformerLayer
+
+    from fmriflow.models.brainlm_v1 import PostNormBlock
+
+    config = NystromformerConfig(hidden_size=16, num_attention_heads=2, intermediate_size=32, conv_kernel_size=65,
+                                 num_landmarks=64, segment_means_seq_len=64, layer_norm_eps=1e-12,
+                                 hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, hidden_act="gelu")
+    torch.manual_seed(0)
+    reference = NystromformerLayer(config).eval()
+    names = {"attention.self.query": "attn.q", "attention.self.key": "attn.k", "attention.self.value": "attn.v",
+             "attention.self.conv": "attn.conv", "attention.output.dense": "proj",
+             "attention.output.LayerNorm": "norm1", "intermediate.dense": "fc1", "output.dense": "fc2",
+             "output.LayerNorm": "norm2"}
+    ours = PostNormBlock(16, 2, 32, 65, 1e-12, 0.0).eval()
+    state = {}
+    for name, tensor in reference.state_dict().items():
+        module, param = name.rsplit(".", 1)
+        state[f"{names[module]}.{param}"] = 0.3 * torch.randn_like(tensor)
+        reference.state_dict()[name].copy_(state[f"{names[module]}.{param}"])
+    ours.load_state_dict(state)
+    x = torch.randn(2, 81, 16, generator=torch.Generator().manual_seed(1))  # more tokens than the kernel's half
+    with torch.no_grad():
+        expected = reference(x)[0]
+        got = ours(x)
+    assert (got - expected).abs().max() <= 1e-5 * expected.abs().max()
+
+
+def test_v1_time_table_is_the_closed_form():
+    from fmriflow.models.brainlm_v1 import time_table
+
+    table = time_table(7, 6).numpy()
+    p, i = np.arange(7)[:, None], np.arange(3)[None, :]
+    angle = p / 10000.0 ** (2 * i / 6)
+    np.testing.assert_allclose(table[:, 0::2], np.sin(angle), atol=1e-6)
+    np.testing.assert_allclose(table[:, 1::2], np.cos(angle), atol=1e-6)
+
+
+# --------------------------------------------------------------------------- BrainLM ViT-MAE
+
+
+@pytest.mark.parametrize("size", sorted(VITMAE_FULL))
+def test_vitmae_release_key_lists_map_fully(size):
+    from fmriflow.bundle.imports import build_brainlm_vitmae
+
+    with torch.device("meta"):
+        model, keymap, _ = build_brainlm_vitmae(VITMAE_FULL[size], _coords(), "config.json")
+    shapes = released_vitmae_shapes(VITMAE_FULL[size])
+    mapped = keymap.apply(random_state(shapes, device="meta"), model.state_dict(), "pytorch_model.bin")
+    assert len(mapped) == len(shapes) and set(mapped) == set(model.state_dict()) - {"coords", "region_order"}
+    n_params = sum(math.prod(s) for n, s in shapes.items() if not n.endswith(("position_embeddings", "pos_embed")))
+    assert n_params / 1e6 == pytest.approx(float(size[:-1]), rel=0.02)  # the shapes give the release's name
+
+
+def test_vitmae_matches_transformers_on_the_authors_image_layout(torch_one_thread):
+    from transformers import ViTMAEConfig, ViTMAEForPreTraining
+
+    from fmriflow.bundle.imports import build_brainlm_vitmae
+
+    state = random_state(released_vitmae_shapes(VITMAE_TOY), seed=4)
+    model, mapped, _ = _import(build_brainlm_vitmae, VITMAE_TOY, state)
+    reference = ViTMAEForPreTraining(ViTMAEConfig(**VITMAE_TOY)).eval()
+    reference.load_state_dict({name.replace("mae.", "", 1): t for name, t in mapped.items()})
+    x = torch.randn(1, 424, 200, generator=torch.Generator().manual_seed(1))
+    order = np.argsort(_coords()[:, 1], kind="stable")
+    image = np.full((1, 3, 432, 432), -1.0, dtype=np.float32)  # rows by y, 3 channels, -1 around
+    image[:, :, 4:428, 116:316] = x.numpy()[:, order][:, None]
+    noise = torch.rand(1, 27 * 27, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        expected = reference(torch.from_numpy(image), noise=noise)
+        expected_latent = reference.vit(torch.from_numpy(image), noise=noise).last_hidden_state
+        pred, mask, latent = model(x, noise=noise)
+        cls = model.encode(x)
+        reference.config.mask_ratio = 0.0
+        unmasked = reference.vit(torch.from_numpy(image), noise=noise).last_hidden_state[:, 0]
+    patches = expected.logits.reshape(1, 27, 27, 16, 16, 3).permute(0, 5, 1, 3, 2, 4).reshape(1, 3, 432, 432)
+    recon = patches[:, :, 4:428, 116:316].mean(dim=1)[0].numpy()  # (424 rows by y, 200)
+    assert np.abs(pred[0].numpy()[order] - recon).max() <= 1e-5 * np.abs(recon).max()
+    assert (latent - expected_latent).abs().max() <= 1e-5 * expected_latent.abs().max()
+    assert (cls - unmasked).abs().max() <= 1e-5 * unmasked.abs().max()
+    assert set(mask.unique().tolist()) == {0.0, 1.0}
+    assert model.config.hidden == 16 == cls.shape[1]  # the width the fine-tuning code reads
+
+
+def test_vitmae_bundle_rebuilds_the_same_encoder(tmp_path, atlas_dir, torch_one_thread):
+    from safetensors.torch import save_file
+
+    from fmriflow.bundle.imports import build_brainlm_vitmae, import_checkpoint
+    from fmriflow.bundle.read import load_bundle_encoder
+
+    release = tmp_path / "vitmae_111M"
+    release.mkdir()
+    (release / "config.json").write_text(json.dumps({**VITMAE_TOY, "architectures": ["ViTMAEForPreTraining"],
+                                                     "transformers_version": "4.28.0"}))
+    state = random_state(released_vitmae_shapes(VITMAE_TOY), seed=5)
+    save_file(state, str(release / "model.safetensors"))
+    import_checkpoint("brainlm-vitmae", release, tmp_path / "bundle", atlas_cache=tmp_path / "cache", atlas_dir=atlas_dir)
+    encoder = load_bundle_encoder(tmp_path / "bundle")
+    coordinates = np.loadtxt(atlas_dir / "A424_Coordinates.dat")[:, 1:]
+    twin, keymap, _ = build_brainlm_vitmae(VITMAE_TOY, coordinates, "config.json")
+    twin.load_state_dict({**twin.state_dict(), **keymap.apply(state, twin.state_dict(), "model.safetensors")})
+    x = torch.randn(2, 424, 200, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert torch.equal(encoder.encode(x), twin.eval().encode(x))
+    assert torch.equal(encoder.region_order, torch.from_numpy(np.argsort(coordinates[:, 1], kind="stable")))
+
+
+# --------------------------------------------------------------------------- the command
+
+
+def test_import_checkpoint_cli_writes_a_bundle_with_the_recipe(tmp_path, atlas_dir, torch_one_thread):
+    from fmriflow.bundle import read_card
+    from fmriflow.bundle.read import load_bundle_encoder
+    from fmriflow.bundle.imports import build_brainlm_v1
+
+    release = tmp_path / "release"
+    release.mkdir()
+    (release / "config.json").write_text(json.dumps(V1_TOY))
+    state = random_state(released_v1_shapes(V1_TOY), seed=7)
+    torch.save(state, release / "pytorch_model.bin")
+    out = tmp_path / "bundle"
+    done = subprocess.run([sys.executable, "-m", "fmriflow.cli", "import-checkpoint", "brainlm-v1", str(release),
+                           str(out), "--atlas-dir", str(atlas_dir), "--atlas-cache", str(tmp_path / "cache")],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    card = read_card(out)
+    coordinates = np.loadtxt(atlas_dir / "A424_Coordinates.dat")
+    assert card["atlas"]["n_regions"] == 424 and card["atlas"]["regions"][0] == "Cortex_R_001"
+    np.testing.assert_array_equal(np.array(card["atlas"]["coordinates"]), coordinates[:, 1:])
+    assert card["input"]["window"] == 40 and card["input"]["patch_size"] == 20
+    assert card["input"]["tr"]["target_tr"] == 0.735
+    assert "median / IQR" in card["scaling"]["formula"] and card["scaling"]["median"] is None
+    assert card["model"]["source"]["dropped"] and card["model"]["source"]["tensors"] == len(state)
+
+    encoder = load_bundle_encoder(out)
+    twin, _, _ = build_brainlm_v1(V1_TOY, coordinates[:, 1:], "config.json")
+    twin.signal.weight.data.copy_(state["vit.embeddings.signal_embedding_projection.weight"])
+    assert torch.equal(encoder.signal.weight, twin.signal.weight)
+    assert torch.equal(encoder.coords, torch.from_numpy(coordinates[:, 1:].astype(np.float32)))
+    x = torch.randn(1, 424, 40, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert encoder.encode(x).shape == (1, 16)
+    shown = subprocess.run([sys.executable, "-m", "fmriflow.cli", "model-card", str(out)], capture_output=True, text=True)
+    assert shown.returncode == 0 and "vandijklab/BrainLM" in shown.stdout and "not released" in shown.stdout
+
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text(json.dumps(V1_TOY))
+    torch.save({k: v for k, v in state.items() if k != "vit.layernorm.bias"}, broken / "pytorch_model.bin")
+    failed = subprocess.run([sys.executable, "-m", "fmriflow.cli", "import-checkpoint", "brainlm-v1", str(broken),
+                             str(tmp_path / "b2"), "--atlas-dir", str(atlas_dir), "--atlas-cache", str(tmp_path / "cache")],
+                            capture_output=True, text=True)
+    assert failed.returncode == 1 and "norm.bias" in failed.stderr and not (tmp_path / "b2").exists()
+
+
+# --------------------------------------------------------------------------- Brain-JEPA
+
+
+def released_jepa_shapes(hidden=768, layers=12, patch=16, regions=450, frames=160, gradient_dims=30) -> dict:
+    """The target encoder of jepa-ep300.pth.tar as the authors' DDP-wrapped VisionTransformer saves it."""
+    shapes = {"module.patch_embed.proj.weight": (hidden, 1, 1, patch), "module.patch_embed.proj.bias": (hidden,),
+              "module.pos_embed_proj.emb_h": (regions * frames // patch, hidden // 2),
+              "module.pos_embed_proj.predictor_pos_embed_proj.weight": (hidden // 2, gradient_dims),
+              "module.pos_embed_proj.predictor_pos_embed_proj.bias": (hidden // 2,),
+              "module.norm.weight": (hidden,), "module.norm.bias": (hidden,)}
+    for i in range(layers):
+        for name, shape in (("norm1", (hidden,)), ("norm2", (hidden,)), ("attn.qkv", (3 * hidden, hidden)),
+                            ("attn.proj", (hidden, hidden)), ("mlp.fc1", (4 * hidden, hidden)),
+                            ("mlp.fc2", (hidden, 4 * hidden))):
+            shapes[f"module.blocks.{i}.{name}.weight"] = shape
+            shapes[f"module.blocks.{i}.{name}.bias"] = (shape[0],)
+    return shapes
+
+
+def test_brain_jepa_release_maps_every_tensor_and_is_read_from_its_shapes():
+    from fmriflow.bundle.import_jepa import JEPA_KEYMAP, jepa_config
+    from fmriflow.models.brain_jepa import BrainJEPA
+
+    full = released_jepa_shapes()
+    assert len(full) == 151  # vit_base: 7 + 12 blocks x 12 tensors
+    state = random_state(full, device="meta")
+    config = jepa_config(state, 450, "jepa-ep300.pth.tar")
+    assert (config.hidden, config.n_layers, config.n_heads, config.patch_size, config.n_frames) == (768, 12, 12, 16, 160)
+    with torch.device("meta"):
+        model = BrainJEPA(config, np.zeros((450, 30), dtype=np.float32))
+    mapped = JEPA_KEYMAP.apply(state, model.state_dict(), "jepa-ep300.pth.tar")
+    assert set(mapped) == set(model.state_dict()) - {"gradient"}
+    assert sum(p.numel() for p in model.parameters()) == sum(
+        math.prod(s) for n, s in full.items() if not n.endswith("emb_h"))
+
+
+def test_brain_jepa_time_code_is_the_closed_form():
+    from fmriflow.models.brain_jepa import time_code
+
+    code = time_code(3, 10, 8).numpy()  # 3 regions x 10 patches, 8 channels
+    n = np.tile(np.arange(10), 3)[:, None]
+    angle = n / 10000.0 ** (np.arange(4)[None, :] / 4)
+    np.testing.assert_allclose(code, np.concatenate([np.sin(angle), np.cos(angle)], axis=1), atol=1e-6)
+
+
+def test_brain_jepa_import_writes_a_bundle_with_the_recipe(tmp_path, torch_one_thread):
+    from fmriflow.bundle import read_card
+    from fmriflow.bundle.read import load_bundle_encoder
+
+    shapes = released_jepa_shapes(hidden=32, layers=1, regions=60, frames=32, gradient_dims=4)
+    state = random_state(shapes, seed=2)
+    torch.save({"target_encoder": state, "encoder": state, "predictor": {}, "epoch": 300}, tmp_path / "jepa.pth.tar")
+    gradient = np.random.default_rng(0).normal(size=(60, 4))
+    np.savetxt(tmp_path / "gradient_mapping_450.csv", gradient, delimiter=",")
+    out = tmp_path / "bundle"
+    done = subprocess.run([sys.executable, "-m", "fmriflow.cli", "import-checkpoint", "brain-jepa",
+                           str(tmp_path / "jepa.pth.tar"), str(out)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    card = read_card(out)
+    assert card["input"]["window"] == 32 and card["input"]["tr"]["target_tr"] == pytest.approx(2.205)
+    assert card["model"]["source"]["not_imported"]["predictor"].startswith("the JEPA predictor")
+    assert card["atlas"]["regions"][0] == "TianS3_001" and card["atlas"]["regions"][50] == "Schaefer400_17n_001"
+    encoder = load_bundle_encoder(out)
+    np.testing.assert_allclose(encoder.gradient.numpy(), gradient, rtol=1e-6)
+    assert torch.equal(encoder.blocks[0].attn.qkv.weight, state["module.blocks.0.attn.qkv.weight"])
+
+    # the positions by hand: time code, then the gradient projection scaled to [-1, 1] over all tokens
+    w, b = state["module.pos_embed_proj.predictor_pos_embed_proj.weight"], state["module.pos_embed_proj.predictor_pos_embed_proj.bias"]
+    space = np.repeat(gradient @ w.numpy().T + b.numpy(), 2, axis=0)
+    space = (space - space.min()) / (space.max() - space.min()) * 2 - 1
+    np.testing.assert_allclose(encoder.positions().detach().numpy()[:, 16:], space, atol=1e-5)
+
+    missing = tmp_path / "alone"
+    missing.mkdir()
+    (missing / "jepa.pth.tar").write_bytes((tmp_path / "jepa.pth.tar").read_bytes())
+    failed = subprocess.run([sys.executable, "-m", "fmriflow.cli", "import-checkpoint", "brain-jepa",
+                             str(missing / "jepa.pth.tar"), str(tmp_path / "b2")], capture_output=True, text=True)
+    assert failed.returncode == 1 and "gradient_mapping_450.csv" in failed.stderr and "--gradient" in failed.stderr
