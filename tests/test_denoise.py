@@ -263,3 +263,23 @@ def test_denoise_step_keeps_a_run_with_enough_degrees_of_freedom(tmp_path):
     with pytest.raises(InputError, match="leaves 25 degrees of freedom, fewer than the minimum of 26"):
         denoise_step("sub-01/func/sub-01_task-rest", str(bold), str(mask), str(tsv), str(out), str(out_qc),
                      min_degrees_of_freedom=26, **section)
+
+
+@pytest.mark.parametrize("order", ["F", "C"])
+def test_in_mask_voxels_round_trip_to_the_masked_image(order):
+    """Voxels picked in Fortran order and put back give the image zeroed outside the mask, into
+    a fresh array or into the input's memory (``reuse``), and with fewer output volumes."""
+    from fmriflow.denoise import in_mask_series, unmasked
+
+    rng = np.random.default_rng(3)
+    data = np.asarray(rng.normal(size=(5, 4, 3, 6)).astype(np.float32), order=order)
+    mask = rng.random((5, 4, 3)) > 0.4
+    expected = np.where(mask[..., None], data, 0)
+    series = in_mask_series(data, mask)
+    assert series.shape == (6, mask.sum())
+    np.testing.assert_array_equal(np.sort(series, axis=1), np.sort(data[mask].T, axis=1))
+    np.testing.assert_array_equal(unmasked(series, mask), expected)
+    np.testing.assert_array_equal(unmasked(series[:4], mask), expected[..., :4])
+    reused = unmasked(series[:4], mask, reuse=data)
+    np.testing.assert_array_equal(reused, expected[..., :4])
+    assert np.shares_memory(reused, data) == (order == "F")

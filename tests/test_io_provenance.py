@@ -77,3 +77,24 @@ def test_known_checksums_are_recorded_without_reading_the_file(tmp_path):
     described = describe_inputs([present, absent], known={str(absent): "f" * 64})
     assert described == [{"path": str(present), "sha256": hashlib.sha256(b"abc").hexdigest()},
                          {"path": str(absent), "sha256": "f" * 64}]
+
+
+def test_load_nifti_reads_in_chunks_what_nibabel_reads(tmp_path, monkeypatch):
+    """Chunks that split values and the image's end give nibabel's array (scaled int16 here)."""
+    import nibabel as nib
+    import numpy as np
+
+    from fmriflow.errors import InputError
+
+    monkeypatch.setattr(io.ChunkedReader, "CHUNK", 4099)  # odd: chunks end inside values
+    data = np.random.default_rng(0).integers(-3000, 3000, (7, 6, 5, 9)).astype(np.int16)
+    img = nib.Nifti1Image(data, np.diag([2.0, 2.0, 2.0, 1.0]))
+    img.header.set_slope_inter(0.5, 10.0)
+    path = tmp_path / "bold.nii.gz"
+    nib.save(img, path)
+    loaded = io.load_nifti(path)
+    np.testing.assert_array_equal(np.asanyarray(loaded.dataobj), nib.load(path).get_fdata())
+    np.testing.assert_array_equal(loaded.affine, nib.load(path).affine)
+    path.write_bytes(path.read_bytes()[:-200])
+    with pytest.raises(InputError, match="bold.nii.gz.*truncated"):
+        io.load_nifti(path)

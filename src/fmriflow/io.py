@@ -179,11 +179,51 @@ def load_nifti(path: str | Path) -> Any:
         return img.__class__(np.asanyarray(img.dataobj), img.affine, img.header)
     try:
         with igzip.open(path, "rb") as fh:
-            holder = nib.FileHolder(filename=str(path), fileobj=fh)
-            data = np.asanyarray(img.__class__.from_file_map({"header": holder, "image": holder}).dataobj)
+            holder = nib.FileHolder(filename=str(path), fileobj=ChunkedReader(fh))
+            data = np.asanyarray(img.__class__.from_file_map({"header": holder, "image": holder}, mmap=False).dataobj)
     except (EOFError, OSError, ValueError) as exc:
         raise InputError(path, f"cannot read the image data, is the file truncated? ({exc})") from exc
     return nib.Nifti1Image(data, img.affine, img.header)
+
+
+class ChunkedReader(io.RawIOBase):
+    """A reader whose ``readinto`` fills the caller's buffer a few MiB at a time.
+
+    nibabel reads an image's data with one ``readinto`` of its whole size; a decompressing
+    reader's own (io.BufferedIOBase's) first reads it all into one bytes object and copies it
+    over: twice the image's memory at the peak, and twice the pages for the kernel to map.
+    """
+
+    CHUNK = 1 << 24
+
+    def __init__(self, source: Any):
+        self.source = source
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        return self.source.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self.source.tell()
+
+    def read(self, size: int = -1) -> bytes:
+        return self.source.read(size)
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        done = 0
+        while done < len(view):
+            chunk = self.source.read(min(self.CHUNK, len(view) - done))
+            if not chunk:
+                break
+            view[done:done + len(chunk)] = chunk
+            done += len(chunk)
+        return done
 
 
 def _jsonable(obj: Any) -> Any:

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-from nilearn.image import resample_to_img
 
 from .errors import InputError
 from .io import atomic_path, open_nifti, save_nifti
@@ -56,6 +55,8 @@ def to_atlas_grid(bold: str | Path, mask: str | Path, atlas: str | Path, out_bol
         return {"resampled": False, "reason": "input already on the atlas grid", **info}
     if not _overlaps(bold_img, atlas_img):
         raise InputError(bold, f"BOLD does not overlap the atlas field of view: is it really in {space} space?")
+    from nilearn.image import resample_to_img  # ~1 s to import: only when the grid differs (not the demo's)
+
     resampled = resample_to_img(bold_img, atlas_img, interpolation="continuous", force_resample=True, copy_header=True)
     data = np.asarray(resampled.dataobj, dtype=np.float32)
     out = nib.Nifti1Image(data, atlas_img.affine, resampled.header)
