@@ -8,6 +8,9 @@ if TIMESERIES:
 
     # parcellate names the same files; here they come from the input instead
     ruleorder: timeseries_run > parcellate
+    # and the atlas rule A424's table, when the input's atlas is A424 (so that a bundle pretrained
+    # here fits a raw-BIDS project, whose atlas is A424 by that name)
+    ruleorder: timeseries_atlas > atlas
 
     rule timeseries_atlas:
         """The input atlas's table (index, name, MNI x, y, z): from the coordinates table, or label-image centroids."""
