@@ -296,6 +296,7 @@ def test_failed_run_leaves_nothing(tmp_path, atlas_paths, monkeypatch):
         ({"head_motion": True}, "head_motion"),
         ({"dummy_volumes": 11}, "dummy_volumes"),
         ({"pretraining_subjects": -1}, "pretraining_subjects"),
+        ({"pretraining_subjects": 2, "pretraining_trs": 10}, "pretraining_trs"),
     ],
 )
 def test_bad_arguments(tmp_path, atlas_paths, kwargs, match):

@@ -21,7 +21,7 @@ def _demo_data(args: argparse.Namespace) -> None:
         args.out, files["labels_img"], files["coordinates"], n_subjects=args.subjects, n_trs=args.trs,
         tr=args.tr, bold_res=args.bold_res, seed=args.seed, jobs=args.jobs, overwrite=args.overwrite,
         head_motion=args.head_motion, dummy_volumes=args.dummy_volumes,
-        pretraining_subjects=args.pretraining_subjects,
+        pretraining_subjects=args.pretraining_subjects, pretraining_trs=args.pretraining_trs,
     )
     print(f"demo dataset written to {args.out} ({summary.get('n_subjects', args.subjects)} subjects)")
 
@@ -108,6 +108,7 @@ def _add_demo_data(sub, atlas_options) -> None:
     p.add_argument("--pretraining-subjects", type=int, default=0,
                    help="also write an unlabelled pretraining cohort of this many subjects (A424 region time series, "
                         "XCP-D layout) under OUT/pretraining")
+    p.add_argument("--pretraining-trs", type=int, default=None, help="volumes per pretraining run (default: --trs)")
     atlas_options(p)
     p.set_defaults(func=_demo_data)
 

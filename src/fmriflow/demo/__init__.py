@@ -201,6 +201,7 @@ def generate_demo(
     head_motion: float | None = None,
     dummy_volumes: int = 0,
     pretraining_subjects: int = 0,
+    pretraining_trs: int | None = None,
 ) -> dict[str, Any]:
     """Write the synthetic demo dataset under ``out_dir``.
 
@@ -237,8 +238,8 @@ def generate_demo(
         Non-steady-state volumes put before the raw BOLD (default 0).
     pretraining_subjects : int
         Subjects of the unlabelled pretraining cohort written under ``pretraining/`` as
-        ready-made A424 region time series (``fmriflow.demo.pretraining``; ``n_trs`` volumes
-        at ``tr`` each); 0 (default): none.
+        ready-made A424 region time series (``fmriflow.demo.pretraining``), one run of
+        ``pretraining_trs`` volumes (None: ``n_trs``) at ``tr`` each; 0 (default): none.
 
     Returns
     -------
@@ -256,11 +257,12 @@ def generate_demo(
     """
     _check_args(n_subjects, n_trs, tr, bold_res, seed, jobs)
     _check_raw_options(head_motion, dummy_volumes)
-    if not isinstance(pretraining_subjects, (int, np.integer)) or isinstance(pretraining_subjects, bool) \
-            or pretraining_subjects < 0:
-        raise ValueError(f"'pretraining_subjects' must be a non-negative integer; {pretraining_subjects!r} was provided")
+    pretraining_trs = n_trs if pretraining_trs is None else pretraining_trs
+    for name, value, least in (("pretraining_subjects", pretraining_subjects, 0), ("pretraining_trs", pretraining_trs, 20)):
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < least:
+            raise ValueError(f"'{name}' must be an integer of at least {least}; {value!r} was provided")
     raw = {"head_motion": None if head_motion is None else float(head_motion), "dummy_volumes": int(dummy_volumes),
-           "pretraining_subjects": int(pretraining_subjects)}
+           "pretraining_subjects": int(pretraining_subjects), "pretraining_trs": int(pretraining_trs)}
     with _single_threaded_blas():
         return _generate(Path(out_dir), atlas_img, coordinates, n_subjects, n_trs, float(tr), bold_res, seed, jobs, overwrite, raw)
 
@@ -294,7 +296,7 @@ def _generate(out_dir, atlas_img, coordinates, n_subjects, n_trs, tr, bold_res, 
         results = _run_subjects(specs, shared, jobs)
         if raw["pretraining_subjects"]:
             write_pretraining_cohort(staging / "pretraining", seq.spawn(1)[0], population.networks, labels_table,
-                                     raw["pretraining_subjects"], n_trs, tr)
+                                     raw["pretraining_subjects"], raw["pretraining_trs"], tr)
         _write_ground_truth(
             staging / "ground_truth",
             labels_table=labels_table,
@@ -312,7 +314,7 @@ def _generate(out_dir, atlas_img, coordinates, n_subjects, n_trs, tr, bold_res, 
                 # only when used, so that files without them stay as they were
                 **({"head_motion": raw["head_motion"]} if raw["head_motion"] is not None else {}),
                 **({"dummy_volumes": raw["dummy_volumes"]} if raw["dummy_volumes"] else {}),
-                **({"pretraining_subjects": raw["pretraining_subjects"]} if raw["pretraining_subjects"] else {}),
+                **({key: raw[key] for key in ("pretraining_subjects", "pretraining_trs")} if raw["pretraining_subjects"] else {}),
             },
         )
         _move_into_place(staging, out_dir)
