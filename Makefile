@@ -10,7 +10,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.fmriflow-installed
 DEMO_DIR ?= data/demo
 DEMO_SUBJECTS ?= 24
-DEMO_PRETRAIN_SUBJECTS ?= 128
+# the pretraining cohort: 48 runs of 400 volumes (each run costs two jobs of about 1.2 s of CPU: fewer,
+# longer runs keep its stage near 3 minutes of 2 cores for twice the labelled cohort's subjects)
+DEMO_PRETRAIN_SUBJECTS ?= 48
+DEMO_PRETRAIN_TRS ?= 400
 DEMO_PRETRAIN_CONFIG ?= config/demo-pretrain.yaml
 DEMO_CONFIG ?= config/demo.yaml
 JOBS ?= 2
@@ -35,7 +38,8 @@ $(STAMP): pyproject.toml requirements.lock
 demo: install
 	@test -f $(DEMO_DIR)/bids/dataset_description.json -a -f $(DEMO_DIR)/pretraining/xcp_d/participants.tsv || \
 		$(BIN)/fmriflow demo-data $(DEMO_DIR) --subjects $(DEMO_SUBJECTS) \
-			--pretraining-subjects $(DEMO_PRETRAIN_SUBJECTS) --jobs $(JOBS) --overwrite
+			--pretraining-subjects $(DEMO_PRETRAIN_SUBJECTS) --pretraining-trs $(DEMO_PRETRAIN_TRS) \
+			--jobs $(JOBS) --overwrite
 	@echo "make demo, stage 1 of 2: pretraining project ($(DEMO_PRETRAIN_CONFIG)), writes the encoder bundle"
 	$(BIN)/snakemake --profile profiles/local --cores $(JOBS) --configfile $(DEMO_PRETRAIN_CONFIG)
 	@echo "make demo, stage 2 of 2: labelled project ($(DEMO_CONFIG)), fine-tunes from that bundle"

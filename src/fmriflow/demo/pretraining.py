@@ -55,7 +55,10 @@ class PretrainingModel:
     subject_sd: float = 0.15
     global_sd: float = 0.35
     noise_sd: float = 0.2
-    bold_units: float = 8.0
+    # the labelled demo's parcellated, denoised series (36P, 0.01-0.08 Hz) have about this scale per
+    # unit signal (measured: their per-region IQR was 0.49 of this cohort's at 8), so that the card's
+    # scaling statistics fit them
+    bold_units: float = 4.0
 
 
 PRETRAINING = PretrainingModel()
