@@ -58,7 +58,7 @@ def main(tmp_path_factory, atlas_paths) -> tuple[Path, dict]:
 def res2(tmp_path_factory, atlas_paths) -> tuple[Path, Path]:
     """Two runs at 2 mm with the same arguments, jobs=2 and jobs=1."""
     base = tmp_path_factory.mktemp("demo2")
-    args = dict(n_subjects=4, n_trs=20, bold_res=2, seed=5)
+    args = dict(n_subjects=4, n_trs=20, bold_res=2, seed=5, pretraining_subjects=3)
     make(base / "j2", atlas_paths, jobs=2, **args)
     make(base / "j1", atlas_paths, jobs=1, **args)
     return base / "j2", base / "j1"
@@ -295,6 +295,8 @@ def test_failed_run_leaves_nothing(tmp_path, atlas_paths, monkeypatch):
         ({"head_motion": -1.0}, "head_motion"),
         ({"head_motion": True}, "head_motion"),
         ({"dummy_volumes": 11}, "dummy_volumes"),
+        ({"pretraining_subjects": -1}, "pretraining_subjects"),
+        ({"pretraining_subjects": 2, "pretraining_trs": 10}, "pretraining_trs"),
     ],
 )
 def test_bad_arguments(tmp_path, atlas_paths, kwargs, match):
@@ -527,3 +529,84 @@ def test_cleaned_region_means_track_true_series(main, atlas_paths):
         # regions that the subject's dropout sphere removed are absent from its mask
         absent = truth["subjects"][sub]["regions_absent"]
         assert all(r not in regions for r in absent)
+
+
+# --------------------------------------------------------------------------- dynamics, pretraining cohort
+
+
+def pooled_lag1(series: list[np.ndarray]) -> float:
+    """Lag-1 autocorrelation pooled over (T, n) arrays: sum x_t x_t+1 / sum x_t^2, means removed."""
+    num = den = 0.0
+    for x in series:
+        x = x - x.mean(axis=0)
+        num += (x[1:] * x[:-1]).sum()
+        den += (x * x).sum()
+    return num / den
+
+
+def test_responders_slower_dynamics_at_equal_fc(main):
+    """The dynamics network's regions: lag-1 autocorrelation as the closed form per group
+    (l^2 phi_f + (1 - l^2) phi), other networks at phi in both groups, zero-lag FC within the
+    network unchanged; regions.tsv and ground_truth.json say which regions and which values."""
+    root, _ = main
+    truth = json.loads((root / "ground_truth" / "ground_truth.json").read_text())
+    model = truth["model"]
+    regions = pd.read_csv(root / "ground_truth" / "regions.tsv", sep="\t")
+    network = np.array([r["network"] for r in truth["regions"]])
+    k = model["dynamics_network"]
+    assert k not in model["responder_networks"]
+    assert list(regions["dynamics_network"]) == list(network == k)
+    phi = model["ar_coef_at_tr2"] ** (truth["settings"]["tr"] / 2)
+    phi_f = model["dynamics_ar_coef_at_tr2"] ** (truth["settings"]["tr"] / 2)
+    share = model["network_loading"] ** 2
+    expected = {"non-responder": phi, "responder": share * phi_f + (1 - share) * phi}
+    assert model["dynamics_region_lag1"] == pytest.approx(expected)
+    assert model["dynamics_ar_coef"] == pytest.approx({"non-responder": phi, "responder": phi_f})
+
+    table = pd.read_csv(root / "bids" / "participants.tsv", sep="\t")
+    series = {0: [], 1: []}
+    for sub, response in zip(table["participant_id"], table["response"]):
+        series[response].append(pd.read_csv(root / "ground_truth" / f"{sub}_desc-true_timeseries.tsv", sep="\t").to_numpy())
+    inside, outside = network == k, ~np.isin(network, [k, *model["responder_networks"]])
+    # 8 subjects x 150 TRs a group: SD of the pooled estimate about 0.015 (its bias, -(1 + phi) / T, 0.01)
+    for response, group in ((0, "non-responder"), (1, "responder")):
+        assert pooled_lag1([x[:, inside] for x in series[response]]) == pytest.approx(expected[group], abs=0.04)
+        assert pooled_lag1([x[:, outside] for x in series[response]]) == pytest.approx(phi, abs=0.04)
+    upper = np.triu_indices(int(inside.sum()), 1)
+    fc = {r: np.mean([np.corrcoef(x[:, inside].T)[upper].mean() for x in series[r]]) for r in (0, 1)}
+    assert abs(fc[1] - fc[0]) < 0.06  # zero-lag FC cannot see it (within-network r about 0.42 in both)
+
+
+def test_pretraining_cohort_files_and_dynamics(res2, atlas_paths):
+    """The pretraining cohort reads as XCP-D files of A424 (names, order, TR) through the timeseries
+    reader; each network's recorded coefficient orders its measured slowness."""
+    from fmriflow.atlas import a424_labels_table
+    from fmriflow.demo.pretraining import simulate_pretraining_subject
+    from fmriflow.timeseries.readers import read_series
+
+    root = res2[1] / "pretraining"
+    names = list(a424_labels_table(atlas_paths[1])["name"])
+    truth = json.loads((root / "ground_truth.json").read_text())
+    participants = pd.read_csv(root / "xcp_d" / "participants.tsv", sep="\t")
+    assert list(participants["participant_id"]) == ["sub-pt001", "sub-pt002", "sub-pt003"] == sorted(truth["factor_ar_coef"])
+    assert not {"response", "drug"} & set(participants)  # unlabelled
+    assert list(pd.read_csv(root / "atlas-A424_dseg.tsv", sep="\t")["name"]) == names
+    files = sorted(root.glob("xcp_d/sub-*/func/*_atlas-A424_stat-mean_timeseries.tsv"))
+    assert len(files) == 3
+    series = read_series(files[0], "xcpd")
+    assert series.tr == 2.0 and series.labels == names and series.values.shape == (20, 424)
+
+    regions = pd.read_csv(res2[1] / "ground_truth" / "regions.tsv", sep="\t")
+    networks = regions["network"].to_numpy()
+    measured, drawn = [], []
+    for seed in range(6):
+        y, phi = simulate_pretraining_subject(np.random.default_rng(seed), networks, 400, 2.0)
+        low, high = truth["model"]["ar_range"]
+        assert np.all((phi >= low) & (phi <= high))
+        for k in range(networks.max() + 1):
+            measured.append(pooled_lag1([y[:, networks == k].mean(axis=1, keepdims=True)]))
+            drawn.append(phi[k])
+    # band-passed, lag-1 autocorrelations all sit near 1; the rank order of slowness survives
+    from scipy.stats import spearmanr
+
+    assert spearmanr(drawn, measured).statistic > 0.6

@@ -16,14 +16,13 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 
 from fmriflow.errors import InputError
 from fmriflow.io import read_tsv
 from fmriflow.timeseries import centroid_table, check_series, coordinates_table, find_inputs, read_series
 from fmriflow.timeseries.settings import config_problems
 
-from test_workflow import DEMO_YAML, SHORT_RUNS, merged, run_snakemake
+from test_workflow import SHORT_RUNS, demo_settings, merged, run_snakemake
 
 N_REGIONS = 100
 ATLAS = "toy100"
@@ -273,7 +272,7 @@ def test_config_problems_name_the_keys():
 
 def ts_config(data: Path, results: Path, fmt: str, coordinates: Path, **timeseries) -> dict:
     """The demo's recipe (config/demo.yaml) at test size, on region time series instead of raw BIDS."""
-    return merged(yaml.safe_load(DEMO_YAML.read_text()), {
+    return merged(demo_settings(), {
         "output_dir": str(results),
         "input": {"mode": "timeseries", "timeseries": {"format": fmt, "dir": str(data), "atlas": ATLAS,
                                                         "coordinates": str(coordinates), **timeseries}},

@@ -48,6 +48,15 @@ def make_demo(out: Path, atlas_dir: Path, **kwargs) -> Path:
 # of config/config.yaml; the tests' configs go on top of them (run_snakemake's --configfile).
 DEMO_YAML = REPO / "config" / "demo.yaml"
 
+
+def demo_settings() -> dict:
+    """config/demo.yaml as one project: `make demo` gives it an encoder bundle pretrained first by
+    another project (config/demo-pretrain.yaml); the tests pretrain in the run instead."""
+    settings = yaml.safe_load(DEMO_YAML.read_text())
+    settings["pretrain"]["enabled"] = True
+    settings["finetune"]["encoder"] = None
+    return settings
+
 # short runs: 24 regressors (36P leaves no degrees of freedom in 40 volumes), 20-TR
 # windows, and a few pretraining steps of the tiny model
 SHORT_RUNS = {
@@ -70,7 +79,7 @@ def demo_config(demo: Path, results: Path, **extra) -> dict:
     """The demo's settings (config/demo.yaml) for the small demo dataset ``demo``, at test size;
     ``extra`` replaces whole sections of the test's own settings, as before the demo's settings
     moved out of config/config.yaml (the resolved config is the same)."""
-    return merged(yaml.safe_load(DEMO_YAML.read_text()), {
+    return merged(demo_settings(), {
         "bids_dir": str(demo / "bids"),
         "output_dir": str(results),
         "preproc": {"mode": "derivatives", "derivatives_dir": str(demo / "derivatives" / "fmriprep")},

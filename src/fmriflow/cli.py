@@ -23,6 +23,7 @@ def _demo_data(args: argparse.Namespace) -> None:
         args.out, files["labels_img"], files["coordinates"], n_subjects=args.subjects, n_trs=args.trs,
         tr=args.tr, bold_res=args.bold_res, seed=args.seed, jobs=args.jobs, overwrite=args.overwrite,
         head_motion=args.head_motion, dummy_volumes=args.dummy_volumes,
+        pretraining_subjects=args.pretraining_subjects, pretraining_trs=args.pretraining_trs,
     )
     print(f"demo dataset written to {args.out} ({summary.get('n_subjects', args.subjects)} subjects)")
 
@@ -247,15 +248,7 @@ def _bundle_parsers(sub, atlas_options) -> None:
     p.set_defaults(func=_import_checkpoint)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fmriflow", description=__doc__)
-    parser.add_argument("--version", action="version", version=f"fmriflow {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    def atlas_options(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--atlas-dir", help="folder holding the A424 files (else $FMRIFLOW_ATLAS_DIR, the cache, or a download)")
-        p.add_argument("--atlas-cache", default=DEFAULT_CACHE, help=f"atlas cache folder (default {DEFAULT_CACHE})")
-
+def _add_demo_data(sub, atlas_options) -> None:
     p = sub.add_parser("demo-data", help="write the synthetic demo dataset (raw BIDS, fMRIPrep-shaped derivatives, ground truth)")
     p.add_argument("out", type=Path)
     p.add_argument("--subjects", type=int, default=24)
@@ -268,8 +261,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--head-motion", type=float, default=None,
                    help="raw BOLD shows the head in a random pose moving by this multiple of the motion parameters")
     p.add_argument("--dummy-volumes", type=int, default=0, help="non-steady-state volumes before each raw run")
+    p.add_argument("--pretraining-subjects", type=int, default=0,
+                   help="also write an unlabelled pretraining cohort of this many subjects (A424 region time series, "
+                        "XCP-D layout) under OUT/pretraining")
+    p.add_argument("--pretraining-trs", type=int, default=None, help="volumes per pretraining run (default: --trs)")
     atlas_options(p)
     p.set_defaults(func=_demo_data)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fmriflow", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"fmriflow {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def atlas_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--atlas-dir", help="folder holding the A424 files (else $FMRIFLOW_ATLAS_DIR, the cache, or a download)")
+        p.add_argument("--atlas-cache", default=DEFAULT_CACHE, help=f"atlas cache folder (default {DEFAULT_CACHE})")
+
+    _add_demo_data(sub, atlas_options)
 
     p = sub.add_parser("fetch-atlas", help="download (or copy) and verify the A424 atlas into the cache")
     atlas_options(p)

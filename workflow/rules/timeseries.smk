@@ -8,7 +8,8 @@ if TIMESERIES:
 
     # parcellate names the same files; here they come from the input instead
     ruleorder: timeseries_run > parcellate
-    # and atlas A424's table, when the input's atlas is A424 (its image is not needed here)
+    # and the atlas rule A424's table, when the input's atlas is A424 (so that a bundle pretrained
+    # here fits a raw-BIDS project, whose atlas is A424 by that name)
     ruleorder: timeseries_atlas > atlas
 
     rule timeseries_atlas:

@@ -29,6 +29,10 @@ Group effect
     - 16 planted edges: ``+ c (e_i e_j' + e_j e_i')`` on 16 disjoint region pairs
       ``(i, j)`` in different networks, none in the responder networks (``c = 0.3``).
 
+    Responders also differ in their dynamics, where zero-lag FC cannot see it: the factor of
+    one more network (``dynamics_network``, not a responder network) is an AR(1) whose lag-1
+    autocorrelation is 0.9 at TR 2 s for responders, 0.6 for non-responders (next section).
+
     So the correlation difference is exactly ``h**2`` inside the responder networks,
     ``c`` on the edges and zero elsewhere (``ground_truth/regions.tsv`` marks the
     regions of both). The unique variance is at least ``1 - lam**2 - g**2 - h**2 =
@@ -37,9 +41,13 @@ Group effect
     voxels and lie far from the dropout sphere, so every subject observes them.
 Region signals
     A stationary VAR(1), ``x_t = phi x_{t-1} + sqrt(1 - phi**2) L eps_t`` with
-    ``L = chol(Sigma)``, ``eps_t ~ N(0, I)`` and ``x_0 = L eps_0``, so ``Sigma`` is the
-    exact covariance of every ``x_t``; ``phi = 0.6 ** (TR / 2 s)`` gives lag-1
-    autocorrelation 0.6 at TR 2 s whatever the TR.
+    ``L = chol(Sigma - lam**2 a a')`` (``a`` marks the dynamics network's regions),
+    ``eps_t ~ N(0, I)`` and ``x_0 = L eps_0``, plus ``lam a f_t`` with ``f`` a unit-variance
+    AR(1) of coefficient ``phi_f``: so ``Sigma`` is the exact covariance of every ``x_t``
+    in both groups. ``phi = 0.6 ** (TR / 2 s)`` gives lag-1 autocorrelation 0.6 at TR 2 s
+    whatever the TR; ``phi_f`` is ``phi`` for non-responders and ``0.9 ** (TR / 2 s)`` for
+    responders, whose dynamics-network regions then have lag-1 autocorrelation
+    ``lam**2 phi_f + (1 - lam**2) phi`` (0.708 at TR 2 s, against 0.6).
 Voxels (percent signal change units, ``%``)
     ``y_v(t) = b_v (1 + 0.01 (a_v x_r(t) + sigma eta_v(t) + sum_k w_vk n_k(t)))``,
     ``a_v = 1`` for voxels of atlas region ``r``, 0 elsewhere; ``sigma = 1.5``;
@@ -95,6 +103,11 @@ Raw BOLD with head motion (option ``head_motion``; off by default)
     ``1 + 0.4 * 0.5**k`` (T1 saturation). Truth: ``ground_truth/sub-XX_desc-headmotion_timeseries.tsv``
     (one row per raw volume) and each subject's ``head_pose`` in ``ground_truth.json``.
     The fMRIPrep-shaped derivatives do not change with either option.
+Pretraining cohort (option ``pretraining_subjects``; 0 by default)
+    A second, larger, unlabelled cohort for pretraining a foundation model, written as ready-made
+    A424 region time series in XCP-D's layout under ``pretraining/``: the same networks, each
+    subject's network dynamics drawn over a range spanning both groups above, no outcome
+    (``fmriflow.demo.pretraining``).
 Randomness
     ``numpy.random.SeedSequence(seed)``: child 0 draws the population (networks,
     edges, participants, who has dropout or spikes), child ``s`` subject ``s``; so
@@ -114,7 +127,10 @@ Layout
         sub-XX/func/sub-XX_task-rest_space-MNI152NLin6Asym_res-2_desc-brain_mask.nii.gz/.json
         sub-XX/func/sub-XX_task-rest_desc-confounds_timeseries.tsv/.json
       ground_truth/
-        edges.tsv, ground_truth.json, sub-XX_desc-true_timeseries.tsv
+        edges.tsv, regions.tsv, ground_truth.json, sub-XX_desc-true_timeseries.tsv
+      pretraining/               (pretraining_subjects > 0) the unlabelled cohort
+        xcp_d/participants.tsv, xcp_d/sub-ptNNN/func/..._atlas-A424_stat-mean_timeseries.tsv/.json
+        atlas-A424_dseg.tsv, ground_truth.json
 
 ``res-2`` appears only when ``bold_res`` is 2 (the A424 grid itself).
 
@@ -150,8 +166,9 @@ from ..progress import progress
 from .confounds import _confounds
 from .model import (
     BOLD_RESOLUTIONS, MODEL, RAW_RES, DemoModel, Population, _draw_population,
-    _dropout_sphere, _load_atlas_labels, _shared_arrays, bold_grid, population_covariances,
+    _dropout_sphere, _load_atlas_labels, _shared_arrays, bold_grid, dynamics_factor_removed, population_covariances,
 )
+from .pretraining import write_pretraining_cohort
 from .signals import _motion, _var1, _voxel_bold
 # _generate calls the writers by these names, so replacing fmriflow.demo._write_ground_truth
 # (as a test does, to simulate a crash) takes effect.
@@ -183,6 +200,8 @@ def generate_demo(
     overwrite: bool = False,
     head_motion: float | None = None,
     dummy_volumes: int = 0,
+    pretraining_subjects: int = 0,
+    pretraining_trs: int | None = None,
 ) -> dict[str, Any]:
     """Write the synthetic demo dataset under ``out_dir``.
 
@@ -217,6 +236,10 @@ def generate_demo(
         keeps the raw BOLD a motion-free copy of the simulated volumes.
     dummy_volumes : int
         Non-steady-state volumes put before the raw BOLD (default 0).
+    pretraining_subjects : int
+        Subjects of the unlabelled pretraining cohort written under ``pretraining/`` as
+        ready-made A424 region time series (``fmriflow.demo.pretraining``), one run of
+        ``pretraining_trs`` volumes (None: ``n_trs``) at ``tr`` each; 0 (default): none.
 
     Returns
     -------
@@ -234,7 +257,12 @@ def generate_demo(
     """
     _check_args(n_subjects, n_trs, tr, bold_res, seed, jobs)
     _check_raw_options(head_motion, dummy_volumes)
-    raw = {"head_motion": None if head_motion is None else float(head_motion), "dummy_volumes": int(dummy_volumes)}
+    pretraining_trs = n_trs if pretraining_trs is None else pretraining_trs
+    for name, value, least in (("pretraining_subjects", pretraining_subjects, 0), ("pretraining_trs", pretraining_trs, 20)):
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < least:
+            raise ValueError(f"'{name}' must be an integer of at least {least}; {value!r} was provided")
+    raw = {"head_motion": None if head_motion is None else float(head_motion), "dummy_volumes": int(dummy_volumes),
+           "pretraining_subjects": int(pretraining_subjects), "pretraining_trs": int(pretraining_trs)}
     with _single_threaded_blas():
         return _generate(Path(out_dir), atlas_img, coordinates, n_subjects, n_trs, float(tr), bold_res, seed, jobs, overwrite, raw)
 
@@ -250,11 +278,12 @@ def _generate(out_dir, atlas_img, coordinates, n_subjects, n_trs, tr, bold_res, 
     seq = np.random.SeedSequence(seed)
     pop_seq, *subject_seqs = seq.spawn(n_subjects + 1)
     population = _draw_population(labels_table, atlas_labels, atlas.affine, n_subjects, np.random.default_rng(pop_seq))
-    chol = {0: np.linalg.cholesky(population.sigma0), 1: np.linalg.cholesky(population.sigma1)}
+    chol = {g: np.linalg.cholesky(dynamics_factor_removed(sigma, population.networks))
+            for g, sigma in ((0, population.sigma0), (1, population.sigma1))}
 
     shared = _shared_arrays(atlas, atlas_labels, grid_shape, grid_affine, raw_shape, raw_affine)
     shared.update(
-        chol=chol, n_trs=n_trs, tr=tr, bold_res=bold_res, region_names=list(labels_table["name"]), **raw
+        chol=chol, dynamics_regions=np.flatnonzero(population.networks == MODEL.dynamics_network), n_trs=n_trs, tr=tr, bold_res=bold_res, region_names=list(labels_table["name"]), **raw
     )
     specs = _subject_specs(population, subject_seqs)
 
@@ -265,6 +294,9 @@ def _generate(out_dir, atlas_img, coordinates, n_subjects, n_trs, tr, bold_res, 
         _write_bids_top(staging / "bids", population.participants, n_trs, tr, raw)
         _write_fmriprep_top(staging / "derivatives" / "fmriprep")
         results = _run_subjects(specs, shared, jobs)
+        if raw["pretraining_subjects"]:
+            write_pretraining_cohort(staging / "pretraining", seq.spawn(1)[0], population.networks, labels_table,
+                                     raw["pretraining_subjects"], raw["pretraining_trs"], tr)
         _write_ground_truth(
             staging / "ground_truth",
             labels_table=labels_table,
@@ -282,6 +314,7 @@ def _generate(out_dir, atlas_img, coordinates, n_subjects, n_trs, tr, bold_res, 
                 # only when used, so that files without them stay as they were
                 **({"head_motion": raw["head_motion"]} if raw["head_motion"] is not None else {}),
                 **({"dummy_volumes": raw["dummy_volumes"]} if raw["dummy_volumes"] else {}),
+                **({key: raw[key] for key in ("pretraining_subjects", "pretraining_trs")} if raw["pretraining_subjects"] else {}),
             },
         )
         _move_into_place(staging, out_dir)
@@ -413,8 +446,11 @@ def _simulate_subject(spec: dict, shared: dict) -> dict:
     labels3d, mask3d = shared["labels"], shared["mask"].copy()
     shape = labels3d.shape
 
-    # latent region signals: stationary VAR(1) with covariance Sigma of the group
+    # latent region signals: stationary VAR(1) with covariance Sigma of the group less the
+    # dynamics network's factor, which is added as an AR(1) of the group's coefficient
     x = _var1(rng, shared["chol"][spec["response"]], MODEL.ar_coef(tr), n_trs)
+    factor = _var1(rng, np.ones((1, 1)), MODEL.dynamics_ar_coef(tr, bool(spec["response"])), n_trs)
+    x[:, shared["dynamics_regions"]] += MODEL.network_loading * factor
 
     dropout = None
     if spec["dropout"]:

@@ -44,6 +44,10 @@ class DemoModel:
     edge_min_dropout_distance_mm: float = 45.0
     responder_networks: tuple[int, ...] = (0, 1)
     responder_loading: float = 0.5
+    # responders' slower dynamics: the factor of this network (not a responder network) is an
+    # AR(1) with this lag-1 autocorrelation at TR 2 s for responders, ar_coef_at_tr2 for the others
+    dynamics_network: int = 2
+    dynamics_ar_coef_at_tr2: float = 0.9
     # region signals and the voxel model
     ar_coef_at_tr2: float = 0.6
     signal_pct: float = 1.0
@@ -89,6 +93,16 @@ class DemoModel:
 
     def physio_ar_coef(self, tr: float) -> float:
         return self.physio_ar_coef_at_tr2 ** (tr / 2.0)
+
+    def dynamics_ar_coef(self, tr: float, responder: bool) -> float:
+        """Lag-1 autocorrelation of the dynamics network's factor at ``tr``, per group."""
+        return (self.dynamics_ar_coef_at_tr2 if responder else self.ar_coef_at_tr2) ** (tr / 2.0)
+
+    def region_lag1(self, tr: float, responder: bool) -> float:
+        """Lag-1 autocorrelation of a dynamics-network region's signal: the factor's share
+        ``network_loading**2`` at the factor's coefficient, the rest at ``ar_coef``."""
+        share = self.network_loading ** 2
+        return share * self.dynamics_ar_coef(tr, responder) + (1 - share) * self.ar_coef(tr)
 
 
 MODEL = DemoModel()
@@ -240,6 +254,17 @@ def population_covariances(networks: np.ndarray, edges: pd.DataFrame) -> tuple[n
         if np.linalg.eigvalsh(sigma)[0] <= 0:
             raise RuntimeError(f"the {name} covariance is not positive definite; model constants are inconsistent")
     return sigma0, sigma1
+
+
+def dynamics_factor_removed(sigma: np.ndarray, networks: np.ndarray) -> np.ndarray:
+    """``sigma`` less the dynamics network's factor ``lam**2 a a'`` (``a``: its regions): the part
+    simulated as a VAR(1) at ``ar_coef``; the factor is added as its own AR(1), so that every
+    ``x_t`` still has covariance ``sigma`` exactly whatever the factor's coefficient."""
+    a = (networks == MODEL.dynamics_network).astype(float)
+    rest = sigma - MODEL.network_loading ** 2 * np.outer(a, a)
+    if np.linalg.eigvalsh(rest)[0] <= 0:
+        raise RuntimeError("the covariance less the dynamics factor is not positive definite; model constants are inconsistent")
+    return rest
 
 
 def _assign_networks(labels_table: pd.DataFrame, rng: np.random.Generator) -> np.ndarray:

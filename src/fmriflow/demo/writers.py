@@ -348,6 +348,7 @@ def _write_ground_truth(
         "responder_network": in_network,
         "edge_region": on_edge,
         "planted": in_network | on_edge,  # the regions whose connectivity differs between groups
+        "dynamics_network": networks == MODEL.dynamics_network,  # responders' slower dynamics, same FC
     }))
     model = asdict(MODEL)
     model["ar_coef"] = MODEL.ar_coef(settings["tr"])
@@ -356,12 +357,19 @@ def _write_ground_truth(
     model["within_network_corr"] = MODEL.network_loading**2 + MODEL.global_loading**2
     model["between_network_corr"] = MODEL.global_loading**2
     model["responder_network_corr_increase"] = MODEL.responder_loading**2
+    model["dynamics_ar_coef"] = {group: MODEL.dynamics_ar_coef(settings["tr"], group == "responder")
+                                 for group in ("non-responder", "responder")}
+    model["dynamics_region_lag1"] = {group: MODEL.region_lag1(settings["tr"], group == "responder")
+                                     for group in ("non-responder", "responder")}
     info = {
         "Description": (
             "Ground truth of the fmriflow synthetic demo. Region signals follow a VAR(1) whose "
             "stationary covariance is Sigma0 = B B' + D (non-responders) or Sigma1 (responders): "
             "Sigma0 with a factor of loading 'responder_loading' on the 'responder_networks' and "
-            "'edge_delta' added on the listed edges; see fmriflow.demo's docstring."
+            "'edge_delta' added on the listed edges. Responders also have slower dynamics in the "
+            "'dynamics_network': its factor's lag-1 autocorrelation is 'dynamics_ar_coef' (per group) "
+            "at unchanged zero-lag covariance, which zero-lag FC cannot see; a region of it then has "
+            "lag-1 autocorrelation 'dynamics_region_lag1'. See fmriflow.demo's docstring."
         ),
         "GeneratedBy": {"Name": GENERATOR_NAME, "Version": __version__, "CodeURL": CODE_URL},
         "settings": settings,
@@ -380,7 +388,8 @@ def _write_ground_truth(
         },
         "files": {
             "edges": "edges.tsv",
-            "regions": "regions.tsv (network of each region; responder_network, edge_region, planted)",
+            "regions": "regions.tsv (network of each region; responder_network, edge_region, planted: "
+                       "connectivity differs; dynamics_network: dynamics differ)",
             "true_timeseries": "sub-<label>_desc-true_timeseries.tsv (n_trs rows x 424 regions, column = region name)",
         },
     }
