@@ -8,6 +8,9 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.fmriflow-installed
+# the demo needs the package alone: the test, lite (antspyx), slurm and transformers extras
+# are for `make test` (the slurm plugin also costs seconds at every Snakemake start)
+DEMO_STAMP := $(VENV)/.fmriflow-core-installed
 DEMO_DIR ?= data/demo
 DEMO_SUBJECTS ?= 24
 # the pretraining cohort: 48 runs of 400 volumes (each run costs two jobs of about 1.2 s of CPU: fewer,
@@ -27,6 +30,11 @@ export PATH := $(abspath $(BIN)):$(PATH)
 
 install: $(STAMP)
 
+$(DEMO_STAMP): pyproject.toml requirements.lock
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -c requirements.lock -e .
+	@touch $@
+
 $(STAMP): pyproject.toml requirements.lock
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -c requirements.lock -e ".[test,lite,slurm,transformers]"
@@ -35,7 +43,7 @@ $(STAMP): pyproject.toml requirements.lock
 	$(BIN)/python -m pip install --no-deps -c requirements.lock antspyx
 	@touch $@
 
-demo: install
+demo: $(DEMO_STAMP)
 	@test -f $(DEMO_DIR)/bids/dataset_description.json -a -f $(DEMO_DIR)/pretraining/xcp_d/participants.tsv || \
 		$(BIN)/fmriflow demo-data $(DEMO_DIR) --subjects $(DEMO_SUBJECTS) \
 			--pretraining-subjects $(DEMO_PRETRAIN_SUBJECTS) --pretraining-trs $(DEMO_PRETRAIN_TRS) \
