@@ -56,6 +56,28 @@ def test_a_record_among_the_inputs_is_passed_on_or_refused(tmp_path):
     assert not (tmp_path / "x.tsv").exists() and not ran
 
 
+def test_run_qc_lists_a_failed_run_with_its_error_only_with_the_option(tmp_path):
+    from fmriflow.io import read_tsv, write_tsv
+    from fmriflow.steps import run_qc_step
+
+    runs = ["sub-01/func/sub-01_task-rest", "sub-02/func/sub-02_task-rest"]
+    qc, cov = [str(tmp_path / f"qc{k}.tsv") for k in (1, 2)], [str(tmp_path / f"cov{k}.tsv") for k in (1, 2)]
+    write_tsv(qc[0], pd.DataFrame([{"run": runs[0], "subject": "01", "mean_fd": 0.1}]))
+    write_tsv(cov[0], pd.DataFrame({"index": [1, 2], "coverage": [1.0, 0.9], "used": [True, True]}))
+    failure.guarded(_broken, run=runs[1], step="denoise", inputs=[], outputs=[qc[1]], continue_on_failure=True)
+    failure.guarded(lambda: None, run=runs[1], step="parcellate", inputs=[qc[1]], outputs=[cov[1]],
+                    continue_on_failure=True)
+    out = tmp_path / "desc-runs_qc.tsv"
+    with pytest.raises(InputError, match="qc2.tsv.*failure record of run sub-02/func/sub-02_task-rest's denoise"):
+        run_qc_step(runs, qc, cov, str(out), max_mean_fd=0.5)
+    run_qc_step(runs, qc, cov, str(out), continue_on_failure=True, max_mean_fd=0.5)
+    table = read_tsv(out, dtype={"run": str, "subject": str}).set_index("run")
+    assert table.loc[runs[0], "included"] and table.loc[runs[0], "region_coverage"] == 1.0
+    assert not table.loc[runs[1], "included"] and table.loc[runs[1], "subject"] == "02"
+    assert table.loc[runs[1], "error"] == table.loc[runs[1], "exclusion_reasons"]
+    assert table.loc[runs[1], "error"].startswith("failed at denoise: InputError: ") and "35 rows" in table.loc[runs[1], "error"]
+
+
 # ---------------------------------------------------------------------------- through the real DAG
 
 @pytest.fixture(scope="module")
