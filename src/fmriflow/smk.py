@@ -83,3 +83,15 @@ def tracked_params(entries: Mapping[str, Any]) -> dict[str, Any]:
     for index, (key, value) in enumerate(sorted(leaves(entries))):
         params[f"_shape{index}"] = f"{key}={json.dumps(value, sort_keys=True, default=str)}"
     return params
+
+
+def per_run(snakemake: Any, body: Any) -> None:
+    """Run a per-run step's ``body`` under the rule's failure policy (``params.on_failure``).
+
+    With ``qc.continue_on_failure`` a failure leaves records instead of artefacts and an earlier
+    step's record is passed on (``fmriflow.failure``); without it, as before, the job fails.
+    """
+    from .failure import guarded
+
+    guarded(body, run=snakemake.wildcards.run, step=snakemake.rule, inputs=list(snakemake.input),
+            outputs=list(snakemake.output), continue_on_failure=snakemake.params.on_failure["continue_on_failure"])

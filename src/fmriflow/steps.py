@@ -166,15 +166,21 @@ def denoise_step(run: str, bold: str, mask: str, confounds: str, out: str, out_q
 
 
 def run_qc_step(runs: Sequence[str], qc_tables: Sequence[str], coverage_tables: Sequence[str], out: str,
-                **thresholds: Any) -> None:
+                continue_on_failure: bool = False, **thresholds: Any) -> None:
     """One row per run: motion, censoring, DVARS, tSNR, region coverage; whether QC excludes it and why.
 
     ``thresholds``: the ``qc`` settings (``qc.EXCLUSION_CRITERIA`` keys; None switches one off).
+    ``continue_on_failure``: a run whose per-run step left failure records (``fmriflow.failure``)
+    gets a row naming the step and its error, excluded; without it such a run is an error.
     """
     from .qc import EXCLUSION_CRITERIA, exclusions, region_coverage
 
-    rows = []
+    rows, failed = [], {}
     for run, qc_path, cov_path in zip(runs, qc_tables, coverage_tables):
+        if (record := _failure_of(run, [qc_path, cov_path], continue_on_failure)) is not None:
+            failed[run] = f"failed at {record['failed_step']}: {record['error']}"
+            rows.append({"run": run, "subject": subject_of(run)})
+            continue
         row = read_tsv(qc_path, dtype={"subject": str, "run": str}).iloc[0].to_dict()  # "001" stays "001"
         if row.get("run") != run:
             raise InputError(qc_path, f"QC row is for run {row.get('run')!r}, expected {run!r}")
@@ -182,12 +188,30 @@ def run_qc_step(runs: Sequence[str], qc_tables: Sequence[str], coverage_tables: 
         rows.append(row)
     section = thresholds
     table = exclusions(pd.DataFrame(rows), section)
+    table["error"] = [failed.get(run, "n/a") for run in table["run"]]
+    is_failed = table["run"].isin(list(failed))
+    table.loc[is_failed, "included"] = False
+    table.loc[is_failed, "exclusion_reasons"] = table.loc[is_failed, "error"]  # the report lists the reasons
     write_tsv(out, table)
     thresholds = {key: section.get(key) for key in EXCLUSION_CRITERIA}
-    write_sidecar(out, "qc", [*qc_tables, *coverage_tables], config=section,
+    write_sidecar(out, "qc", [*qc_tables, *coverage_tables], config={**section, "continue_on_failure": continue_on_failure},
                   metadata_fields={"Thresholds": thresholds, "ExcludedRuns": table.loc[~table["included"], "run"].tolist(),
+                                   "FailedRuns": failed,
                                    "Description": "runs excluded here do not reach the connectivity stacks, "
                                                   "the group FC or the model-ready dataset"})
+
+
+def _failure_of(run: str, paths: Sequence[str], continue_on_failure: bool) -> dict | None:
+    """The failure record a run's step left among ``paths`` (None: none); an error without the option."""
+    from .failure import OPTION, first
+
+    found = first(paths)
+    if found is None:
+        return None
+    if not continue_on_failure:
+        raise InputError(found[0], f"is the failure record of run {run}'s {found[1]['failed_step']} step "
+                                   f"({found[1]['error']}), left while {OPTION} was true")
+    return found[1]
 
 
 def connectivity_step(timeseries: str, out_tsv: Sequence[str], out_npy: Sequence[str | None], *,

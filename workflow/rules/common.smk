@@ -194,6 +194,13 @@ def shaping_all():
     return smk.tracked_params(copy.deepcopy(config))
 
 
+def on_failure():
+    """Params entry of the per-run steps: qc.continue_on_failure (fmriflow.failure). Kept out of
+    Snakemake's params record (smk.Shaped): it changes only what a failing job leaves, so
+    switching it reruns none of the runs that worked."""
+    return smk.Shaped({"continue_on_failure": config["qc"]["continue_on_failure"]})
+
+
 def _sorted(value):
     return {k: _sorted(value[k]) for k in sorted(value)} if isinstance(value, dict) else value
 

@@ -8,6 +8,7 @@ rule connectivity:
         dynamic=[relmat("{run}", "{atlas}", "pearson", ".npy", desc="dynamic")] if DYNAMIC else [],
     params:
         **shaping("connectivity.kinds", "connectivity.sliding_window"),
+        on_failure=on_failure(),  # qc.continue_on_failure: records instead of a failed job
     log:
         f"{LOGS}/connectivity/{{run}}_atlas-{{atlas}}.log",
     script:

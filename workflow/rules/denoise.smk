@@ -9,6 +9,7 @@ rule denoise:
         qc=grid("{run}", desc="denoised", suffix="qc", extension=".tsv"),
     params:
         **shaping("denoise", "qc.min_degrees_of_freedom"),  # a strategy leaving fewer is refused
+        on_failure=on_failure(),  # qc.continue_on_failure: records instead of a failed job
     resources:
         mem_mb=mem_from_inputs(4000, 10),
     log:

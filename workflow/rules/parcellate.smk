@@ -10,6 +10,7 @@ rule parcellate:
         coverage=[grid("{run}", atlas=a, stat="coverage", suffix="bold", extension=".tsv") for a in ATLASES],
     params:
         **shaping("parcellate"),
+        on_failure=on_failure(),  # qc.continue_on_failure: records instead of a failed job
     resources:
         mem_mb=mem_from_inputs(1000, 6),
     log:

@@ -16,6 +16,7 @@ rule preproc_derivatives:
         qc=out("{run}", desc="preproc", suffix="qc", extension=".tsv"),
     params:
         **shaping("preproc.mode", "qc.fd_threshold"),
+        on_failure=on_failure(),  # qc.continue_on_failure: records instead of a failed job
     log:
         f"{LOGS}/preproc/{{run}}.log",
     script:
@@ -69,6 +70,7 @@ if MODE == "lite":
         params:
             root=f"{OUT}/{LITE_ROOT}",
             **shaping("preproc.mode", "preproc.lite"),
+            on_failure=on_failure(),  # qc.continue_on_failure: records instead of a failed job
         threads: config["preproc"]["lite"]["threads"]
         resources:
             mem_mb=mem_from_inputs(6000, 12),

@@ -4,6 +4,8 @@
 # first built, and a checkpoint makes Snakemake re-evaluate those rules' inputs once it does,
 # so excluded runs are absent from their inputs (not just skipped inside a script), and
 # `snakemake -n` shows the per-run work for every run before QC has run.
+# With qc.continue_on_failure a run whose per-run step failed arrives as failure records
+# (fmriflow.failure): its row names the step and the error, and it is excluded like any other.
 
 
 checkpoint run_qc:

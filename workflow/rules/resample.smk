@@ -8,6 +8,8 @@ rule resample:
     output:
         bold=grid("{run}", desc="preproc", suffix="bold", extension=".nii.gz"),
         mask=grid("{run}", desc="brain", suffix="mask", extension=".nii.gz"),
+    params:
+        on_failure=on_failure(),
     resources:
         mem_mb=mem_from_inputs(3000, 10),
     log:

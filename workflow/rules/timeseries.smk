@@ -39,6 +39,7 @@ if TIMESERIES:
         params:
             **shaping("input.timeseries.format", "input.timeseries.atlas", "input.timeseries.repetition_time",
                       "qc.fd_threshold"),
+            on_failure=on_failure(),  # qc.continue_on_failure: records instead of a failed job
         log:
             f"{LOGS}/timeseries/{{run}}.log",
         script:

@@ -1,10 +1,10 @@
 from fmriflow.preproc import PreprocFiles
-from fmriflow.smk import logged
+from fmriflow.smk import logged, per_run
 from fmriflow.steps import preproc_derivatives_step
 
 with logged(snakemake.log[0]):
     i = snakemake.input
-    preproc_derivatives_step(
+    per_run(snakemake, lambda: preproc_derivatives_step(
         snakemake.wildcards.run,
         PreprocFiles(i.bold, i.mask, i.confounds),
         i.raw_bold,
@@ -12,4 +12,4 @@ with logged(snakemake.log[0]):
         snakemake.output.qc,
         preproc=snakemake.params.config["preproc"],
         fd_threshold=snakemake.params.config["qc"]["fd_threshold"],
-    )
+    ))

@@ -1,6 +1,6 @@
-from fmriflow.smk import logged
+from fmriflow.smk import logged, per_run
 from fmriflow.steps import resample_step
 
 with logged(snakemake.log[0]):
     i, o = snakemake.input, snakemake.output
-    resample_step(i.bold, i.mask, i.atlas, i.qc, o.bold, o.mask)
+    per_run(snakemake, lambda: resample_step(i.bold, i.mask, i.atlas, i.qc, o.bold, o.mask))

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import KFold, StratifiedKFold, train_test_split
 
 from ..datasets.participants import bare, read_participants
 from ..errors import InputError
@@ -103,6 +102,8 @@ def folds(cohort: Cohort, setup: str, k: int, seed: int, drug_column: str | None
     if len(subjects) < 2:
         raise InputError("finetune.setups", f"set-up {setup!r}: {len(subjects)} labelled subject(s), too few to "
                                             "cross-validate (at least 2); leave it out of finetune.setups")
+    from sklearn.model_selection import KFold, StratifiedKFold  # here: the plan reads set-up names only
+
     n_splits = min(k, int(np.bincount(strata).min()))
     if n_splits < 2:  # a class with one subject: unstratified folds (the log says so; scores are near chance)
         log.warning("set-up %s: a class has fewer than 2 subjects; folds are not stratified", setup)
@@ -117,6 +118,8 @@ def inner_split(cohort: Cohort, train: list[str], fraction: float, seed: int) ->
     if len(train) < 2:  # nothing to hold out: stop on the training subject itself (logged)
         log.warning("only %d training subject(s): early stopping watches the training loss", len(train))
         return list(train), list(train)
+    from sklearn.model_selection import train_test_split
+
     labels = cohort.labels.loc[train]
     strata = _stratify(labels, cohort.task)
     n_val = min(len(train) - 1, max(1, int(round(fraction * len(train)))))

@@ -74,7 +74,7 @@ def check_run(files: PreprocFiles, raw_tr: float, fd_threshold: float = 0.5) -> 
         raise InputError(files.mask, f"brain mask grid {mask.shape} differs from the BOLD grid {img.shape[:3]}")
     confounds = read_tsv(files.confounds)
     if len(confounds) != img.shape[3]:
-        raise InputError(files.confounds, f"{len(confounds)} rows for {img.shape[3]} volumes in {files.bold.name}")
+        raise InputError(files.confounds, f"{len(confounds)} rows for {img.shape[3]} volumes in {Path(files.bold).name}")
     qc = {
         "n_volumes": int(img.shape[3]),
         "tr": tr,

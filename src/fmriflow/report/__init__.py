@@ -72,9 +72,10 @@ def build_report(
     (every file read), ``n_subjects``, ``n_runs``, ``dropped_regions`` and ``ground_truth``
     (recovery numbers, or None).
     """
-    qc, coverage, predictions = list(qc), list(coverage), list(predictions)
+    qc, coverage, run_files = _without_failed(qc, coverage, run_files or {})
+    predictions = list(predictions)
     _check_arguments(qc, coverage, group_diff, ground_truth_edges)
-    files_of_run = _run_files(run_files or {})
+    files_of_run = _run_files(run_files)
     data = _read_inputs(participants, manifest, validation, qc, coverage, run_qc, group_fc, group_diff,
                         ground_truth_edges, config)
     people, files, runs_table, cov, regions = data["people"], data["files"], data["runs_table"], data["cov"], data["regions"]
@@ -113,6 +114,15 @@ def build_report(
         "dropped_regions": dropped["name"].tolist(),
         "ground_truth": None if rec is None else rec["summary"],
     }
+
+
+def _without_failed(qc, coverage, run_files: Mapping) -> tuple[list, list, dict]:
+    """The runs' files less failure records (qc.continue_on_failure): the run QC table lists those
+    runs with their error; the per-run sections show the runs that have data."""
+    from ..failure import read as record
+
+    return ([p for p in qc if record(p) is None], [p for p in coverage if record(p) is None],
+            {run: files for run, files in run_files.items() if all(record(f) is None for f in files.values())})
 
 
 def _check_arguments(qc: list, coverage: list, group_diff, ground_truth_edges) -> None:
