@@ -94,6 +94,7 @@ class VQAlign(nn.Module):
         self.classifier = _mlp(config.dim, config.disc_hidden, 1)
         self.register_buffer("text_table", text_table.detach().clone().float())
         self.register_buffer("text_ids", text_ids.detach().clone().long())
+        self.next_text_ids: torch.Tensor | None = None  # the next training forward's text draw (set_text_draw)
 
     def patches(self, x: torch.Tensor) -> torch.Tensor:
         """(B, R, T) -> (B, T // patch, R * patch)."""
@@ -119,18 +120,34 @@ class VQAlign(nn.Module):
     def forward(self, x: torch.Tensor, region_mask: torch.Tensor | None = None,
                 text_ids: torch.Tensor | None = None) -> VQAlignOutput:
         """``x`` (B, R, T); ``region_mask`` (B, R) True where a region has data (the loss skips the
-        others); ``text_ids`` the text rows the classifier sees (None: as many as there are fMRI
-        vectors, drawn from ``self.text_ids`` with torch's generator)."""
+        others); ``text_ids`` the text rows the classifier sees (None: in training the draw set by
+        ``set_text_draw``, in evaluation every row of ``self.text_ids``)."""
         q = self.quantizer(self.encode(x))
         recon = self.unpatch(self.decoder(q.z_q), x.shape[1])
         weight = torch.ones_like(x[:, :, :1]) if region_mask is None else region_mask[:, :, None].to(x.dtype)
         recon_loss = ((recon - x) ** 2 * weight).sum() / (weight.sum() * x.shape[2]).clamp_min(1)
         fmri = q.z_q.reshape(-1, self.config.dim)
         if text_ids is None:
-            text_ids = self.text_ids[torch.randint(len(self.text_ids), (len(fmri),), device=self.text_ids.device)]
+            text_ids = self._text_draw(len(fmri))
         disc_loss, disc_acc = self._discriminate(self.reversal(fmri), self.text_table[text_ids])
         return VQAlignOutput(recon_loss + q.loss + disc_loss, recon_loss, q.loss, disc_loss, disc_acc,
                              q.perplexity, q.usage, recon, q.codes)
+
+    def set_text_draw(self, positions: torch.Tensor) -> None:
+        """The text rows the next training forward shows the classifier: ``text_ids[positions]``.
+
+        A training loop sets them from its own generator (seed, step), so that a resumed run
+        draws what an uninterrupted one would have."""
+        self.next_text_ids = self.text_ids[positions.to(self.text_ids.device)]
+
+    def _text_draw(self, n: int) -> torch.Tensor:
+        """Training: the set draw (or ``n`` rows from torch's generator when none is set); evaluation: every row."""
+        if not self.training:
+            return self.text_ids
+        drawn, self.next_text_ids = self.next_text_ids, None
+        if drawn is None:
+            drawn = self.text_ids[torch.randint(len(self.text_ids), (n,), device=self.text_ids.device)]
+        return drawn
 
     def _discriminate(self, fmri: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Class-balanced logistic loss (fMRI = 1, text = 0) and balanced accuracy."""
