@@ -20,6 +20,8 @@
 #                                         variants.tsv (every variant and baseline of every set-up)
 #   <output_dir>/dataset/voxel-<grid>/    (voxel.enabled) z-scored 4-D frames on a model's grid, memory-mapped
 #   <output_dir>/voxel/                   (voxel.enabled) NeuroSTORM pretraining, BrainMT / NeuroSTORM fine-tuning
+#   <output_dir>/text/                    (text.enabled) vq-align_aligned/, vq-align_ablation/ (fMRI codes aligned with
+#                                         text, and without the domain classifier), lm-finetune_target-<target>/
 #   <output_dir>/report/fmriflow_report.html
 #   <output_dir>/logs/<rule>/...          one log per job
 
@@ -48,6 +50,7 @@ include: "workflow/rules/pretrain.smk"
 include: "workflow/rules/bundle.smk"
 include: "workflow/rules/finetune.smk"
 include: "workflow/rules/voxel.smk"
+include: "workflow/rules/text.smk"
 include: "workflow/rules/report.smk"
 
 
@@ -55,4 +58,5 @@ rule all:
     input:
         all_outputs(),
         voxel_outputs(),
+        text_outputs(),
     default_target: True

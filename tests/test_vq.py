@@ -137,7 +137,7 @@ def test_vqalign_shapes_and_masked_reconstruction_loss():
     mask = torch.ones(2, 6, dtype=torch.bool)
     mask[1, 4:] = False
     out = model(x, region_mask=mask, text_ids=torch.arange(3, 19))
-    assert out.reconstruction.shape == x.shape and out.codes.shape == (2, 4)
+    assert out.reconstruction.shape == x.shape and out.codes.shape == (2, 16)  # 4 patches x 4 codes each
     sq = (out.reconstruction - x).detach() ** 2
     expected = (sq[0].sum() + sq[1, :4].sum()) / (10 * 40)
     torch.testing.assert_close(out.recon_loss.detach(), expected)

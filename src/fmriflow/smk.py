@@ -81,5 +81,8 @@ def tracked_params(entries: Mapping[str, Any]) -> dict[str, Any]:
     """
     params: dict[str, Any] = {"config": Shaped(entries)}
     for index, (key, value) in enumerate(sorted(leaves(entries))):
-        params[f"_shape{index}"] = f"{key}={json.dumps(value, sort_keys=True, default=str)}"
+        # Snakemake fills wildcards into string params: braces in a value (a text template's
+        # "{age}") are doubled so that they come through as written
+        text = json.dumps(value, sort_keys=True, default=str).replace("{", "{{").replace("}", "}}")
+        params[f"_shape{index}"] = f"{key}={text}"
     return params

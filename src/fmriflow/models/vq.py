@@ -129,7 +129,12 @@ class VectorQuantizer(nn.Module):
     def restart_dead(self, z: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Move every dead code onto a latent of ``z`` (..., dim) drawn without replacement where
         there are enough; their usage restarts at uniform. Returns the restarted indices."""
-        dead = self.dead_codes()
+        return self.restart(z, self.dead_codes(), generator)
+
+    @torch.no_grad()
+    def restart(self, z: torch.Tensor, dead: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Move codes ``dead`` onto latents of ``z`` as ``restart_dead`` does (all codes: a data-dependent
+        initialisation, so that no code starts out of the latents' reach)."""
         if len(dead) == 0:
             return dead
         flat = z.reshape(-1, self.dim).float()

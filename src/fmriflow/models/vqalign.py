@@ -2,8 +2,9 @@
 by a domain classifier behind a gradient reversal (the fMRI vocabulary of ``lm-finetune``).
 
 A window (regions x T) is cut into patches of ``patch`` TRs across all regions; each patch is
-encoded to one vector, quantised by ``VectorQuantizer`` (its codebook is the fMRI vocabulary:
-one code per patch is one token), and decoded back to the patch. A domain classifier sees the
+encoded to ``groups`` vectors, each quantised by ``VectorQuantizer`` (its codebook is the fMRI
+vocabulary: ``groups`` tokens per patch, product quantisation with one shared codebook), and
+decoded back to the patch. A domain classifier sees the
 quantised fMRI vectors and text token embeddings (rows of a frozen text embedding table: the
 vocabulary of the language model that will read the codes) and tells them apart; the gradient
 reversal in front of the fMRI side makes the encoder learn to make them indistinguishable, so
@@ -35,6 +36,7 @@ class VQAlignConfig:
     hidden: int = 256  # width of the encoder's and decoder's MLPs
     dim: int = 32  # code width = text embedding width (a local language model's width when one is given)
     n_codes: int = 64  # codebook size: the fMRI vocabulary
+    groups: int = 4  # codes per patch: the patch's latent is ``groups`` code-wide vectors, each quantised
     beta: float = 0.25  # commitment loss weight
     ema: bool = True  # codebook by moving averages (else by the codebook loss)
     disc_hidden: int = 64  # domain classifier width
@@ -42,8 +44,8 @@ class VQAlignConfig:
 
 
 CONFIGS = {
-    "tiny": VQAlignConfig(hidden=128, dim=32, n_codes=32, disc_hidden=64),
-    "small": VQAlignConfig(hidden=512, dim=64, n_codes=256, disc_hidden=128),
+    "tiny": VQAlignConfig(hidden=128, dim=32, n_codes=64, groups=4, disc_hidden=32),
+    "small": VQAlignConfig(hidden=512, dim=64, n_codes=512, groups=8, disc_hidden=128),
 }
 
 
@@ -57,7 +59,7 @@ class VQAlignOutput:
     perplexity: torch.Tensor
     usage: torch.Tensor
     reconstruction: torch.Tensor  # (B, R, T)
-    codes: torch.Tensor  # (B, T // patch)
+    codes: torch.Tensor  # (B, T // patch * groups)
 
 
 def reversal_weight(step: int, max_steps: int, align_weight: float, gamma: float = 10.0) -> float:
@@ -87,8 +89,8 @@ class VQAlign(nn.Module):
             raise ValueError(f"text embeddings are {text_table.shape[1]}-d but the codes are {config.dim}-d")
         self.config = config
         width = config.n_regions * config.patch
-        self.encoder = _mlp(width, config.hidden, config.dim)
-        self.decoder = _mlp(config.dim, config.hidden, width)
+        self.encoder = _mlp(width, config.hidden, config.dim * config.groups)
+        self.decoder = _mlp(config.dim * config.groups, config.hidden, width)
         self.quantizer = VectorQuantizer(config.n_codes, config.dim, beta=config.beta, ema=config.ema)
         self.reversal = GradientReversal(0.0)
         self.classifier = _mlp(config.dim, config.disc_hidden, 1)
@@ -109,12 +111,15 @@ class VQAlign(nn.Module):
         return p.reshape(b, n, r, self.config.patch).permute(0, 2, 1, 3).reshape(b, r, n * self.config.patch)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """Latents before quantisation, (B, N, dim)."""
-        return self.encoder(self.patches(x))
+        """Latents before quantisation, (B, N * groups, dim): ``groups`` vectors per patch, in time order."""
+        p = self.encoder(self.patches(x))
+        # each latent normalised (zero mean, unit variance over its width): the scale of the text table's
+        # N(0, 1) rows, codes far enough apart for the decoder to tell them apart from the start
+        return F.layer_norm(p.reshape(p.shape[0], -1, self.config.dim), (self.config.dim,)) * self.config.text_std
 
     @torch.no_grad()
     def tokenize(self, x: torch.Tensor) -> torch.Tensor:
-        """Code indices of windows (B, R, T) -> (B, T // patch)."""
+        """Code indices of windows (B, R, T) -> (B, T // patch * groups)."""
         return self.quantizer(self.encode(x)).codes
 
     def forward(self, x: torch.Tensor, region_mask: torch.Tensor | None = None,
@@ -123,7 +128,8 @@ class VQAlign(nn.Module):
         others); ``text_ids`` the text rows the classifier sees (None: in training the draw set by
         ``set_text_draw``, in evaluation every row of ``self.text_ids``)."""
         q = self.quantizer(self.encode(x))
-        recon = self.unpatch(self.decoder(q.z_q), x.shape[1])
+        b = x.shape[0]
+        recon = self.unpatch(self.decoder(q.z_q.reshape(b, -1, self.config.dim * self.config.groups)), x.shape[1])
         weight = torch.ones_like(x[:, :, :1]) if region_mask is None else region_mask[:, :, None].to(x.dtype)
         recon_loss = ((recon - x) ** 2 * weight).sum() / (weight.sum() * x.shape[2]).clamp_min(1)
         fmri = q.z_q.reshape(-1, self.config.dim)

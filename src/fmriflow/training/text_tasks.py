@@ -7,7 +7,7 @@
   or a local pretrained model's tokenizer and input embeddings (``text_model``). The reversed
   gradient's weight rises over training to ``align_weight`` (``reversal_weight``); 0 is the
   ablation without the domain classifier. Dead codes restart every ``restart_every`` steps on
-  the batch's latents. Validation metrics per evaluation: reconstruction R^2, the classifier's
+  the batch's latents; at step 0 every code starts on a latent of the first batch. Validation metrics per evaluation: reconstruction R^2, the classifier's
   balanced accuracy, codebook perplexity and usage. Beside model.pt: ``region_r2.tsv``.
 - ``lm-finetune``: the vq-align model (``init_from``) turns each window into code tokens; a
   causal LM over text tokens + codes (``fmriflow.text.lm``) learns ``[bos] codes prompt answer
@@ -83,15 +83,18 @@ def _schedule(model, batch: dict, step: int, cfg: TrainConfig) -> None:
     model.reversal.weight.fill_(reversal_weight(step, cfg.max_steps, cfg.align_weight))
     # draws from generators seeded by (seed, step, purpose), not torch's global one (a DataLoader's start
     # draws from that): a resumed run draws what an uninterrupted one would have
-    local, n_patches = batch["x"].shape[0], batch["x"].shape[2] // model.config.patch
+    local, n_patches = batch["x"].shape[0], batch["x"].shape[2] // model.config.patch * model.config.groups
     rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
     # the global batch's draw, this rank's share of it: the same classifier inputs for any number of processes
     positions = torch.randint(len(model.text_ids), (cfg.batch_size * n_patches,), generator=_generator(cfg, step, 0))
     model.set_text_draw(positions[rank * local * n_patches:(rank + 1) * local * n_patches])
-    if cfg.restart_every and step > 0 and step % cfg.restart_every == 0:
+    if step == 0 or (cfg.restart_every and step % cfg.restart_every == 0):
         with torch.no_grad():
             latents = model.encode(batch["x"])
-        model.quantizer.restart_dead(latents, generator=_generator(cfg, step, 1))
+        if step == 0:  # every code starts on a latent of the first batch: none out of reach, none dead at once
+            model.quantizer.restart(latents, torch.arange(model.config.n_codes), generator=_generator(cfg, step, 1))
+        else:
+            model.quantizer.restart_dead(latents, generator=_generator(cfg, step, 1))
 
 
 def _generator(cfg: TrainConfig, step: int, purpose: int) -> torch.Generator:
