@@ -4,6 +4,8 @@ the plan with the keys named. Dry runs only: the tasks themselves are tested in 
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from test_workflow import demo_config, make_demo, planned_jobs, run_snakemake
 
@@ -36,3 +38,15 @@ def test_text_section_needs_a_target_and_one_text_source(demo, tmp_path):
     proc = run_snakemake(tmp_path, demo_config(demo, results, text={**TEXT, "column": "site"}), "--dry-run")
     assert proc.returncode != 0
     assert "exactly one of text.template and text.column" in proc.stdout + proc.stderr
+
+
+def test_tracked_params_of_a_template_survive_snakemake_wildcards():
+    from snakemake.io import apply_wildcards
+
+    from fmriflow.smk import tracked_params
+
+    params = tracked_params({"text": {"template": "sex: {sex}; age: { age}", "empty": {}}, "list": ["{a}"]})
+    shown = {k: apply_wildcards(v, {}) for k, v in params.items() if k.startswith("_shape")}
+    decoded = dict(text.split("=", 1) for text in shown.values())
+    assert {k: json.loads(v) for k, v in decoded.items()} == {
+        "text.template": "sex: {sex}; age: { age}", "text.empty": {}, "list": ["{a}"]}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import logging
 import sys
 import traceback
@@ -81,8 +82,16 @@ def tracked_params(entries: Mapping[str, Any]) -> dict[str, Any]:
     """
     params: dict[str, Any] = {"config": Shaped(entries)}
     for index, (key, value) in enumerate(sorted(leaves(entries))):
-        # Snakemake fills wildcards into string params: braces in a value (a text template's
-        # "{age}") are doubled so that they come through as written
-        text = json.dumps(value, sort_keys=True, default=str).replace("{", "{{").replace("}", "}}")
-        params[f"_shape{index}"] = f"{key}={text}"
+        params[f"_shape{index}"] = f"{key}={_no_wildcards(json.dumps(value, sort_keys=True, default=str))}"
     return params
+
+
+def _no_wildcards(text: str) -> str:
+    """JSON ``text`` in which no ``{name}`` is left for Snakemake to fill as a wildcard.
+
+    Snakemake fills wildcards into string params and has no escape for braces there; a config
+    string such as a text template ("age: {age}") would stop the plan. Such a brace is written
+    as JSON's unicode escape of the brace (the same string once decoded). Outside strings a
+    JSON brace is never followed by a word character, so only string content changes.
+    """
+    return re.sub(r"\{(?=\s*\w)", r"\\u007b", text)

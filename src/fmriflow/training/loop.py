@@ -2,10 +2,12 @@
 
 Tasks (``--task``): ``brainlm`` pretrains the region-level masked autoencoder (the default);
 ``neurostorm-mae`` pretrains NeuroSTORM on 4-D windows; ``brainmt`` trains BrainMT on a
-participants.tsv column; ``neurostorm`` prompt-tunes a pretrained NeuroSTORM on one
+participants.tsv column; ``neurostorm`` prompt-tunes a pretrained NeuroSTORM on one;
+``vq-align`` and ``lm-finetune`` align fMRI tokens with text and train a language model on them
 (``fmriflow.training.tasks`` builds each). A task supplies the model, the train and
-validation datasets, the loss of a batch and how much masking noise a batch needs; the loop
-below is shared.
+validation datasets, the loss of a batch and how much masking noise a batch needs, and
+optionally a per-step hook (schedules), more validation metrics and more final outputs; the
+loop below is shared.
 
 One entry point for one process, several GPUs (``torchrun --nproc-per-node N``) and several
 nodes (``srun torchrun ...``): DDP starts when ``torchrun`` sets ``RANK``. Training is exactly
