@@ -22,6 +22,8 @@
 #   <output_dir>/voxel/                   (voxel.enabled) NeuroSTORM pretraining, BrainMT / NeuroSTORM fine-tuning
 #   <output_dir>/sc/atlas-A424/transform-<t>/  (brainsymphony.enabled) connectomes as the model takes them
 #   <output_dir>/brainsymphony/<model>_modalities-<m>/  (brainsymphony.enabled) pretrained BrainSymphony, metrics.csv
+#   <output_dir>/text/                    (text.enabled) vq-align_aligned/, vq-align_ablation/ (fMRI codes aligned with
+#                                         text, and without the domain classifier), lm-finetune_target-<target>/
 #   <output_dir>/report/fmriflow_report.html
 #   <output_dir>/logs/<rule>/...          one log per job
 
@@ -51,6 +53,7 @@ include: "workflow/rules/bundle.smk"
 include: "workflow/rules/finetune.smk"
 include: "workflow/rules/voxel.smk"
 include: "workflow/rules/brainsymphony.smk"
+include: "workflow/rules/text.smk"
 include: "workflow/rules/report.smk"
 
 
@@ -58,4 +61,5 @@ rule all:
     input:
         all_outputs(),
         voxel_outputs(),
+        text_outputs(),
     default_target: True

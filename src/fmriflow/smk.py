@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import logging
 import sys
 import traceback
@@ -81,7 +82,7 @@ def tracked_params(entries: Mapping[str, Any]) -> dict[str, Any]:
     """
     params: dict[str, Any] = {"config": Shaped(entries)}
     for index, (key, value) in enumerate(sorted(leaves(entries))):
-        params[f"_shape{index}"] = f"{key}={json.dumps(value, sort_keys=True, default=str)}"
+        params[f"_shape{index}"] = f"{key}={_no_wildcards(json.dumps(value, sort_keys=True, default=str))}"
     return params
 
 
@@ -95,3 +96,14 @@ def per_run(snakemake: Any, body: Any) -> None:
 
     guarded(body, run=snakemake.wildcards.run, step=snakemake.rule, inputs=list(snakemake.input),
             outputs=list(snakemake.output), continue_on_failure=snakemake.params.on_failure["continue_on_failure"])
+
+
+def _no_wildcards(text: str) -> str:
+    """JSON ``text`` in which no ``{name}`` is left for Snakemake to fill as a wildcard.
+
+    Snakemake fills wildcards into string params and has no escape for braces there; a config
+    string such as a text template ("age: {age}") would stop the plan. Such a brace is written
+    as JSON's unicode escape of the brace (the same string once decoded). Outside strings a
+    JSON brace is never followed by a word character, so only string content changes.
+    """
+    return re.sub(r"\{(?=\s*\w)", r"\\u007b", text)

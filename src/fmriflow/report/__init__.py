@@ -78,9 +78,8 @@ def build_report(
     files_of_run = _run_files(run_files)
     data = _read_inputs(participants, manifest, validation, qc, coverage, run_qc, group_fc, group_diff,
                         ground_truth_edges, config)
-    people, files, runs_table, cov, regions = data["people"], data["files"], data["runs_table"], data["cov"], data["regions"]
-    config = data["config"]
-
+    people, files, runs_table, cov, regions, config = (data[key] for key in ("people", "files", "runs_table", "cov",
+                                                                             "regions", "config"))
     figures = Figures(figures_dir)
     rec = recovery(data["edges"], data["diff"]) if data["edges"] is not None else None
     dropped = dropped_regions(cov, regions)

@@ -12,16 +12,18 @@ from typing import Any, Callable
 
 import torch
 
-TASKS = ("brainlm", "brainsymphony", "neurostorm-mae", "brainmt", "neurostorm")
+TASKS = ("brainlm", "brainsymphony", "neurostorm-mae", "brainmt", "neurostorm", "vq-align", "lm-finetune")
 TARGET_KINDS = ("classification", "regression")
 # the step in the provenance sidecars of a task's outputs: the workflow rule that runs the task
 # (workflow/rules/pretrain.smk, voxel.smk), so a fine-tuned model does not claim to be pretrained
-SIDECAR_STEP = {"brainlm": "pretrain", "brainsymphony": "brainsymphony_pretrain", "neurostorm-mae": "voxel_pretrain", "brainmt": "voxel_finetune",
-                "neurostorm": "voxel_finetune"}
+SIDECAR_STEP = {"brainlm": "pretrain", "brainsymphony": "brainsymphony_pretrain", "neurostorm-mae": "voxel_pretrain",
+                "brainmt": "voxel_finetune", "neurostorm": "voxel_finetune", "vq-align": "vq_align",
+                "lm-finetune": "lm_finetune"}
 # the workflow config section whose settings a task's rule passes on the command line (config/config.yaml),
 # so an error about a setting can name the key the user wrote
-CONFIG_SECTION = {"brainlm": "pretrain", "brainsymphony": "brainsymphony", "neurostorm-mae": "voxel.pretrain", "brainmt": "voxel.brainmt",
-                  "neurostorm": "voxel.neurostorm"}
+CONFIG_SECTION = {"brainlm": "pretrain", "brainsymphony": "brainsymphony", "neurostorm-mae": "voxel.pretrain",
+                  "brainmt": "voxel.brainmt", "neurostorm": "voxel.neurostorm", "vq-align": "text.vq_align",
+                  "lm-finetune": "text.lm_finetune"}
 
 
 @dataclass
@@ -61,6 +63,13 @@ class TrainConfig:
     # brainsymphony
     modalities: str = "both"  # both (time series + connectomes) | fmri | sc
     sc_dir: str = ""  # folder of per-subject connectome TSVs (fmriflow.training.symphony)
+    # fMRI-text alignment (vq-align, lm-finetune; fmriflow.training.text_tasks)
+    text_template: str = ""  # subject text from participants.tsv columns, e.g. "sex: {sex}; age: {age}"
+    text_column: str = ""  # or a free-text participants.tsv column
+    text_model: str = ""  # a local pretrained tokenizer + causal LM folder ("": trained from scratch)
+    align_weight: float = 1.0  # vq-align: final weight of the reversed domain gradient; 0: no domain classifier (ablation)
+    restart_every: int = 20  # vq-align: steps between restarts of dead codes (0: never)
+    text_prompt: str = ""  # lm-finetune: the prompt after the fMRI tokens, a template over columns ("": "<target>:")
 
     def __post_init__(self):
         if self.task not in TASKS:
@@ -104,3 +113,10 @@ class Task:
     loss: Callable[[torch.nn.Module, dict, torch.Tensor | None], torch.Tensor]  # (model or DDP, batch, noise) -> ()
     n_noise: Callable[[torch.Tensor], int]  # masking noise values per sample for a batch's x (0: none)
     info: dict[str, Any] = dataclasses.field(default_factory=dict)  # more entries of model.pt
+    # optional: called before each step's forward with the unwrapped model, the batch and the step (schedules)
+    before_step: Callable[[torch.nn.Module, dict, int], None] | None = None
+    # optional: more validation metrics (columns ``metric_fields`` of train_log.csv), from the unwrapped model
+    metrics: Callable[[torch.nn.Module], dict[str, float]] | None = None
+    metric_fields: tuple[str, ...] = ()
+    # optional: more outputs written beside model.pt once training is complete; returns their paths
+    finish: Callable[[torch.nn.Module, Any], list] | None = None

@@ -2,10 +2,12 @@
 
 Tasks (``--task``): ``brainlm`` pretrains the region-level masked autoencoder (the default);
 ``neurostorm-mae`` pretrains NeuroSTORM on 4-D windows; ``brainmt`` trains BrainMT on a
-participants.tsv column; ``neurostorm`` prompt-tunes a pretrained NeuroSTORM on one
+participants.tsv column; ``neurostorm`` prompt-tunes a pretrained NeuroSTORM on one;
+``vq-align`` and ``lm-finetune`` align fMRI tokens with text and train a language model on them
 (``fmriflow.training.tasks`` builds each). A task supplies the model, the train and
-validation datasets, the loss of a batch and how much masking noise a batch needs; the loop
-below is shared.
+validation datasets, the loss of a batch and how much masking noise a batch needs, and
+optionally a per-step hook (schedules), more validation metrics and more final outputs; the
+loop below is shared.
 
 One entry point for one process, several GPUs (``torchrun --nproc-per-node N``) and several
 nodes (``srun torchrun ...``): DDP starts when ``torchrun`` sets ``RANK``. Training is exactly
@@ -170,12 +172,12 @@ def train(cfg: TrainConfig, should_stop: Callable[[int], bool] | None = None) ->
     # fmriflow.progress.LOG_INTERVAL seconds in a log (the metrics go to train_log.csv)
     bar = progress(total=cfg.max_steps, initial=step, desc=f"{cfg.task} training", unit="step", disable=not ddp.master)
     try:
-        metrics = _Metrics(out / "train_log.csv", ddp.master, resume_step=step)
+        metrics = _Metrics(out / "train_log.csv", ddp.master, resume_step=step, extra=run.task.metric_fields)
         train_loss = _TrainLoss(ddp.device)
         n_noise = None
 
         if step == 0:  # the untrained model's validation loss: the baseline the curve starts from
-            metrics.write(step=0, val_loss=evaluate(run.model, run.task, cfg, ddp, run.bf16))
+            metrics.write(step=0, val_loss=evaluate(run.model, run.task, cfg, ddp, run.bf16), **_task_metrics(run))
         with _batches(_loader(run.task.train_set, cfg, ddp, step)) as batches:
             stop.stepping = True
             for batch in batches:
@@ -191,7 +193,7 @@ def train(cfg: TrainConfig, should_stop: Callable[[int], bool] | None = None) ->
                     mean = train_loss.write(metrics, step, cfg, ddp, lr=run.scheduler.get_last_lr()[0], grad_norm=grad_norm)
                     bar.set_postfix_str(f"train loss {mean:.4g}", refresh=False)
                 if step % cfg.eval_every == 0 or step == cfg.max_steps:
-                    metrics.write(step=step, val_loss=evaluate(run.model, run.task, cfg, ddp, run.bf16))
+                    metrics.write(step=step, val_loss=evaluate(run.model, run.task, cfg, ddp, run.bf16), **_task_metrics(run))
                 interrupted = _agreed(stop.signum is not None or (should_stop is not None and should_stop(step)), ddp)
                 if step % cfg.checkpoint_every == 0 or step == cfg.max_steps or interrupted:
                     save_checkpoint(checkpoint, run.model, run.optimizer, run.scheduler, step, cfg, ddp, inputs=inputs)
@@ -297,6 +299,8 @@ def _step(run: _Run, trainable: torch.nn.Module, batch: dict, step: int, n_noise
     """One optimiser step on this rank's share of global batch ``step``; (loss, gradient norm)."""
     cfg, ddp = run.cfg, run.ddp
     local = cfg.batch_size // ddp.world
+    if run.task.before_step is not None:
+        run.task.before_step(run.model, batch, step)
     noise = None
     if n_noise:
         noise = mask_noise(cfg.seed, step, cfg.batch_size, n_noise, ddp.device)[ddp.rank * local:(ddp.rank + 1) * local]
@@ -318,11 +322,24 @@ def _save_outputs(out: Path, run: _Run) -> None:
     with atomic_path(out / "metrics.csv") as tmp:
         shutil.copyfile(out / "train_log.csv", tmp)
     save_model(out / "model.pt", run.model, cfg, run.info)
+    more = run.task.finish(run.model, out) if run.task.finish is not None else []
     # the card holds the dataset's checksums; the other inputs are set per task (voxel tasks have no coords)
     inputs = [Path(cfg.dataset) / "dataset_card.json", *(p for p in (cfg.coords, cfg.participants) if p),
               *init_files(cfg), *sc_files(cfg)]
-    for artefact in (out / "metrics.csv", out / "model.pt"):
+    for artefact in (out / "metrics.csv", out / "model.pt", *map(Path, more)):
         write_sidecar(artefact, SIDECAR_STEP[cfg.task], inputs, parameters=dataclasses.asdict(cfg))
+
+
+def _task_metrics(run: _Run) -> dict[str, float]:
+    """The task's own validation metrics (rank 0 writes them; every rank computes them alike)."""
+    if run.task.metrics is None:
+        return {}
+    run.model.eval()
+    try:
+        with torch.no_grad():
+            return run.task.metrics(run.model)
+    finally:
+        run.model.train()
 
 
 def _to_device(batch: dict, device: torch.device) -> dict:
@@ -381,8 +398,9 @@ class _Metrics:
 
     FIELDS = ("step", "train_loss", "val_loss", "lr", "grad_norm", "samples_per_s")
 
-    def __init__(self, path: Path, enabled: bool, resume_step: int):
+    def __init__(self, path: Path, enabled: bool, resume_step: int, extra: tuple[str, ...] = ()):
         self.enabled = enabled
+        self.fields = (*self.FIELDS, *extra)
         if not enabled:
             return
         if path.exists():  # keep the rows up to the checkpoint we resume from
@@ -390,7 +408,7 @@ class _Metrics:
         else:
             rows = []
         with path.open("w", newline="") as fh:
-            writer = csv.DictWriter(fh, self.FIELDS)
+            writer = csv.DictWriter(fh, self.fields)
             writer.writeheader()
             writer.writerows(rows)
         self.path = path
@@ -404,7 +422,7 @@ class _Metrics:
         if not self.enabled:
             return
         with self.path.open("a", newline="") as fh:
-            csv.DictWriter(fh, self.FIELDS).writerow(row)
+            csv.DictWriter(fh, self.fields).writerow(row)
         if self.tb is not None:
             for key, value in row.items():
                 if key != "step":

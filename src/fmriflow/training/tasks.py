@@ -8,6 +8,8 @@ validation datasets, the loss of a batch and how much masking noise a batch need
 - ``brainmt``: BrainMT trained end to end on a participants.tsv column.
 - ``neurostorm``: the encoder of a ``neurostorm-mae`` run (``init_from``) loaded and frozen;
   only the prompt tokens and the head are trained, on a participants.tsv column.
+- ``vq-align``, ``lm-finetune``: fMRI tokens aligned with text, and a language model reading
+  them (``fmriflow.training.text_tasks``).
 
 Targets: ``classification`` maps the column's values (as text, sorted) to class indices
 and trains with cross-entropy; ``regression`` standardises the column with the mean and
@@ -39,6 +41,10 @@ def build_task(cfg: TrainConfig) -> Task:
         from .symphony import brainsymphony_task
 
         return brainsymphony_task(cfg)
+    if cfg.task in ("vq-align", "lm-finetune"):
+        from . import text_tasks
+
+        return text_tasks.vq_align_task(cfg) if cfg.task == "vq-align" else text_tasks.lm_finetune_task(cfg)
     return build_voxel_task(cfg)
 
 

@@ -1,0 +1,115 @@
+"""The vq-align and lm-finetune training tasks on the CPU (fmriflow.training.text_tasks): the logged
+metrics against an independent computation, exact resume, the language model's scored answers.
+Skips without the text extra (tokenizers, transformers)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+pytest.importorskip("tokenizers", reason='needs the text extra: pip install ".[text]"')
+pytest.importorskip("transformers", reason='needs the text extra: pip install ".[text]"')
+
+from fmriflow.datasets.regions import RegionWindowDataset, build_dataset, make_splits  # noqa: E402
+from fmriflow.errors import InputError  # noqa: E402
+from fmriflow.training.config import TrainConfig  # noqa: E402
+from fmriflow.training.loop import train  # noqa: E402
+from fmriflow.training.text_tasks import load_vq_align  # noqa: E402
+
+N_REGIONS, N_TIME, N_SUBJECTS = 12, 200, 10
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """10 subjects whose regions mix 2 AR(1) sources, and a participants.tsv with age and sex."""
+    root = tmp_path_factory.mktemp("vqalign")
+    rng = np.random.default_rng(0)
+    loading = rng.normal(size=(2, N_REGIONS))
+    runs = []
+    for s in range(N_SUBJECTS):
+        src = np.zeros((N_TIME, 2))
+        for t in range(1, N_TIME):
+            src[t] = 0.8 * src[t - 1] + 0.6 * rng.standard_normal(2)
+        path = root / f"sub-{s:02d}_timeseries.tsv"
+        values = src @ loading + 0.2 * rng.standard_normal((N_TIME, N_REGIONS))
+        pd.DataFrame(values, columns=[f"r{i}" for i in range(N_REGIONS)]).to_csv(path, sep="\t", index=False)
+        runs.append({"run": f"sub-{s:02d}/func/sub-{s:02d}_task-rest", "subject": f"{s:02d}", "tr": 2.0, "timeseries": path})
+    splits = make_splits([r["subject"] for r in runs], fractions=(0.6, 0.2, 0.2), seed=0)
+    build_dataset(runs, splits, root / "dataset", window=40, stride=20)
+    participants = root / "participants.tsv"
+    pd.DataFrame({"participant_id": [f"sub-{s:02d}" for s in range(N_SUBJECTS)],
+                  "age": rng.integers(20, 66, N_SUBJECTS), "sex": rng.choice(["F", "M"], N_SUBJECTS)}
+                 ).to_csv(participants, sep="\t", index=False)
+    return root / "dataset", participants
+
+
+def config(data, out, **overrides) -> TrainConfig:
+    dataset, participants = data
+    base = dict(dataset=str(dataset), participants=str(participants), out=str(out), task="vq-align", model="tiny",
+                text_template="sex: {sex}; age: {age}", batch_size=8, max_steps=20, warmup_steps=3,
+                checkpoint_every=5, eval_every=10, log_every=5, num_workers=0, lr=3e-3, restart_every=4)
+    return TrainConfig(**{**base, **overrides})
+
+
+def test_vq_align_logs_metrics_and_region_r2_matches_sklearn(data, tmp_path):
+    from sklearn.metrics import r2_score
+
+    train(config(data, tmp_path))
+    log = pd.read_csv(tmp_path / "metrics.csv").dropna(subset=["val_loss"]).set_index("step")
+    assert list(log.index) == [0, 10, 20]
+    assert log["disc_acc"].between(0, 1).all() and log["perplexity"].between(1, 32).all()
+    assert log.loc[0, "reversal_weight"] == 0 and 0 < log.loc[20, "reversal_weight"] <= 1
+    # per-region R^2 of the final model on the validation windows, by scikit-learn
+    model, _ = load_vq_align(str(tmp_path / "model.pt"))
+    val = RegionWindowDataset(data[0], "val")
+    x = torch.stack([val[i]["x"] for i in range(len(val))])
+    with torch.no_grad():
+        recon = model(x, text_ids=model.text_ids[:1]).reconstruction
+    truth = x.permute(0, 2, 1).reshape(-1, N_REGIONS).numpy()
+    pred = recon.permute(0, 2, 1).reshape(-1, N_REGIONS).numpy()
+    expected = r2_score(truth, pred, multioutput="raw_values")
+    table = pd.read_csv(tmp_path / "region_r2.tsv", sep="\t")
+    np.testing.assert_allclose(table["r2"], expected, rtol=1e-4, atol=1e-5)
+    assert table["region"].tolist() == [f"r{i}" for i in range(N_REGIONS)]
+    assert (tmp_path / "region_r2.tsv.json").is_file() or any(tmp_path.glob("region_r2*.json"))
+
+
+def test_vq_align_resume_is_exact(data, tmp_path):
+    """Restarts, the reversal schedule, EMA codes and the classifier's text draws all resume exactly."""
+    train(config(data, tmp_path / "straight", max_steps=12))
+    assert train(config(data, tmp_path / "split", max_steps=12), should_stop=lambda s: s == 6)["interrupted"]
+    train(config(data, tmp_path / "split", max_steps=12))
+    a = torch.load(tmp_path / "straight" / "model.pt", weights_only=False)["model"]
+    b = torch.load(tmp_path / "split" / "model.pt", weights_only=False)["model"]
+    for key, value in a.items():
+        assert torch.equal(b[key], value), key
+
+
+def test_lm_finetune_scores_parsed_answers(data, tmp_path):
+    train(config(data, tmp_path / "vq", max_steps=10))
+    cfg = config(data, tmp_path / "lm", task="lm-finetune", init_from=str(tmp_path / "vq" / "model.pt"),
+                 target="age", text_prompt="sex: {sex}; age:", max_steps=30, lr=1e-2)
+    train(cfg)
+    answers = pd.read_csv(tmp_path / "lm" / "answers.tsv", sep="\t", dtype={"subject": str})
+    per = pd.read_csv(tmp_path / "lm" / "predictions.tsv", sep="\t", dtype={"subject": str})
+    table = pd.read_csv(tmp_path / "lm" / "lm_metrics.tsv", sep="\t").set_index("predictor")
+    metrics = {"unparseable_answers": int(table.loc["lm", "unparseable_answers"]), "lm": table.loc["lm"]}
+    assert set(answers["split"]) <= {"val", "test"} and len(per) == answers["subject"].nunique()
+    assert metrics["unparseable_answers"] == int(answers["parsed"].isna().sum())
+    scored = per.dropna(subset=["prediction"])
+    ages = pd.read_csv(data[1], sep="\t")
+    train_subjects = pd.read_csv(data[0] / "splits.tsv", sep="\t", dtype={"subject": str}).query("split == 'train'")
+    mean = ages.set_index(ages["participant_id"].str[4:]).loc[train_subjects["subject"], "age"].mean()
+    assert metrics["lm"]["train_mean"] == pytest.approx(mean)
+    assert metrics["lm"]["mae"] == pytest.approx(np.abs(scored["truth"] - scored["prediction"]).mean())
+    assert metrics["lm"]["mae_mean_baseline"] == pytest.approx(np.abs(scored["truth"] - mean).mean())
+
+
+def test_lm_finetune_prompt_must_not_hold_the_answer(data, tmp_path):
+    train(config(data, tmp_path / "vq", max_steps=2, eval_every=2))
+    cfg = config(data, tmp_path / "lm", task="lm-finetune", init_from=str(tmp_path / "vq" / "model.pt"),
+                 target="age", text_prompt="age: {age}")
+    with pytest.raises(InputError, match="names the target column 'age'"):
+        train(cfg)

@@ -1,0 +1,168 @@
+"""The vector quantiser, gradient reversal and the vq-align autoencoder (fmriflow.models.vq,
+fmriflow.models.vqalign), checked against brute force and closed forms on CPU."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from fmriflow.models.vq import GradientReversal, VectorQuantizer, code_perplexity, nearest_codes, reverse_gradient
+from fmriflow.models.vqalign import create_vqalign, random_text_table, reversal_weight
+
+
+def _brute_force_nearest(z: np.ndarray, codebook: np.ndarray) -> np.ndarray:
+    return np.array([int(np.argmin([((row - e) ** 2).sum() for e in codebook])) for row in z])
+
+
+def test_nearest_code_matches_brute_force():
+    rng = np.random.default_rng(0)
+    z, codebook = rng.normal(size=(200, 6)), rng.normal(size=(17, 6))
+    got = nearest_codes(torch.tensor(z), torch.tensor(codebook)).numpy()
+    np.testing.assert_array_equal(got, _brute_force_nearest(z, codebook))
+
+
+@pytest.mark.parametrize("ema", [False, True])
+def test_quantizer_output_is_nearest_code_and_loss_has_closed_form(ema):
+    torch.manual_seed(0)
+    vq = VectorQuantizer(12, 5, beta=0.3, ema=ema).eval()
+    z = torch.randn(4, 7, 5)
+    out = vq(z)
+    codebook = vq.codebook.detach().numpy()
+    expected = _brute_force_nearest(z.reshape(-1, 5).numpy(), codebook)
+    np.testing.assert_array_equal(out.codes.reshape(-1).numpy(), expected)
+    np.testing.assert_allclose(out.z_q.detach().reshape(-1, 5).numpy(), codebook[expected], rtol=1e-6)
+    # beta ||z - sg(e)||^2 (+ ||sg(z) - e||^2 when the codebook learns by gradient), as means over elements
+    sq = ((z.reshape(-1, 5).numpy() - codebook[expected]) ** 2).mean()
+    np.testing.assert_allclose(float(out.loss.detach()), (0.3 + (0.0 if ema else 1.0)) * sq, rtol=1e-5)
+
+
+def test_straight_through_gradient_is_the_identity():
+    torch.manual_seed(1)
+    vq = VectorQuantizer(8, 4, ema=False)
+    z = torch.randn(10, 4, requires_grad=True)
+    upstream = torch.randn(10, 4)
+    (vq(z).z_q * upstream).sum().backward()
+    # d(sum(g * z_q))/dz = g exactly; the codebook gets nothing through z_q
+    torch.testing.assert_close(z.grad, upstream)
+    assert vq.codebook.grad is None or torch.count_nonzero(vq.codebook.grad) == 0
+
+
+def test_commitment_gradient_pulls_latent_towards_its_code():
+    torch.manual_seed(2)
+    vq = VectorQuantizer(8, 4, beta=0.25, ema=True).eval()  # eval: no EMA step moves the codes
+    z = torch.randn(6, 4, requires_grad=True)
+    out = vq(z)
+    out.loss.backward()
+    e = vq.codebook[out.codes]
+    # d/dz beta * mean((z - e)^2) = 2 beta (z - e) / numel
+    torch.testing.assert_close(z.grad, 2 * 0.25 * (z.detach() - e) / z.numel())
+
+
+def test_ema_update_closed_form():
+    torch.manual_seed(3)
+    vq = VectorQuantizer(5, 3, ema=True, decay=0.9, eps=1e-5).train()
+    count0, sum0 = vq.ema_count.clone().numpy(), vq.ema_sum.clone().numpy()
+    z = torch.randn(40, 3)
+    codes = vq(z).codes.numpy()
+    counts = np.bincount(codes, minlength=5).astype(float)
+    sums = np.stack([z.numpy()[codes == k].sum(0) for k in range(5)])
+    count = 0.9 * count0 + 0.1 * counts
+    n = count.sum()
+    smoothed = (count + 1e-5) / (n + 5 * 1e-5) * n
+    np.testing.assert_allclose(vq.codebook.numpy(), (0.9 * sum0 + 0.1 * sums) / smoothed[:, None], rtol=1e-5)
+
+
+def test_perplexity_closed_form():
+    assert float(code_perplexity(torch.tensor([0, 1, 2, 3] * 5), 8)) == pytest.approx(4.0)
+    codes = torch.tensor([0] * 3 + [1])
+    p = np.array([0.75, 0.25])
+    assert float(code_perplexity(codes, 8)) == pytest.approx(math.exp(-(p * np.log(p)).sum()), rel=1e-6)
+
+
+@pytest.mark.parametrize("ema", [False, True])
+def test_dead_codes_restart_on_batch_latents(ema):
+    torch.manual_seed(4)
+    vq = VectorQuantizer(8, 2, ema=ema, usage_decay=0.5).train()
+    with torch.no_grad():
+        vq.codebook.data[:] = torch.tensor([[0.0, 0.0], [10.0, 10.0]] + [[100.0 + k, -100.0] for k in range(6)])
+        if ema:  # the moving averages the codebook is read from
+            vq.ema_sum.copy_(vq.codebook * vq.ema_count[:, None])
+    z = torch.cat([torch.randn(20, 2) * 0.1, 10 + torch.randn(20, 2) * 0.1])  # near codes 0 and 1 only
+    for _ in range(10):
+        vq(z)
+    live_before = vq.codebook[:2].clone()
+    assert sorted(vq.dead_codes().tolist()) == list(range(2, 8))
+    restarted = vq.restart_dead(z, generator=torch.Generator().manual_seed(0))
+    assert sorted(restarted.tolist()) == list(range(2, 8))
+    torch.testing.assert_close(vq.codebook[:2], live_before)
+    rows = {tuple(r) for r in z.numpy().round(6).tolist()}
+    picked = [tuple(r) for r in vq.codebook[2:].detach().numpy().round(6).tolist()]
+    assert all(r in rows for r in picked) and len(set(picked)) == 6  # distinct latents of the batch
+    assert len(vq.dead_codes()) == 0 and torch.allclose(vq.usage_share[2:], torch.full((6,), 1 / 8))
+
+
+@pytest.mark.parametrize("weight", [0.0, 0.5, 2.0])
+def test_gradient_reversal_sign_and_scale(weight):
+    x = torch.randn(5, 3, requires_grad=True)
+    upstream = torch.randn(5, 3)
+    y = GradientReversal(weight)(x)
+    torch.testing.assert_close(y, x.detach())
+    (y * upstream).sum().backward()
+    torch.testing.assert_close(x.grad, -weight * upstream)
+    # through a non-linear function: d/dx sum(sin(rev(x))) = -weight cos(x)
+    x2 = torch.randn(7, requires_grad=True)
+    torch.sin(reverse_gradient(x2, weight)).sum().backward()
+    torch.testing.assert_close(x2.grad, -weight * torch.cos(x2.detach()))
+
+
+def test_reversal_schedule_closed_form():
+    assert reversal_weight(0, 100, 0.7) == 0.0
+    assert reversal_weight(100, 100, 0.7) == pytest.approx(0.7 * (2 / (1 + math.exp(-10)) - 1))
+    assert reversal_weight(50, 100, 0.7) == pytest.approx(0.7 * (2 / (1 + math.exp(-5)) - 1))
+    assert reversal_weight(500, 100, 0.7) == reversal_weight(100, 100, 0.7)
+
+
+def _model(seed=0):
+    torch.manual_seed(seed)
+    table = random_text_table(30, 32, 1.0, seed=1)
+    return create_vqalign("tiny", n_regions=6, text_table=table, text_ids=torch.arange(3, 30))
+
+
+def test_vqalign_shapes_and_masked_reconstruction_loss():
+    model = _model().eval()
+    x = torch.randn(2, 6, 40)
+    mask = torch.ones(2, 6, dtype=torch.bool)
+    mask[1, 4:] = False
+    out = model(x, region_mask=mask, text_ids=torch.arange(3, 19))
+    assert out.reconstruction.shape == x.shape and out.codes.shape == (2, 16)  # 4 patches x 4 codes each
+    sq = (out.reconstruction - x).detach() ** 2
+    expected = (sq[0].sum() + sq[1, :4].sum()) / (10 * 40)
+    torch.testing.assert_close(out.recon_loss.detach(), expected)
+
+
+def test_domain_classifier_gradient_reaches_encoder_reversed_and_scaled():
+    """Encoder gradient of the classifier's loss with reversal weight w is -w times the gradient
+    the encoder would get if it were trained to help the classifier (w = -1)."""
+    x, text = torch.randn(3, 6, 20), torch.arange(3, 9)
+
+    def encoder_grad(weight):
+        model = _model(seed=5).eval()
+        model.reversal.weight.fill_(weight)
+        model(x, text_ids=text).disc_loss.backward()
+        return model.encoder[0].weight.grad.clone()
+
+    helping = encoder_grad(-1.0)
+    assert helping.abs().sum() > 0
+    for w in (0.3, 1.5):
+        torch.testing.assert_close(encoder_grad(w), -w * helping, rtol=1e-4, atol=1e-7)
+    assert torch.count_nonzero(encoder_grad(0.0)) == 0  # the ablation: the probe does not shape the encoder
+
+
+def test_code_width_must_match_text_embeddings():
+    with pytest.raises(ValueError, match="text embeddings are 16-d but the codes are 32-d"):
+        from fmriflow.models.vqalign import CONFIGS, VQAlign
+
+        VQAlign(CONFIGS["tiny"], torch.zeros(5, 16), torch.arange(5))
