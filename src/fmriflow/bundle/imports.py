@@ -17,7 +17,6 @@ Kinds:
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -27,10 +26,11 @@ import torch
 from .. import __version__
 from ..atlas import A424_FILES, a424_labels_table, fetch_a424
 from ..errors import InputError
-from ..io import read_json, sha256sum
+from ..io import sha256sum
 from ..provenance import build_sidecar, write_sidecar
 from .card import FORMAT_VERSION
 from .keymap import KeyMap
+from .read import json_file
 from .recipes import BRAINLM_SOURCE, brainlm_v1_recipe, brainlm_vitmae_recipe
 from .write import write_bundle
 
@@ -92,12 +92,7 @@ def read_release(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tens
     else:
         raise InputError(path, "no such file or folder (the released checkpoint, downloaded beforehand)")
     config_path = weights.parent / "config.json"
-    if not config_path.is_file():
-        raise InputError(config_path, "no such file; the release's config.json must sit beside its weights")
-    try:
-        config = read_json(config_path)
-    except json.JSONDecodeError as exc:
-        raise InputError(config_path, f"not JSON ({exc})") from exc
+    config = json_file(config_path, "the release's config.json must sit beside its weights")
     return config, load_weights(weights), weights, config_path
 
 

@@ -24,6 +24,17 @@ from .card import CONFIG, WEIGHTS
 ARCHITECTURES = ("BrainLM", "BrainLMv1", "BrainLMViTMAE", "BrainJEPA")
 
 
+
+def json_file(path: Path, where: str) -> Any:
+    """The JSON in ``path``; a missing or unreadable file is an InputError naming it (``where``: what
+    should hold it)."""
+    if not path.is_file():
+        raise InputError(path, f"no such file; {where}")
+    try:
+        return read_json(path)
+    except json.JSONDecodeError as exc:
+        raise InputError(path, f"not JSON ({exc})") from exc
+
 def _config_class(architecture: str):
     if architecture == "BrainLMv1":
         from ..models.brainlm_v1 import BrainLMv1Config
@@ -40,12 +51,7 @@ def read_config(bundle: str | Path) -> Any:
     """The architecture of a bundle (its ``config.json``): a config dataclass, or for ``BrainLMViTMAE``
     the dict of the ``transformers`` config and the pooling."""
     path = Path(bundle) / CONFIG
-    if not path.is_file():
-        raise InputError(path, "no such file; an encoder bundle holds its architecture in config.json")
-    try:
-        config = read_json(path)
-    except json.JSONDecodeError as exc:
-        raise InputError(path, f"not JSON ({exc})") from exc
+    config = json_file(path, "an encoder bundle holds its architecture in config.json")
     architecture = config.get("architecture")
     if architecture not in ARCHITECTURES:
         raise InputError(path, f"'architecture' must be one of {ARCHITECTURES}; {architecture!r} was found")

@@ -19,11 +19,7 @@ def format_card(card: Mapping[str, Any], regions: int = 5) -> str:
     final, scaling = card["training"]["final"], card["scaling"]
     hours = data["hours"]
     lines = [
-        f"{card['Name']} (card format {card['format_version']}, fmriflow {card['fmriflow_version']})",
-        "",
-        "Model",
-        _row("architecture", f"{model['architecture']} '{model['name']}', {model['n_parameters']:,} parameters"),
-        _row("embedding", model["embedding"]),
+        *_model_lines(card),
         "",
         "Preparing new data",
         _row("atlas", f"{atlas['name']}, {atlas['n_regions']} regions, image sha256 "
@@ -67,11 +63,7 @@ def format_imported_card(card: Mapping[str, Any], regions: int = 5) -> str:
     model, atlas, source, tr = card["model"], card["atlas"], card["model"]["source"], card["input"]["tr"]
     scaling = card["scaling"]
     lines = [
-        f"{card['Name']} (card format {card['format_version']}, fmriflow {card['fmriflow_version']})",
-        "",
-        "Model",
-        _row("architecture", f"{model['architecture']} '{model['name']}', {model['n_parameters']:,} parameters"),
-        _row("embedding", model["embedding"]),
+        *_model_lines(card),
         _row("release", source["release"]),
         _row("weights", f"{source['weights']} (sha256 {source['weights_sha256']}), {source['tensors']} tensors, "
                         f"{len(source['dropped'])} unused pattern(s) dropped"),
@@ -92,6 +84,15 @@ def format_imported_card(card: Mapping[str, Any], regions: int = 5) -> str:
         _row("reference", card["pretraining_data"]["reference"]),
     ]
     return "\n".join(lines)
+
+
+def _model_lines(card: Mapping[str, Any]) -> list[str]:
+    """The card's title and the model's lines, the same for trained and imported bundles."""
+    model = card["model"]
+    return [f"{card['Name']} (card format {card['format_version']}, fmriflow {card['fmriflow_version']})", "",
+            "Model",
+            _row("architecture", f"{model['architecture']} '{model['name']}', {model['n_parameters']:,} parameters"),
+            _row("embedding", model["embedding"])]
 
 
 def _statistics(card: Mapping[str, Any], regions: int) -> list[str]:
