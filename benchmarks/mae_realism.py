@@ -18,6 +18,7 @@ seeded masks for every predictor, and the masked patches are predicted by:
 ``mae``            the trained model's reconstruction
 ``untrained``      the same model at its seeded initialisation (what the loss starts from)
 ``region_mean``    the mean of the region's visible samples in the window
+``run_mean``       the region's mean over its whole run (known: removed before scaling)
 ``interpolation``  per region, linear interpolation in time between the nearest visible samples
                    before and after each masked stretch (held flat at a window edge)
 
@@ -125,7 +126,8 @@ def interpolate(patches: np.ndarray, masked: np.ndarray) -> np.ndarray:
     return out.reshape(regions, n, p)
 
 
-def predictors(model, untrained, test: np.ndarray, mask_ratio: float, seed: int) -> dict[str, float]:
+def predictors(model, untrained, test: np.ndarray, mask_ratio: float, seed: int,
+               scale: tuple[np.ndarray, np.ndarray]) -> dict[str, float]:
     generator = torch.Generator().manual_seed(seed)
     x = torch.from_numpy(test)
     noise = torch.rand(len(test), model.n_tokens(test.shape[1], test.shape[2]), generator=generator)
@@ -144,7 +146,10 @@ def predictors(model, untrained, test: np.ndarray, mask_ratio: float, seed: int)
                                  for r in range(test.shape[1])])
         mean_fill[b] = np.repeat(visible_mean, n)[:, None]
         interp_fill[b] = interpolate(per_region, masked).reshape(-1, PATCH)
-    preds.update(region_mean=mean_fill, interpolation=interp_fill)
+    # the run's mean: each region's run mean was removed, so this is the scaled value of 0
+    run_mean = np.broadcast_to(((0.0 - scale[0]) / scale[1]).astype(np.float32)[:, None, None],
+                               (test.shape[1], n, PATCH)).reshape(-1, PATCH)
+    preds.update(region_mean=mean_fill, interpolation=interp_fill, run_mean=np.broadcast_to(run_mean, target.shape))
     truth = target[mask]
     # about each region's own visible mean: a raw R^2 about the pooled mean is dominated by the
     # regions' offsets between subjects, which any predictor recovers from the visible patches
@@ -189,11 +194,11 @@ def main(argv=None) -> int:
         started = time.perf_counter()
         losses = train(model, train_windows, args.steps, args.batch, args.lr, args.seed)
         model.eval()
-        results[ratio] = predictors(model, untrained, test_windows, ratio, args.seed + 1)
+        results[ratio] = predictors(model, untrained, test_windows, ratio, args.seed + 1, (median, iqr))
         print(f"mask {ratio:.2f}: {args.steps} steps of {args.model} in {time.perf_counter() - started:.0f} s;"
               f" train loss {np.mean(losses[:20]):.3f} -> {np.mean(losses[-20:]):.3f}")
 
-    names = ["mae", "untrained", "region_mean", "interpolation"]
+    names = ["mae", "untrained", "region_mean", "run_mean", "interpolation"]
     print("\nskill on the masked samples of the held-out windows: 1 - SSE / SSE(region_mean)")
     print("mask_ratio " + " ".join(f"{n:>13}" for n in names))
     for ratio, scores in results.items():
