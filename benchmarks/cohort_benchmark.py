@@ -2,7 +2,7 @@
 
     python benchmarks/cohort_benchmark.py [--subjects 1000] [--regions 100] [--volumes 200]
         [--work DIR] [--cores 2] [--device cpu|cuda] [--folds 5] [--max-epochs 50]
-        [--setups agnostic site] [--permutations 5] [--quick]
+        [--setups agnostic site] [--permutations 5] [--variants ...] [--workers 2] [--quick]
 
 Simulates a cohort with ``fmriflow.demo.cohort`` (sites, a weak FC effect, a dynamics effect;
 see its docstring), writes it as plain region time series, runs the workflow in
@@ -25,6 +25,7 @@ import pandas as pd
 import yaml
 
 from fmriflow.demo.cohort import CohortSpec, simulate_cohort, write_cohort
+from fmriflow.finetune.settings import FinetuneSettings
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -43,7 +44,8 @@ def config_for(args, cohort_dir: Path, results: Path) -> dict:
         "finetune": {"enabled": True, "target": "group", "site_column": "site", "setups": args.setups,
                      "folds": args.folds, "repeats": 1, "device": args.device, "gpus": int(args.device == "cuda"),
                      "max_epochs": args.max_epochs, "resnet_width": 8 if args.quick else 64,
-                     "attribution": False, "permutations": 2 if args.quick else args.permutations},
+                     "attribution": False, "permutations": 2 if args.quick else args.permutations,
+                     "variants": args.variants, "workers": args.workers},
     }
 
 
@@ -62,6 +64,10 @@ def main(argv=None) -> int:
     parser.add_argument("--setups", nargs="+", default=["agnostic", "site"],
                         help="fine-tuning set-ups (finetune.setups): agnostic = stratified k-fold, site = by site")
     parser.add_argument("--permutations", type=int, default=5, help="label-permuted refits per fold and control")
+    parser.add_argument("--variants", nargs="+", default=[*FinetuneSettings.variants, "brainnetcnn"],
+                        help="finetune.variants (default: every FMMTC variant and BrainNetCNN)")
+    parser.add_argument("--workers", type=int, default=2,
+                        help="finetune.workers: processes fitting units side by side (on a GPU they share it)")
     parser.add_argument("--quick", action="store_true", help="150 subjects, tiny models, few epochs")
     args = parser.parse_args(argv)
     if args.quick:

@@ -212,7 +212,8 @@ def _modelling_parsers(sub) -> None:
                        "cross-validates every finetune.variants and baseline on each set-up the participants table "
                        "supports, and writes <output_dir>/finetune/<target>/variants.tsv.")
     _config_options(p)
-    p.add_argument("--workers", type=int, default=1, help="processes training folds side by side (same results)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="processes training folds side by side (same results); default: finetune.workers")
     p.set_defaults(func=_finetune)
 
     p = sub.add_parser("finetune-summary", help="print the fine-tuning variant table and attributions")

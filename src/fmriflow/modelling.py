@@ -152,8 +152,11 @@ def setups(config: Config, participants: str, runs: list[str]) -> list[str]:
     return [n for n in names if n.split("-")[0] in section["setups"]]
 
 
-def finetune_steps(config: Config, workers: int = 1) -> str:
-    """Embed the windows, cross-validate every variant and baseline per set-up, gather the table."""
+def finetune_steps(config: Config, workers: int | None = None) -> str:
+    """Embed the windows, cross-validate every variant and baseline per set-up, gather the table.
+
+    ``workers``: processes fitting units side by side; None takes ``finetune.workers``.
+    """
     from .finetune.run import features_step, setup_step, table_step
 
     paths, settings = Paths.of(config), finetune_settings(config)
@@ -170,7 +173,7 @@ def finetune_steps(config: Config, workers: int = 1) -> str:
     for setup in setups(config, participants, list(_inputs(config).runs)):
         out = f"{paths.finetune}/setup-{setup}"
         setup_step(setup, paths.dataset, features, participants, model, paths.atlas_labels, out, settings,
-                   workers=workers)
+                   workers=workers or config["finetune"]["workers"])
         metrics.append(f"{out}/metrics.tsv")
     table_step(metrics, f"{paths.finetune}/variants.tsv")
     return f"{paths.finetune}/variants.tsv"

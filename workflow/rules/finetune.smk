@@ -41,11 +41,11 @@ rule finetune:
         dataset=DATASET_DIR,
         # what trains and scores one set-up; not which set-ups exist, nor the job's size, nor where the
         # encoder and the windows come from (finetune.encoder, finetune.scaling: those reach it as inputs)
-        **shaping("finetune", drop=("finetune.enabled", "finetune.setups", "finetune.gpus", "finetune.mem_mb",
-                                    "finetune.runtime", "finetune.encoder", "finetune.scaling")),
+        **shaping("finetune", drop=("finetune.enabled", "finetune.setups", "finetune.gpus", "finetune.workers",
+                                    "finetune.mem_mb", "finetune.runtime", "finetune.encoder", "finetune.scaling")),
     wildcard_constraints:
         setup="[A-Za-z0-9_.-]+",
-    threads: 2  # worker processes over the set-up's folds and variants (fmriflow.finetune.pool)
+    threads: FINETUNE["workers"]  # worker processes over the set-up's folds and variants (fmriflow.finetune.pool)
     resources:
         **finetune_resources(),
     log:
