@@ -397,7 +397,7 @@ def qsi_active():
 @functools.cache
 def qsi_subjects():
     """The cohort's subjects, each checked to have raw DWI; the settings checked before any job."""
-    from fmriflow.sc.qsiprep import check_measure, subject_dwi
+    from fmriflow.sc.qsiprep import check_measure, fs_license, subject_dwi
 
     if TIMESERIES or not BIDS_DIR:
         raise WorkflowError("brainsymphony.sc.source qsiprep runs QSIPrep on raw DWI: it needs bids_dir and "
@@ -411,6 +411,7 @@ def qsi_subjects():
     subjects = sorted({naming.subject_of(run) for run in RUNS})
     try:
         check_measure(QSI["recon_spec"], SYMPHONY["sc"]["measure"])
+        fs_license(QSI)  # both tools refuse to start without it: say so before any job
         qsi_images()
         for subject in subjects:
             subject_dwi(BIDS_DIR, subject)
