@@ -34,6 +34,8 @@ if qsi_active():
             raw=qsi_raw_files,
         output:
             record=qsiprep_record("{subject}"),
+        wildcard_constraints:
+            subject="[A-Za-z0-9]+",  # a BIDS label
         params:
             command=qsi_shell_command("qsiprep"),
             dirs=lambda wildcards: f"{QSI_WORK}/qsiprep/sub-{wildcards.subject} {QSIPREP_DIR}",
@@ -62,6 +64,8 @@ if qsi_active():
             **({"spec": QSI["recon_spec"]} if Path(QSI["recon_spec"]).suffix in (".yaml", ".yml", ".json") else {}),
         output:
             connectome=qsirecon_connectome("{subject}"),
+        wildcard_constraints:
+            subject="[A-Za-z0-9]+",  # a BIDS label
         params:
             command=qsi_shell_command("qsirecon"),
             dirs=lambda wildcards: f"{QSI_WORK}/qsirecon/sub-{wildcards.subject} {QSIRECON_DIR}",
