@@ -21,6 +21,8 @@
 #   <output_dir>/dataset/voxel-<grid>/    (voxel.enabled) z-scored 4-D frames on a model's grid, memory-mapped
 #   <output_dir>/voxel/                   (voxel.enabled) NeuroSTORM pretraining, BrainMT / NeuroSTORM fine-tuning
 #   <output_dir>/sc/atlas-A424/transform-<t>/  (brainsymphony.enabled) connectomes as the model takes them
+#   <output_dir>/qsiprep/, qsirecon/, sc/qsirecon/, work/qsi*/  (brainsymphony.sc.source qsiprep) QSIPrep's and
+#                                         QSIRecon's outputs, each subject's collected connectome, work dirs (kept)
 #   <output_dir>/brainsymphony/<model>_modalities-<m>/  (brainsymphony.enabled) pretrained BrainSymphony, metrics.csv
 #   <output_dir>/text/                    (text.enabled) vq-align_aligned/, vq-align_ablation/ (fMRI codes aligned with
 #                                         text, and without the domain classifier), lm-finetune_target-<target>/
@@ -52,6 +54,7 @@ include: "workflow/rules/pretrain.smk"
 include: "workflow/rules/bundle.smk"
 include: "workflow/rules/finetune.smk"
 include: "workflow/rules/voxel.smk"
+include: "workflow/rules/qsiprep.smk"
 include: "workflow/rules/brainsymphony.smk"
 include: "workflow/rules/text.smk"
 include: "workflow/rules/report.smk"

@@ -346,6 +346,8 @@ def sc_sources():
     Every subject of the runs needs one: the others take the fmri path (brainsymphony.modalities: fmri)."""
     if not SYMPHONY["enabled"] or SYMPHONY["modalities"] == "fmri":
         return {}
+    if SYMPHONY["sc"]["source"] == "qsiprep":  # made by QSIPrep + QSIRecon (workflow/rules/qsiprep.smk)
+        return {subject: qsirecon_connectome(subject) for subject in qsi_subjects()}
     from fmriflow.sc.connectome import find_connectomes
 
     if not SYMPHONY["sc"]["dir"]:
@@ -374,6 +376,89 @@ def sc_matrix(subject):
 
 def sc_outputs():
     return [sc_matrix(s) for s in sc_sources()]
+
+
+# --------------------------------------------------------------------------- QSIPrep + QSIRecon (opt-in)
+
+# brainsymphony.sc.source qsiprep: each subject's raw DWI -> QSIPrep -> QSIRecon (the model's atlas)
+# -> a connectivity .mat at a fixed name -> sc_connectome.
+QSI = config["qsiprep"]
+QSIPREP_DIR = f"{OUT}/qsiprep"  # QSIPrep's derivatives root
+QSIRECON_DIR = f"{OUT}/qsirecon"  # QSIRecon's output root
+QSI_WORK = QSI["work_dir"] or f"{OUT}/work"
+SC_QSI = f"{OUT}/sc/qsirecon"  # what the jobs hand on: QSIPrep records, the collected connectomes
+QSI_ATLASES = f"{OUT}/sc/qsirecon-atlases"  # the atlas dataset QSIRecon is given (--datasets)
+
+
+def qsi_active():
+    return SYMPHONY["enabled"] and SYMPHONY["modalities"] != "fmri" and SYMPHONY["sc"]["source"] == "qsiprep"
+
+
+@functools.cache
+def qsi_subjects():
+    """The cohort's subjects, each checked to have raw DWI; the settings checked before any job."""
+    from fmriflow.sc.qsiprep import check_measure, fs_license, subject_dwi
+
+    if TIMESERIES or not BIDS_DIR:
+        raise WorkflowError("brainsymphony.sc.source qsiprep runs QSIPrep on raw DWI: it needs bids_dir and "
+                            "input.mode bids; use sc.source files with connectomes that exist")
+    if SYMPHONY["sc"]["atlas"] != ATLAS:
+        raise WorkflowError(f"brainsymphony.sc.atlas is {SYMPHONY['sc']['atlas']!r} but QSIRecon is given the "
+                            f"model's atlas {ATLAS!r} (the .mat's keys name it): set brainsymphony.sc.atlas: {ATLAS}")
+    if SYMPHONY["sc"]["transform"] == "log10_count_over_volume" and not SYMPHONY["sc"]["volumes"]:
+        raise WorkflowError("brainsymphony.sc.transform log10_count_over_volume needs brainsymphony.sc.volumes "
+                            "(a TSV with volume_mm3 per region); or choose log1p | none")
+    subjects = sorted({naming.subject_of(run) for run in RUNS})
+    try:
+        check_measure(QSI["recon_spec"], SYMPHONY["sc"]["measure"])
+        fs_license(QSI)  # both tools refuse to start without it: say so before any job
+        qsi_images()
+        for subject in subjects:
+            subject_dwi(BIDS_DIR, subject)
+    except InputError as exc:
+        raise WorkflowError(str(exc)) from None
+    return subjects
+
+
+@functools.cache
+def qsi_images():
+    """Tool -> image: the configured one, else the pin in containers/qsiprep.yaml."""
+    from fmriflow.sc.qsiprep import TOOLS, image_for, pinned_images
+
+    pinned = pinned_images(f"{workflow.basedir}/containers/qsiprep.yaml")
+    return {tool: image_for(QSI, tool, pinned) for tool in TOOLS}
+
+
+def qsiprep_record(subject):
+    """QSIPrep's outputs of a subject (or the {subject} wildcard), listed with checksums after it ran."""
+    return f"{SC_QSI}/sub-{subject}_desc-qsiprep_files.tsv"
+
+
+def qsirecon_connectome(subject):
+    """A subject's QSIRecon connectivity .mat at a fixed name: what sc_connectome reads."""
+    return f"{SC_QSI}/sub-{subject}_atlas-{ATLAS}_connectivity.mat"
+
+
+def qsi_raw_files(wildcards):
+    """What a subject's QSIPrep run reads: its raw dwi/, anat/ and fmap/ files (not the BOLD runs)."""
+    root = Path(BIDS_DIR) / f"sub-{wildcards.subject}"
+    return sorted(str(p) for p in root.rglob("*") if p.is_file() and p.parent.name in ("dwi", "anat", "fmap"))
+
+
+def qsi_shell_command(tool):
+    """Params function: a subject's QSIPrep or QSIRecon command from the job's threads and memory."""
+    from fmriflow.sc.qsiprep import qsiprep_command, qsirecon_command
+
+    def command(wildcards, threads, resources):
+        s = wildcards.subject
+        common = dict(threads=threads, mem_mb=resources.mem_mb, work_dir=f"{QSI_WORK}/{tool}/sub-{s}",
+                      image=qsi_images()[tool])
+        if tool == "qsiprep":
+            return shlex.join(qsiprep_command(QSI, s, bids_dir=BIDS_DIR, output_dir=QSIPREP_DIR, **common))
+        return shlex.join(qsirecon_command(QSI, s, qsiprep_dir=QSIPREP_DIR, output_dir=QSIRECON_DIR,
+                                           atlas_dataset=QSI_ATLASES, atlas=ATLAS, **common))
+
+    return command
 
 
 # --------------------------------------------------------------------------- fine-tuning
