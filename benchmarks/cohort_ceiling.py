@@ -1,25 +1,26 @@
-"""How much the benchmark cohort lets any model show: the FC baseline against oracle read-outs.
+"""What the benchmark cohort lets a model show: the FC baseline, dynamics and told-where read-outs.
 
     PYTHONPATH=src python benchmarks/cohort_ceiling.py [--subjects 1000] [--regions 100] [--volumes 200]
         [--train-sizes 100 200 400 800] [--folds 5] [--seed 0]
 
 Simulates the cohort that ``cohort_benchmark.py`` runs the DAG on (``fmriflow.demo.cohort``,
-same defaults) and scores, on the same stratified subject folds, with fmriflow's own nested-CV
+same defaults) and scores, on one set of stratified subject folds, with fmriflow's own nested-CV
 logistic baseline (``fmriflow.baselines.fit_predict``):
 
 ``fc_edges``        every Fisher-z FC edge: the pipeline's ``logistic`` baseline
-``oracle_fc``       4 features that know where the effect lives: the mean Fisher-z of the
-                    affected block (pairs of affected regions), of the affected-unaffected
-                    pairs and of the unaffected pairs, and the subject's mean z over all pairs
-``oracle_dynamics`` the mean lag-1 autocorrelation of affected and of unaffected regions
-``oracle_both``     the two oracle sets together
+``lag1``            every region's lag-1 autocorrelation (the dynamics effect's carrier; told nothing)
+``fc_edges+lag1``   both: the linear baseline of what a time-series model could add to FC
+``told_fc``         4 summaries that are told where the effect lives: the mean Fisher-z of the
+                    affected block (pairs of affected regions), of the affected-unaffected pairs,
+                    of the unaffected pairs, and over all pairs
+``told_lag1``       the mean lag-1 autocorrelation of affected and of unaffected regions
+``told_both``       the two together
 
-A deep model sees the same subjects as ``fc_edges`` and has to find the effect's location from
-them; the oracles are told it. ``oracle_both`` is therefore near the best AUROC a model can
-reach on this cohort at this size (the generative model's effect is a shared factor in the
-affected networks and slower dynamics there, see ``fmriflow.demo.cohort``), and the learning
-curve of ``fc_edges`` (training subjects subsampled within each fold, test folds unchanged) says
-how much of the gap is estimation, i.e. what more subjects would buy.
+The learning curve of ``fc_edges`` (training subjects subsampled within each fold, stratified;
+test folds unchanged) says what more subjects buy; ``fc_edges+lag1`` against ``fc_edges`` says
+what the dynamics add at this size for a linear read-out; the ``told_`` summaries say whether
+knowing the effect's location beats learning it from every edge (the generative model is in
+``fmriflow.demo.cohort``: a shared factor in the affected networks, slower dynamics there).
 Prints AUROC (fold mean and the 95% bootstrap CI of the pooled out-of-fold scores) per read-out.
 """
 
@@ -48,10 +49,11 @@ def features(cohort) -> dict[str, np.ndarray]:
     off = ~np.eye(len(affected), dtype=bool)
     blocks = {"affected": np.outer(affected, affected) & off, "mixed": np.outer(affected, ~affected),
               "unaffected": np.outer(~affected, ~affected) & off, "all": off}
-    oracle_fc = np.stack([z[:, m].mean(axis=1) for m in blocks.values()], axis=1)
-    oracle_dyn = np.stack([lag1[:, affected].mean(axis=1), lag1[:, ~affected].mean(axis=1)], axis=1)
-    return {"fc_edges": upper_triangle(z), "oracle_fc": oracle_fc,
-            "oracle_dynamics": oracle_dyn, "oracle_both": np.hstack([oracle_fc, oracle_dyn])}
+    told_fc = np.stack([z[:, m].mean(axis=1) for m in blocks.values()], axis=1)
+    told_lag1 = np.stack([lag1[:, affected].mean(axis=1), lag1[:, ~affected].mean(axis=1)], axis=1)
+    edges = upper_triangle(z)
+    return {"fc_edges": edges, "lag1": lag1, "fc_edges+lag1": np.hstack([edges, lag1]), "told_fc": told_fc,
+            "told_lag1": told_lag1, "told_both": np.hstack([told_fc, told_lag1])}
 
 
 def evaluate(x: np.ndarray, y: np.ndarray, folds: list, train_size: int | None, seed: int) -> dict:
