@@ -3,7 +3,8 @@
 Architectures: ``BrainLM`` (fmriflow's own, pretrained by the workflow) and the imported releases
 ``BrainLMv1`` (BrainLM's v1 twin) and ``BrainLMViTMAE`` (BrainLM's ViT-MAE models through
 ``transformers``), each rebuilt from its config and the atlas coordinates its weights carry; and
-``BrainJEPA`` (Brain-JEPA's target encoder), rebuilt with the region gradients its weights carry.
+``BrainJEPA`` (Brain-JEPA's target encoder), rebuilt with the region gradients its weights carry;
+``NeuroSTORM`` (voxel input, no atlas geometry), rebuilt from its config alone.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from ..io import read_json
 from ..models.brainlm import BrainLM, BrainLMConfig
 from .card import CONFIG, WEIGHTS
 
-ARCHITECTURES = ("BrainLM", "BrainLMv1", "BrainLMViTMAE", "BrainJEPA")
+ARCHITECTURES = ("BrainLM", "BrainLMv1", "BrainLMViTMAE", "BrainJEPA", "NeuroSTORM")
 
 
 
@@ -44,6 +45,10 @@ def _config_class(architecture: str):
         from ..models.brain_jepa import BrainJEPAConfig
 
         return BrainJEPAConfig
+    if architecture == "NeuroSTORM":
+        from ..models.neurostorm import NeuroSTORMConfig
+
+        return NeuroSTORMConfig
     return BrainLMConfig
 
 
@@ -71,11 +76,15 @@ def config_json(model: nn.Module) -> dict:
         config = {"hf_config": model.hf_config, "pool": model.pool}
     else:
         config = dataclasses.asdict(model.config)
-    return {"architecture": type(model).__name__, "n_regions": model.n_regions, "config": config}
+    return {"architecture": type(model).__name__, "n_regions": getattr(model, "n_regions", None), "config": config}
 
 
 def _build(config: Any, state: dict[str, torch.Tensor], path: Path) -> nn.Module:
     """The module of ``config``, with the atlas geometry (coordinates, or Brain-JEPA's gradients) of ``state``."""
+    if type(config).__name__ == "NeuroSTORMConfig":
+        from ..models.neurostorm import NeuroSTORM
+
+        return NeuroSTORM(config)
     geometry = "gradient" if type(config).__name__ == "BrainJEPAConfig" else "coords"
     if geometry not in state:
         raise InputError(path, f"no {geometry!r} tensor (the atlas geometry the encoder was pretrained with)")
