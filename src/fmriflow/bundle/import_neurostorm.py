@@ -38,9 +38,15 @@ DECODER = "the MAE decoder (pretraining only; the authors' fine-tuning loads the
 MASKING = "MAE mask tokens / atlas map (pretraining only)"
 
 
+def _plain_dict(cls, *args, **kwargs) -> dict:
+    return {}
+
+
 def _stand_in(module: str) -> type:
-    """A dict subclass that unpickles as Lightning's ``AttributeDict`` of ``module``."""
-    return type("AttributeDict", (dict,), {"__module__": module, "__qualname__": "AttributeDict"})
+    """Stands for Lightning's ``AttributeDict`` of ``module`` in the unpickler; what it builds is a plain
+    dict (torch's safe unpickler fills dicts only, not subclasses)."""
+    return type("AttributeDict", (dict,), {"__module__": module, "__qualname__": "AttributeDict",
+                                           "__new__": _plain_dict})
 
 
 def read_lightning_checkpoint(path: Path) -> dict[str, Any]:
