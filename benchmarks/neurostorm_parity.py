@@ -18,9 +18,10 @@ prefixes and their ``hyper_parameters``), at the paper's shape (96^3 x 20 frames
 seeded noise (so zero-initialised tensors differ too): a fine-tuned classifier with 4 task prompts
 per block and their ``v1`` head, and an MAE pretraining checkpoint (window masking). Each is
 imported through ``fmriflow.bundle.imports.import_checkpoint`` (every tensor mapped or dropped by
-name) and run beside the authors' module on the same input, CPU fp32 (the MAE's encoder with
-masking off). Printed: max |fmriflow - authors| / max |authors| of the last stage's tokens, the
-pooled embedding and the head's output.
+name) and run beside the authors' module on the same input, CPU fp32. Printed: max |fmriflow -
+authors| / max |authors| of the last stage's tokens and the pooled embedding (the MAE's encoder
+with masking off), the head's output, and the MAE's reconstruction and loss with the windows that
+their masking hid (numpy seeded) hidden in fmriflow's twin too.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 SCAN = '''from fmriflow.models.ssm import selective_scan
@@ -136,15 +138,24 @@ def compare(hp: dict, tmp: Path, x: torch.Tensor, label: str) -> str:
     ours = load_bundle_encoder(tmp / label)
     ours_x = x[:, 0].permute(0, 4, 1, 2, 3)  # (B, 1, X, Y, Z, T) -> (B, T, X, Y, Z)
     with torch.no_grad():
+        figures = []
         if head is None:
-            net.eval().mask_ratio = 0.0  # no window is masked: the encoder on the whole input
+            np.random.seed(5)  # their window masking draws from numpy
+            (recon, hidden), loss = net.eval()(x)
+            pred = ours(ours_x, hidden)  # (B, D, H, W, T, p^3), the same windows hidden
+            B, D, H, W_, T, _ = pred.shape
+            voxels = pred.view(B, D, H, W_, T, 6, 6, 6).permute(0, 1, 5, 2, 6, 3, 7, 4).reshape(B, 6 * D, 6 * H, 6 * W_, T)
+            figures += [f"reconstruction ({int(hidden.sum())} of {hidden.numel()} windows hidden) "
+                        f"{rel(voxels, recon[:, 0]):.2e}",
+                        f"loss {abs(float(ours.loss(ours_x, pred, hidden)) - float(loss)) / abs(float(loss)):.2e}"]
+            net.mask_ratio = 0.0  # no window is masked: the encoder on the whole input
             expected = net.forward_encoder(x)[0]
         else:
             expected = net.eval()(x)
         tokens = ours.forward_features(ours_x)
         pooled = ours.encode(ours_x)
-        figures = [f"tokens {rel(tokens, expected.permute(0, 2, 3, 4, 5, 1)):.2e}",
-                   f"embedding {rel(pooled, expected.flatten(2).mean(-1)):.2e}"]
+        figures += [f"tokens {rel(tokens, expected.permute(0, 2, 3, 4, 5, 1)):.2e}",
+                    f"embedding {rel(pooled, expected.flatten(2).mean(-1)):.2e}"]
         if head is not None:
             figures.append(f"head {rel(ours(ours_x), head.eval()(expected)):.2e}")
     return (f"{label}: tensors {len(state)}, params {sum(p.numel() for p in ours.parameters()):,}, "

@@ -6,9 +6,9 @@ argparse settings: ``img_size``, ``patch_size``, ``embed_dim``, ``depths``, ``wi
 ``first_window_size``, ``last_layer_full_MSA``, ...), from which the fmriflow config is built.
 
 Two kinds of release load:
-- an MAE pretraining checkpoint (``pretraining`` and ``use_mae``): its encoder is imported into a
-  ``NeuroSTORM`` without a head (``n_outputs=0``); the MAE decoder and mask tokens (pretraining
-  only; the authors' fine-tuning drops them too) are listed as dropped, by name, in the card;
+- an MAE pretraining checkpoint (``pretraining`` and ``use_mae``): encoder, window mask tokens and
+  decoder, into ``models.neurostorm_release.NeuroSTORMReleasedMAE`` (its ``encoder`` is what the
+  authors' fine-tuning loads); the tokens of their other masking modes are dropped by name;
 - a fine-tuned checkpoint (classification or regression, their ``v1`` linear head, with or without
   task prompts): backbone and head.
 Every other tensor is an error that lists it (``keymap``).
@@ -34,8 +34,8 @@ from .recipes import NEUROSTORM_SOURCE, neurostorm_recipe
 _ATTRIBUTE_DICTS = ("pytorch_lightning.utilities.parsing", "lightning.pytorch.utilities.parsing",
                     "lightning_fabric.utilities.data", "lightning.fabric.utilities.data")
 _NEEDED = ("model", "img_size", "patch_size", "embed_dim", "depths", "window_size", "c_multiplier", "in_chans")
-DECODER = "the MAE decoder (pretraining only; the authors' fine-tuning loads the encoder alone)"
-MASKING = "MAE mask tokens / atlas map (pretraining only)"
+MASKING = ("the mask tokens of their random, tube and atlas masking and the atlas map (fmriflow's twin "
+           "reproduces window masking, with window_mask_token)")
 
 
 def _plain_dict(cls, *args, **kwargs) -> dict:
@@ -114,31 +114,42 @@ def neurostorm_settings(hp: Mapping[str, Any], path: Path) -> tuple[Any, str]:
     return config, role
 
 
-def neurostorm_keymap(patch: int, role: str) -> KeyMap:
-    """Every released tensor name onto ``NeuroSTORM``'s; the MAE's decoder dropped by name for 'mae'."""
-    block = r"model\.layers\.(\d+)\.blocks\.(\d+)\."
-    ours = r"backbone.stages.\1.blocks.\2."
+def _block_rules(theirs: str, ours: str) -> list[tuple[str, str]]:
+    """Rules for the window blocks under ``theirs`` (a pattern with two groups: layer, block)."""
+    block, to = theirs + r"\.blocks\.(\d+)\.", ours + r".\1.blocks.\2."
+    return [(block + r"(norm1|norm2)\.(weight|bias)", to + r"\3.\4"),
+            (block + r"mlp\.linear([12])\.(weight|bias)", to + r"mlp.fc\3.\4"),
+            (block + r"mamba\.(in_proj|conv1d|x_proj|dt_proj|out_proj)\.(weight|bias)", to + r"mamba.\3.\4"),
+            (block + r"mamba\.(A_log|D)", to + r"mamba.\3"),
+            (block + r"prompt", to + "prompt")]
+
+
+def neurostorm_keymap(patch: int, role: str, legacy_mask: bool = False) -> KeyMap:
+    """Every released tensor name onto ``NeuroSTORM``'s ('finetuned') or ``NeuroSTORMReleasedMAE``'s ('mae').
+
+    ``legacy_mask``: the 2025 MAE's one ``mask_token`` of shape (window volume, C) is the window mask token.
+    """
+    enc = "encoder" if role == "mae" else "backbone"
+    rules = [(r"model\.patch_embed\.fc\.(weight|bias)", enc + r".patch_embed.proj.\1"),
+             (r"model\.pos_embeds\.0\.pos_embed", enc + ".spatial_embed"),
+             (r"model\.pos_embeds\.0\.time_embed", enc + ".temporal_embed"),
+             (r"model\.pos_embeds\.(\d+)\.pos_embed", enc + r".stage_spatial_embeds.\1"),
+             (r"model\.pos_embeds\.(\d+)\.time_embed", enc + r".stage_temporal_embeds.\1"),
+             *_block_rules(r"model\.layers\.(\d+)", enc + ".stages"),
+             (r"model\.layers\.(\d+)\.downsample\.(norm|reduction)\.(weight|bias)", enc + r".merges.\1.\2.\3")]
     dropped = {r"output_head\.head\.norm\.(weight|bias)": "the LayerNorm of the 2025 cls_head_v1, which its "
                                                           "forward never calls"}
     if role == "mae":
-        dropped.update({r"model\.(mask_token|window_mask_token|atlas_mask_token|atlas_map)": MASKING,
-                        r"model\.(first_patch_expanding|layers_up|norm_up|decoder_pred)\..+": DECODER})
+        rules += [(r"model\.mask_token" if legacy_mask else r"model\.window_mask_token", "window_mask_token"),
+                  (r"model\.first_patch_expanding\.(expand|norm)\.(weight|bias)", r"first_expand.\1.\2"),
+                  *_block_rules(r"model\.layers_up\.(\d+)", "up_stages"),
+                  (r"model\.layers_up\.(\d+)\.upsample\.(expand|norm)\.(weight|bias)", r"up_expands.\1.\2.\3"),
+                  (r"model\.norm_up\.(weight|bias)", r"norm_up.\1"), (r"model\.decoder_pred\.(weight|bias)", r"pred.\1")]
+        dropped[r"model\.(mask_token|atlas_mask_token|atlas_map)"] = MASKING
+    else:
+        rules.append((r"output_head\.head\.head\.(weight|bias)", r"head.1.\1"))
     return KeyMap(
-        rules=(
-            (r"model\.patch_embed\.fc\.(weight|bias)", r"backbone.patch_embed.proj.\1"),
-            (r"model\.pos_embeds\.0\.pos_embed", "backbone.spatial_embed"),
-            (r"model\.pos_embeds\.0\.time_embed", "backbone.temporal_embed"),
-            (r"model\.pos_embeds\.(\d+)\.pos_embed", r"backbone.stage_spatial_embeds.\1"),
-            (r"model\.pos_embeds\.(\d+)\.time_embed", r"backbone.stage_temporal_embeds.\1"),
-            (block + r"(norm1|norm2)\.(weight|bias)", ours + r"\3.\4"),
-            (block + r"mlp\.linear([12])\.(weight|bias)", ours + r"mlp.fc\3.\4"),
-            (block + r"mamba\.(in_proj|conv1d|x_proj|dt_proj|out_proj)\.(weight|bias)", ours + r"mamba.\3.\4"),
-            (block + r"mamba\.(A_log|D)", ours + r"mamba.\3"),
-            (block + r"prompt", ours + "prompt"),
-            (r"model\.layers\.(\d+)\.downsample\.(norm|reduction)\.(weight|bias)", r"backbone.merges.\1.\2.\3"),
-            (r"output_head\.head\.head\.(weight|bias)", r"head.1.\1"),
-        ),
-        dropped=dropped,
+        rules=tuple(rules), dropped=dropped,
         # a Linear over a flattened (x, y, z) patch is a convolution with that kernel; their
         # embeddings are channels-first (1, C, d, h, w, t), fmriflow's channels-last
         converted={r"model\.patch_embed\.fc\.weight": lambda t: t.reshape(t.shape[0], 1, patch, patch, patch),
@@ -149,17 +160,22 @@ def neurostorm_keymap(patch: int, role: str) -> KeyMap:
 def neurostorm_parts(path: Path) -> dict[str, Any]:
     """What ``imports.import_checkpoint`` needs of a NeuroSTORM checkpoint."""
     from ..models.neurostorm import NeuroSTORM
+    from ..models.neurostorm_release import NeuroSTORMReleasedMAE
 
     checkpoint = read_lightning_checkpoint(path)
     hp = checkpoint["hyper_parameters"]
+    released = dict(checkpoint["state_dict"])
     config, role = neurostorm_settings(hp, path)
-    model = NeuroSTORM(config)
+    model = NeuroSTORMReleasedMAE(config) if role == "mae" else NeuroSTORM(config)
+    legacy_mask = "model.window_mask_token" not in released
     skipped = {k: "training state" for k in checkpoint if k not in ("state_dict", "hyper_parameters")}
-    return {"model": model, "keymap": neurostorm_keymap(config.patch_size, role),
-            "released": dict(checkpoint["state_dict"]), "weights": path,
+    return {"model": model, "keymap": neurostorm_keymap(config.patch_size, role, legacy_mask),
+            "released": released, "weights": path,
             "recipe": neurostorm_recipe(hp, [*config.img_size, config.max_frames], config.patch_size),
             "inputs": [path], "release": NEUROSTORM_SOURCE,
-            "source": {"role": role, "imported_entry": "state_dict", "not_imported": skipped},
+            "source": {"role": role, "imported_entry": "state_dict", "not_imported": skipped,
+                       "masking": {k: hp.get(k) for k in ("spatial_mask", "time_mask", "mask_ratio")} if role == "mae"
+                       else None},
             "embedding": "the mean of the last stage's tokens over space and time (the pooling of the authors' "
                          "heads), no masking" + ("" if role == "mae" else "; the bundle keeps their task head"),
             "settings": {k: v for k, v in hp.items() if isinstance(v, (str, int, float, bool, list, type(None)))},
