@@ -3,7 +3,10 @@ shapes (written out here from the published configs and module layouts, at toy w
 size) load with every tensor mapped; missing and extra tensors are errors that list them; BrainLM
 v1's blocks match ``transformers``' Nystromformer layer and its time table the closed form; the
 ViT-MAE wrapper matches ``transformers``' ViTMAE on the authors' image layout built here by hand;
-the CLI writes a bundle whose card records the recipe and which rebuilds the same encoder."""
+the CLI writes a bundle whose card records the recipe and which rebuilds the same encoder.
+NeuroSTORM: the Lightning state dicts of the authors' current and 2025 modules (names and shapes
+written out here, checked equal to their modules' beside them) map fully at the paper's size; the
+patch embedding, head, window masking and loss match the authors' formulas computed by hand."""
 
 from __future__ import annotations
 
@@ -428,6 +431,9 @@ STORM_MAE_HP = {**STORM_HP, "pretraining": True, "use_mae": True, "spatial_mask"
 # toy size: 24^3 x 4 frames (a 4^3 grid of 6^3 patches), width 8, three stages
 STORM_TOY = {**STORM_HP, "img_size": [24, 24, 24, 4], "sequence_length": 4, "embed_dim": 8, "depths": [2, 1, 2],
              "window_size": [2, 2, 2, 2], "first_window_size": [4, 4, 4, 2], "prompt_len": 3}
+# the authors' MAE decoder runs with 4 stages only: 48^3 x 4 frames (an 8^3 grid), width 8
+STORM_MAE_TOY = {**STORM_MAE_HP, "img_size": [48, 48, 48, 4], "sequence_length": 4, "embed_dim": 8,
+                 "depths": [1, 1, 1, 1], "window_size": [2, 2, 2, 2], "first_window_size": [2, 2, 2, 2]}
 
 
 def _storm_block(prefix: str, c: int, prompt: int) -> dict:
@@ -486,13 +492,19 @@ def released_neurostorm_shapes(hp: dict, legacy: bool = False) -> dict:
     return shapes
 
 
-def _storm_import(hp: dict, state: dict, source: str = "release.ckpt"):
+def _storm_model(hp: dict, state: dict, source: str = "release.ckpt"):
+    """The fmriflow module a checkpoint imports into (fine-tuned: NeuroSTORM; MAE: the authors' MAE twin)."""
     from fmriflow.bundle.import_neurostorm import neurostorm_keymap, neurostorm_settings
     from fmriflow.models.neurostorm import NeuroSTORM
+    from fmriflow.models.neurostorm_release import NeuroSTORMReleasedMAE
 
     config, role = neurostorm_settings(hp, source)
-    model = NeuroSTORM(config)
-    keymap = neurostorm_keymap(config.patch_size, role)
+    model = NeuroSTORMReleasedMAE(config) if role == "mae" else NeuroSTORM(config)
+    return model, neurostorm_keymap(config.patch_size, role, legacy_mask="model.window_mask_token" not in state)
+
+
+def _storm_import(hp: dict, state: dict, source: str = "release.ckpt"):
+    model, keymap = _storm_model(hp, state, source)
     mapped = keymap.apply(state, model.state_dict(), source)
     model.load_state_dict({**model.state_dict(), **mapped})
     return model.eval(), mapped, keymap
@@ -503,20 +515,17 @@ def _storm_import(hp: dict, state: dict, source: str = "release.ckpt"):
 @pytest.mark.parametrize("hp, legacy, n_tensors", [(STORM_HP, False, 237), ({**STORM_HP, "use_prompt_tuning": False}, True, 227),
                                                    (STORM_MAE_HP, False, 409), (STORM_MAE_HP, True, 407)])
 def test_neurostorm_release_maps_every_tensor_at_paper_size(hp, legacy, n_tensors):
-    from fmriflow.bundle.import_neurostorm import neurostorm_keymap, neurostorm_settings
-    from fmriflow.models.neurostorm import NeuroSTORM
-
     shapes = released_neurostorm_shapes(hp, legacy)
     assert len(shapes) == n_tensors
-    config, role = neurostorm_settings(hp, "release.ckpt")
     with torch.device("meta"):
-        model = NeuroSTORM(config)
-    keymap = neurostorm_keymap(config.patch_size, role)
+        model, keymap = _storm_model(hp, shapes)
     mapped = keymap.apply(random_state(shapes, device="meta"), model.state_dict(), "release.ckpt")
     assert set(mapped) == set(model.state_dict())  # every module tensor comes from the checkpoint
     assert sum(math.prod(s) for n, s in shapes.items() if not keymap.is_dropped(n)) == \
         sum(p.numel() for p in model.parameters())
-    assert len(mapped) == n_tensors - sum(keymap.is_dropped(n) for n in shapes)
+    # dropped: the 2025 head's unused LayerNorm; the tokens of their random / tube / atlas masking
+    assert n_tensors - len(mapped) == {(False, False): 0, (False, True): 2, (True, False): 2, (True, True): 0}[
+        (hp["pretraining"], legacy)]
 
 
 def test_neurostorm_import_reproduces_the_authors_patch_embedding_and_head(torch_one_thread):
@@ -583,7 +592,7 @@ def test_neurostorm_cli_writes_a_bundle_with_the_recipe(tmp_path, monkeypatch, t
     from fmriflow.bundle import read_card
     from fmriflow.bundle.read import load_bundle_encoder
 
-    hp = {**STORM_TOY, "pretraining": True, "use_mae": True, "use_prompt_tuning": False}
+    hp = STORM_MAE_TOY
     state = random_state(released_neurostorm_shapes(hp), seed=6)
     attribute_dict = _fake_lightning(monkeypatch)
     torch.save({"epoch": 3, "state_dict": state, "hyper_parameters": attribute_dict(hp), "optimizer_states": []},
@@ -594,15 +603,17 @@ def test_neurostorm_cli_writes_a_bundle_with_the_recipe(tmp_path, monkeypatch, t
     assert done.returncode == 0, done.stderr
     card = read_card(out)
     assert card["input"]["tr"]["target_tr"] == 0.8 and card["input"]["window"] == 4 and card["input"]["stride"] == 4
-    assert card["atlas"]["grid"]["shape"] == [24, 24, 24] and card["scaling"]["method"].startswith("neurostorm 'z-norm'")
+    assert card["atlas"]["grid"]["shape"] == [48, 48, 48] and card["scaling"]["method"].startswith("neurostorm 'z-norm'")
     assert card["model"]["source"]["role"] == "mae" and card["model"]["source"]["tensors"] == len(state)
-    assert any("decoder" in why for why in card["model"]["source"]["dropped"].values())
-    encoder = load_bundle_encoder(out)
-    assert encoder.head is None and encoder.config.last_stage_full and encoder.config.stage_embeddings
-    assert torch.equal(encoder.backbone.stages[2].blocks[1].mamba.A_log, state["model.layers.2.blocks.1.mamba.A_log"])
-    x = torch.randn(1, 4, 24, 24, 24, generator=torch.Generator().manual_seed(7))
+    assert any("window masking" in why for why in card["model"]["source"]["dropped"].values())
+    assert card["model"]["source"]["masking"] == {"spatial_mask": "window", "time_mask": "random", "mask_ratio": 0.5}
+    mae = load_bundle_encoder(out)
+    assert type(mae).__name__ == "NeuroSTORMReleasedMAE" and mae.config.last_stage_full and mae.config.stage_embeddings
+    assert torch.equal(mae.encoder.stages[2].blocks[0].mamba.A_log, state["model.layers.2.blocks.0.mamba.A_log"])
+    assert torch.equal(mae.up_stages[0].blocks[0].mlp.fc2.weight, state["model.layers_up.0.blocks.0.mlp.linear2.weight"])
+    x = torch.randn(1, 4, 48, 48, 48, generator=torch.Generator().manual_seed(7))
     with torch.no_grad():
-        assert encoder(x).shape == (1, 32)
+        assert mae.encode(x).shape == (1, 64)
     shown = subprocess.run([sys.executable, "-m", "fmriflow.cli", "model-card", str(out)], capture_output=True, text=True)
     assert shown.returncode == 0 and "voxel grid" in shown.stdout and "CUHK-AIM-Group/NeuroSTORM" in shown.stdout
 
@@ -610,7 +621,30 @@ def test_neurostorm_cli_writes_a_bundle_with_the_recipe(tmp_path, monkeypatch, t
     torch.save({"state_dict": state, "hyper_parameters": argparse.Namespace(**hp)}, tmp_path / "ns.ckpt")
     from fmriflow.bundle.import_neurostorm import read_lightning_checkpoint
 
-    assert read_lightning_checkpoint(tmp_path / "ns.ckpt")["hyper_parameters"]["embed_dim"] == 8
+    assert read_lightning_checkpoint(tmp_path / "ns.ckpt")["hyper_parameters"]["depths"] == [1, 1, 1, 1]
     torch.save({"state_dict": state, "hyper_parameters": hp, "trainer": InputError}, tmp_path / "bad.ckpt")
     with pytest.raises(InputError, match="without executing code"):
         read_lightning_checkpoint(tmp_path / "bad.ckpt")
+
+
+def test_neurostorm_mae_twin_masks_whole_windows_and_averages_its_loss_per_window(torch_one_thread):
+    state = random_state(released_neurostorm_shapes(STORM_MAE_TOY, legacy=True), seed=8)
+    mae, mapped, _ = _storm_import(STORM_MAE_TOY, state)
+    token = state["model.mask_token"].view(2, 2, 2, 2, 8)  # the 2025 layout's one (window volume, C) mask token
+    assert torch.equal(mae.window_mask_token, state["model.mask_token"])
+    x = torch.randn(2, 4, 48, 48, 48, generator=torch.Generator().manual_seed(9))
+    hidden = torch.zeros(2, mae.n_windows(4), dtype=torch.bool)  # 4 x 4 x 4 x 2 windows of 2^4 tokens
+    hidden[0, [0, 5]] = hidden[1, 127] = True  # window 5 = (0, 0, 2, 1), window 127 = (3, 3, 3, 1)
+    with torch.no_grad():
+        pred = mae(x, hidden)
+        tokens = mae.encoder.embed(x)  # by hand: each hidden window's tokens, in (d, h, w, t) order
+        tokens[0, :2, :2, :2, :2] = token
+        tokens[0, :2, :2, 4:6, 2:4] = token
+        tokens[1, 6:, 6:, 6:, 2:] = token
+        expected = mae.decode(mae.encoder.forward_tokens(tokens)[-1])
+        loss = mae.loss(x, pred, hidden)
+    np.testing.assert_allclose(pred.numpy(), expected.numpy(), atol=1e-6)
+    voxels = pred.numpy().reshape(2, 8, 8, 8, 4, 6, 6, 6).transpose(0, 4, 1, 5, 2, 6, 3, 7).reshape(2, 4, 48, 48, 48)
+    error = (voxels - x.numpy()) ** 2  # (B, T, X, Y, Z)
+    windows = [error[0, :2, :12, :12, :12], error[0, 2:, :12, :12, 24:36], error[1, 2:, 36:, 36:, 36:]]
+    assert float(loss) == pytest.approx(np.mean([w.mean() for w in windows]), rel=1e-5)

@@ -91,6 +91,8 @@ def neurostorm_settings(hp: Mapping[str, Any], path: Path) -> tuple[Any, str]:
     role = "mae" if hp.get("pretraining") else "finetuned"
     if role == "mae" and not hp.get("use_mae"):
         raise _refuse(path, "use_mae", hp.get("use_mae"), "MAE pretraining only (not contrastive pretraining)")
+    if role == "mae" and len(hp["depths"]) != 4:  # their decoder_pred takes embed_dim * 2^(stages - 1) / 8 inputs
+        raise _refuse(path, "depths", hp["depths"], "MAEs of 4 stages only (the only depth the authors' decoder runs)")
     n_outputs = 0
     if role == "finetuned":
         task = hp.get("downstream_task_type")
@@ -145,7 +147,7 @@ def neurostorm_keymap(patch: int, role: str, legacy_mask: bool = False) -> KeyMa
                   *_block_rules(r"model\.layers_up\.(\d+)", "up_stages"),
                   (r"model\.layers_up\.(\d+)\.upsample\.(expand|norm)\.(weight|bias)", r"up_expands.\1.\2.\3"),
                   (r"model\.norm_up\.(weight|bias)", r"norm_up.\1"), (r"model\.decoder_pred\.(weight|bias)", r"pred.\1")]
-        dropped[r"model\.(mask_token|atlas_mask_token|atlas_map)"] = MASKING
+        dropped[r"model\.(atlas_mask_token|atlas_map)" if legacy_mask else r"model\.(mask_token|atlas_mask_token|atlas_map)"] = MASKING
     else:
         rules.append((r"output_head\.head\.head\.(weight|bias)", r"head.1.\1"))
     return KeyMap(
