@@ -623,7 +623,7 @@ def test_neurostorm_cli_writes_a_bundle_with_the_recipe(tmp_path, monkeypatch, t
 
     assert read_lightning_checkpoint(tmp_path / "ns.ckpt")["hyper_parameters"]["depths"] == [1, 1, 1, 1]
     torch.save({"state_dict": state, "hyper_parameters": hp, "trainer": InputError}, tmp_path / "bad.ckpt")
-    with pytest.raises(InputError, match="without executing code"):
+    with pytest.raises(InputError, match="without executing code: it refers to fmriflow.errors.InputError"):
         read_lightning_checkpoint(tmp_path / "bad.ckpt")
 
 

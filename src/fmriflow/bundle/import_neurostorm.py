@@ -33,6 +33,7 @@ from .recipes import NEUROSTORM_SOURCE, neurostorm_recipe
 # where Lightning's hyper-parameter dict class has lived (pytorch_lightning 1.x / 2.x, lightning 2.x)
 _ATTRIBUTE_DICTS = ("pytorch_lightning.utilities.parsing", "lightning.pytorch.utilities.parsing",
                     "lightning_fabric.utilities.data", "lightning.fabric.utilities.data")
+_ALLOWED_NAMES = ("argparse.Namespace", *(f"{m}.AttributeDict" for m in _ATTRIBUTE_DICTS))
 _NEEDED = ("model", "img_size", "patch_size", "embed_dim", "depths", "window_size", "c_multiplier", "in_chans")
 MASKING = ("the mask tokens of their random, tube and atlas masking and the atlas map (fmriflow's twin "
            "reproduces window masking, with window_mask_token)")
@@ -58,7 +59,12 @@ def read_lightning_checkpoint(path: Path) -> dict[str, Any]:
         with torch.serialization.safe_globals(allowed):
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad input
-        raise InputError(path, f"not a checkpoint that loads without executing code ({str(exc)[:300]})") from exc
+        try:
+            named = sorted(set(torch.serialization.get_unsafe_globals_in_checkpoint(path)) - set(_ALLOWED_NAMES))
+        except Exception:  # noqa: BLE001 - not even a torch archive
+            named = []
+        found = f"it refers to {', '.join(named)}" if named else str(exc).splitlines()[0][:300]
+        raise InputError(path, f"not a checkpoint that loads without executing code: {found}") from exc
     if not isinstance(checkpoint, Mapping) or not isinstance(checkpoint.get("state_dict"), Mapping):
         raise InputError(path, "no 'state_dict' entry; not a Lightning checkpoint of NeuroSTORM's LightningModel")
     hparams = checkpoint.get("hyper_parameters")
