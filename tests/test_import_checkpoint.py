@@ -3,10 +3,14 @@ shapes (written out here from the published configs and module layouts, at toy w
 size) load with every tensor mapped; missing and extra tensors are errors that list them; BrainLM
 v1's blocks match ``transformers``' Nystromformer layer and its time table the closed form; the
 ViT-MAE wrapper matches ``transformers``' ViTMAE on the authors' image layout built here by hand;
-the CLI writes a bundle whose card records the recipe and which rebuilds the same encoder."""
+the CLI writes a bundle whose card records the recipe and which rebuilds the same encoder.
+NeuroSTORM: the Lightning state dicts of the authors' current and 2025 modules (names and shapes
+written out here, checked equal to their modules' beside them) map fully at the paper's size; the
+patch embedding, head, window masking and loss match the authors' formulas computed by hand."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import subprocess
@@ -410,3 +414,237 @@ def test_brain_jepa_import_writes_a_bundle_with_the_recipe(tmp_path, torch_one_t
     failed = subprocess.run([sys.executable, "-m", "fmriflow.cli", "import-checkpoint", "brain-jepa",
                              str(missing / "jepa.pth.tar"), str(tmp_path / "b2")], capture_output=True, text=True)
     assert failed.returncode == 1 and "gradient_mapping_450.csv" in failed.stderr and "--gradient" in failed.stderr
+
+
+# --------------------------------------------------------------------------- NeuroSTORM
+
+# the authors' published settings (scripts/configs/models/neurostorm.yaml, main.py defaults) as a
+# Lightning checkpoint's hyper_parameters hold them: a fine-tuned classifier with task prompts
+STORM_HP = {"model": "neurostorm", "img_size": [96, 96, 96, 20], "patch_size": [6, 6, 6, 1], "embed_dim": 36,
+            "depths": [2, 2, 6, 2], "num_heads": [3, 6, 12, 24], "window_size": [4, 4, 4, 4],
+            "first_window_size": [4, 4, 4, 4], "c_multiplier": 2, "last_layer_full_MSA": True, "in_chans": 1,
+            "sequence_length": 20, "stride_within_seq": 1, "stride_between_seq": 1, "with_voxel_norm": False,
+            "pretraining": False, "use_mae": False, "downstream_task_type": "classification", "num_classes": 2,
+            "clf_head_version": "v1", "use_prompt_tuning": True, "prompt_len": 50, "attn_drop_rate": 0.0}
+STORM_MAE_HP = {**STORM_HP, "pretraining": True, "use_mae": True, "spatial_mask": "window", "time_mask": "random",
+                "mask_ratio": 0.5, "use_prompt_tuning": False}
+# toy size: 24^3 x 4 frames (a 4^3 grid of 6^3 patches), width 8, three stages
+STORM_TOY = {**STORM_HP, "img_size": [24, 24, 24, 4], "sequence_length": 4, "embed_dim": 8, "depths": [2, 1, 2],
+             "window_size": [2, 2, 2, 2], "first_window_size": [4, 4, 4, 2], "prompt_len": 3}
+# the authors' MAE decoder runs with 4 stages only: 48^3 x 4 frames (an 8^3 grid), width 8
+STORM_MAE_TOY = {**STORM_MAE_HP, "img_size": [48, 48, 48, 4], "sequence_length": 4, "embed_dim": 8,
+                 "depths": [1, 1, 1, 1], "window_size": [2, 2, 2, 2], "first_window_size": [2, 2, 2, 2]}
+
+
+def _storm_block(prefix: str, c: int, prompt: int) -> dict:
+    """One SwinTransformerBlock4D: LayerNorms, mamba-ssm's Mamba (d_state 16, d_conv 4, expand 2), monai's MLP."""
+    rank = math.ceil(c / 16)
+    shapes = {"norm1.weight": (c,), "norm1.bias": (c,), "mamba.in_proj.weight": (4 * c, c),
+              "mamba.conv1d.weight": (2 * c, 1, 4), "mamba.conv1d.bias": (2 * c,),
+              "mamba.x_proj.weight": (rank + 32, 2 * c), "mamba.dt_proj.weight": (2 * c, rank),
+              "mamba.dt_proj.bias": (2 * c,), "mamba.A_log": (2 * c, 16), "mamba.D": (2 * c,),
+              "mamba.out_proj.weight": (c, 2 * c), "norm2.weight": (c,), "norm2.bias": (c,),
+              "mlp.linear1.weight": (4 * c, c), "mlp.linear1.bias": (4 * c,), "mlp.linear2.weight": (c, 4 * c),
+              "mlp.linear2.bias": (c,), **({"prompt": (1, prompt, c)} if prompt else {})}
+    return {f"{prefix}.{name}": shape for name, shape in shapes.items()}
+
+
+def released_neurostorm_shapes(hp: dict, legacy: bool = False) -> dict:
+    """The ``state_dict`` of the authors' LightningModel (models/neurostorm.py, models/heads) at ``hp``.
+
+    ``legacy``: the 2025 code (one (window volume, C) mask token; a LayerNorm in the v1 head).
+    """
+    p, C, depths, T = hp["patch_size"][0], hp["embed_dim"], hp["depths"], hp["img_size"][3]
+    grid = [n // p for n in hp["img_size"][:3]]
+    mae = hp["pretraining"]
+    prompt = hp["prompt_len"] if hp.get("use_prompt_tuning") and not mae else 0
+    shapes = {"model.patch_embed.fc.weight": (C, p ** 3), "model.patch_embed.fc.bias": (C,)}
+    for i, depth in enumerate(depths):
+        c = C * 2 ** i
+        shapes[f"model.pos_embeds.{i}.pos_embed"] = (1, c, *[g // 2 ** i for g in grid], 1)
+        shapes[f"model.pos_embeds.{i}.time_embed"] = (1, c, 1, 1, 1, T)
+        for j in range(depth):
+            shapes.update(_storm_block(f"model.layers.{i}.blocks.{j}", c, prompt))
+        if i < len(depths) - 1:
+            shapes[f"model.layers.{i}.downsample.norm.weight"] = shapes[f"model.layers.{i}.downsample.norm.bias"] = (8 * c,)
+            shapes[f"model.layers.{i}.downsample.reduction.weight"] = (2 * c, 8 * c)
+    last = C * 2 ** (len(depths) - 1)
+    if not mae:
+        shapes.update({"output_head.head.head.weight": (1, last), "output_head.head.head.bias": (1,)})
+        if legacy:
+            shapes.update({"output_head.head.norm.weight": (last,), "output_head.head.norm.bias": (last,)})
+        return shapes
+    volume = math.prod(hp["window_size"])
+    shapes.update({"model.mask_token": (volume, C)} if legacy else
+                  {"model.mask_token": (C,), "model.window_mask_token": (volume, C), "model.atlas_mask_token": (C,)})
+    shapes["model.first_patch_expanding.expand.weight"] = (4 * last, last)
+    shapes["model.first_patch_expanding.norm.weight"] = shapes["model.first_patch_expanding.norm.bias"] = (last // 2,)
+    for k in range(len(depths) - 1):
+        i = len(depths) - 2 - k
+        c = C * 2 ** i
+        for j in range(depths[i]):
+            shapes.update(_storm_block(f"model.layers_up.{k}.blocks.{j}", c, 0))
+        if i > 0:
+            shapes[f"model.layers_up.{k}.upsample.expand.weight"] = (4 * c, c)
+            shapes[f"model.layers_up.{k}.upsample.norm.weight"] = shapes[f"model.layers_up.{k}.upsample.norm.bias"] = (c // 2,)
+    shapes.update({"model.norm_up.weight": (C,), "model.norm_up.bias": (C,),
+                   "model.decoder_pred.weight": (p ** 3, last // 8), "model.decoder_pred.bias": (p ** 3,)})
+    return shapes
+
+
+def _storm_model(hp: dict, state: dict, source: str = "release.ckpt"):
+    """The fmriflow module a checkpoint imports into (fine-tuned: NeuroSTORM; MAE: the authors' MAE twin)."""
+    from fmriflow.bundle.import_neurostorm import neurostorm_keymap, neurostorm_settings
+    from fmriflow.models.neurostorm import NeuroSTORM
+    from fmriflow.models.neurostorm_release import NeuroSTORMReleasedMAE
+
+    config, role = neurostorm_settings(hp, source)
+    model = NeuroSTORMReleasedMAE(config) if role == "mae" else NeuroSTORM(config)
+    return model, neurostorm_keymap(config.patch_size, role, legacy_mask="model.window_mask_token" not in state)
+
+
+def _storm_import(hp: dict, state: dict, source: str = "release.ckpt"):
+    model, keymap = _storm_model(hp, state, source)
+    mapped = keymap.apply(state, model.state_dict(), source)
+    model.load_state_dict({**model.state_dict(), **mapped})
+    return model.eval(), mapped, keymap
+
+
+# tensor counts measured beside the authors' modules: their current code (a8dc38f) and the 2025 code
+# of their first released checkpoints (8419eb0: no prompts, one mask token, a LayerNorm in the head)
+@pytest.mark.parametrize("hp, legacy, n_tensors", [(STORM_HP, False, 237), ({**STORM_HP, "use_prompt_tuning": False}, True, 227),
+                                                   (STORM_MAE_HP, False, 409), (STORM_MAE_HP, True, 407)])
+def test_neurostorm_release_maps_every_tensor_at_paper_size(hp, legacy, n_tensors):
+    shapes = released_neurostorm_shapes(hp, legacy)
+    assert len(shapes) == n_tensors
+    with torch.device("meta"):
+        model, keymap = _storm_model(hp, shapes)
+    mapped = keymap.apply(random_state(shapes, device="meta"), model.state_dict(), "release.ckpt")
+    assert set(mapped) == set(model.state_dict())  # every module tensor comes from the checkpoint
+    assert sum(math.prod(s) for n, s in shapes.items() if not keymap.is_dropped(n)) == \
+        sum(p.numel() for p in model.parameters())
+    # dropped: the 2025 head's unused LayerNorm; the tokens of their random / tube / atlas masking
+    assert n_tensors - len(mapped) == {(False, False): 0, (False, True): 2, (True, False): 2, (True, True): 0}[
+        (hp["pretraining"], legacy)]
+
+
+def test_neurostorm_import_reproduces_the_authors_patch_embedding_and_head(torch_one_thread):
+    state = random_state(released_neurostorm_shapes(STORM_TOY, legacy=True), seed=3)
+    model, mapped, _ = _storm_import(STORM_TOY, state)
+    assert len(mapped) == len(state) - 2  # all but the 2025 head's unused LayerNorm
+    x = torch.randn(2, 4, 24, 24, 24, generator=torch.Generator().manual_seed(4))  # (B, T, X, Y, Z)
+    # their PatchEmbed: each frame's 6^3 patch flattened in (x, y, z) order, then their Linear
+    patches = x.reshape(2, 4, 4, 6, 4, 6, 4, 6).permute(0, 2, 4, 6, 1, 3, 5, 7).reshape(2, 4, 4, 4, 4, 216)
+    fc_w, fc_b = state["model.patch_embed.fc.weight"], state["model.patch_embed.fc.bias"]
+    with torch.no_grad():
+        tokens = model.backbone.embed(x)  # (B, D, H, W, T, C)
+        features = model.forward_features(x)
+        out = model(x)
+    np.testing.assert_allclose(tokens.numpy(), (patches @ fc_w.T + fc_b).numpy(), atol=1e-5)
+    # their embeddings are channels first: (1, C, d, h, w, 1) and (1, C, 1, 1, 1, T)
+    assert torch.equal(model.backbone.stage_spatial_embeds["2"][0, ..., 0, :],
+                       state["model.pos_embeds.2.pos_embed"][0, ..., 0].permute(1, 2, 3, 0))
+    assert torch.equal(model.backbone.temporal_embed[0, 0, 0, 0], state["model.pos_embeds.0.time_embed"][0, :, 0, 0, 0].T)
+    # their v1 head: the mean over every token of the last stage, then a Linear (no norm)
+    pooled = features.flatten(1, 4).mean(dim=1)
+    expected = pooled @ state["output_head.head.head.weight"].T + state["output_head.head.head.bias"]
+    np.testing.assert_allclose(out.numpy(), expected.numpy(), atol=1e-6)
+    assert model.config.stage_window(2) == ((1, 1, 1, 2), False) and model.config.stage_window(0) == ((4, 4, 4, 2), True)
+
+
+def test_neurostorm_missing_and_extra_tensors_are_listed():
+    state = random_state(released_neurostorm_shapes(STORM_TOY), seed=5)
+    del state["model.layers.1.blocks.0.mamba.A_log"]
+    state["model.decoder_pred.weight"] = torch.zeros(216, 4)  # an MAE tensor in a fine-tuned checkpoint
+    state["model.patch_embed.fc.weight"] = torch.zeros(8, 215)
+    with pytest.raises(InputError) as err:
+        _storm_import(STORM_TOY, state)
+    text = str(err.value)
+    assert "release.ckpt" in text and "unmapped checkpoint tensors (1): model.decoder_pred.weight" in text
+    assert ("missing from the checkpoint (2): backbone.patch_embed.proj.weight, "
+            "backbone.stages.1.blocks.0.mamba.A_log") in text
+    assert "model.patch_embed.fc.weight (8, 215) vs backbone.patch_embed.proj.weight (8, 1, 6, 6, 6)" in text
+
+
+def test_neurostorm_settings_the_twin_does_not_reproduce_are_refused():
+    from fmriflow.bundle.import_neurostorm import neurostorm_settings
+
+    for key, value in (("in_chans", 2), ("c_multiplier", 3), ("clf_head_version", "v2"), ("model", "swift")):
+        with pytest.raises(InputError, match=f"'{key}' is {value!r}"):
+            neurostorm_settings({**STORM_HP, key: value}, "release.ckpt")
+    with pytest.raises(InputError, match="lack depths"):
+        neurostorm_settings({k: v for k, v in STORM_HP.items() if k != "depths"}, "release.ckpt")
+
+
+def _fake_lightning(monkeypatch):
+    """Lightning's hyper-parameter dict class, registered where pickle looks for it (lightning is not installed)."""
+    import types
+
+    cls = type("AttributeDict", (dict,), {"__module__": "pytorch_lightning.utilities.parsing",
+                                          "__qualname__": "AttributeDict"})
+    for name in ("pytorch_lightning", "pytorch_lightning.utilities", "pytorch_lightning.utilities.parsing"):
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    sys.modules["pytorch_lightning.utilities.parsing"].AttributeDict = cls
+    return cls
+
+
+def test_neurostorm_cli_writes_a_bundle_with_the_recipe(tmp_path, monkeypatch, torch_one_thread):
+    from fmriflow.bundle import read_card
+    from fmriflow.bundle.read import load_bundle_encoder
+
+    hp = STORM_MAE_TOY
+    state = random_state(released_neurostorm_shapes(hp), seed=6)
+    attribute_dict = _fake_lightning(monkeypatch)
+    torch.save({"epoch": 3, "state_dict": state, "hyper_parameters": attribute_dict(hp), "optimizer_states": []},
+               tmp_path / "mae.ckpt")
+    out = tmp_path / "bundle"
+    done = subprocess.run([sys.executable, "-m", "fmriflow.cli", "import-checkpoint", "neurostorm",
+                           str(tmp_path / "mae.ckpt"), str(out)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    card = read_card(out)
+    assert card["input"]["tr"]["target_tr"] == 0.8 and card["input"]["window"] == 4 and card["input"]["stride"] == 4
+    assert card["atlas"]["grid"]["shape"] == [48, 48, 48] and card["scaling"]["method"].startswith("neurostorm 'z-norm'")
+    assert card["model"]["source"]["role"] == "mae" and card["model"]["source"]["tensors"] == len(state)
+    assert any("window masking" in why for why in card["model"]["source"]["dropped"].values())
+    assert card["model"]["source"]["masking"] == {"spatial_mask": "window", "time_mask": "random", "mask_ratio": 0.5}
+    mae = load_bundle_encoder(out)
+    assert type(mae).__name__ == "NeuroSTORMReleasedMAE" and mae.config.last_stage_full and mae.config.stage_embeddings
+    assert torch.equal(mae.encoder.stages[2].blocks[0].mamba.A_log, state["model.layers.2.blocks.0.mamba.A_log"])
+    assert torch.equal(mae.up_stages[0].blocks[0].mlp.fc2.weight, state["model.layers_up.0.blocks.0.mlp.linear2.weight"])
+    x = torch.randn(1, 4, 48, 48, 48, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        assert mae.encode(x).shape == (1, 64)
+    shown = subprocess.run([sys.executable, "-m", "fmriflow.cli", "model-card", str(out)], capture_output=True, text=True)
+    assert shown.returncode == 0 and "voxel grid" in shown.stdout and "CUHK-AIM-Group/NeuroSTORM" in shown.stdout
+
+    # argparse's Namespace as the container; a class outside the allowed ones is refused by name
+    torch.save({"state_dict": state, "hyper_parameters": argparse.Namespace(**hp)}, tmp_path / "ns.ckpt")
+    from fmriflow.bundle.import_neurostorm import read_lightning_checkpoint
+
+    assert read_lightning_checkpoint(tmp_path / "ns.ckpt")["hyper_parameters"]["depths"] == [1, 1, 1, 1]
+    torch.save({"state_dict": state, "hyper_parameters": hp, "trainer": InputError}, tmp_path / "bad.ckpt")
+    with pytest.raises(InputError, match="without executing code: it refers to fmriflow.errors.InputError"):
+        read_lightning_checkpoint(tmp_path / "bad.ckpt")
+
+
+def test_neurostorm_mae_twin_masks_whole_windows_and_averages_its_loss_per_window(torch_one_thread):
+    state = random_state(released_neurostorm_shapes(STORM_MAE_TOY, legacy=True), seed=8)
+    mae, mapped, _ = _storm_import(STORM_MAE_TOY, state)
+    token = state["model.mask_token"].view(2, 2, 2, 2, 8)  # the 2025 layout's one (window volume, C) mask token
+    assert torch.equal(mae.window_mask_token, state["model.mask_token"])
+    x = torch.randn(2, 4, 48, 48, 48, generator=torch.Generator().manual_seed(9))
+    hidden = torch.zeros(2, mae.n_windows(4), dtype=torch.bool)  # 4 x 4 x 4 x 2 windows of 2^4 tokens
+    hidden[0, [0, 5]] = hidden[1, 127] = True  # window 5 = (0, 0, 2, 1), window 127 = (3, 3, 3, 1)
+    with torch.no_grad():
+        pred = mae(x, hidden)
+        tokens = mae.encoder.embed(x)  # by hand: each hidden window's tokens, in (d, h, w, t) order
+        tokens[0, :2, :2, :2, :2] = token
+        tokens[0, :2, :2, 4:6, 2:4] = token
+        tokens[1, 6:, 6:, 6:, 2:] = token
+        expected = mae.decode(mae.encoder.forward_tokens(tokens)[-1])
+        loss = mae.loss(x, pred, hidden)
+    np.testing.assert_allclose(pred.numpy(), expected.numpy(), atol=1e-6)
+    voxels = pred.numpy().reshape(2, 8, 8, 8, 4, 6, 6, 6).transpose(0, 4, 1, 5, 2, 6, 3, 7).reshape(2, 4, 48, 48, 48)
+    error = (voxels - x.numpy()) ** 2  # (B, T, X, Y, Z)
+    windows = [error[0, :2, :12, :12, :12], error[0, 2:, :12, :12, 24:36], error[1, 2:, 36:, 36:, 36:]]
+    assert float(loss) == pytest.approx(np.mean([w.mean() for w in windows]), rel=1e-5)

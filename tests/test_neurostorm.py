@@ -60,6 +60,30 @@ def test_stage_shapes_and_gradients():
             assert p.grad.abs().sum() > 0, name
 
 
+def test_the_authors_switches_and_the_defaults_that_keep_fmriflows_layout():
+    default = toy()
+    assert not any("stage_" in name for name in default.state_dict()) and isinstance(default.head[0], torch.nn.LayerNorm)
+    theirs = toy(stage_embeddings=True, last_stage_full=True, first_window_size=(4, 4, 4, 2), head_norm=False,
+                 n_outputs=0)
+    assert theirs.head is None
+    assert theirs.backbone.stage_spatial_embeds["1"].shape == (1, 2, 2, 2, 1, 16)
+    assert theirs.backbone.stage_temporal_embeds["1"].shape == (1, 1, 1, 1, 8, 16)
+    # the last stage: one window over its whole 2^3 grid and 2 frames, never shifted; the first: its own window
+    assert [b.window for b in theirs.backbone.stages[1].blocks] == [(2, 2, 2, 2)]
+    assert all(b.shift == (0, 0, 0, 0) for b in theirs.backbone.stages[1].blocks)
+    assert theirs.backbone.stages[0].blocks[1].window == (4, 4, 4, 2) and theirs.backbone.stages[0].blocks[1].shift == (2, 2, 2, 1)
+    x = torch.randn(1, 6, *IMG)
+    with torch.no_grad():
+        stages = theirs.backbone(x)
+        torch.testing.assert_close(theirs(x), stages[-1].flatten(1, 4).mean(dim=1))  # no head: the embedding
+        # the later stage's tables enter before its blocks: zeroing them changes only that stage
+        theirs.backbone.stage_spatial_embeds["1"].zero_()
+        theirs.backbone.stage_temporal_embeds["1"].zero_()
+        again = theirs.backbone(x)
+    torch.testing.assert_close(again[0], stages[0])
+    assert not torch.allclose(again[1], stages[1])
+
+
 def test_shifted_blocks_mix_across_window_borders():
     """A change in one token reaches tokens of the neighbouring window only through the shifted block."""
     x = torch.randn(1, 4, *IMG)

@@ -237,11 +237,12 @@ def _bundle_parsers(sub, atlas_options) -> None:
 
     p = sub.add_parser("import-checkpoint", help="turn a local copy of released weights into an encoder bundle "
                        "(every tensor mapped; the card records the authors' input recipe)")
-    p.add_argument("kind", choices=("brainlm-v1", "brainlm-vitmae", "brain-jepa"),
+    p.add_argument("kind", choices=("brainlm-v1", "brainlm-vitmae", "brain-jepa", "neurostorm"),
                    help="brainlm-v1: BrainLM's BrainLMForPretraining release; brainlm-vitmae: its ViT-MAE 111M/650M "
-                        "releases (needs the extra fmriflow[transformers]); brain-jepa: jepa-ep300.pth.tar")
+                        "releases (needs the extra fmriflow[transformers]); brain-jepa: jepa-ep300.pth.tar; "
+                        "neurostorm: a NeuroSTORM Lightning checkpoint (MAE-pretrained or fine-tuned)")
     p.add_argument("path", type=Path, help="the release folder (config.json beside pytorch_model.bin or "
-                   "model.safetensors) or its weights file")
+                   "model.safetensors), its weights file, or the checkpoint file (brain-jepa, neurostorm)")
     p.add_argument("out", type=Path, help="the bundle folder to write")
     p.add_argument("--gradient", type=Path, help="brain-jepa: the region gradient table (default: "
                    "gradient_mapping_450.csv beside the checkpoint)")

@@ -13,6 +13,10 @@ Kinds:
 ``brainlm-vitmae``
     BrainLM's ViT-MAE releases (``vitmae_111M``, ``vitmae_650M``), into ``transformers``'
     ``ViTMAEForPreTraining`` inside ``models.brainlm_vitmae.BrainLMViTMAE`` (extra ``transformers``).
+``brain-jepa``
+    Brain-JEPA's ``jepa-ep300.pth.tar`` (``import_jepa``).
+``neurostorm``
+    NeuroSTORM's Lightning checkpoints, MAE-pretrained or fine-tuned (``import_neurostorm``).
 """
 
 from __future__ import annotations
@@ -173,10 +177,14 @@ def import_checkpoint(kind: str, path: str | Path, out_dir: str | Path, *, atlas
         from .import_jepa import brain_jepa_parts
 
         parts = brain_jepa_parts(Path(path), gradient)
+    elif kind == "neurostorm":
+        from .import_neurostorm import neurostorm_parts
+
+        parts = neurostorm_parts(Path(path))
     elif kind in KINDS:
         parts = _brainlm_parts(kind, path, atlas_cache, atlas_dir)
     else:
-        raise ValueError(f"'KIND' must be one of {(*KINDS, 'brain-jepa')}; {kind!r} was provided")
+        raise ValueError(f"'KIND' must be one of {(*KINDS, 'brain-jepa', 'neurostorm')}; {kind!r} was provided")
     model = parts["model"]
     state = model.state_dict()
     state.update(parts["keymap"].apply(parts["released"], state, parts["weights"]))

@@ -2,7 +2,9 @@
 
 A ``KeyMap`` holds rename rules (regular expression -> replacement, the first match wins), the
 released tensors that are dropped on purpose (with the reason, e.g. a head the released forward
-never calls) and the module's tensors that come from elsewhere (e.g. the atlas coordinates).
+never calls), the module's tensors that come from elsewhere (e.g. the atlas coordinates) and the
+released tensors whose layout differs from the module's (a function that rearranges them, e.g. a
+Linear over flattened patches into the equivalent convolution, or channels first to channels last).
 ``apply`` refuses a checkpoint with any tensor that no rule maps, any module tensor left without a
 value, or any shape that differs, and lists them all.
 """
@@ -12,7 +14,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping
 
 import torch
 
@@ -26,6 +28,13 @@ class KeyMap:
     rules: tuple[tuple[str, str], ...]  # (pattern matched against the whole released name, replacement)
     dropped: Mapping[str, str] = field(default_factory=dict)  # released-name pattern -> why it is not used
     supplied: tuple[str, ...] = ()  # module tensors that the checkpoint does not hold
+    converted: Mapping[str, Callable[[torch.Tensor], torch.Tensor]] = field(default_factory=dict)  # released-name pattern -> layout change
+
+    def convert(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
+        for pattern, function in self.converted.items():
+            if re.fullmatch(pattern, name):
+                return function(tensor)
+        return tensor
 
     def rename(self, name: str) -> str | None:
         """The module's name for a released tensor; None where no rule matches."""
@@ -48,10 +57,14 @@ class KeyMap:
             if ours is None or ours not in expected:
                 unmapped.append(name if ours is None else f"{name} (-> {ours}, not in the module)")
                 continue
-            if tuple(tensor.shape) != tuple(expected[ours].shape):
+            try:
+                converted = self.convert(name, tensor)
+            except RuntimeError:  # a layout change that the released shape does not allow
+                converted = None
+            if converted is None or tuple(converted.shape) != tuple(expected[ours].shape):
                 shapes.append(f"{name} {tuple(tensor.shape)} vs {ours} {tuple(expected[ours].shape)}")
                 continue
-            mapped[ours] = tensor
+            mapped[ours] = converted
         missing = sorted(set(expected) - set(mapped) - set(self.supplied))
         problems = [f"{what} ({len(names)}): {', '.join(names[:_LISTED])}"
                     + (f", and {len(names) - _LISTED} more" if len(names) > _LISTED else "")

@@ -3,7 +3,8 @@
 Architectures: ``BrainLM`` (fmriflow's own, pretrained by the workflow) and the imported releases
 ``BrainLMv1`` (BrainLM's v1 twin) and ``BrainLMViTMAE`` (BrainLM's ViT-MAE models through
 ``transformers``), each rebuilt from its config and the atlas coordinates its weights carry; and
-``BrainJEPA`` (Brain-JEPA's target encoder), rebuilt with the region gradients its weights carry.
+``BrainJEPA`` (Brain-JEPA's target encoder), rebuilt with the region gradients its weights carry;
+``NeuroSTORM`` and ``NeuroSTORMReleasedMAE`` (voxel input, no atlas geometry), rebuilt from their config.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from ..io import read_json
 from ..models.brainlm import BrainLM, BrainLMConfig
 from .card import CONFIG, WEIGHTS
 
-ARCHITECTURES = ("BrainLM", "BrainLMv1", "BrainLMViTMAE", "BrainJEPA")
+ARCHITECTURES = ("BrainLM", "BrainLMv1", "BrainLMViTMAE", "BrainJEPA", "NeuroSTORM", "NeuroSTORMReleasedMAE")
 
 
 
@@ -44,6 +45,10 @@ def _config_class(architecture: str):
         from ..models.brain_jepa import BrainJEPAConfig
 
         return BrainJEPAConfig
+    if architecture in ("NeuroSTORM", "NeuroSTORMReleasedMAE"):
+        from ..models.neurostorm import NeuroSTORMConfig
+
+        return NeuroSTORMConfig
     return BrainLMConfig
 
 
@@ -71,11 +76,19 @@ def config_json(model: nn.Module) -> dict:
         config = {"hf_config": model.hf_config, "pool": model.pool}
     else:
         config = dataclasses.asdict(model.config)
-    return {"architecture": type(model).__name__, "n_regions": model.n_regions, "config": config}
+    return {"architecture": type(model).__name__, "n_regions": getattr(model, "n_regions", None), "config": config}
 
 
-def _build(config: Any, state: dict[str, torch.Tensor], path: Path) -> nn.Module:
+def _build(config: Any, state: dict[str, torch.Tensor], path: Path, architecture: str) -> nn.Module:
     """The module of ``config``, with the atlas geometry (coordinates, or Brain-JEPA's gradients) of ``state``."""
+    if architecture == "NeuroSTORMReleasedMAE":  # voxel input: no geometry
+        from ..models.neurostorm_release import NeuroSTORMReleasedMAE
+
+        return NeuroSTORMReleasedMAE(config)
+    if architecture == "NeuroSTORM":
+        from ..models.neurostorm import NeuroSTORM
+
+        return NeuroSTORM(config)
     geometry = "gradient" if type(config).__name__ == "BrainJEPAConfig" else "coords"
     if geometry not in state:
         raise InputError(path, f"no {geometry!r} tensor (the atlas geometry the encoder was pretrained with)")
@@ -106,7 +119,7 @@ def load_bundle_encoder(bundle: str | Path, pretrained: bool = True, seed: int =
     config = read_config(bundle)
     state = load_file(path)
     torch.manual_seed(seed)
-    model = _build(config, state, path)
+    model = _build(config, state, path, json_file(Path(bundle) / CONFIG, "")["architecture"])
     if pretrained:
         try:
             model.load_state_dict(state)

@@ -98,3 +98,47 @@ def brain_jepa_recipe(n_frames: int, patch_size: int) -> dict:
         "pretraining_data": {"source": "UK Biobank resting-state fMRI (the authors' split; not distributed)",
                              "reference": "Dong et al., Brain-JEPA, NeurIPS 2024"},
     }
+
+
+NEUROSTORM_SOURCE = ("CUHK-AIM-Group/NeuroSTORM (GitHub, commit a8dc38f), a Lightning checkpoint of its "
+                     "LightningModel (pretraining MAE or a fine-tuned task model)")
+NEUROSTORM_TR = 0.8  # s, datasets/preprocessing_volume.py temporal_resampling
+
+
+def neurostorm_recipe(hparams: dict, img_size: list[int], patch_size: int) -> dict:
+    """Card sections of NeuroSTORM (datasets/preprocessing_volume.py, datasets/fmri_datasets.py)."""
+    frames = int(hparams.get("sequence_length", img_size[3]))
+    within = int(hparams.get("stride_within_seq", 1))
+    between = float(hparams.get("stride_between_seq", 1))
+    return {
+        "input": {"window": frames, "patch_size": patch_size, "stride": max(round(between * frames * within), 1),
+                  "frame_step": within,
+                  "tr": {"target_tr": NEUROSTORM_TR, "stored": [NEUROSTORM_TR],
+                         "resampling": "each run resampled to 0.8 s by linear interpolation along time "
+                                       "(torch F.interpolate, align_corners=False, round(T * TR / 0.8) frames), "
+                                       "before the crop"},
+                  "layout": f"voxels: MNI152 at 2 mm (trilinear from the header's voxel size), each axis centred-"
+                            f"cropped to 96 where longer (start (n - 96) // 2), then padded to 96 with the volume's "
+                            f"first voxel value, ceil(pad / 2) before and floor(pad / 2) after (91 -> 3 + 2; "
+                            f"fmriflow's voxel dataset pads 2 + 3); {frames} consecutive frames from 0.8 s "
+                            f"series; the authors' tensor (B, 1, X, Y, Z, T) is fmriflow's (B, T, X, Y, Z); "
+                            f"patches {patch_size}^3 x 1 frame, model grid {img_size[:3]} x {img_size[3]} frames",
+                  "dtype": "float32 (stored int8 with a per-run scale since 2026-05, float16 frames before)"},
+        "scaling": {"method": "neurostorm 'z-norm' (preprocessing_volume.py)",
+                    "formula": "per run: background = voxels that are 0 (HCP, UKB) or outside the dataset's brain "
+                               "mask; background and negative values set to 0; (x - mean) / std with the mean and "
+                               "std over every brain voxel of every frame of the run; background set to the "
+                               "minimum of the normalised brain voxels",
+                    "fit_on": "each run itself: nothing to refit", "n_timepoints": None, "median": None,
+                    "iqr": None, "statistics": "none: per-run global z-scoring over the brain voxels",
+                    "regions_with_zero_iqr": None,
+                    "voxel_norm_channels": bool(hparams.get("with_voxel_norm", False))},
+        "preprocessing": {"pipeline": "minimally preprocessed fMRI in MNI152 space (HCP pipelines for HCP-YA / "
+                                      "HCP-A / HCP-D, UK Biobank's FSL pipeline, fMRIPrep for others); optional "
+                                      "FSL BET brain extraction (datasets/brain_extraction.sh)",
+                          "spatial": "2 mm isotropic, 96^3 after the crop / pad", "temporal": "TR 0.8 s"},
+        "pretraining_data": {"source": f"{hparams.get('dataset_name', 'HCP-YA, HCP-A, HCP-D, ABCD, UK Biobank')} "
+                                       "(the authors' split; not distributed)",
+                             "reference": "Wang et al., Towards a general-purpose foundation model for fMRI "
+                                          "analysis (NeuroSTORM), arXiv 2506.11167"},
+    }

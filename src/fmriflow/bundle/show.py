@@ -69,8 +69,7 @@ def format_imported_card(card: Mapping[str, Any], regions: int = 5) -> str:
                         f"{len(source['dropped'])} unused pattern(s) dropped"),
         "",
         "Preparing new data (the authors' recipe)",
-        _row("atlas", f"{atlas['name']}, {atlas['n_regions']} regions, image sha256 {atlas['sha256']}"),
-        _row("region order", ", ".join(atlas["regions"][:regions]) + (" ..." if atlas["n_regions"] > regions else "")),
+        *_where(atlas, regions),
         _row("layout", card["input"]["layout"]),
         _row("window", f"{card['input']['window']} time points, patches of {card['input']['patch_size']}"),
         _row("TR", f"pretraining data at {', '.join(f'{t:g}' for t in tr['stored'])} s, model input at "
@@ -84,6 +83,16 @@ def format_imported_card(card: Mapping[str, Any], regions: int = 5) -> str:
         _row("reference", card["pretraining_data"]["reference"]),
     ]
     return "\n".join(lines)
+
+
+def _where(atlas: Mapping[str, Any], regions: int) -> list[str]:
+    """The atlas and region order, or for voxel input the grid."""
+    if atlas.get("grid"):
+        grid = atlas["grid"]
+        return [_row("voxel grid", f"{grid['space']}, {grid['voxel_mm']} mm, "
+                                   f"{' x '.join(map(str, grid['shape']))} voxels, {grid['frames']} frames")]
+    return [_row("atlas", f"{atlas['name']}, {atlas['n_regions']} regions, image sha256 {atlas['sha256']}"),
+            _row("region order", ", ".join(atlas["regions"][:regions]) + (" ..." if atlas["n_regions"] > regions else ""))]
 
 
 def _model_lines(card: Mapping[str, Any]) -> list[str]:

@@ -29,6 +29,12 @@ Design choices:
   cannot be masked); the wrapped tokens simply join the window, as in NeuroSTORM's Mamba version.
 - Grids not divisible by the window are zero-padded after the norm, and the padding is
   cropped after the block; an axis shorter than its window is one window and is never shifted.
+
+The authors' released models (imported by ``fmriflow.bundle.import_neurostorm``) differ in four
+switches, all off by default: their own first-stage window (``first_window_size``), a last stage
+whose one window spans its whole spatial grid and never shifts (their ``last_layer_full_MSA``),
+spatial and temporal embeddings added before every stage (``stage_embeddings``), and a head
+without LayerNorm (``head_norm=False``). ``n_outputs=0`` builds the encoder without a head.
 """
 
 from __future__ import annotations
@@ -60,7 +66,12 @@ class NeuroSTORMConfig:
     d_conv: int = 4  # Mamba causal convolution width
     expand: int = 2  # Mamba inner width / block width
     prompt_len: int = 0  # task prompt tokens per block (0: no prompts, e.g. pretraining)
-    n_outputs: int = 1  # head outputs: 1 for regression, the number of classes for classification
+    n_outputs: int = 1  # head outputs: 1 for regression, the number of classes for classification; 0: no head
+    # the authors' variants (CUHK-AIM-Group/NeuroSTORM), set by fmriflow.bundle.import_neurostorm
+    first_window_size: tuple[int, int, int, int] | None = None  # the first stage's window (None: window_size)
+    last_stage_full: bool = False  # last stage: one window over its whole spatial grid, never shifted
+    stage_embeddings: bool = False  # spatial + temporal embeddings before every stage, not the first only
+    head_norm: bool = True  # LayerNorm before the head's Linear (the authors' heads have none)
     # masked pretraining (fmriflow.models.neurostorm_mae)
     mask_ratio: float = 0.5  # fraction of mask windows hidden (rounded to a whole count)
     mask_window: tuple[int, int, int, int] = (4, 4, 4, 4)  # tokens per mask window along d, h, w, t
@@ -74,16 +85,22 @@ class NeuroSTORMConfig:
         self.depths = tuple(int(v) for v in self.depths)
         self.window_size = tuple(int(v) for v in self.window_size)
         self.mask_window = tuple(int(v) for v in self.mask_window)
-        for name in ("max_frames", "patch_size", "embed_dim", "d_state", "d_conv", "expand", "n_outputs"):
+        if self.first_window_size is not None:
+            self.first_window_size = tuple(int(v) for v in self.first_window_size)
+        for name in ("max_frames", "patch_size", "embed_dim", "d_state", "d_conv", "expand"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"'{name}' must be a positive integer; {value!r} was provided")
+        if not isinstance(self.n_outputs, int) or self.n_outputs < 0:
+            raise ValueError(f"'n_outputs' must be a non-negative integer (0: no head); {self.n_outputs!r} was provided")
         if len(self.img_size) != 3 or any(n % self.patch_size for n in self.img_size):
             raise ValueError(f"'img_size' must be 3 multiples of patch_size={self.patch_size}; {self.img_size!r} was provided")
         if not self.depths or min(self.depths) < 1:
             raise ValueError(f"'depths' must list at least one positive block count; {self.depths!r} was provided")
-        for name in ("window_size", "mask_window"):
+        for name in ("window_size", "mask_window", "first_window_size"):
             value = getattr(self, name)
+            if value is None and name == "first_window_size":
+                continue
             if len(value) != 4 or min(value) < 1:
                 raise ValueError(f"'{name}' must be 4 positive sizes (d, h, w, t); {value!r} was provided")
         if not isinstance(self.prompt_len, int) or self.prompt_len < 0:
@@ -97,6 +114,19 @@ class NeuroSTORMConfig:
     def grid(self) -> tuple[int, int, int]:
         """Tokens per spatial axis of the first stage."""
         return tuple(n // self.patch_size for n in self.img_size)
+
+    def stage_grid(self, i: int) -> tuple[int, int, int]:
+        """Tokens per spatial axis of stage ``i`` (each patch merging halves them, rounding up)."""
+        return tuple(math.ceil(n / 2**i) for n in self.grid)
+
+    def stage_window(self, i: int) -> tuple[tuple[int, int, int, int], bool]:
+        """Stage ``i``'s window (d, h, w, t) and whether its odd blocks shift it."""
+        last = i == len(self.depths) - 1
+        if last and self.last_stage_full:
+            return (*self.stage_grid(i), self.window_size[3]), False
+        if i == 0 and self.first_window_size is not None:
+            return self.first_window_size, True
+        return self.window_size, True
 
 
 # ---------------------------------------------------------------------------------------------
@@ -168,11 +198,13 @@ class PatchMerging(nn.Module):
 
 
 class Stage(nn.Module):
-    """``depth`` window-Mamba blocks, shifted every second block."""
+    """``depth`` window-Mamba blocks, shifted every second block (unless ``shifts`` is False)."""
 
-    def __init__(self, dim: int, depth: int, config: NeuroSTORMConfig):
+    def __init__(self, dim: int, depth: int, config: NeuroSTORMConfig, window: tuple[int, ...] | None = None,
+                 shifts: bool = True):
         super().__init__()
-        self.blocks = nn.ModuleList(WindowMambaBlock(dim, config.window_size, i % 2 == 1, config) for i in range(depth))
+        window = config.window_size if window is None else window
+        self.blocks = nn.ModuleList(WindowMambaBlock(dim, window, shifts and i % 2 == 1, config) for i in range(depth))
         self.use_checkpoint = config.checkpoint
 
     def forward(self, x: Tensor) -> Tensor:
@@ -198,13 +230,20 @@ class NeuroSTORMBackbone(nn.Module):
         self.patch_embed = PatchEmbed(config.patch_size, C)
         self.spatial_embed = nn.Parameter(trunc_normal_(torch.empty(1, *config.grid, 1, C)))
         self.temporal_embed = nn.Parameter(trunc_normal_(torch.empty(1, 1, 1, 1, config.max_frames, C)))
-        for p in (self.spatial_embed, self.temporal_embed):
+        # the authors' code adds a spatial and a temporal table before every stage ("1", "2", ...)
+        later = range(1, len(config.depths)) if config.stage_embeddings else ()
+        self.stage_spatial_embeds = nn.ParameterDict(
+            {str(i): trunc_normal_(torch.empty(1, *config.stage_grid(i), 1, C * 2**i)) for i in later})
+        self.stage_temporal_embeds = nn.ParameterDict(
+            {str(i): trunc_normal_(torch.empty(1, 1, 1, 1, config.max_frames, C * 2**i)) for i in later})
+        for p in (self.spatial_embed, self.temporal_embed, *self.stage_spatial_embeds.values(),
+                  *self.stage_temporal_embeds.values()):
             p._no_weight_decay = True
         self.stages = nn.ModuleList()
         self.merges = nn.ModuleList()
         for i, depth in enumerate(config.depths):
             dim = C * 2**i
-            self.stages.append(Stage(dim, depth, config))
+            self.stages.append(Stage(dim, depth, config, *config.stage_window(i)))
             if i < len(config.depths) - 1:
                 self.merges.append(PatchMerging(dim, config.norm_eps))
         for module in self.modules():  # Mamba blocks keep their own initialisation (dt_proj, A_log, D)
@@ -230,6 +269,8 @@ class NeuroSTORMBackbone(nn.Module):
         x = tokens + self.spatial_embed + self.temporal_embed[..., :T, :]
         outputs = []
         for i, stage in enumerate(self.stages):
+            if str(i) in self.stage_spatial_embeds:
+                x = x + self.stage_spatial_embeds[str(i)] + self.stage_temporal_embeds[str(i)][..., :T, :]
             x = stage(x)
             outputs.append(x)
             if i < len(self.merges):
@@ -247,16 +288,26 @@ class NeuroSTORM(nn.Module):
         super().__init__()
         self.config = config
         self.backbone = NeuroSTORMBackbone(config)
-        self.head = nn.Sequential(nn.LayerNorm(self.backbone.out_dim, eps=config.norm_eps),
-                                  nn.Linear(self.backbone.out_dim, config.n_outputs))
-        self.head.apply(init_linear)
+        dim = self.backbone.out_dim
+        if config.n_outputs:  # the Linear stays ``head.1`` with or without the norm
+            norm = nn.LayerNorm(dim, eps=config.norm_eps) if config.head_norm else nn.Identity()
+            self.head = nn.Sequential(norm, nn.Linear(dim, config.n_outputs))
+            self.head.apply(init_linear)
+        else:
+            self.head = None
 
     def forward_features(self, x: Tensor) -> Tensor:
         """The last stage's token grid ``(B, D', H', W', T, C')``."""
         return self.backbone(x)[-1]
 
+    def encode(self, x: Tensor) -> Tensor:
+        """The embedding ``(B, C')``: the mean of the last stage's tokens (what the head sees)."""
+        return self.forward_features(x).flatten(1, 4).mean(dim=1)
+
     def forward_head(self, features: Tensor) -> Tensor:
-        return self.head(features.flatten(1, 4).mean(dim=1))  # (B, n_outputs)
+        """``(B, n_outputs)``; without a head (``n_outputs=0``) the pooled embedding ``(B, C')``."""
+        pooled = features.flatten(1, 4).mean(dim=1)
+        return pooled if self.head is None else self.head(pooled)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_head(self.forward_features(x))
@@ -272,8 +323,8 @@ def prompt_parameter_names(model: nn.Module) -> list[str]:
 
 def freeze_for_prompt_tuning(model: NeuroSTORM) -> list[str]:
     """Freeze everything but the prompts and the head; returns the names left trainable."""
-    if not model.config.prompt_len:
-        raise ValueError("prompt tuning needs a model built with prompt_len > 0")
+    if not model.config.prompt_len or model.head is None:
+        raise ValueError("prompt tuning needs a model built with prompt_len > 0 and a head (n_outputs > 0)")
     trainable = set(prompt_parameter_names(model)) | {f"head.{n}" for n, _ in model.head.named_parameters()}
     for name, p in model.named_parameters():
         p.requires_grad_(name in trainable)
