@@ -166,3 +166,60 @@ def test_code_width_must_match_text_embeddings():
         from fmriflow.models.vqalign import CONFIGS, VQAlign
 
         VQAlign(CONFIGS["tiny"], torch.zeros(5, 16), torch.arange(5))
+
+
+def test_whitening_is_zca_over_the_batch_and_keeps_running_statistics():
+    """Train mode: (x - mean) V diag(1/sqrt(l)) V' with (V, l) the eigen-decomposition of the batch
+    covariance (numpy), so the output has zero mean and identity covariance; eval mode applies the
+    running mean and matrix (momentum 1: the last batch's)."""
+    from fmriflow.models.vqalign import Whiten
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(400, 5)) @ rng.normal(size=(5, 5)) + rng.normal(size=5)
+    whiten = Whiten(5, momentum=1.0, eps=1e-9)
+    out = whiten(torch.tensor(x, dtype=torch.float64)).numpy()
+    values, vectors = np.linalg.eigh(np.cov(x, rowvar=False))
+    expected = (x - x.mean(0)) @ vectors @ np.diag(values ** -0.5) @ vectors.T
+    np.testing.assert_allclose(out, expected, atol=1e-4)  # computed in float32
+    np.testing.assert_allclose(np.cov(out, rowvar=False), np.eye(5), atol=1e-4)
+    whiten.eval()
+    np.testing.assert_allclose(whiten(torch.tensor(x, dtype=torch.float64)).numpy(), expected, atol=1e-4)
+
+
+def test_classifier_sees_each_vector_layer_normalised():
+    """With disc_norm the classifier's loss is unchanged when each vector is shifted and scaled
+    (what the layer norm removes: a row's mean and norm); without it, it changes."""
+    torch.manual_seed(0)
+    fmri, text = torch.randn(20, 32), torch.randn(30, 32)
+    shift = lambda v: v * torch.rand(len(v), 1) * 3 + torch.randn(len(v), 1)  # noqa: E731
+    for norm in (True, False):
+        model = _model()
+        model.config.disc_norm = norm
+        same = torch.isclose(model._discriminate(fmri, text)[0], model._discriminate(shift(fmri), shift(text))[0],
+                             atol=1e-5)
+        assert bool(same) is norm
+
+
+def test_optimizer_gives_the_classifier_its_learning_rate_scale():
+    """Parameters marked with _lr_scale (the classifier) get lr x scale through the whole schedule;
+    the others the plain lr; matrices decay, vectors do not."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    from fmriflow.models.vqalign import CONFIGS, VQAlign
+    from fmriflow.training.config import TrainConfig
+    from fmriflow.training.loop import _optimizer, lr_at
+
+    table = random_text_table(30, 32, 1.0, seed=1)
+    model = VQAlign(dataclasses.replace(CONFIGS["tiny"], n_regions=6, disc_lr_scale=7.0), table, torch.arange(3, 30))
+    cfg = TrainConfig(dataset="", out="", lr=2e-3, max_steps=50, warmup_steps=5, weight_decay=0.1)
+    _, optimizer, scheduler = _optimizer(model, cfg, SimpleNamespace(device=torch.device("cpu")))
+    classifier = {id(p) for p in model.classifier.parameters()}
+    for _ in range(12):
+        optimizer.step(), scheduler.step()
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            scale = 7.0 if id(p) in classifier else 1.0
+            assert group["lr"] == pytest.approx(lr_at(12, cfg) * scale)
+            assert group["weight_decay"] == (0.1 if p.ndim >= 2 else 0.0)
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == len(list(model.parameters()))
