@@ -178,7 +178,10 @@ def load_vq_align(path: str):
     if state.get("task") != "vq-align":
         raise InputError(path, f"not a vq-align model (task {state.get('task')!r})", settings=["init_from"])
     weights = state["model"]
-    model = VQAlign(VQAlignConfig(**state["model_config"]), weights["text_table"], weights["text_ids"])
+    # files written before the latents were whitened: their recipe, so they load and tokenize as trained
+    before = {"standardize": "none", "latent_norm": True, "disc_norm": False, "decay": 0.99}
+    config = {**(before if "standardize" not in state["model_config"] else {}), **state["model_config"]}
+    model = VQAlign(VQAlignConfig(**config), weights["text_table"], weights["text_ids"])
     model.load_state_dict(weights)
     return model.eval(), state
 
