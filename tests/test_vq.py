@@ -223,3 +223,29 @@ def test_optimizer_gives_the_classifier_its_learning_rate_scale():
             assert group["lr"] == pytest.approx(lr_at(12, cfg) * scale)
             assert group["weight_decay"] == (0.1 if p.ndim >= 2 else 0.0)
     assert sum(len(g["params"]) for g in optimizer.param_groups) == len(list(model.parameters()))
+
+
+def test_amplitude_tokens_are_equal_count_bins_of_the_patch_log_rms():
+    """gain_levels: bin edges are the quantiles of the training patches' log RMS (numpy), and each
+    patch's token, before its codes, is n_codes + its bin; the token table has an ordinal ladder."""
+    import dataclasses
+
+    from fmriflow.models.vqalign import CONFIGS, VQAlign
+
+    config = dataclasses.replace(CONFIGS["tiny"], n_regions=6, gain_levels=4)
+    model = VQAlign(config, random_text_table(30, 32, 1.0, seed=1), torch.arange(3, 30)).eval()
+    g = torch.Generator().manual_seed(2)
+    train = torch.randn(12, 6, 40, generator=g) * torch.exp(torch.randn(12, 1, 1, generator=g))
+    model.fit_gain_edges(train)
+    patches = train.numpy().reshape(12, 6, 4, 10).transpose(0, 2, 1, 3).reshape(12, 4, -1)
+    log_rms = 0.5 * np.log((patches.astype(np.float64) ** 2).mean(-1))
+    edges = np.quantile(log_rms, [0.25, 0.5, 0.75])
+    np.testing.assert_allclose(model.gain_edges.numpy(), edges, rtol=1e-5)
+    x = torch.randn(3, 6, 40, generator=g) * 2
+    tokens = model.tokenize(x).reshape(3, 4, 5)  # 4 patches x (1 amplitude token + 4 codes)
+    xp = x.numpy().reshape(3, 6, 4, 10).transpose(0, 2, 1, 3).reshape(3, 4, -1)
+    bins = np.digitize(0.5 * np.log((xp.astype(np.float64) ** 2).mean(-1)), edges, right=True)
+    np.testing.assert_array_equal(tokens[:, :, 0].numpy(), 64 + bins)
+    assert torch.equal(tokens[:, :, 1:].reshape(3, -1), model.quantizer(model.encode(x)).codes)
+    table = model.token_table()
+    assert table.shape == (68, 32) and torch.all(table[64:, 0].diff() > 0) and model.n_tokens == 68

@@ -23,6 +23,12 @@ classifier on those two numbers told from text rows at 0.85-0.89 balanced accura
 on the codes at 0.97), and the classifier sees both modalities' vectors layer-normalised
 (``disc_norm``): their directions, whatever a pretrained table's row norms are. Without the
 layer norm a latent's norm keeps the patch's amplitude.
+
+With ``gain_levels`` each patch also gets an amplitude token, its log RMS in one of
+``gain_levels`` bins of equal counts over the training windows, before its codes (the gain of
+gain-shape quantisation): the whitened codes kept no measurable amplitude, which carries the
+demo cohort's age (benchmarks/README.md). The amplitude tokens are ids ``n_codes ..``; the
+language model embeds them on an ordinal ladder (``token_table``); the classifier does not see them.
 """
 
 from __future__ import annotations
@@ -55,12 +61,13 @@ class VQAlignConfig:
     disc_hidden: int = 64  # domain classifier width
     disc_lr_scale: float = 1.0  # the classifier's learning rate over the rest's (two time scales: it tracks the encoder)
     text_std: float = 1.0  # standard deviation of a from-scratch text embedding table
+    gain_levels: int = 0  # >0: each patch also gets an amplitude token (its log RMS in one of this many bins)
 
 
 CONFIGS = {
     # decay 0.9: in a few hundred steps the codes must follow the latents the reversed gradient moves (at 0.99
     # they lagged ~100 steps and the discriminator's accuracy cycled; benchmarks/README.md)
-    "tiny": VQAlignConfig(hidden=128, dim=32, n_codes=64, groups=4, disc_hidden=32, decay=0.9),
+    "tiny": VQAlignConfig(hidden=128, dim=32, n_codes=64, groups=4, disc_hidden=32, decay=0.9, gain_levels=8),
     "small": VQAlignConfig(hidden=512, dim=64, n_codes=512, groups=8, disc_hidden=128),
 }
 
@@ -155,6 +162,8 @@ class VQAlign(nn.Module):
         self.register_buffer("text_table", text_table.detach().clone().float())
         self.register_buffer("text_ids", text_ids.detach().clone().long())
         self.next_text_ids: torch.Tensor | None = None  # the next training forward's text draw (set_text_draw)
+        if config.gain_levels:  # fitted on the training windows (fit_gain_edges)
+            self.register_buffer("gain_edges", torch.zeros(config.gain_levels - 1))
 
     def patches(self, x: torch.Tensor) -> torch.Tensor:
         """(B, R, T) -> (B, T // patch, R * patch)."""
@@ -181,8 +190,39 @@ class VQAlign(nn.Module):
 
     @torch.no_grad()
     def tokenize(self, x: torch.Tensor) -> torch.Tensor:
-        """Code indices of windows (B, R, T) -> (B, T // patch * groups)."""
-        return self.quantizer(self.encode(x)).codes
+        """Code indices of windows (B, R, T) -> (B, T // patch * groups); with ``gain_levels``, each patch's
+        amplitude token (``n_codes + bin``) before its codes: (B, T // patch * (groups + 1))."""
+        codes = self.quantizer(self.encode(x)).codes
+        if not self.config.gain_levels:
+            return codes
+        gains = self.config.n_codes + torch.bucketize(self.patch_gain(x), self.gain_edges)  # (B, N)
+        per_patch = codes.reshape(len(x), -1, self.config.groups)
+        return torch.cat([gains[:, :, None], per_patch], 2).reshape(len(x), -1)
+
+    def patch_gain(self, x: torch.Tensor) -> torch.Tensor:
+        """log RMS of each patch (B, R, T) -> (B, T // patch): the amplitude the layer-free codes may not keep."""
+        return torch.log(self.patches(x).float().pow(2).mean(-1).clamp_min(1e-12)) / 2
+
+    @torch.no_grad()
+    def fit_gain_edges(self, windows: torch.Tensor) -> None:
+        """Bin edges of equal counts of the patch gains of ``windows`` (training data)."""
+        gains = self.patch_gain(windows).flatten().double()
+        levels = torch.arange(1, self.config.gain_levels, dtype=torch.float64) / self.config.gain_levels
+        self.gain_edges.copy_(torch.quantile(gains, levels).float())
+
+    def token_table(self) -> torch.Tensor:
+        """Embeddings of the fMRI tokens for a language model: the codebook, then with ``gain_levels`` an
+        ordinal ladder of the amplitude tokens (-1..1 text_std along the first axis)."""
+        table = self.quantizer.codebook.detach()
+        if not self.config.gain_levels:
+            return table
+        ladder = torch.zeros(self.config.gain_levels, self.config.dim, dtype=table.dtype, device=table.device)
+        ladder[:, 0] = torch.linspace(-1, 1, self.config.gain_levels) * self.config.text_std
+        return torch.cat([table, ladder])
+
+    @property
+    def n_tokens(self) -> int:
+        return self.config.n_codes + self.config.gain_levels
 
     def forward(self, x: torch.Tensor, region_mask: torch.Tensor | None = None,
                 text_ids: torch.Tensor | None = None) -> VQAlignOutput:
