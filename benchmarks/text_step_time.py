@@ -32,8 +32,8 @@ def _lm(name: str, vq, length: int, args):
     from fmriflow.text.lm import build_lm
     from fmriflow.text.prompts import SharedVocab
 
-    vocab = SharedVocab(n_text=args.text_tokens, n_codes=vq.config.n_codes, bos=0, eos=1, pad=2)
-    return build_lm(name, vocab, vq.text_table, vq.quantizer.codebook.detach(), n_positions=length), vocab
+    vocab = SharedVocab(n_text=args.text_tokens, n_codes=vq.n_tokens, bos=0, eos=1, pad=2)
+    return build_lm(name, vocab, vq.text_table, vq.token_table(), n_positions=length), vocab
 
 
 def _timed(step, args, device) -> tuple[float, float]:
@@ -70,16 +70,17 @@ def measure(name: str, args, device) -> list[dict]:
     g = torch.Generator().manual_seed(1)
     vq = _vq_model(name, args).to(device).train()
     x = torch.randn(args.batch, args.regions, args.window, generator=g).to(device)
-    n_tokens = args.window // vq.config.patch * vq.config.groups
-    draw = torch.randint(len(vq.text_ids), (args.batch * n_tokens,), generator=g)
+    n_codes = args.window // vq.config.patch * vq.config.groups
+    draw = torch.randint(len(vq.text_ids), (args.batch * n_codes,), generator=g)
 
     def vq_loss():
         vq.set_text_draw(draw)  # what the task's schedule sets before each step
         return vq(x).loss
 
     seconds, peak = _timed(_train_step(vq, vq_loss, device, bf16), args, device)
-    rows = [{"task": "vq-align", "model": name, "tokens": n_tokens, "ms": 1e3 * seconds, "peak": peak}]
+    rows = [{"task": "vq-align", "model": name, "tokens": n_codes, "ms": 1e3 * seconds, "peak": peak}]
 
+    n_tokens = n_codes + (args.window // vq.config.patch if vq.config.gain_levels else 0)  # + amplitude tokens
     length = n_tokens + args.prompt_tokens + args.answer_tokens + 2
     lm, vocab = _lm(name, vq, length, args)
     lm = lm.to(device).train()
