@@ -11,7 +11,8 @@ from fmriflow.demo.cohort import CohortSpec, simulate_cohort, write_cohort
 # no variability between subjects or sites and no measurement noise: every subject's population
 # correlation and lag-1 autocorrelation then have closed forms
 EXACT = dict(n_subjects=60, n_sites=3, n_regions=21, n_networks=3, n_volumes=3000, subject_sd=0.0, global_sd=0.0,
-             site_sd=0.0, noise_sd=(0.0, 0.0), affected_networks=(0,), effect_loading=0.4, delta_phi=0.25)
+             site_sd=0.0, noise_sd=(0.0, 0.0), affected_networks=(0,), effect_loading=0.4, delta_phi=0.25,
+             age_coupling=0.0, age_amplitude=0.0)
 
 
 def _mean_corr(series: np.ndarray) -> np.ndarray:
@@ -62,6 +63,24 @@ def test_patients_have_slower_dynamics_at_equal_variance(exact):
     assert np.abs(exact.timeseries.var(axis=-1).mean() - 1.0) < 0.03  # unit signal variance
 
 
+def test_age_weakens_within_network_coupling_and_amplitude():
+    """Each subject's within-network correlation is (lam (1 - c z))^2 + g^2 and its signal variance
+    (1 - a z)^2, z = its age scaled to [-1, 1]: the closed forms, subject by subject."""
+    spec = CohortSpec(**{**EXACT, "n_subjects": 30, "n_volumes": 4000, "effect_loading": 0.0, "delta_phi": 0.0,
+                         "age_coupling": 0.2, "age_amplitude": 0.3})
+    cohort = simulate_cohort(spec)
+    age = cohort.participants["age"].to_numpy()
+    assert age.min() >= 18 and age.max() <= 65 and age.std() > 8
+    z = (age - 41.5) / 23.5
+    same = (cohort.networks[:, None] == cohort.networks[None, :]) & ~np.eye(spec.n_regions, dtype=bool)
+    within = np.array([np.corrcoef(s)[same].mean() for s in cohort.timeseries.astype(float)])
+    expected = (spec.network_loading * (1 - 0.2 * z)) ** 2 + spec.global_loading ** 2
+    assert np.abs(within - expected).max() < 0.04
+    variance = cohort.timeseries.astype(float).var(axis=-1).mean(axis=-1)
+    np.testing.assert_allclose(variance, (1 - 0.3 * z) ** 2, rtol=0.08)
+    assert np.corrcoef(age, within)[0, 1] < -0.9  # older: weaker coupling
+
+
 def test_the_seed_decides_the_cohort():
     small = simulate_cohort(CohortSpec(n_subjects=5, n_regions=14, n_volumes=50, seed=3))
     again = simulate_cohort(CohortSpec(n_subjects=5, n_regions=14, n_volumes=50, seed=3))
@@ -73,6 +92,8 @@ def test_the_seed_decides_the_cohort():
 def test_loadings_that_leave_no_unique_variance_are_refused():
     with pytest.raises(ValueError, match="loadings"):
         CohortSpec(network_loading=0.8, global_loading=0.5)
+    with pytest.raises(ValueError, match="age_amplitude must be in"):
+        CohortSpec(age_amplitude=1.2)
 
 
 def test_written_cohort_reads_back(tmp_path):

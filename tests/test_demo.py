@@ -503,6 +503,24 @@ def test_planted_edges_recovered_from_true_series(main):
     assert mean0[upper][~same].mean() == pytest.approx(truth["model"]["between_network_corr"], abs=0.03)
 
 
+def test_signal_amplitude_falls_with_age(main):
+    """Each subject's true region signals have SD 1 - a z (z: age scaled to [-1, 1] over the model's
+    age range), recorded per subject; the ages span that range."""
+    root, _ = main
+    truth = json.loads((root / "ground_truth" / "ground_truth.json").read_text())
+    low, high = truth["model"]["age_range"]
+    table = pd.read_csv(root / "bids" / "participants.tsv", sep="\t")
+    assert table["age"].between(low, high).all() and table["age"].std() > 8
+    expected = 1 - truth["model"]["age_amplitude"] * (table["age"].to_numpy() - (low + high) / 2) / ((high - low) / 2)
+    recorded = np.array([truth["subjects"][p]["signal_amplitude"] for p in table["participant_id"]])
+    np.testing.assert_allclose(recorded, expected, atol=1e-6)
+    sd = np.array([pd.read_csv(root / "ground_truth" / f"{p}_desc-true_timeseries.tsv", sep="\t").to_numpy().std()
+                   for p in table["participant_id"]])
+    # 150 TRs of an AR(1) at 0.6 with network factors: the SD of one subject's pooled SD is a few percent
+    np.testing.assert_allclose(sd, expected, rtol=0.15)
+    assert np.corrcoef(table["age"], sd)[0, 1] < -0.7
+
+
 def test_cleaned_region_means_track_true_series(main, atlas_paths):
     """After regressing out the 'simple' confounds, atlas region means follow the truth."""
     from nilearn.interfaces.fmriprep import load_confounds_strategy

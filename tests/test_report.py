@@ -614,3 +614,33 @@ def test_manifest_summary_counts_suffixes_of_bids_named_files_only(tmp_path):
     page.feed(dataset_section(people, "participants.tsv", files, manifest))
     counts = {r["Suffix"]: r["Files"] for r in _rows(page, "manifest-summary")}
     assert counts == {"T1w": "2", "bold": "3", "other": "3", "participants": "1"}  # T1w.json: a top-level sidecar
+
+
+def test_text_alignment_section_shows_the_last_evaluation_and_the_answers(inputs, tmp_path):
+    """The vq-align runs at their last evaluation (and the discriminator's range over the last four)
+    and the language model's MAE with its CIs, as the files hold them; the files count as inputs."""
+    steps = np.arange(0, 70, 10)
+    rng = np.random.default_rng(4)
+    vq = pd.DataFrame({"step": steps, "train_loss": rng.random(7), "recon_r2": rng.normal(0, 0.1, 7),
+                       "disc_acc": rng.uniform(0.4, 0.6, 7), "perplexity": rng.uniform(10, 60, 7),
+                       "code_usage": rng.uniform(0.5, 1, 7)})
+    vq.loc[1::2, ["recon_r2", "disc_acc", "perplexity", "code_usage"]] = np.nan  # training-log rows
+    vq.to_csv(tmp_path / "metrics.csv", index=False)
+    lm = pd.DataFrame({"predictor": ["lm", "ridge_on_codes"], "target": "age", "windows": 10, "unparseable_answers": [2, 0],
+                       "subjects_without_answer": 0, "n_subjects": 10, "train_mean": 42.0, "mae": [6.5, 7.25],
+                       "mae_ci_low": [4.0, 5.0], "mae_ci_high": [9.0, 9.5], "mae_mean_baseline": 7.5,
+                       "mae_mean_baseline_ci_low": 5.0, "mae_mean_baseline_ci_high": 10.0, "mae_difference": [-1.0, -0.25],
+                       "mae_difference_ci_low": [-3.0, -1.0], "mae_difference_ci_high": [0.5, 0.75]})
+    lm.to_csv(tmp_path / "lm_metrics.tsv", sep="\t", index=False)
+    files = {"aligned": tmp_path / "metrics.csv", "lm": tmp_path / "lm_metrics.tsv"}
+    summary = build_report(tmp_path / "r.html", **{**inputs["kwargs"], "text": files})
+    assert summary["sections"] == [*SECTIONS[:-1], "text", "provenance"]
+    assert {str(p) for p in files.values()} <= set(summary["inputs"])
+    html = (tmp_path / "r.html").read_text(encoding="utf-8")
+    section = html[html.index('<section id="text">'):html.index('<section id="provenance">')]
+    evaluated = vq.dropna(subset=["recon_r2"])
+    last, late = evaluated.iloc[-1], evaluated["disc_acc"].iloc[-4:]
+    assert (f"<td>aligned</td><td>60</td><td>{last['recon_r2']:.3f}</td><td>{last['disc_acc']:.3f}</td>"
+            f"<td>{late.min():.2f}-{late.max():.2f}</td>") in section
+    assert "<td>lm</td><td>6.50 [4.00, 9.00]</td><td>7.50</td><td>-1.00 [-3.00, +0.50]</td><td>10</td><td>2 of 10</td>" in section
+    assert "age" in section

@@ -28,9 +28,12 @@ def test_text_rules_are_opt_in_and_planned_with_their_settings(demo, tmp_path):
     ablation = next(c for c in commands if "vq-align_ablation" in c)
     aligned = next(c for c in commands if "vq-align_aligned" in c and "--task vq-align" in c)
     lm = next(c for c in commands if "--task lm-finetune" in c)
-    assert "--align-weight 0.0" in ablation and "--align-weight 1.0" in aligned
+    assert "--align-weight 0.0" in ablation and "--align-weight 0.5" in aligned
     assert "--text-template 'sex: {sex}; age: {age}'" in aligned
     assert "--target age" in lm and "--text-prompt 'sex: {sex}; age:'" in lm and "vq-align_aligned/model.pt" in lm
+    # the report reads the text runs (Snakemake shows the last of its long input list: the language model's scores)
+    report = proc.stdout[proc.stdout.index("rule report:"):]
+    assert "lm-finetune_target-age/lm_metrics.tsv" in report[:report.index("output:")]
 
 
 def test_text_section_needs_a_target_and_one_text_source(demo, tmp_path):

@@ -166,3 +166,86 @@ def test_code_width_must_match_text_embeddings():
         from fmriflow.models.vqalign import CONFIGS, VQAlign
 
         VQAlign(CONFIGS["tiny"], torch.zeros(5, 16), torch.arange(5))
+
+
+def test_whitening_is_zca_over_the_batch_and_keeps_running_statistics():
+    """Train mode: (x - mean) V diag(1/sqrt(l)) V' with (V, l) the eigen-decomposition of the batch
+    covariance (numpy), so the output has zero mean and identity covariance; eval mode applies the
+    running mean and matrix (momentum 1: the last batch's)."""
+    from fmriflow.models.vqalign import Whiten
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(400, 5)) @ rng.normal(size=(5, 5)) + rng.normal(size=5)
+    whiten = Whiten(5, momentum=1.0, eps=1e-9)
+    out = whiten(torch.tensor(x, dtype=torch.float64)).numpy()
+    values, vectors = np.linalg.eigh(np.cov(x, rowvar=False))
+    expected = (x - x.mean(0)) @ vectors @ np.diag(values ** -0.5) @ vectors.T
+    np.testing.assert_allclose(out, expected, atol=1e-4)  # computed in float32
+    np.testing.assert_allclose(np.cov(out, rowvar=False), np.eye(5), atol=1e-4)
+    whiten.eval()
+    np.testing.assert_allclose(whiten(torch.tensor(x, dtype=torch.float64)).numpy(), expected, atol=1e-4)
+
+
+def test_classifier_sees_each_vector_layer_normalised():
+    """With disc_norm the classifier's loss is unchanged when each vector is shifted and scaled
+    (what the layer norm removes: a row's mean and norm); without it, it changes."""
+    torch.manual_seed(0)
+    fmri, text = torch.randn(20, 32), torch.randn(30, 32)
+    shift = lambda v: v * torch.rand(len(v), 1) * 3 + torch.randn(len(v), 1)  # noqa: E731
+    for norm in (True, False):
+        model = _model()
+        model.config.disc_norm = norm
+        same = torch.isclose(model._discriminate(fmri, text)[0], model._discriminate(shift(fmri), shift(text))[0],
+                             atol=1e-5)
+        assert bool(same) is norm
+
+
+def test_optimizer_gives_the_classifier_its_learning_rate_scale():
+    """Parameters marked with _lr_scale (the classifier) get lr x scale through the whole schedule;
+    the others the plain lr; matrices decay, vectors do not."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    from fmriflow.models.vqalign import CONFIGS, VQAlign
+    from fmriflow.training.config import TrainConfig
+    from fmriflow.training.loop import _optimizer, lr_at
+
+    table = random_text_table(30, 32, 1.0, seed=1)
+    model = VQAlign(dataclasses.replace(CONFIGS["tiny"], n_regions=6, disc_lr_scale=7.0), table, torch.arange(3, 30))
+    cfg = TrainConfig(dataset="", out="", lr=2e-3, max_steps=50, warmup_steps=5, weight_decay=0.1)
+    _, optimizer, scheduler = _optimizer(model, cfg, SimpleNamespace(device=torch.device("cpu")))
+    classifier = {id(p) for p in model.classifier.parameters()}
+    for _ in range(12):
+        optimizer.step(), scheduler.step()
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            scale = 7.0 if id(p) in classifier else 1.0
+            assert group["lr"] == pytest.approx(lr_at(12, cfg) * scale)
+            assert group["weight_decay"] == (0.1 if p.ndim >= 2 else 0.0)
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == len(list(model.parameters()))
+
+
+def test_amplitude_tokens_are_equal_count_bins_of_the_patch_log_rms():
+    """gain_levels: bin edges are the quantiles of the training patches' log RMS (numpy), and each
+    patch's token, before its codes, is n_codes + its bin; the token table has an ordinal ladder."""
+    import dataclasses
+
+    from fmriflow.models.vqalign import CONFIGS, VQAlign
+
+    config = dataclasses.replace(CONFIGS["tiny"], n_regions=6, gain_levels=4)
+    model = VQAlign(config, random_text_table(30, 32, 1.0, seed=1), torch.arange(3, 30)).eval()
+    g = torch.Generator().manual_seed(2)
+    train = torch.randn(12, 6, 40, generator=g) * torch.exp(torch.randn(12, 1, 1, generator=g))
+    model.fit_gain_edges(train)
+    patches = train.numpy().reshape(12, 6, 4, 10).transpose(0, 2, 1, 3).reshape(12, 4, -1)
+    log_rms = 0.5 * np.log((patches.astype(np.float64) ** 2).mean(-1))
+    edges = np.quantile(log_rms, [0.25, 0.5, 0.75])
+    np.testing.assert_allclose(model.gain_edges.numpy(), edges, rtol=1e-5)
+    x = torch.randn(3, 6, 40, generator=g) * 2
+    tokens = model.tokenize(x).reshape(3, 4, 5)  # 4 patches x (1 amplitude token + 4 codes)
+    xp = x.numpy().reshape(3, 6, 4, 10).transpose(0, 2, 1, 3).reshape(3, 4, -1)
+    bins = np.digitize(0.5 * np.log((xp.astype(np.float64) ** 2).mean(-1)), edges, right=True)
+    np.testing.assert_array_equal(tokens[:, :, 0].numpy(), 64 + bins)
+    assert torch.equal(tokens[:, :, 1:].reshape(3, -1), model.quantizer(model.encode(x)).codes)
+    table = model.token_table()
+    assert table.shape == (68, 32) and torch.all(table[64:, 0].diff() > 0) and model.n_tokens == 68

@@ -13,6 +13,7 @@ rule report:
         finetune_table=[rules.finetune_table.output.table] if FINETUNE["enabled"] else [],
         predictions=finetune_outputs(rules.finetune.output.predictions),
         encoder=bundle_files(ENCODER) if ENCODER else [],  # finetune.encoder's card, in the Pretraining section
+        text=list(text_report_files().values()),  # vq-align runs and the language model's scores
     output:
         html=report(f"{OUT}/report/fmriflow_report.html", caption="../report/report.rst", category="Report"),
         figures=report(directory(f"{OUT}/report/figures"), patterns=["{figure}.png"], caption="../report/figure.rst",
@@ -21,6 +22,7 @@ rule report:
         **shaping_all(),  # its provenance section shows the whole resolved config
         runs=list(RUNS),
         voxel_names=list(voxel_metrics()),
+        text_names=list(text_report_files()),
     log:
         f"{LOGS}/report/report.log",
     script:

@@ -34,6 +34,14 @@ def text_outputs():
     return [f"{LM_DIR}/lm_metrics.tsv", *([f"{vq_align_dir('ablation')}/region_r2.tsv"] if TEXT["ablation"] else [])]
 
 
+def text_report_files():
+    """Run name -> the file the report's Text alignment section reads (none when text is off)."""
+    if not TEXT["enabled"]:
+        return {}
+    runs = ["aligned", *(["ablation"] if TEXT["ablation"] else [])]
+    return {**{run: f"{vq_align_dir(run)}/metrics.csv" for run in runs}, "lm": f"{LM_DIR}/lm_metrics.tsv"}
+
+
 rule vq_align:
     """Autoencoder + vector quantiser + domain classifier (aligned), or without its gradient (ablation)."""
     input:

@@ -30,5 +30,6 @@ with logged(snakemake.log[0]):
         predictions=list(i.predictions),
         encoder_card=next((f for f in i.encoder if Path(f).name == CARD), None),
         figures_dir=o.figures,
+        text=dict(zip(p.text_names, i.text)),
     )
     write_sidecar(o.html, "report", summary["inputs"], config=snakemake.params.config["report"])

@@ -48,6 +48,14 @@ Region signals
     whatever the TR; ``phi_f`` is ``phi`` for non-responders and ``0.9 ** (TR / 2 s)`` for
     responders, whose dynamics-network regions then have lag-1 autocorrelation
     ``lam**2 phi_f + (1 - lam**2) phi`` (0.708 at TR 2 s, against 0.6).
+Age
+    Ages are uniform integers in [20, 65]. A subject's region signals ``x`` are scaled by
+    ``1 - 0.15 z`` with ``z = (age - 42.5) / 22.5`` in [-1, 1]: the resting-state fluctuation
+    amplitude falls with age (Garrett et al. 2010; Tsvetanov et al. 2015, largely vascular),
+    old/young ratio 0.74. Scaling leaves every correlation, the group design and the planted
+    edges as above; age becomes predictable from the signals' amplitude (in percent signal change,
+    beside the baseline's subject scale). Truth: ``signal_amplitude`` per subject in
+    ``ground_truth.json``, ``age_amplitude`` and ``age_range`` in its model.
 Voxels (percent signal change units, ``%``)
     ``y_v(t) = b_v (1 + 0.01 (a_v x_r(t) + sigma eta_v(t) + sum_k w_vk n_k(t)))``,
     ``a_v = 1`` for voxels of atlas region ``r``, 0 elsewhere; ``sigma = 1.5``;
@@ -355,6 +363,7 @@ def _subject_specs(population: Population, subject_seqs: list) -> list[dict]:
         {
             "label": bare(row.participant_id),
             "response": int(row.response),
+            "amplitude": MODEL.signal_amplitude(row.age),
             "seed_seq": subject_seqs[i],
             "dropout": bool(population.has_dropout[i]),
             "spikes": bool(population.has_spikes[i]),
@@ -451,6 +460,7 @@ def _simulate_subject(spec: dict, shared: dict) -> dict:
     x = _var1(rng, shared["chol"][spec["response"]], MODEL.ar_coef(tr), n_trs)
     factor = _var1(rng, np.ones((1, 1)), MODEL.dynamics_ar_coef(tr, bool(spec["response"])), n_trs)
     x[:, shared["dynamics_regions"]] += MODEL.network_loading * factor
+    x *= spec["amplitude"]  # age: lower fluctuation amplitude (correlations and the group design unchanged)
 
     dropout = None
     if spec["dropout"]:
@@ -496,6 +506,7 @@ def _simulate_subject(spec: dict, shared: dict) -> dict:
         "regions_partial_coverage": (np.flatnonzero((seen < on_grid) & (seen > 0)) + 1).tolist(),
         "regions_absent": (np.flatnonzero(seen == 0) + 1).tolist(),
         "baseline_scale": round(float(subject_scale), 6),
+        "signal_amplitude": round(float(spec["amplitude"]), 6),
         **raw_truth,
     }
 

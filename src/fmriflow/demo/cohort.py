@@ -29,6 +29,16 @@ Measurement
     SNR: a site effect that attenuates every correlation), and a site offset of the
     patients' share (``prevalence`` drawn per site): site and diagnosis are confounded a
     little, as in multi-site cohorts.
+Age (drawn ``U(18, 65)`` before the signals; ``z = (age - 41.5) / 23.5`` in [-1, 1])
+    Two effects reported in the ageing literature, both linear in ``z`` and declining with age:
+    within-network coupling (Andrews-Hanna et al. 2007, Chan et al. 2014: weaker within-network
+    correlation in older adults) multiplies every ``l_s,k`` by ``1 - age_coupling z``, and the
+    resting-state fluctuation amplitude (Garrett et al. 2010, Tsvetanov et al. 2015: lower BOLD
+    variability with age, much of it vascular) multiplies the signal ``x`` by
+    ``1 - age_amplitude z`` before the measurement noise (so the older also have lower SNR).
+    Defaults 0.1 and 0.15: old/young within-network loading ratio 0.82, amplitude ratio 0.74,
+    about the size of the subject-to-subject variability above; age is then predictable from the
+    data (a ridge on FC and amplitudes), not read off it.
 
 The defaults were set from a sweep at 1,000 subjects x 200 volumes (logistic L2 on Fisher-z FC, C
 by inner-CV AUROC, 5 folds): effect loading 0.16 gave AUROC 0.60 and 0.25 gave 0.79 (lag-1
@@ -71,6 +81,9 @@ class CohortSpec:
     delta_phi: float = 0.08
     noise_sd: tuple[float, float] = (0.4, 0.8)
     prevalence: tuple[float, float] = (0.35, 0.65)
+    age_range: tuple[float, float] = (18.0, 65.0)
+    age_coupling: float = 0.1  # within-network loading x (1 - age_coupling z), z in [-1, 1] over age_range
+    age_amplitude: float = 0.15  # signal amplitude x (1 - age_amplitude z)
     seed: int = 0
 
     def __post_init__(self):
@@ -80,6 +93,17 @@ class CohortSpec:
                              f" they must stay below {MAX_SHARED} to leave unique variance")
         if not 0 <= self.phi_net + self.delta_phi < 1:
             raise ValueError(f"CohortSpec: phi_net + delta_phi must be in [0, 1), got {self.phi_net + self.delta_phi}")
+        for name in ("age_coupling", "age_amplitude"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"CohortSpec: {name} must be in [0, 1) (a factor 1 - {name} z stays positive); "
+                                 f"got {getattr(self, name)}")
+        if not self.age_range[0] < self.age_range[1]:
+            raise ValueError(f"CohortSpec: age_range must be (low, high) with low < high; got {self.age_range}")
+
+    def age_z(self, age: np.ndarray) -> np.ndarray:
+        """Age mapped to [-1, 1] over ``age_range`` (the scale of the age effects)."""
+        low, high = self.age_range
+        return (np.asarray(age, dtype=float) - (low + high) / 2) / ((high - low) / 2)
 
 
 @dataclass
@@ -125,9 +149,10 @@ def _layout(spec: CohortSpec, rng: np.random.Generator) -> tuple[np.ndarray, np.
 
 
 def _subject(spec: CohortSpec, rng: np.random.Generator, networks: np.ndarray, site_loading: np.ndarray,
-             noise_sd: float, patient: bool) -> np.ndarray:
+             noise_sd: float, patient: bool, age_z: float) -> np.ndarray:
     affected = np.isin(np.arange(spec.n_networks), spec.affected_networks)
     loading = spec.network_loading * np.exp(rng.normal(0, spec.subject_sd, spec.n_networks)) * site_loading
+    loading = loading * (1 - spec.age_coupling * age_z)
     global_loading = spec.global_loading * np.exp(rng.normal(0, spec.global_sd))
     phi = np.full(spec.n_networks + 2, spec.phi_net)
     if patient:
@@ -143,6 +168,7 @@ def _subject(spec: CohortSpec, rng: np.random.Generator, networks: np.ndarray, s
     unique = _ar1(rng, np.full(spec.n_regions, spec.phi_unique), spec.n_volumes)
     x = (l_r[:, None] * factors[networks] + global_loading[:, None] * factors[spec.n_networks]
          + a[:, None] * factors[spec.n_networks + 1] + np.sqrt(unique_var)[:, None] * unique)
+    x = x * (1 - spec.age_amplitude * age_z)
     return x + noise_sd * rng.standard_normal(x.shape)
 
 
@@ -155,16 +181,19 @@ def simulate_cohort(spec: CohortSpec = CohortSpec()) -> Cohort:
     site_prevalence = rng.uniform(*spec.prevalence, spec.n_sites)
     site = rng.integers(0, spec.n_sites, spec.n_subjects)
     group = (rng.random(spec.n_subjects) < site_prevalence[site]).astype(int)
+    age = np.round(rng.uniform(*spec.age_range, spec.n_subjects), 1)
+    age_z = spec.age_z(age)
     series = np.empty((spec.n_subjects, spec.n_regions, spec.n_volumes), dtype=np.float32)
     for s in range(spec.n_subjects):
         subject_rng = np.random.default_rng([spec.seed, s])
-        series[s] = _subject(spec, subject_rng, networks, site_loading[site[s]], site_noise[site[s]], bool(group[s]))
+        series[s] = _subject(spec, subject_rng, networks, site_loading[site[s]], site_noise[site[s]], bool(group[s]),
+                             float(age_z[s]))
     width = max(4, len(str(spec.n_subjects)))
     participants = pd.DataFrame({
         "participant_id": [f"sub-{s + 1:0{width}d}" for s in range(spec.n_subjects)],
         "site": [f"site{c + 1:02d}" for c in site],
         "group": group,
-        "age": np.round(rng.uniform(18, 65, spec.n_subjects), 1),
+        "age": age,
         "sex": rng.choice(["F", "M"], spec.n_subjects),
     })
     return Cohort(series, participants, networks, coordinates, spec)

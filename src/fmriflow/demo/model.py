@@ -56,6 +56,10 @@ class DemoModel:
     baseline_intercept: float = 1100.0
     baseline_t1_slope: float = -500.0
     baseline_voxel_jitter: float = 0.03
+    # age: participants' ages are uniform integers over age_range; a subject's region signals are
+    # scaled by 1 - age_amplitude z, z its age mapped to [-1, 1] (lower fluctuation amplitude with age)
+    age_range: tuple[int, int] = (20, 65)
+    age_amplitude: float = 0.15
     # nuisance: motion and its spikes, CSF and white matter, drift
     motion_trans_step_mm: float = 0.03
     motion_rot_step_rad: float = 0.0006
@@ -97,6 +101,11 @@ class DemoModel:
     def dynamics_ar_coef(self, tr: float, responder: bool) -> float:
         """Lag-1 autocorrelation of the dynamics network's factor at ``tr``, per group."""
         return (self.dynamics_ar_coef_at_tr2 if responder else self.ar_coef_at_tr2) ** (tr / 2.0)
+
+    def signal_amplitude(self, age: float) -> float:
+        """Factor on a subject's region signals at ``age``: ``1 - age_amplitude z``, ``z`` in [-1, 1] over age_range."""
+        low, high = self.age_range
+        return 1.0 - self.age_amplitude * (float(age) - (low + high) / 2) / ((high - low) / 2)
 
     def region_lag1(self, tr: float, responder: bool) -> float:
         """Lag-1 autocorrelation of a dynamics-network region's signal: the factor's share
@@ -324,7 +333,7 @@ def _participants(n: int, rng: np.random.Generator) -> pd.DataFrame:
     order = rng.permutation(n)
     return pd.DataFrame({
         "participant_id": [f"sub-{i + 1:0{width}d}" for i in range(n)],
-        "age": rng.integers(20, 66, size=n),
+        "age": rng.integers(MODEL.age_range[0], MODEL.age_range[1] + 1, size=n),
         "sex": np.repeat(["F", "M"], half)[rng.permutation(n)],
         "response": response[order],
         "drug": np.array(["drugA", "drugB"])[drug[order]],

@@ -14,6 +14,21 @@ as a probe of how separable the two modalities are, but none of its gradient rea
 
 The discriminator's accuracy is balanced (the mean of its accuracy on fMRI and on text
 vectors): 0.5 is chance whatever the sample counts.
+
+Two choices keep the game about the codes' distribution rather than a trivial signature (measured
+in benchmarks/README.md, vqalign_demo.py): the latents are whitened over the batch (``Whiten``:
+zero mean, identity covariance, the first two moments of a from-scratch N(0, 1) text table; a
+layer norm per latent instead left every code with row mean 0 and norm sqrt(dim), which a
+classifier on those two numbers told from text rows at 0.85-0.89 balanced accuracy, and a linear probe
+on the codes at 0.97), and the classifier sees both modalities' vectors layer-normalised
+(``disc_norm``): their directions, whatever a pretrained table's row norms are. Without the
+layer norm a latent's norm keeps the patch's amplitude.
+
+With ``gain_levels`` each patch also gets an amplitude token, its log RMS in one of
+``gain_levels`` bins of equal counts over the training windows, before its codes (the gain of
+gain-shape quantisation): the whitened codes kept no measurable amplitude, which carries the
+demo cohort's age (benchmarks/README.md). The amplitude tokens are ids ``n_codes ..``; the
+language model embeds them on an ordinal ladder (``token_table``); the classifier does not see them.
 """
 
 from __future__ import annotations
@@ -39,12 +54,20 @@ class VQAlignConfig:
     groups: int = 4  # codes per patch: the patch's latent is ``groups`` code-wide vectors, each quantised
     beta: float = 0.25  # commitment loss weight
     ema: bool = True  # codebook by moving averages (else by the codebook loss)
+    decay: float = 0.99  # the moving averages' decay
+    disc_norm: bool = True  # layer-normalise both modalities' vectors at the classifier's input
+    standardize: str = "whiten"  # over the batch: "whiten" | "scale" (each dimension) | "none"
+    latent_norm: bool = False  # then layer-normalise each latent (its norm, e.g. the patch's amplitude, is lost)
     disc_hidden: int = 64  # domain classifier width
+    disc_lr_scale: float = 1.0  # the classifier's learning rate over the rest's (two time scales: it tracks the encoder)
     text_std: float = 1.0  # standard deviation of a from-scratch text embedding table
+    gain_levels: int = 0  # >0: each patch also gets an amplitude token (its log RMS in one of this many bins)
 
 
 CONFIGS = {
-    "tiny": VQAlignConfig(hidden=128, dim=32, n_codes=64, groups=4, disc_hidden=32),
+    # decay 0.9: in a few hundred steps the codes must follow the latents the reversed gradient moves (at 0.99
+    # they lagged ~100 steps and the discriminator's accuracy cycled; benchmarks/README.md)
+    "tiny": VQAlignConfig(hidden=128, dim=32, n_codes=64, groups=4, disc_hidden=32, decay=0.9, gain_levels=8),
     "small": VQAlignConfig(hidden=512, dim=64, n_codes=512, groups=8, disc_hidden=128),
 }
 
@@ -76,6 +99,43 @@ def _mlp(n_in: int, hidden: int, n_out: int) -> nn.Sequential:
                          nn.Linear(hidden, n_out))
 
 
+class Whiten(nn.Module):
+    """Batch whitening (zero mean, identity covariance over the batch; ZCA, Huang et al. 2018's
+    decorrelated batch norm) with running statistics for evaluation."""
+
+    def __init__(self, dim: int, momentum: float = 0.1, eps: float = 1e-3):
+        super().__init__()
+        self.momentum, self.eps = momentum, eps
+        self.register_buffer("running_mean", torch.zeros(dim))
+        self.register_buffer("running_matrix", torch.eye(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # in float32 outside autocast: eigh has no bf16 kernel, and a bf16 covariance is too coarse
+        with torch.autocast(x.device.type, enabled=False):
+            x32 = x.float()
+            if not self.training:
+                return ((x32 - self.running_mean) @ self.running_matrix).to(x.dtype)
+            mean = x32.mean(0)
+            centred = x32 - mean
+            cov = centred.t() @ centred / max(1, len(x32) - 1) + self.eps * torch.eye(x.shape[1], device=x.device)
+            values, vectors = torch.linalg.eigh(cov)
+            matrix = vectors @ torch.diag(values.clamp_min(self.eps).rsqrt()) @ vectors.t()
+            with torch.no_grad():
+                self.running_mean.lerp_(mean, self.momentum)
+                self.running_matrix.lerp_(matrix, self.momentum)
+            return (centred @ matrix).to(x.dtype)
+
+
+def _standardizer(kind: str, dim: int) -> nn.Module:
+    if kind == "whiten":
+        return Whiten(dim)
+    if kind == "scale":
+        return nn.BatchNorm1d(dim, affine=False)
+    if kind == "none":
+        return nn.Identity()
+    raise ValueError(f"'standardize' must be one of ['none', 'scale', 'whiten']; {kind!r} was provided")
+
+
 class VQAlign(nn.Module):
     """Patch autoencoder + vector quantiser + domain classifier over a frozen text embedding table.
 
@@ -90,13 +150,20 @@ class VQAlign(nn.Module):
         self.config = config
         width = config.n_regions * config.patch
         self.encoder = _mlp(width, config.hidden, config.dim * config.groups)
+        # running statistics in evaluation, so a window's codes do not depend on its batch
+        self.standardize = _standardizer(config.standardize, config.dim)
         self.decoder = _mlp(config.dim * config.groups, config.hidden, width)
-        self.quantizer = VectorQuantizer(config.n_codes, config.dim, beta=config.beta, ema=config.ema)
+        self.quantizer = VectorQuantizer(config.n_codes, config.dim, beta=config.beta, ema=config.ema,
+                                         decay=config.decay)
         self.reversal = GradientReversal(0.0)
         self.classifier = _mlp(config.dim, config.disc_hidden, 1)
+        for p in self.classifier.parameters():
+            p._lr_scale = config.disc_lr_scale  # read by the training loop's optimiser
         self.register_buffer("text_table", text_table.detach().clone().float())
         self.register_buffer("text_ids", text_ids.detach().clone().long())
         self.next_text_ids: torch.Tensor | None = None  # the next training forward's text draw (set_text_draw)
+        if config.gain_levels:  # fitted on the training windows (fit_gain_edges)
+            self.register_buffer("gain_edges", torch.zeros(config.gain_levels - 1))
 
     def patches(self, x: torch.Tensor) -> torch.Tensor:
         """(B, R, T) -> (B, T // patch, R * patch)."""
@@ -113,14 +180,49 @@ class VQAlign(nn.Module):
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Latents before quantisation, (B, N * groups, dim): ``groups`` vectors per patch, in time order."""
         p = self.encoder(self.patches(x))
-        # each latent normalised (zero mean, unit variance over its width): the scale of the text table's
-        # N(0, 1) rows, codes far enough apart for the decoder to tell them apart from the start
-        return F.layer_norm(p.reshape(p.shape[0], -1, self.config.dim), (self.config.dim,)) * self.config.text_std
+        b = p.shape[0]
+        p = self.standardize(p.reshape(-1, self.config.dim))
+        p = p.reshape(b, -1, self.config.dim)
+        # whitened latents have the text table's N(0, 1) scale; latent_norm also fixes each one's norm
+        if self.config.latent_norm:
+            p = F.layer_norm(p, (self.config.dim,))
+        return p * self.config.text_std
 
     @torch.no_grad()
     def tokenize(self, x: torch.Tensor) -> torch.Tensor:
-        """Code indices of windows (B, R, T) -> (B, T // patch * groups)."""
-        return self.quantizer(self.encode(x)).codes
+        """Code indices of windows (B, R, T) -> (B, T // patch * groups); with ``gain_levels``, each patch's
+        amplitude token (``n_codes + bin``) before its codes: (B, T // patch * (groups + 1))."""
+        codes = self.quantizer(self.encode(x)).codes
+        if not self.config.gain_levels:
+            return codes
+        gains = self.config.n_codes + torch.bucketize(self.patch_gain(x), self.gain_edges)  # (B, N)
+        per_patch = codes.reshape(len(x), -1, self.config.groups)
+        return torch.cat([gains[:, :, None], per_patch], 2).reshape(len(x), -1)
+
+    def patch_gain(self, x: torch.Tensor) -> torch.Tensor:
+        """log RMS of each patch (B, R, T) -> (B, T // patch): the amplitude the layer-free codes may not keep."""
+        return torch.log(self.patches(x).float().pow(2).mean(-1).clamp_min(1e-12)) / 2
+
+    @torch.no_grad()
+    def fit_gain_edges(self, windows: torch.Tensor) -> None:
+        """Bin edges of equal counts of the patch gains of ``windows`` (training data)."""
+        gains = self.patch_gain(windows).flatten().double()
+        levels = torch.arange(1, self.config.gain_levels, dtype=torch.float64) / self.config.gain_levels
+        self.gain_edges.copy_(torch.quantile(gains, levels).float())
+
+    def token_table(self) -> torch.Tensor:
+        """Embeddings of the fMRI tokens for a language model: the codebook, then with ``gain_levels`` an
+        ordinal ladder of the amplitude tokens (-1..1 text_std along the first axis)."""
+        table = self.quantizer.codebook.detach()
+        if not self.config.gain_levels:
+            return table
+        ladder = torch.zeros(self.config.gain_levels, self.config.dim, dtype=table.dtype, device=table.device)
+        ladder[:, 0] = torch.linspace(-1, 1, self.config.gain_levels) * self.config.text_std
+        return torch.cat([table, ladder])
+
+    @property
+    def n_tokens(self) -> int:
+        return self.config.n_codes + self.config.gain_levels
 
     def forward(self, x: torch.Tensor, region_mask: torch.Tensor | None = None,
                 text_ids: torch.Tensor | None = None) -> VQAlignOutput:
@@ -157,8 +259,11 @@ class VQAlign(nn.Module):
 
     def _discriminate(self, fmri: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Class-balanced logistic loss (fMRI = 1, text = 0) and balanced accuracy."""
+        text = text.to(fmri.dtype)
+        if self.config.disc_norm:
+            fmri, text = F.layer_norm(fmri, (self.config.dim,)), F.layer_norm(text, (self.config.dim,))
         logit_f = self.classifier(fmri).squeeze(-1)
-        logit_t = self.classifier(text.to(fmri.dtype)).squeeze(-1)
+        logit_t = self.classifier(text).squeeze(-1)
         loss = 0.5 * (F.binary_cross_entropy_with_logits(logit_f.float(), torch.ones_like(logit_f, dtype=torch.float32))
                       + F.binary_cross_entropy_with_logits(logit_t.float(), torch.zeros_like(logit_t, dtype=torch.float32)))
         acc = 0.5 * ((logit_f > 0).float().mean() + (logit_t <= 0).float().mean())

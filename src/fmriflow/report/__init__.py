@@ -26,6 +26,7 @@ from .modelling import attribution_files, finetune_section, pretraining_section
 from .overview import dataset_section, summary_section
 from .provenance import provenance_section
 from .runqc import coverage_section, dropped_regions, qc_section, run_table
+from .text import text_section
 
 __all__ = ["build_report"]
 
@@ -41,7 +42,7 @@ def build_report(
     atlas_image: PathLike | None = None, atlas_labels: PathLike | None = None,
     pretrain_metrics: PathLike | None = None, voxel_metrics: Mapping[str, PathLike] | None = None,
     finetune_table: PathLike | None = None, predictions: Sequence[PathLike] = (), encoder_card: PathLike | None = None,
-    figures_dir: PathLike | None = None, title: str = "fmriflow report",
+    figures_dir: PathLike | None = None, text: Mapping[str, PathLike] | None = None, title: str = "fmriflow report",
 ) -> dict:
     """Write the HTML report of one workflow run (atomically) and return what it holds.
 
@@ -67,6 +68,7 @@ def build_report(
     - ``encoder_card``: ``finetune.encoder``'s ``model_card.json`` (its weights and config beside
       it): shown in the Pretraining section when this run pretrained nothing.
     - ``figures_dir``: also write every figure there as ``<id>.png`` with a provenance sidecar.
+    - ``text``: vq-align ``metrics.csv`` by run name, ``lm`` -> ``lm_metrics.tsv``: a Text alignment section.
 
     Returns ``path``, ``sections`` (ids), ``figures`` (number, id, caption, sources), ``inputs``
     (every file read), ``n_subjects``, ``n_runs``, ``dropped_regions`` and ``ground_truth``
@@ -94,18 +96,17 @@ def build_report(
         ("pretraining", "Pretraining", pretraining_section(pretrain_metrics, dict(voxel_metrics or {}), config, figures,
                                                                   encoder_card)),
         ("finetuning", "Fine-tuning", finetune_section(finetune_table, predictions, atlas_labels, config, figures)),
-    ]
+    ] + ([("text", "Text alignment", text_section(text))] if text else [])
     used = read.flatten(participants, manifest, validation, qc, coverage, run_qc, group_fc, group_diff,
                         read.existing_sidecar(group_diff), ground_truth_edges, pretrain_metrics,
                         list((voxel_metrics or {}).values()), finetune_table, predictions,
                         attribution_files(predictions) if finetune_table is not None else None,
-                        bundle_files(encoder_card) if encoder_card is not None else None,
+                        bundle_files(encoder_card) if encoder_card is not None else None, list((text or {}).values()),
                         *[item["sources"] for item in figures.items])
     sections.append(("provenance", "Provenance", provenance_section(config, files, manifest, used)))
     write_text(out_html, page(title, sections))
     return {
-        "path": str(out_html),
-        "sections": [sid for sid, _, _ in sections],
+        "path": str(out_html), "sections": [sid for sid, _, _ in sections],
         "figures": figures.items,
         "inputs": used,
         "n_subjects": int(people["participant_id"].nunique()),

@@ -67,7 +67,7 @@ class TrainConfig:
     text_template: str = ""  # subject text from participants.tsv columns, e.g. "sex: {sex}; age: {age}"
     text_column: str = ""  # or a free-text participants.tsv column
     text_model: str = ""  # a local pretrained tokenizer + causal LM folder ("": trained from scratch)
-    align_weight: float = 1.0  # vq-align: final weight of the reversed domain gradient; 0: no domain classifier (ablation)
+    align_weight: float = 0.5  # vq-align: final weight of the reversed domain gradient; 0: no domain classifier (ablation)
     restart_every: int = 20  # vq-align: steps between restarts of dead codes (0: never)
     text_prompt: str = ""  # lm-finetune: the prompt after the fMRI tokens, a template over columns ("": "<target>:")
 

@@ -231,11 +231,15 @@ def _set_up(cfg: TrainConfig, ddp: Dist, task: Task) -> _Run:
 def _optimizer(model: torch.nn.Module, cfg: TrainConfig, ddp: Dist) -> tuple[list, torch.optim.Optimizer, Any]:
     """The trainable parameters, AdamW over them and its learning-rate schedule (``lr_at``)."""
     params = [p for p in model.parameters() if p.requires_grad]
-    # matrices decay; biases, norms and what a model marks (_no_weight_decay: SSM A_log and D, embeddings) do not
-    decay = [p for p in params if p.ndim >= 2 and not getattr(p, "_no_weight_decay", False)]
-    no_decay = [p for p in params if p.ndim < 2 or getattr(p, "_no_weight_decay", False)]
+    # matrices decay; biases, norms and what a model marks (_no_weight_decay: SSM A_log and D, embeddings) do not;
+    # a model may mark parameters with _lr_scale (an adversary's faster learning rate: vq-align's classifier)
+    groups: dict[tuple[bool, float], list] = {}
+    for p in params:
+        decays = p.ndim >= 2 and not getattr(p, "_no_weight_decay", False)
+        groups.setdefault((decays, float(getattr(p, "_lr_scale", 1.0))), []).append(p)
     optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        [{"params": group, "weight_decay": cfg.weight_decay if decays else 0.0, "lr": cfg.lr * scale}
+         for (decays, scale), group in sorted(groups.items(), key=lambda item: (not item[0][0], item[0][1]))],
         lr=cfg.lr, betas=cfg.betas, fused=ddp.device.type == "cuda",
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_at(s, cfg) / cfg.lr)

@@ -7,7 +7,8 @@
   or a local pretrained model's tokenizer and input embeddings (``text_model``). The reversed
   gradient's weight rises over training to ``align_weight`` (``reversal_weight``); 0 is the
   ablation without the domain classifier. Dead codes restart every ``restart_every`` steps on
-  the batch's latents; at step 0 every code starts on a latent of the first batch. Validation metrics per evaluation: reconstruction R^2, the classifier's
+  the batch's latents; at step 0 every code starts on a latent of the first batch. With the
+  model's ``gain_levels``, the amplitude bins are fitted on (up to 512) training windows first. Validation metrics per evaluation: reconstruction R^2, the classifier's
   balanced accuracy, codebook perplexity and usage. Beside model.pt: ``region_r2.tsv``.
 - ``lm-finetune``: the vq-align model (``init_from``) turns each window into code tokens; a
   causal LM over text tokens + codes (``fmriflow.text.lm``) learns ``[bos] codes prompt answer
@@ -55,6 +56,8 @@ def vq_align_task(cfg: TrainConfig) -> Task:
     ids = torch.tensor([i for i in tokenizer.ordinary_ids() if i < len(table)])
     model = create_vqalign(cfg.model, int(load_card(cfg.dataset)["n_regions"]), table, ids)
     train_set, val_set = RegionWindowDataset(cfg.dataset, "train"), RegionWindowDataset(cfg.dataset, "val")
+    if model.config.gain_levels:  # amplitude bins of equal counts over (up to 512) training windows
+        model.fit_gain_edges(torch.stack([train_set[i]["x"] for i in range(min(512, len(train_set)))]))
     return Task(
         model=model, train_set=train_set, val_set=val_set,
         loss=lambda m, batch, noise: m(batch["x"], batch["region_mask"]).loss,
@@ -178,7 +181,10 @@ def load_vq_align(path: str):
     if state.get("task") != "vq-align":
         raise InputError(path, f"not a vq-align model (task {state.get('task')!r})", settings=["init_from"])
     weights = state["model"]
-    model = VQAlign(VQAlignConfig(**state["model_config"]), weights["text_table"], weights["text_ids"])
+    # files written before the latents were whitened: their recipe, so they load and tokenize as trained
+    before = {"standardize": "none", "latent_norm": True, "disc_norm": False, "decay": 0.99}
+    config = {**(before if "standardize" not in state["model_config"] else {}), **state["model_config"]}
+    model = VQAlign(VQAlignConfig(**config), weights["text_table"], weights["text_ids"])
     model.load_state_dict(weights)
     return model.eval(), state
 
@@ -193,11 +199,11 @@ def lm_finetune_task(cfg: TrainConfig) -> Task:
     vq, state = load_vq_align(cfg.init_from)
     tokenizer = (TextTokenizer.from_json(state["tokenizer"]) if state["tokenizer"]
                  else TextTokenizer.from_pretrained(state["text_model"]))
-    vocab = SharedVocab(n_text=len(vq.text_table), n_codes=vq.config.n_codes, bos=tokenizer.bos, eos=tokenizer.eos,
+    vocab = SharedVocab(n_text=len(vq.text_table), n_codes=vq.n_tokens, bos=tokenizer.bos, eos=tokenizer.eos,
                         pad=tokenizer.pad)
     examples, max_new = _examples(cfg, vq, tokenizer, vocab)
     length = int(examples["ids"].map(len).max())
-    model = build_lm(cfg.model, vocab, vq.text_table, vq.quantizer.codebook.detach(), n_positions=length,
+    model = build_lm(cfg.model, vocab, vq.text_table, vq.token_table(), n_positions=length,
                      text_model=state["text_model"], text_std=vq.config.text_std)
     train = examples[examples["split"] == "train"]
     train_mean = float(train.groupby("subject")["truth"].first().mean())
