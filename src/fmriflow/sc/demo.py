@@ -22,11 +22,14 @@ functional coupling is.
 
 The split of the group effect: the fMRI effect is on networks 0 and 1 (FC) and the dynamics of
 network 2 (``fmriflow.demo.model``); the structural effect is on networks 3 and 4, which the
-time series leave alone. With ``effect = 0.2`` against ``network_sd = 0.1`` the log-density of the
-effect block moves by log(1.2) = 0.18 against a subject SD of about 0.1 (the mean of two
-networks' ``z``, plus the subject scale, which other networks cancel): structure alone separates
-the groups well but not perfectly, and it carries part of the group difference the time series
-do not: what a fused model should beat each single modality on.
+time series leave alone. With ``effect = 0.25`` against ``network_sd = 0.15`` the log-density of the
+effect block moves by log(1.25) = 0.22 against a subject SD of about 0.11 (the mean of two
+networks' ``z``; the subject scale cancels against other networks): structure alone separates
+the groups well but not perfectly. Measured on 24 subjects (12 responders), A424 networks from
+k-means, three seeds: that contrast alone gives AUROC 0.90-0.97, L2 logistic regression on every
+edge's log10 count (nested CV, 5 folds) 0.77-0.90; at effect 0.2 the logistic gave 0.62-0.78, at
+0.15 chance. So structure carries part of the group difference that the time series do not:
+what a fused model should beat each single modality on.
 """
 
 from __future__ import annotations
@@ -51,9 +54,9 @@ class SCModel:
     scale: float = 2000.0  # expected streamlines between two touching regions of one network
     length_mm: float = 25.0  # distance over which expected counts fall by e
     within_boost: float = 2.0  # extra fraction of streamlines within a network
-    effect: float = 0.2  # responders' extra fraction within and between effect_networks
+    effect: float = 0.25  # responders' extra fraction within and between effect_networks
     effect_networks: tuple[int, ...] = (3, 4)  # disjoint from the fMRI effect's networks (0, 1 FC; 2 dynamics)
-    network_sd: float = 0.1  # SD of a subject's log tract density per network (between-subject spread)
+    network_sd: float = 0.15  # SD of a subject's log tract density per network (between-subject spread)
     subject_scale_range: tuple[float, float] = (0.8, 1.2)
     volume_median_mm3: float = 3000.0  # region volumes: lognormal around this median
     volume_log_sd: float = 0.5
