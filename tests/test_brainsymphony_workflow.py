@@ -72,7 +72,7 @@ def symphony_run(tmp_path_factory, atlas_dir):
     """The DAG on 8 subjects (4 responders), sub-08 without a connectome: BrainSymphony (tiny, 4 steps)
     pretrained on both modalities, its probe rows in the agnostic set-up (2 folds, no deep variant)."""
     base = tmp_path_factory.mktemp("symphony_run")
-    demo = make_demo(base / "demo", atlas_dir, n_subjects=8, n_trs=60, bold_res=4, seed=31)
+    demo = make_demo(base / "demo", atlas_dir, n_subjects=8, n_trs=60, seed=31)
     shutil.rmtree(demo / "derivatives" / "qsirecon" / f"sub-{NO_SC}")
     results = base / "results"
     config = _config(demo, results, max_steps=4, batch_size=4, warmup_steps=1, checkpoint_every=2, num_workers=0)
@@ -106,7 +106,7 @@ def test_probe_rows_in_the_variants_table(symphony_run):
 
 def test_connectome_transform_and_unimodal_path(symphony_run):
     demo, results = symphony_run
-    sc_dir = next((results / "fmriflow" / "sc").glob("atlas-A424/transform-*"))
+    sc_dir = next((results / "sc").glob("atlas-A424/transform-*"))
     assert sorted(p.name[:6] for p in sc_dir.glob("sub-*.tsv")) == [f"sub-{s:02d}" for s in range(1, 8)]
     counts = np.loadtxt(next((demo / "derivatives" / "qsirecon" / "sub-01" / "dwi").glob("*.csv")), delimiter=",")
     counts = counts + np.triu(counts, 1).T  # tck2connectome's upper triangle, mirrored
