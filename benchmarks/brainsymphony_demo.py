@@ -70,7 +70,8 @@ def main(results: Path, n_boot: int = 1000) -> None:
     preds = read_tsv(out / "setup-agnostic" / "predictions.tsv", dtype={"subject": str})
     folds = preds[preds["variant"] == "logistic"][["repeat", "fold", "subject"]]
     labels = preds[preds["variant"] == "logistic"].drop_duplicates("subject").set_index("subject")["label"]
-    index = read_tsv(results / "dataset" / "index.tsv", dtype={"subject": str}).set_index("sample")
+    dataset = next(p.parent for p in (results / "dataset").rglob("index.tsv"))
+    index = read_tsv(dataset / "index.tsv", dtype={"subject": str}).set_index("sample")
     features = out / "features"
     samples = np.load(features / "samples.npy")
     fc = subject_means(np.load(features / "fc.npy"), index.loc[samples, "subject"].to_numpy())
