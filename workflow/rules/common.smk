@@ -367,9 +367,8 @@ def sc_sources():
 
 def symphony_feature_files():
     """What brainsymphony_features writes for brainsymphony.modalities: the arrays, subjects.tsv last."""
-    from fmriflow.finetune.symphony import SUBJECTS, feature_files
-
-    return [f"{SYMPHONY_DIR}/features/{name}" for name in [*feature_files(SYMPHONY["modalities"]), SUBJECTS]]
+    names = [*naming.symphony_feature_files(SYMPHONY["modalities"]), naming.SYMPHONY_SUBJECTS]
+    return [f"{SYMPHONY_DIR}/features/{name}" for name in names]
 
 
 def symphony_features():

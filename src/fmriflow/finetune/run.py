@@ -22,7 +22,7 @@ import pandas as pd
 
 from ..datasets.regions import SAMPLES, read_index
 from ..io import atomic_path, read_tsv, write_tsv
-from ..naming import FINETUNE_FEATURES
+from ..naming import FINETUNE_FEATURES, FINETUNE_SYMPHONY_SUBJECTS
 from ..provenance import write_sidecar
 from . import cohort as cohorts
 from . import features as feats
@@ -32,7 +32,6 @@ from .pool import run_units
 from .ig_tables import IGTables
 from .settings import FinetuneSettings
 
-SYMPHONY_SUBJECTS = "symphony_subjects.tsv"  # the report reads it beside predictions.tsv
 log = logging.getLogger(__name__)
 
 
@@ -88,7 +87,7 @@ def setup_step(setup: str, dataset: str, features_dir: str, participants: str, m
     tables = {**results.tables(settings), **attribution.tables()}
     if symphony_dir:  # who had a connectome (the fused row) and who took the fMRI-only path, for the report
         subjects = read_tsv(Path(symphony_dir) / symphony.SUBJECTS, dtype={"subject": str})
-        tables[SYMPHONY_SUBJECTS] = subjects[subjects["subject"].isin(inputs.cohort.labels.index)]
+        tables[FINETUNE_SYMPHONY_SUBJECTS] = subjects[subjects["subject"].isin(inputs.cohort.labels.index)]
     sources = [f"{dataset}/index.tsv", *(str(Path(features_dir) / f) for f in FINETUNE_FEATURES.values()), participants, model,
                *(sorted(str(p) for p in Path(symphony_dir).glob("*.npy")) if symphony_dir else [])]
     parameters = {"setup": setup, "task": inputs.cohort.task, "dropped_unlabelled": list(inputs.cohort.dropped)}

@@ -34,19 +34,12 @@ import torch
 
 from ..datasets.regions import SAMPLES, read_index
 from ..io import atomic_path, read_tsv, write_tsv
+from ..naming import SYMPHONY_FEATURES, SYMPHONY_SUBJECTS, symphony_feature_files
 from ..provenance import write_sidecar
 
-FILES = {"samples": "samples.npy", "fmri": "fmri.npy", "sc": "sc.npy", "fused": "fused.npy", "gate": "gate.npy"}
-SUBJECTS = "subjects.tsv"
 PROBES = {"probe_symphony_fmri": "fmri", "probe_symphony_sc": "sc", "probe_symphony_fused": "fused"}
 PATHS = {True: "fused", False: "fmri only (no connectome)"}
-
-
-def feature_files(modalities: str) -> list[str]:
-    """The files ``features_step`` writes for a model of ``modalities`` (both | fmri | sc)."""
-    keys = ["samples", *(["fmri"] if modalities != "sc" else []), *(["sc"] if modalities != "fmri" else []),
-            *(["fused", "gate"] if modalities == "both" else [])]
-    return [FILES[k] for k in keys]
+FILES, SUBJECTS, feature_files = SYMPHONY_FEATURES, SYMPHONY_SUBJECTS, symphony_feature_files
 
 
 @torch.no_grad()

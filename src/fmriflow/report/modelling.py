@@ -17,6 +17,7 @@ import pandas as pd
 
 from ..errors import InputError
 from ..evaluation import confusion, roc_points
+from ..naming import FINETUNE_SYMPHONY_SUBJECTS
 from .encoder import encoder_html
 from .html import esc, fmt, not_run, sources_html, table
 from .inputs import config_get, read_csv, read_table
@@ -28,7 +29,6 @@ _DEFAULT_BASELINES = ("logistic", "ridge")
 _CONTROL_PREFIX = "permuted_"
 _PROBE, _PROBE_CONTROL = "probe", "probe_random"  # fmriflow.finetune.probe.PROBES
 _SYMPHONY_PROBE = "probe_symphony_"  # fmriflow.finetune.symphony.PROBES
-SYMPHONY_SUBJECTS = "symphony_subjects.tsv"  # beside a set-up's predictions (fmriflow.finetune.run)
 _HEADLINE = {"classification": (("auroc", "AUROC"), ("balanced_accuracy", "Balanced accuracy"), ("mcc", "MCC")),
              "regression": (("pearson_r", "Pearson r"), ("mae", "MAE"), ("mse", "MSE"))}
 
@@ -142,7 +142,7 @@ def finetune_section(table_path: PathLike | None, predictions: Sequence[PathLike
 
 def _symphony_html(predictions: Sequence[PathLike]) -> str:
     """Which subjects BrainSymphony's fused row saw with a connectome and which took the fMRI-only path."""
-    path = next((f for f in attribution_files(predictions) if f.endswith(SYMPHONY_SUBJECTS)), None)
+    path = next((f for f in attribution_files(predictions) if f.endswith(FINETUNE_SYMPHONY_SUBJECTS)), None)
     if path is None:
         return ""
     table_ = read_table(path, ["subject", "connectome", "path", "gate_functional"], dtype={"subject": str})
@@ -282,7 +282,7 @@ def attribution_files(predictions: Sequence[PathLike]) -> list[str]:
     BrainSymphony's subject table (which subjects had a connectome)."""
     out = []
     for path in predictions:
-        for name in ("attribution_modality.tsv", "attribution_regions.tsv", SYMPHONY_SUBJECTS):
+        for name in ("attribution_modality.tsv", "attribution_regions.tsv", FINETUNE_SYMPHONY_SUBJECTS):
             candidate = Path(path).with_name(name)
             if candidate.is_file():
                 out.append(str(candidate))
