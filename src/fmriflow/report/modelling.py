@@ -145,19 +145,19 @@ def _symphony_html(predictions: Sequence[PathLike]) -> str:
     path = next((f for f in attribution_files(predictions) if f.endswith(FINETUNE_SYMPHONY_SUBJECTS)), None)
     if path is None:
         return ""
-    table_ = read_table(path, ["subject", "connectome", "path", "gate_functional"], dtype={"subject": str})
-    has = table_["connectome"].astype(str).str.lower() == "true"
+    subjects = read_table(path, ["subject", "connectome", "path", "gate_functional"], dtype={"subject": str})
+    has = subjects["connectome"].astype(str).str.lower() == "true"
     text = (f"<p>BrainSymphony rows (<code>probe_symphony_fmri</code>: time series only; <code>probe_symphony_sc"
             f"</code>: structural connectome only; <code>probe_symphony_fused</code>: the adaptive gate's mix): "
-            f"{int(has.sum())} of {len(table_)} subjects have a structural connectome")
+            f"{int(has.sum())} of {len(subjects)} subjects have a structural connectome")
     if (~has).any():
-        text += (f"; {int((~has).sum())} without one (sub-{', sub-'.join(map(esc, table_.loc[~has, 'subject']))}) "
+        text += (f"; {int((~has).sum())} without one (sub-{', sub-'.join(map(esc, subjects.loc[~has, 'subject']))}) "
                  "take the fMRI-only path: their fused embedding is the functional one, and "
                  "<code>probe_symphony_sc</code> leaves them out (its Subjects column)")
-    gate = pd.to_numeric(table_.loc[has, "gate_functional"], errors="coerce").dropna()
+    gate = pd.to_numeric(subjects.loc[has, "gate_functional"], errors="coerce").dropna()
     if len(gate):
         text += (f". The gate's functional share (1: all time series, 0: all structure), mean over those "
-                 f"subjects' windows: {gate.mean():.3f} (range {gate.min():.3f}-{gate.max():.3f})")
+                 f"subjects (each over its windows): {gate.mean():.3f} (range {gate.min():.3f}-{gate.max():.3f})")
     return text + f'.</p><div class="source">Subjects: {sources_html([path])}</div>'
 
 
