@@ -1,5 +1,6 @@
 """The brainsymphony pretraining task in the shared loop (CPU): time series + connectomes, the loss
-falls, resuming is exact, the unimodal paths run, and missing connectomes are named."""
+falls, resuming is exact, the unimodal paths run, and subjects without a connectome are left out of
+multimodal pretraining (none at all, or a split without any, is named)."""
 
 from __future__ import annotations
 
@@ -86,13 +87,35 @@ def test_unimodal_paths_train(data, tmp_path, modalities):
     assert any(k.startswith("structural.") for k in keys) == (modalities == "sc")
 
 
-def test_missing_connectomes_are_named(data, tmp_path):
-    partial = tmp_path / "sc"
-    partial.mkdir()
-    for path in sorted((data / "sc").glob("sub-0[0-5]_*.tsv")):
-        (partial / path.name).write_bytes(path.read_bytes())
-    with pytest.raises(InputError, match=r"no connectome for subject\(s\) \['06', '07'\].*--modalities fmri"):
-        train(config(data, tmp_path / "run", sc_dir=str(partial)))
+def test_subjects_without_connectomes_are_left_out_or_named(data, tmp_path):
+    """A subject without a connectome: its windows take no part in multimodal pretraining (the
+    fMRI-only path is for its use); a split with none, or no connectome at all, is an error."""
+    from fmriflow.training.symphony import brainsymphony_task
+
+    index = pd.read_csv(data / "dataset" / "index.tsv", sep="\t", dtype={"subject": str})
+    train_subjects = sorted(index.loc[index["split"] == "train", "subject"].unique())
+    val_subjects = sorted(index.loc[index["split"] == "val", "subject"].unique())
+
+    def keep(folder, subjects):
+        folder.mkdir()
+        for path in sorted((data / "sc").glob("sub-*.tsv")):
+            if path.name[4:6] in subjects:
+                (folder / path.name).write_bytes(path.read_bytes())
+        return str(folder)
+
+    dropped = train_subjects[0]
+    partial = keep(tmp_path / "partial", [s for s in train_subjects + val_subjects if s != dropped])
+    task = brainsymphony_task(config(data, tmp_path / "run", sc_dir=partial))
+    windows = index.groupby(["split", "subject"]).size()
+    assert len(task.train_set) == windows["train"].drop(dropped).sum()
+    assert len(task.val_set) == windows["val"].sum()
+    assert dropped not in task.train_set.subjects and task.train_set[0]["sc"].shape == (N_REGIONS, N_REGIONS)
+    no_val = keep(tmp_path / "no_val", train_subjects)
+    with pytest.raises(InputError, match=r"no subject of the \['val'\] split has a connectome"):
+        brainsymphony_task(config(data, tmp_path / "run", sc_dir=no_val))
+    (tmp_path / "none").mkdir()
+    with pytest.raises(InputError, match=r"no connectome for subject\(s\) \['00', .*--modalities fmri"):
+        train(config(data, tmp_path / "run", sc_dir=str(tmp_path / "none")))
     with pytest.raises(InputError, match="needs --sc-dir"):
         train(config(data, tmp_path / "run", sc_dir=""))
 

@@ -89,6 +89,19 @@ FINETUNE_FEATURES = {
     "ts_random": "ts_random.npy",  # a random encoder of the same shape (no_pretrain)
 }
 
+# BrainSymphony's frozen embeddings per dataset window (fmriflow.finetune.symphony), and who had a connectome
+SYMPHONY_FEATURES = {"samples": "samples.npy", "fmri": "fmri.npy", "sc": "sc.npy", "fused": "fused.npy",
+                     "gate": "gate.npy"}
+SYMPHONY_SUBJECTS = "subjects.tsv"
+FINETUNE_SYMPHONY_SUBJECTS = "symphony_subjects.tsv"  # its copy beside a set-up's predictions, for the report
+
+
+def symphony_feature_files(modalities: str) -> list[str]:
+    """The files BrainSymphony's features step writes for a model of ``modalities`` (both | fmri | sc)."""
+    keys = ["samples", *(["fmri"] if modalities != "sc" else []), *(["sc"] if modalities != "fmri" else []),
+            *(["fused", "gate"] if modalities == "both" else [])]
+    return [SYMPHONY_FEATURES[k] for k in keys]
+
 
 def subject_of(run: str) -> str:
     return bare(run.split("/", 1)[0])

@@ -64,3 +64,22 @@ rule brainsymphony_probe:
         f"{LOGS}/brainsymphony_probe/{SYMPHONY['model']}_modalities-{SYMPHONY['modalities']}.log",
     script:
         "../scripts/brainsymphony_probe.py"
+
+
+rule brainsymphony_features:
+    """Every dataset window's frozen BrainSymphony embeddings (fMRI only, SC only, fused) for the probe rows."""
+    input:
+        model=rules.brainsymphony_pretrain.output.model,
+        card=rules.dataset.output.card,
+        connectomes=sc_outputs(),
+    output:
+        samples=symphony_feature_files()[0],
+        arrays=symphony_feature_files()[1:-1],
+        subjects=symphony_feature_files()[-1],
+    params:
+        dataset=DATASET_DIR,
+        sc_dir=SC_OUT,
+    log:
+        f"{LOGS}/brainsymphony_features/{SYMPHONY['model']}_modalities-{SYMPHONY['modalities']}.log",
+    script:
+        "../scripts/brainsymphony_features.py"

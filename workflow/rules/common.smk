@@ -343,7 +343,7 @@ SC_OUT = f"{OUT}/sc/atlas-{ATLAS}/transform-{SYMPHONY['sc']['transform'].replace
 @functools.cache
 def sc_sources():
     """Subject -> its QSIRecon / MRtrix connectome below brainsymphony.sc.dir; {} when no connectome is used.
-    Every subject of the runs needs one: the others take the fmri path (brainsymphony.modalities: fmri)."""
+    Subjects without one take the fMRI-only path (left out of SC pretraining; the report says who)."""
     if not SYMPHONY["enabled"] or SYMPHONY["modalities"] == "fmri":
         return {}
     if SYMPHONY["sc"]["source"] == "qsiprep":  # made by QSIPrep + QSIRecon (workflow/rules/qsiprep.smk)
@@ -361,10 +361,21 @@ def sc_sources():
         found, missing = find_connectomes(SYMPHONY["sc"]["dir"], subjects, SYMPHONY["sc"]["pattern"])
     except InputError as exc:
         raise WorkflowError(f"brainsymphony.sc.dir: {exc}") from None
-    if missing:
-        raise WorkflowError(f"brainsymphony.sc.dir {SYMPHONY['sc']['dir']}: no connectome for subject(s) {missing}; "
+    if not found:
+        raise WorkflowError(f"brainsymphony.sc.dir {SYMPHONY['sc']['dir']}: no connectome for any subject ({missing}); "
                             "use brainsymphony.modalities: fmri for a cohort without structural data")
     return {subject: str(path) for subject, path in found.items()}
+
+
+def symphony_feature_files():
+    """What brainsymphony_features writes for brainsymphony.modalities: the arrays, subjects.tsv last."""
+    names = [*naming.symphony_feature_files(SYMPHONY["modalities"]), naming.SYMPHONY_SUBJECTS]
+    return [f"{SYMPHONY_DIR}/features/{name}" for name in names]
+
+
+def symphony_features():
+    """BrainSymphony's embeddings for the fine-tuning's probe rows (brainsymphony.enabled), else none."""
+    return symphony_feature_files() if SYMPHONY["enabled"] else []
 
 
 def sc_matrix(subject):

@@ -34,6 +34,7 @@ rule finetune:
         encoder=encoder_extras(),
         coords=atlas_labels(ATLAS),
         participants=PARTICIPANTS,
+        symphony=symphony_features(),  # BrainSymphony's probe rows (brainsymphony.enabled), else none
     output:
         predictions=f"{FINETUNE_DIR}/setup-{{setup}}/predictions.tsv",
         metrics=f"{FINETUNE_DIR}/setup-{{setup}}/metrics.tsv",

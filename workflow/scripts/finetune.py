@@ -7,5 +7,7 @@ from fmriflow.smk import logged
 with logged(snakemake.log[0]):
     i = snakemake.input
     settings = FinetuneSettings.from_config(snakemake.params.config["finetune"])
+    symphony = i.get("symphony")  # BrainSymphony's features (brainsymphony.enabled), else none
     setup_step(snakemake.wildcards.setup, snakemake.params.dataset, str(Path(i.features[0]).parent), i.participants,
-               i.model, i.coords, str(Path(snakemake.output.metrics).parent), settings, workers=snakemake.threads)
+               i.model, i.coords, str(Path(snakemake.output.metrics).parent), settings, workers=snakemake.threads,
+               symphony_dir=str(Path(symphony[0]).parent) if symphony else None)

@@ -111,6 +111,10 @@ Raw BOLD with head motion (option ``head_motion``; off by default)
     ``1 + 0.4 * 0.5**k`` (T1 saturation). Truth: ``ground_truth/sub-XX_desc-headmotion_timeseries.tsv``
     (one row per raw volume) and each subject's ``head_pose`` in ``ground_truth.json``.
     The fMRIPrep-shaped derivatives do not change with either option.
+Structural connectomes
+    Streamline counts per subject on the same regions and networks (``fmriflow.sc.demo``): denser
+    within networks, and the responders' structural effect on networks 3 and 4, which the fMRI
+    effect above leaves alone, so the group difference is split between FC and structure.
 Pretraining cohort (option ``pretraining_subjects``; 0 by default)
     A second, larger, unlabelled cohort for pretraining a foundation model, written as ready-made
     A424 region time series in XCP-D's layout under ``pretraining/``: the same networks, each
@@ -134,6 +138,9 @@ Layout
         sub-XX/func/sub-XX_task-rest_space-MNI152NLin6Asym_res-2_desc-preproc_bold.nii.gz/.json
         sub-XX/func/sub-XX_task-rest_space-MNI152NLin6Asym_res-2_desc-brain_mask.nii.gz/.json
         sub-XX/func/sub-XX_task-rest_desc-confounds_timeseries.tsv/.json
+      derivatives/qsirecon/      structural connectomes as MRtrix tck2connectome writes them (fmriflow.sc.demo)
+        sub-XX/dwi/sub-XX_space-MNI152NLin6Asym_seg-A424_desc-streamlinecount_connectome.csv
+        seg-A424_desc-volume_regions.tsv, ground_truth_sc.json, dataset_description.json
       ground_truth/
         edges.tsv, regions.tsv, ground_truth.json, sub-XX_desc-true_timeseries.tsv
       pretraining/               (pretraining_subjects > 0) the unlabelled cohort
@@ -176,6 +183,7 @@ from .model import (
     BOLD_RESOLUTIONS, MODEL, RAW_RES, DemoModel, Population, _draw_population,
     _dropout_sphere, _load_atlas_labels, _shared_arrays, bold_grid, dynamics_factor_removed, population_covariances,
 )
+from ..sc.demo import write_demo_connectomes
 from .pretraining import write_pretraining_cohort
 from .signals import _motion, _var1, _voxel_bold
 # _generate calls the writers by these names, so replacing fmriflow.demo._write_ground_truth
@@ -325,6 +333,10 @@ def _generate(out_dir, atlas_img, coordinates, n_subjects, n_trs, tr, bold_res, 
                 **({key: raw[key] for key in ("pretraining_subjects", "pretraining_trs")} if raw["pretraining_subjects"] else {}),
             },
         )
+        # diffusion-derived connectomes of the same subjects and networks (a stream of their own: the BOLD
+        # stays as it was); the structural half of the responder effect (fmriflow.sc.demo)
+        write_demo_connectomes(staging / "derivatives" / "qsirecon", staging / "ground_truth" / "ground_truth.json",
+                               seed=seed)
         _move_into_place(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -334,6 +346,7 @@ def _generate(out_dir, atlas_img, coordinates, n_subjects, n_trs, tr, bold_res, 
         "out_dir": str(out_dir),
         "bids": str(out_dir / "bids"),
         "fmriprep": str(out_dir / "derivatives" / "fmriprep"),
+        "qsirecon": str(out_dir / "derivatives" / "qsirecon"),
         "ground_truth": str(out_dir / "ground_truth"),
         "subjects": [s["label"] for s in specs],
         "n_subjects": n_subjects,

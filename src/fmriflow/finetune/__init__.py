@@ -6,6 +6,7 @@
 ``trainer``     training with early stopping on an inner validation split
 ``attribution`` integrated gradients per modality and per region
 ``probe``       frozen probes: the encoder's pooled embeddings into the baselines' linear models
+``symphony``    BrainSymphony's frozen embeddings (fMRI only, SC only, fused) for the probe rows
 ``crossval``    one fold of a set-up: every variant and baseline, and the permuted-label controls
 ``pool``        the folds' units over worker processes, recorded in a fixed order
 ``ig_tables``   the attribution tables gathered over folds

@@ -14,6 +14,7 @@ every network fit ``seed * 1000 + fold``, permutation ``k`` of a fold ``[seed, f
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from ..models.fmmtc import FMMTC
 from ..naming import FINETUNE_FEATURES
 from . import cohort as cohorts
 from . import probe as probes
+from . import symphony
 from .settings import FinetuneSettings
 from .trainer import fit, predict
 
@@ -49,9 +51,12 @@ class Inputs:
     y: np.ndarray  # label of every feature row (0 for unlabelled subjects' rows)
     subject_fc: dict[str, np.ndarray]  # mean window FC per subject (the baselines' input)
     subject_ts: dict[str, dict[str, np.ndarray]]  # per encoder, mean window embedding per subject (the probes')
+    # BrainSymphony's probe rows (fmriflow.finetune.symphony.PROBES) -> subject -> mean embedding; {} when not run
+    subject_symphony: dict[str, dict[str, np.ndarray]] = dataclasses.field(default_factory=dict)
 
 
-def load_inputs(dataset: str, features_dir: str, participants: str, settings: FinetuneSettings) -> Inputs:
+def load_inputs(dataset: str, features_dir: str, participants: str, settings: FinetuneSettings,
+                symphony_dir: str | None = None) -> Inputs:
     index = read_index(dataset)
     cohort = cohorts.load_cohort(participants, settings.target, settings.task, settings.missing_labels,
                                  subjects=sorted(index["subject"].unique()))
@@ -68,7 +73,8 @@ def load_inputs(dataset: str, features_dir: str, participants: str, settings: Fi
         y[rows] = cohort.labels[s]
     subject_fc = {s: fc[rows].mean(axis=0) for s, rows in rows_of.items()}
     subject_ts = {encoder: probes.subject_embeddings(array, rows_of) for encoder, array in ts.items()}
-    return Inputs(cohort, samples, rows_of, fc, ts, y, subject_fc, subject_ts)
+    subject_symphony = {} if symphony_dir is None else symphony.load_subject_embeddings(symphony_dir, samples, rows_of)
+    return Inputs(cohort, samples, rows_of, fc, ts, y, subject_fc, subject_ts, subject_symphony)
 
 
 @dataclass(frozen=True)
@@ -147,14 +153,14 @@ def run_fold(fold: Fold, inputs: Inputs, settings: FinetuneSettings, results: Re
              attribute: Attribute | None) -> None:
     """Every variant, then every baseline, of one fold; ``attribute``: None for no attribution."""
     results.fold_rows += fold.roles()
-    for unit in fold_units(settings):
+    for unit in fold_units(settings, bool(inputs.subject_symphony)):
         run_unit(unit, fold, inputs, settings, results, attribute)
 
 
-Unit = tuple  # ("variants", names) | ("control", permutation) | ("baselines",) | ("probe",)
+Unit = tuple  # ("variants", names) | ("control", permutation) | ("baselines",) | ("probe",) | ("symphony",)
 
 
-def fold_units(settings: FinetuneSettings) -> list[Unit]:
+def fold_units(settings: FinetuneSettings, symphony_probes: bool = False) -> list[Unit]:
     """One fold's work as independent units, in the order their results are recorded.
 
     Every network fit seeds itself (``fit_seed``, permutation ``[seed, fold, k]``), so a unit's
@@ -169,7 +175,7 @@ def fold_units(settings: FinetuneSettings) -> list[Unit]:
         units.append(("variants", group))
         if "concat" in group and settings.permuted_control:
             units += [("control", k) for k in range(settings.permutations)]
-    return units + [("baselines",)] + ([("probe",)] if settings.probe else [])
+    return units + [("baselines",)] + ([("probe",)] if settings.probe else []) + ([("symphony",)] if symphony_probes else [])
 
 
 def run_unit(unit: Unit, fold: Fold, inputs: Inputs, settings: FinetuneSettings, results: Results,
@@ -183,6 +189,8 @@ def run_unit(unit: Unit, fold: Fold, inputs: Inputs, settings: FinetuneSettings,
         _baselines(fold, inputs, settings, results)
     elif unit[0] == "probe":
         _probes(fold, inputs, results)
+    elif unit[0] == "symphony":
+        _symphony_probes(fold, inputs, settings, results)
     else:
         raise ValueError(f"unknown unit {unit!r}")
 
@@ -248,6 +256,28 @@ def _probes(fold: Fold, inputs: Inputs, results: Results) -> None:
         scores, chosen = probes.fit_predict(inputs.cohort.task, inputs.subject_ts[encoder], inputs.cohort.labels,
                                             fold.train, fold.test, fold.seed, name)
         results.record(fold, name, scores, False, chosen)
+
+
+def _symphony_probes(fold: Fold, inputs: Inputs, settings: FinetuneSettings, results: Results) -> None:
+    """BrainSymphony's embeddings (fMRI only, SC only, fused) under the frozen probe, each with its
+    label-permuted control; a row fits and scores only the fold's subjects it has an embedding for."""
+    labels, task = inputs.cohort.labels, inputs.cohort.task
+    for name, embeddings in inputs.subject_symphony.items():
+        part = dataclasses.replace(fold, train=[s for s in fold.train if s in embeddings],
+                                   test=[s for s in fold.test if s in embeddings])
+        if not part.test:
+            continue
+        scores, chosen = probes.fit_predict(task, embeddings, labels, part.train, part.test, fold.seed, name)
+        results.record(part, name, scores, False, chosen)
+        if not settings.permuted_control:
+            continue
+
+        def fit_score(rng: np.random.Generator, part=part, embeddings=embeddings) -> tuple[np.ndarray, dict]:
+            shuffled = pd.Series(rng.permutation(labels.loc[part.train].to_numpy()), index=part.train)
+            return probes.fit_predict(task, embeddings, shuffled, part.train, part.test, fold.seed,
+                                      PERMUTED + name, warn=False)
+
+        permuted_controls(results, part, name, False, fit_score, settings.permutations)
 
 
 def _baseline_controls(fold: Fold, name: str, task: str, x_train: np.ndarray, y_train: np.ndarray,

@@ -44,7 +44,7 @@ def subject_embeddings(ts: np.ndarray, rows_of: dict[str, np.ndarray]) -> dict[s
 
 
 def fit_predict(task: str, embeddings: dict[str, np.ndarray], labels, train: list[str], test: list[str],
-                seed: int, name: str = "probe") -> tuple[np.ndarray, dict]:
+                seed: int, name: str = "probe", warn: bool = True) -> tuple[np.ndarray, dict]:
     """Scores of the ``test`` subjects from a probe fitted by nested CV on the ``train`` subjects.
 
     ``labels``: the subjects' labels (indexable by subject, e.g. the cohort's Series); ``seed``:
@@ -58,7 +58,9 @@ def fit_predict(task: str, embeddings: dict[str, np.ndarray], labels, train: lis
     if not np.ptp(x_train, axis=0).any():
         # an encoder that gives every training subject the same embedding carries nothing to fit (and leaves
         # no feature after standardising): predict the training mean, which scores at chance
-        log.warning("%s: the training subjects' embeddings are all equal; it predicts the training mean", name)
+        if warn:
+            log.warning("%s: the training subjects' embeddings are all equal; it predicts the training mean", name)
         return np.full(len(test), float(y_train.mean())), {"probe": model, "fallback": "constant embeddings"}
-    scores, chosen = baselines.fit_predict(model, task, x_train, y_train, x_test, seed=seed, label=f"{name} ({model})")
+    scores, chosen = baselines.fit_predict(model, task, x_train, y_train, x_test, seed=seed, label=f"{name} ({model})",
+                                           warn=warn)
     return scores, {"probe": model, **chosen}

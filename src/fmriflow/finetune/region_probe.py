@@ -140,16 +140,17 @@ def probe_step(model_path, dataset, out_dir, networks=None, sc_dir: str = "", ma
     model, out = load_brainsymphony(model_path), Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     windows = RegionWindowDataset(dataset, None)
-    rows = np.linspace(0, len(windows) - 1, min(max_windows, len(windows))).round().astype(int)
     names = read_tsv(Path(dataset) / "scaling.tsv")["region"].astype(str).tolist()
-    x = np.stack([windows[int(i)]["x"].numpy() for i in rows])
-    sc = None
-    if model.config.uses_sc:
-        subjects = windows.index["subject"].astype(str).to_numpy()[rows]
+    subjects = windows.index["subject"].astype(str).to_numpy()
+    candidates, connectomes = np.arange(len(windows)), {}
+    if model.config.uses_sc:  # the windows of subjects with a connectome (the others have no fused path)
         cfg = TrainConfig(dataset=str(dataset), out=str(out), task="brainsymphony", sc_dir=sc_dir,
                           modalities=model.config.modalities)
-        connectomes = load_connectomes(cfg, sorted(set(subjects)), names)
-        sc = np.stack([connectomes[s] for s in subjects])
+        connectomes = load_connectomes(cfg, sorted(set(subjects)), names, allow_missing=True)
+        candidates = np.flatnonzero(np.isin(subjects, list(connectomes)))
+    rows = candidates[np.linspace(0, len(candidates) - 1, min(max_windows, len(candidates))).round().astype(int)]
+    x = np.stack([windows[int(i)]["x"].numpy() for i in rows])
+    sc = np.stack([connectomes[s] for s in subjects[rows]]) if model.config.uses_sc else None
     table = _region_table(model, x, sc, names, seed)
     metrics: dict = {"n_windows": int(len(rows))}
     if networks is not None:

@@ -22,10 +22,11 @@ import pandas as pd
 
 from ..datasets.regions import SAMPLES, read_index
 from ..io import atomic_path, read_tsv, write_tsv
-from ..naming import FINETUNE_FEATURES
+from ..naming import FINETUNE_FEATURES, FINETUNE_SYMPHONY_SUBJECTS
 from ..provenance import write_sidecar
 from . import cohort as cohorts
 from . import features as feats
+from . import symphony
 from .crossval import Results, fold_units, load_inputs, make_fold
 from .pool import run_units
 from .ig_tables import IGTables
@@ -60,13 +61,14 @@ def features_step(dataset: str, model: str, coords: str, out_dir: str, seed: int
 
 
 def setup_step(setup: str, dataset: str, features_dir: str, participants: str, model: str, coords: str,
-               out_dir: str, settings: FinetuneSettings, workers: int = 1) -> None:
+               out_dir: str, settings: FinetuneSettings, workers: int = 1, symphony_dir: str | None = None) -> None:
     """Cross-validate every variant and baseline of ``settings`` on one set-up; write its tables.
 
     ``workers``: processes that train the folds' units side by side (``fmriflow.finetune.pool``);
-    the tables are the same for any number.
+    the tables are the same for any number. ``symphony_dir``: BrainSymphony's features
+    (``fmriflow.finetune.symphony``), whose probe rows then join the table; None: none.
     """
-    inputs = load_inputs(dataset, features_dir, participants, settings)
+    inputs = load_inputs(dataset, features_dir, participants, settings, symphony_dir)
     attribution = IGTables(setup, model, coords, dataset, inputs, settings)
     results = Results(inputs.cohort)
     tasks = []
@@ -78,12 +80,16 @@ def setup_step(setup: str, dataset: str, features_dir: str, participants: str, m
             log.info("set-up %s, repeat %d, fold %d/%d: %d fit, %d validation, %d test subjects", setup, repeat,
                      index + 1, len(plan), len(fold.fit), len(fold.val), len(test))
             results.fold_rows += fold.roles()
-            tasks += [(fold, unit) for unit in fold_units(settings)]
+            tasks += [(fold, unit) for unit in fold_units(settings, bool(inputs.subject_symphony))]
     log.info("set-up %s: %d units (variants, permuted controls, baselines) of %d folds on %d worker(s)", setup,
              len(tasks), len({(f.repeat, f.index) for f, _ in tasks}), workers)
     run_units(tasks, inputs, settings, results, attribution, workers, desc=f"fine-tuning {setup}")
     tables = {**results.tables(settings), **attribution.tables()}
-    sources = [f"{dataset}/index.tsv", *(str(Path(features_dir) / f) for f in FINETUNE_FEATURES.values()), participants, model]
+    if symphony_dir:  # who had a connectome (the fused row) and who took the fMRI-only path, for the report
+        subjects = read_tsv(Path(symphony_dir) / symphony.SUBJECTS, dtype={"subject": str})
+        tables[FINETUNE_SYMPHONY_SUBJECTS] = subjects[subjects["subject"].isin(inputs.cohort.labels.index)]
+    sources = [f"{dataset}/index.tsv", *(str(Path(features_dir) / f) for f in FINETUNE_FEATURES.values()), participants, model,
+               *(sorted(str(p) for p in Path(symphony_dir).glob("*.npy")) if symphony_dir else [])]
     parameters = {"setup": setup, "task": inputs.cohort.task, "dropped_unlabelled": list(inputs.cohort.dropped)}
     for name, frame in tables.items():
         write_tsv(Path(out_dir) / name, frame)

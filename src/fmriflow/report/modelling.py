@@ -17,6 +17,7 @@ import pandas as pd
 
 from ..errors import InputError
 from ..evaluation import confusion, roc_points
+from ..naming import FINETUNE_SYMPHONY_SUBJECTS
 from .encoder import encoder_html
 from .html import esc, fmt, not_run, sources_html, table
 from .inputs import config_get, read_csv, read_table
@@ -27,6 +28,7 @@ TOP_REGIONS = 20  # regions drawn on the brain and listed
 _DEFAULT_BASELINES = ("logistic", "ridge")
 _CONTROL_PREFIX = "permuted_"
 _PROBE, _PROBE_CONTROL = "probe", "probe_random"  # fmriflow.finetune.probe.PROBES
+_SYMPHONY_PROBE = "probe_symphony_"  # fmriflow.finetune.symphony.PROBES
 _HEADLINE = {"classification": (("auroc", "AUROC"), ("balanced_accuracy", "Balanced accuracy"), ("mcc", "MCC")),
              "regression": (("pearson_r", "Pearson r"), ("mae", "MAE"), ("mse", "MSE"))}
 
@@ -124,6 +126,7 @@ def finetune_section(table_path: PathLike | None, predictions: Sequence[PathLike
         "folds: mean \u00b1 SD over folds.</p>",
         _variants_table(variants, task, baselines),
         f'<div class="source">Table: {sources_html([table_path])}</div>',
+        _symphony_html(predictions),
     ]
     preds = _read_predictions(predictions)
     if preds is None:
@@ -137,10 +140,31 @@ def finetune_section(table_path: PathLike | None, predictions: Sequence[PathLike
     return "\n".join(parts)
 
 
+def _symphony_html(predictions: Sequence[PathLike]) -> str:
+    """Which subjects BrainSymphony's fused row saw with a connectome and which took the fMRI-only path."""
+    path = next((f for f in attribution_files(predictions) if f.endswith(FINETUNE_SYMPHONY_SUBJECTS)), None)
+    if path is None:
+        return ""
+    subjects = read_table(path, ["subject", "connectome", "path", "gate_functional"], dtype={"subject": str})
+    has = subjects["connectome"].astype(str).str.lower() == "true"
+    text = (f"<p>BrainSymphony rows (<code>probe_symphony_fmri</code>: time series only; <code>probe_symphony_sc"
+            f"</code>: structural connectome only; <code>probe_symphony_fused</code>: the adaptive gate's mix): "
+            f"{int(has.sum())} of {len(subjects)} subjects have a structural connectome")
+    if (~has).any():
+        text += (f"; {int((~has).sum())} without one (sub-{', sub-'.join(map(esc, subjects.loc[~has, 'subject']))}) "
+                 "take the fMRI-only path: their fused embedding is the functional one, and "
+                 "<code>probe_symphony_sc</code> leaves them out (its Subjects column)")
+    gate = pd.to_numeric(subjects.loc[has, "gate_functional"], errors="coerce").dropna()
+    if len(gate):
+        text += (f". The gate's functional share (1: all time series, 0: all structure), mean over those "
+                 f"subjects (each over its windows): {gate.mean():.3f} (range {gate.min():.3f}-{gate.max():.3f})")
+    return text + f'.</p><div class="source">Subjects: {sources_html([path])}</div>'
+
+
 def _kind(variant: str, baselines: set[str]) -> str:
     if variant.startswith(_CONTROL_PREFIX) or variant == _PROBE_CONTROL:
         return "control"
-    if variant == _PROBE:
+    if variant == _PROBE or variant.startswith(_SYMPHONY_PROBE):
         return "probe"
     return "baseline" if variant in baselines else "model"
 
@@ -254,10 +278,11 @@ def _draw_scatter(fig, frames: dict[str, pd.DataFrame]) -> None:
 
 
 def attribution_files(predictions: Sequence[PathLike]) -> list[str]:
-    """The attribution tables written beside a set-up's predictions (the agnostic set-up only)."""
+    """The attribution tables written beside a set-up's predictions (the agnostic set-up only), and
+    BrainSymphony's subject table (which subjects had a connectome)."""
     out = []
     for path in predictions:
-        for name in ("attribution_modality.tsv", "attribution_regions.tsv"):
+        for name in ("attribution_modality.tsv", "attribution_regions.tsv", FINETUNE_SYMPHONY_SUBJECTS):
             candidate = Path(path).with_name(name)
             if candidate.is_file():
                 out.append(str(candidate))

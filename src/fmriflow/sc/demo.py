@@ -4,24 +4,32 @@ The demo (``fmriflow.demo``) simulates BOLD from networks of A424 regions and wr
 (``ground_truth/ground_truth.json``: each region's network and centre, each subject's
 ``response``). This module draws, per subject, the streamline counts a tractography run would
 give on the same regions, and writes them as MRtrix ``tck2connectome`` would (comma-separated,
-upper triangle only, as without ``-symmetric``) in a QSIRecon-shaped derivatives folder, with
-the region volumes a ``log10_count_over_volume`` transform needs.
+upper triangle only, as without ``-symmetric``) in a QSIRecon-shaped derivatives folder
+(``derivatives/qsirecon``, with its ``dataset_description.json``), with the region volumes a
+``log10_count_over_volume`` transform needs. ``fmriflow demo-data`` calls it after the ground
+truth is written (``write_demo_connectomes``).
 
 Model (``SCModel``): the expected count of regions i and j is
 
     mu_ij = scale * s_subject * exp(-d_ij / length_mm) * (1 + within_boost [same network])
-            * (1 + effect [responder and i, j both in effect_networks])
+            * sqrt(u_k(i) u_k(j)) * (1 + effect [responder and i, j both in effect_networks])
 
-with ``d_ij`` the distance of the region centres (mm) and ``s_subject ~ U(0.8, 1.2)``; counts
-are Poisson. Streamlines are denser within networks, as functional coupling is; the responder
-effect is on networks the fMRI effect leaves alone (the demo's responder networks are 0 and 1,
-here 2 and 3 by default), so structure carries part of the group difference that the time series
-do not: what a fused model should beat each single modality on.
+with ``d_ij`` the distance of the region centres (mm), ``s_subject ~ U(0.8, 1.2)`` and
+``u_k = exp(network_sd * z_k)``, ``z_k ~ N(0, 1)`` per subject and network k (people differ in
+how dense each system's tracts are, so the responder effect is a shift against between-subject
+spread, not a clean step); counts are Poisson. Streamlines are denser within networks, as
+functional coupling is.
 
-Hook into the demo generator (``fmriflow.demo._generate``, after the ground truth is written):
-
-    write_demo_connectomes(staging / "derivatives" / "qsirecon", staging / "ground_truth" / "ground_truth.json",
-                           seed=seed)
+The split of the group effect: the fMRI effect is on networks 0 and 1 (FC) and the dynamics of
+network 2 (``fmriflow.demo.model``); the structural effect is on networks 3 and 4, which the
+time series leave alone. With ``effect = 0.25`` against ``network_sd = 0.15`` the log-density of the
+effect block moves by log(1.25) = 0.22 against a subject SD of about 0.11 (the mean of two
+networks' ``z``; the subject scale cancels against other networks): structure alone separates
+the groups well but not perfectly. Measured on 24 subjects (12 responders), A424 networks from
+k-means, three seeds: that contrast alone gives AUROC 0.90-0.97, L2 logistic regression on every
+edge's log10 count (nested CV, 5 folds) 0.77-0.90; at effect 0.2 the logistic gave 0.62-0.78, at
+0.15 chance. So structure carries part of the group difference that the time series do not:
+what a fused model should beat each single modality on.
 """
 
 from __future__ import annotations
@@ -33,7 +41,9 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from ..io import read_json, write_json, write_text, write_tsv
+from .. import CODE_URL, __version__
+from ..io import atomic_path, read_json, write_json, write_tsv
+from ..provenance import BIDS_VERSION
 
 CONNECTOME_NAME = "sub-{label}_space-MNI152NLin6Asym_seg-A424_desc-streamlinecount_connectome.csv"
 VOLUMES_NAME = "seg-A424_desc-volume_regions.tsv"
@@ -44,8 +54,9 @@ class SCModel:
     scale: float = 2000.0  # expected streamlines between two touching regions of one network
     length_mm: float = 25.0  # distance over which expected counts fall by e
     within_boost: float = 2.0  # extra fraction of streamlines within a network
-    effect: float = 0.8  # responders' extra fraction within and between effect_networks
-    effect_networks: tuple[int, ...] = (2, 3)
+    effect: float = 0.25  # responders' extra fraction within and between effect_networks
+    effect_networks: tuple[int, ...] = (3, 4)  # disjoint from the fMRI effect's networks (0, 1 FC; 2 dynamics)
+    network_sd: float = 0.15  # SD of a subject's log tract density per network (between-subject spread)
     subject_scale_range: tuple[float, float] = (0.8, 1.2)
     volume_median_mm3: float = 3000.0  # region volumes: lognormal around this median
     volume_log_sd: float = 0.5
@@ -60,11 +71,15 @@ def region_volumes(n_regions: int, rng: np.random.Generator, model: SCModel = MO
 
 
 def expected_counts(xyz: np.ndarray, networks: np.ndarray, responder: bool, subject_scale: float = 1.0,
-                    model: SCModel = MODEL) -> np.ndarray:
-    """``mu`` (R, R) of the module docstring, zero diagonal."""
+                    model: SCModel = MODEL, density: np.ndarray | None = None) -> np.ndarray:
+    """``mu`` (R, R) of the module docstring, zero diagonal; ``density`` the subject's ``u`` per
+    network (indexed by network number; None: all 1)."""
     distance = np.linalg.norm(xyz[:, None, :] - xyz[None, :, :], axis=-1)
     same = networks[:, None] == networks[None, :]
     mu = model.scale * subject_scale * np.exp(-distance / model.length_mm) * (1 + model.within_boost * same)
+    if density is not None:
+        root = np.sqrt(np.asarray(density, dtype=float)[networks])
+        mu = mu * root[:, None] * root[None, :]
     if responder:
         in_effect = np.isin(networks, model.effect_networks)
         mu = mu * (1 + model.effect * (in_effect[:, None] & in_effect[None, :]))
@@ -80,8 +95,9 @@ def simulate_counts(xyz: np.ndarray, networks: np.ndarray, responders: Sequence[
     i, j = np.triu_indices(n, 1)
     counts = np.zeros((len(responders), n, n), dtype=np.int64)
     scales = rng.uniform(*model.subject_scale_range, size=len(responders))
+    density = np.exp(model.network_sd * rng.standard_normal((len(responders), int(networks.max()) + 1)))
     for s, responder in enumerate(responders):
-        upper = rng.poisson(expected_counts(xyz, networks, bool(responder), scales[s], model)[i, j])
+        upper = rng.poisson(expected_counts(xyz, networks, bool(responder), scales[s], model, density[s])[i, j])
         counts[s, i, j] = upper
         counts[s, j, i] = upper
     return counts, scales
@@ -104,12 +120,19 @@ def write_demo_connectomes(root: str | Path, ground_truth: str | Path, seed: int
         label = participant.removeprefix("sub-")
         path = root / f"sub-{label}" / "dwi" / CONNECTOME_NAME.format(label=label)
         path.parent.mkdir(parents=True, exist_ok=True)
-        upper = np.triu(counts[s], 1)  # tck2connectome's default storage
-        write_text(path, "\n".join(",".join(str(v) for v in row) for row in upper) + "\n")
+        with atomic_path(path) as tmp:  # tck2connectome's default storage: the upper triangle
+            np.savetxt(tmp, np.triu(counts[s], 1), fmt="%d", delimiter=",")
         paths.append(path)
     volumes = region_volumes(len(regions), np.random.default_rng([seed, 425]), model)
     write_tsv(root / VOLUMES_NAME, pd.DataFrame({"index": regions["index"], "name": regions["name"],
                                                  "volume_mm3": volumes}))
+    write_json(root / "dataset_description.json", {
+        "Name": "fmriflow synthetic demo: QSIRecon-shaped structural connectomes", "BIDSVersion": BIDS_VERSION,
+        "DatasetType": "derivative",
+        "GeneratedBy": [{"Name": "fmriflow demo-data", "Version": __version__, "CodeURL": CODE_URL,
+                         "Description": "Streamline counts drawn from fmriflow.sc.demo.SCModel; no tractography "
+                                        "ran (MRtrix tck2connectome layout: comma-separated, upper triangle)."}],
+    })
     write_json(root / "ground_truth_sc.json", {
         "model": asdict(model), "seed": seed,
         "subjects": {p: {"responder": r, "scale": float(k)} for p, r, k in zip(subjects, responders, scales)},

@@ -1,0 +1,102 @@
+"""BrainSymphony on the demo: its probe rows beside linear models on the raw modalities.
+
+Run after the DAG of ``benchmarks/brainsymphony_demo.yaml`` (commands in benchmarks/README.md):
+
+    PYTHONPATH=src python benchmarks/brainsymphony_demo.py results/brainsymphony-demo
+
+Prints the agnostic set-up's variants table (the BrainSymphony probe rows, the BrainLM-style probes,
+the FC baselines and the controls), then, on the same subject folds (read from predictions.tsv),
+the FC baseline's L2 logistic regression on other inputs: the transformed structural connectome
+(upper triangle), FC and SC side by side (each block standardised, so neither dominates by its
+scale), and the BrainSymphony embeddings of each modality side by side (fMRI + SC concatenated, no
+gate); and the gate's functional share per subject. Pooled AUROC with the table's subject bootstrap CI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from fmriflow import baselines, evaluation  # noqa: E402
+from fmriflow.io import read_tsv  # noqa: E402
+
+ROWS = ["probe_symphony_fused", "probe_symphony_fmri", "probe_symphony_sc", "permuted_probe_symphony_fused",
+        "permuted_probe_symphony_fmri", "permuted_probe_symphony_sc", "probe", "probe_random", "logistic", "ridge",
+        "permuted_logistic"]
+
+
+def subject_means(values: np.ndarray, subjects: np.ndarray) -> dict[str, np.ndarray]:
+    return {s: values[subjects == s].astype(np.float64).mean(axis=0) for s in np.unique(subjects)}
+
+
+def standardised(block: dict[str, np.ndarray], train: list[str]) -> dict[str, np.ndarray]:
+    """Each feature z-scored on the training subjects, then the block divided by sqrt(width): equal weight."""
+    x = np.stack([block[s] for s in train])
+    mean, sd = x.mean(0), x.std(0)
+    sd[sd == 0] = 1.0
+    return {s: (v - mean) / sd / np.sqrt(len(v)) for s, v in block.items()}
+
+
+def refit(name: str, blocks: list[dict[str, np.ndarray]], folds: pd.DataFrame, labels: pd.Series) -> pd.DataFrame:
+    """The logistic baseline on the concatenated blocks, on the set-up's folds (subjects lacking a block left out)."""
+    rows = []
+    for (repeat, fold), test_rows in folds.groupby(["repeat", "fold"]):
+        have = set.intersection(*(set(b) for b in blocks))
+        test = [s for s in test_rows["subject"] if s in have]
+        train = sorted(have - set(test_rows["subject"]))
+        scaled = [standardised(b, train) for b in blocks] if len(blocks) > 1 else blocks
+        features = {s: np.concatenate([b[s] for b in scaled]) for s in have}
+        x_train = np.stack([features[s] for s in train])
+        x_test = np.stack([features[s] for s in test])
+        scores, _ = baselines.fit_predict("logistic", "classification", x_train, labels[train].to_numpy(float), x_test,
+                                          seed=int(repeat), warn=False)
+        rows.append(pd.DataFrame({"setup": "agnostic", "variant": name, "repeat": repeat, "permutation": 0,
+                                  "fold": fold, "subject": test, "label": labels[test].to_numpy(), "score": scores}))
+    return pd.concat(rows, ignore_index=True)
+
+
+def main(results: Path, n_boot: int = 1000) -> None:
+    out = results / "finetune" / "response"
+    table = read_tsv(out / "variants.tsv").set_index("variant")
+    print(table.loc[[r for r in ROWS if r in table.index],
+                    ["n_subjects", "auroc_pooled", "auroc_ci_low", "auroc_ci_high", "auroc_mean", "auroc_sd"]]
+          .to_string(float_format="%.3f"))
+    preds = read_tsv(out / "setup-agnostic" / "predictions.tsv", dtype={"subject": str})
+    folds = preds[preds["variant"] == "logistic"][["repeat", "fold", "subject"]]
+    labels = preds[preds["variant"] == "logistic"].drop_duplicates("subject").set_index("subject")["label"]
+    dataset = next(p.parent for p in (results / "dataset").rglob("index.tsv"))
+    index = read_tsv(dataset / "index.tsv", dtype={"subject": str}).set_index("sample")
+    features = out / "features"
+    samples = np.load(features / "samples.npy")
+    fc = subject_means(np.load(features / "fc.npy"), index.loc[samples, "subject"].to_numpy())
+    iu = np.triu_indices(next(iter(fc.values())).shape[0], 1)
+    fc = {s: m[iu] for s, m in fc.items()}
+    sc_dir = next((results / "sc").glob("atlas-*/transform-*"))
+    sc = {p.name[4:].split("_")[0]: read_tsv(p).to_numpy(float)[iu] for p in sorted(sc_dir.glob("sub-*.tsv"))}
+    sym_dir = next((results / "brainsymphony").glob("*/features"))
+    sym_samples = np.load(sym_dir / "samples.npy")
+    sym_subjects = index.loc[sym_samples, "subject"].to_numpy()
+    sym = {k: subject_means(np.load(sym_dir / f"{k}.npy"), sym_subjects) for k in ("fmri", "sc")}
+    refits = [refit("logistic on SC (upper triangle)", [sc], folds, labels),
+              refit("logistic on FC + SC (blocks standardised)", [fc, sc], folds, labels),
+              refit("logistic on FC again (check: = the table's)", [fc], folds, labels),
+              refit("probe on symphony fMRI + SC embeddings, concatenated", [sym["fmri"], sym["sc"]], folds, labels)]
+    metrics = evaluation.summarise(pd.concat(refits, ignore_index=True), "classification", n_boot=n_boot, seed=0)
+    print(metrics.set_index("variant")[["n_subjects", "auroc_pooled", "auroc_ci_low", "auroc_ci_high", "auroc_mean",
+                                        "auroc_sd"]].to_string(float_format="%.3f"))
+    gate = read_tsv(sym_dir / "subjects.tsv", dtype={"subject": str}).set_index("subject")["gate_functional"]
+    by_group = gate.groupby(labels.reindex(gate.index)).agg(["mean", "min", "max"])
+    print("gate functional share per subject (1 = all time series), by label:")
+    print(by_group.to_string(float_format="%.4f"))
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("results", type=Path)
+    main(parser.parse_args().results)

@@ -1,0 +1,129 @@
+"""BrainSymphony's probe rows: the stored embeddings against the model's modules computed here (the gate's
+formula by hand), subjects without a connectome on the fMRI-only path, and the SC-only row equal to
+scikit-learn's GridSearchCV on the subjects that have a connectome, on the baselines' folds."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from sklearn.model_selection import StratifiedKFold
+
+from fmriflow.datasets.regions import REGION_MASK, SAMPLES
+from fmriflow.finetune.run import features_step, setup_step
+from fmriflow.finetune.settings import FinetuneSettings, TrainSettings
+from fmriflow.finetune.symphony import features_step as symphony_features
+from fmriflow.models.brainsymphony import create_brainsymphony
+from fmriflow.sc.connectome import ConnectomeInfo, write_connectome
+from test_finetune_probe import _gridsearch, _read
+
+REGIONS, TRS, SUBJECTS, WINDOWS, FOLDS, SEED, PERMUTATIONS = 8, 40, 24, 2, 3, 4, 2
+NO_SC = ("01", "06", "13", "20")  # subjects without a connectome: the fMRI-only path
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    """24 subjects of two windows, a structural effect in responders' first three regions, a random tiny model."""
+    root = tmp_path_factory.mktemp("symphony_probe")
+    rng = np.random.default_rng(3)
+    labels = np.arange(SUBJECTS) % 2
+    subject = np.repeat(np.arange(SUBJECTS), WINDOWS)
+    names = [f"{i:02d}" for i in range(SUBJECTS)]
+    regions = [f"r{i}" for i in range(REGIONS)]
+    dataset = root / "dataset"
+    dataset.mkdir()
+    np.save(dataset / SAMPLES, rng.standard_normal((len(subject), REGIONS, TRS)).astype(np.float32))
+    np.save(dataset / REGION_MASK, np.ones((len(subject), REGIONS), dtype=bool))
+    pd.DataFrame({"sample": range(len(subject)), "run": [names[s] for s in subject], "subject": [names[s] for s in subject],
+                  "split": "train", "start_tr": 0, "tr": 2.0}).to_csv(dataset / "index.tsv", sep="\t", index=False)
+    pd.DataFrame({"region": regions}).to_csv(dataset / "scaling.tsv", sep="\t", index=False)
+    pd.DataFrame({"participant_id": [f"sub-{s}" for s in names], "response": labels}).to_csv(
+        root / "participants.tsv", sep="\t", index=False)
+    xyz = rng.uniform(-50, 50, (REGIONS, 3))
+    pd.DataFrame({"index": range(1, REGIONS + 1), "name": regions, "x": xyz[:, 0], "y": xyz[:, 1],
+                  "z": xyz[:, 2]}).to_csv(root / "atlas.tsv", sep="\t", index=False)
+    for s, name in enumerate(names):
+        if name in NO_SC:
+            continue
+        noise = rng.standard_normal((REGIONS, REGIONS))
+        sc = (noise + noise.T) / 2 - 1.0
+        sc[:3, :3] += 0.5 * labels[s]
+        np.fill_diagonal(sc, 0.0)
+        write_connectome(root / "sc" / f"sub-{name}_connectome.tsv", sc, regions, ConnectomeInfo("simulated", "test"),
+                         inputs=[dataset / "index.tsv"])
+    torch.manual_seed(0)
+    model = create_brainsymphony("tiny", REGIONS, window=TRS)
+    torch.save({"task": "brainsymphony", "model_config": dataclasses.asdict(model.config), "n_regions": REGIONS,
+                "model": model.state_dict()}, root / "symphony.pt")
+    from fmriflow.models.brainlm import BrainLM, BrainLMConfig
+
+    config = BrainLMConfig(hidden=4, n_layers=1, n_heads=2, decoder_hidden=4, decoder_layers=1, decoder_heads=2,
+                           max_timepoints=TRS)
+    torch.save({"model": BrainLM(config, xyz.astype(np.float32)).state_dict(), "model_config": dataclasses.asdict(config)},
+               root / "model.pt")
+    features_step(str(dataset), str(root / "model.pt"), str(root / "atlas.tsv"), str(root / "features"), seed=SEED)
+    symphony_features(str(root / "symphony.pt"), str(dataset), str(root / "symphony"), sc_dir=str(root / "sc"))
+    settings = FinetuneSettings(target="response", folds=FOLDS, repeats=1, variants=(), baselines=(), probe=False,
+                                permutations=PERMUTATIONS, attribution=False, seed=SEED, bootstrap=20,
+                                train=TrainSettings(embed_dim=4, resnet_width=2, batch_size=4, max_epochs=1))
+    setup_step("agnostic", str(dataset), str(root / "features"), str(root / "participants.tsv"), str(root / "model.pt"),
+               str(root / "atlas.tsv"), str(root / "out"), settings, workers=1, symphony_dir=str(root / "symphony"))
+    return root, model.eval(), labels, np.array(names), subject
+
+
+def test_embeddings_follow_the_modules_and_the_gate_formula(cohort):
+    root, model, _, names, subject = cohort
+    stored = {k: np.load(root / "symphony" / f"{k}.npy") for k in ("fmri", "sc", "fused", "gate", "samples")}
+    x = torch.from_numpy(np.load(root / "dataset" / SAMPLES))
+    with torch.no_grad():
+        f = model.functional.distil(*model.functional.streams(x)[:3]).mean(1).numpy()
+    np.testing.assert_allclose(stored["fmri"], f, atol=1e-5)
+    has = ~np.isin(names[subject], NO_SC)
+    assert np.isnan(stored["sc"][~has]).all() and np.isnan(stored["gate"][~has]).all()
+    np.testing.assert_array_equal(stored["fused"][~has], stored["fmri"][~has])  # the fMRI-only path
+    # the gate by hand: g = sigmoid(W [f; s] + b), fused = g f + (1 - g) s
+    w, b = (p.detach().numpy().astype(np.float64) for p in (model.gate.gate.weight, model.gate.gate.bias))
+    fs = np.concatenate([stored["fmri"][has], stored["sc"][has]], axis=1).astype(np.float64)
+    g = 1 / (1 + np.exp(-(fs @ w.T + b)))
+    np.testing.assert_allclose(stored["fused"][has], g * stored["fmri"][has] + (1 - g) * stored["sc"][has], atol=1e-5)
+    np.testing.assert_allclose(stored["gate"][has], g.mean(1), atol=1e-5)
+    # one structural embedding per subject, whatever the window
+    for s in set(names[subject][has]):
+        rows = stored["sc"][names[subject] == s]
+        np.testing.assert_array_equal(rows[0], rows[1])
+
+
+def test_sc_row_equals_gridsearchcv_on_subjects_with_a_connectome(cohort):
+    root, _, labels, names, subject = cohort
+    preds = _read(root / "out" / "predictions.tsv")
+    sc = np.load(root / "symphony" / "sc.npy").astype(np.float64)
+    x = np.stack([sc[names[subject] == s].mean(0) for s in names])
+    has = ~np.isin(names, NO_SC)
+    for k, (train, test) in enumerate(StratifiedKFold(FOLDS, shuffle=True, random_state=SEED).split(names, labels)):
+        train, test = train[has[train]], test[has[test]]
+        ours = preds[(preds["variant"] == "probe_symphony_sc") & (preds["fold"] == k)].set_index("subject")
+        assert sorted(ours.index) == sorted(names[test])  # the set-up's folds, less the subjects without SC
+        if k == 0:  # the reference search is slow (tight tolerance): one fold
+            expected, _ = _gridsearch(x[train], labels[train], x[test])
+            np.testing.assert_allclose(ours.loc[names[test], "score"], expected, atol=1e-4)
+    fused = preds[preds["variant"] == "probe_symphony_fused"]
+    assert sorted(fused["subject"]) == sorted(names)  # every subject: the fused or the fMRI-only path
+
+
+def test_rows_controls_cis_and_the_subject_table(cohort):
+    root, *_ = cohort
+    metrics = _read(root / "out" / "metrics.tsv").set_index("variant")
+    for name, n in (("probe_symphony_fmri", SUBJECTS), ("probe_symphony_sc", SUBJECTS - len(NO_SC)),
+                    ("probe_symphony_fused", SUBJECTS)):
+        for row in (name, f"permuted_{name}"):
+            assert metrics.loc[row, "n_subjects"] == n
+            assert metrics.loc[row, "auroc_ci_low"] <= metrics.loc[row, "auroc_pooled"] <= metrics.loc[row, "auroc_ci_high"]
+    preds = _read(root / "out" / "predictions.tsv")
+    assert sorted(preds.loc[preds["variant"] == "permuted_probe_symphony_sc", "permutation"].unique()) == [0, 1]
+    table = _read(root / "out" / "symphony_subjects.tsv").set_index("subject")
+    assert sorted(table.index[~table["connectome"]]) == list(NO_SC)
+    assert (table.loc[list(NO_SC), "path"] == "fmri only (no connectome)").all()
+    assert table["gate_functional"].dropna().between(0, 1).all() and table["gate_functional"].notna().sum() == 20
