@@ -27,7 +27,7 @@ pytestmark = pytest.mark.integration
 
 # every step up to connectivity and run QC: the steps a downstream config change must leave alone
 UPSTREAM = {"bids", "atlas", "preproc_derivatives", "resample", "denoise", "parcellate", "connectivity",
-            "run_qc", "group_connectivity", "connectivity_stack"}
+            "run_qc", "run_files", "group_connectivity", "connectivity_stack"}
 
 
 def snakemake(workdir: Path, config: dict, *extra: str, wait: bool = True, directory: Path = REPO):
@@ -91,7 +91,7 @@ def fc_targets(config: dict) -> list[str]:
 
     out = Path(config["output_dir"]) / "fmriflow"
     name = f"space-MNI152NLin6Asym_res-2_atlas-A424_stat-{STAT['pearson']}"
-    # per run too: a dry run cannot see through the run_qc checkpoint to the runs the group files need
+    # per run too, named: the tests count each run's jobs
     runs = [bold.relative_to(config["bids_dir"]).as_posix().removesuffix("_bold.nii.gz")
             for bold in sorted(Path(config["bids_dir"]).glob("sub-*/func/*_bold.nii.gz"))]
     return [*(str(out / f"{run}_{name}_relmat.tsv") for run in runs), str(out / "group/desc-runs_qc.tsv"),

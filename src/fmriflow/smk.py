@@ -107,3 +107,36 @@ def _no_wildcards(text: str) -> str:
     JSON brace is never followed by a word character, so only string content changes.
     """
     return re.sub(r"\{(?=\s*\w)", r"\\u007b", text)
+
+
+def check_scripts_once() -> None:
+    """Check each ``script:`` rule's script once per plan, not once per job.
+
+    Snakemake 9 checks, for every job of a ``script:`` rule, that the rule's script can be read
+    (``snakemake.dag.ScriptProcessor``: the path formatted with the job's wildcards and params,
+    parsed, and looked up in the source cache three times). At thousands of runs that is about a
+    tenth of a dry run, and the answer is the same for every job of a rule whose script path
+    names no wildcard or param, as all of fmriflow's do. Such a rule is checked at its first
+    job; a path with ``{...}`` is still checked per job. A missing script still stops the plan
+    with Snakemake's own error. Where Snakemake has no such processor, nothing changes.
+    """
+    try:
+        from snakemake.dag import ScriptProcessor
+    except ImportError:  # another Snakemake: its own checks, unchanged
+        return
+    per_job = ScriptProcessor.process_job
+    if getattr(per_job, "once_per_rule", False):
+        return
+
+    def process_job(self: Any, job: Any) -> None:
+        entry = getattr(job.rule, self.script_type, None) if getattr(job, f"is_{self.script_type}", False) else None
+        if entry is None or "{" in str(entry):
+            per_job(self, job)
+            return
+        checked = self.__dict__.setdefault("_rules_checked", set())
+        if job.rule.name not in checked:
+            per_job(self, job)  # raises when the script cannot be read
+            checked.add(job.rule.name)
+
+    process_job.once_per_rule = True  # type: ignore[attr-defined]
+    ScriptProcessor.process_job = process_job
