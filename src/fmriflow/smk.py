@@ -121,6 +121,7 @@ def check_scripts_once() -> None:
     with Snakemake's own error. Where Snakemake has no such processor, nothing changes.
     """
     try:
+        import snakemake.api  # noqa: F401 (loads snakemake.dag and what it imports back, in order)
         from snakemake.dag import ScriptProcessor
     except ImportError:  # another Snakemake: its own checks, unchanged
         return

@@ -248,10 +248,24 @@ def fmriprep_file(kind):
     return lambda wildcards: str(getattr(PREPROC[wildcards.run], kind))
 
 
+def fmriprep_files(*kinds):
+    """Input function for ``unpack()``: the run's fMRIPrep outputs ``kinds``, named so. One call per
+    job, not one per file: Snakemake's cost per input function adds up over thousands of runs."""
+    return lambda wildcards: {kind: str(getattr(PREPROC[wildcards.run], kind)) for kind in kinds}
+
+
+def preproc_check_inputs(wildcards):
+    """Inputs of preproc_derivatives: the run's fMRIPrep files, its raw BOLD and that BOLD's own
+    sidecars (not the dataset-wide manifest), from one input function."""
+    return {**fmriprep_files("bold", "mask", "confounds")(wildcards), "raw_bold": RUNS[wildcards.run],
+            "sidecars": raw_sidecars(wildcards.run)}
+
+
 def all_outputs():
     return [
         f"{DERIV}/dataset_description.json",
-        *[relmat(r, a, k, ext) for r in RUNS for a in ATLASES for k in RUN_KINDS for ext in (".tsv", ".npy")],
+        # every run's matrices, through the list of them (its inputs): one file here, not two per run and kind
+        *[run_list(f"atlas-{a}_desc-relmat") for a in ATLASES if RUN_KINDS],
         *[relmat(r, a, "pearson", ".npy", desc="dynamic") for r in RUNS for a in ATLASES if DYNAMIC],
         *[group_file(a, STAT[k], "stack", extension=".npy") for a in ATLASES for k in KINDS],
         f"{OUT}/report/fmriflow_report.html",
