@@ -1,5 +1,6 @@
-"""How group steps gather runs without a checkpoint: the run file lists (fmriflow.runfiles), and
-Snakemake's script check done once per rule (fmriflow.smk.check_scripts_once).
+"""What keeps a plan of thousands of runs fast: group steps gathering runs through run file lists
+instead of a checkpoint (fmriflow.runfiles), Snakemake's script check done once per rule and the
+garbage collector's threshold while planning (fmriflow.smk).
 
 Checksums are compared with hashlib's; the script check with a real Snakemake plan.
 """
@@ -136,3 +137,20 @@ def test_a_missing_script_still_stops_the_plan(tmp_path, present):
     else:
         # Snakemake 9.27's own error (its "not accessible" message comes after a FileNotFoundError naming the file)
         assert proc.returncode != 0 and f"No such file or directory: '{tmp_path / 'make.py'}'" in text, text[-3000:]
+
+
+def test_fewer_collections_raises_the_young_threshold_and_keeps_a_higher_one():
+    import gc
+
+    from fmriflow import smk
+
+    saved = gc.get_threshold()
+    try:
+        gc.set_threshold(700, 10, 10)
+        smk.fewer_collections(50_000)
+        assert gc.get_threshold() == (50_000, 10, 10)
+        gc.set_threshold(200_000, 5, 5)
+        smk.fewer_collections(50_000)
+        assert gc.get_threshold() == (200_000, 5, 5)
+    finally:
+        gc.set_threshold(*saved)
