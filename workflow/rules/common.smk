@@ -614,7 +614,7 @@ def coverage_table(run):
 
 
 def run_qc_rows():
-    """Each run's QC row for the run_qc checkpoint: the denoise step's, or the ingestion's."""
+    """Each run's QC row for run QC: the denoise step's, or the ingestion's."""
     return [input_qc(r) for r in RUNS] if TIMESERIES else expand(rules.denoise.output.qc, run=RUNS)
 
 
