@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -45,12 +46,31 @@ def test_list_records_every_run_and_role_with_its_sha256(tmp_path):
     table = pd.read_csv(out, sep="\t", dtype=str)
     assert table["run"].tolist() == [r for r in RUNS for _ in range(2)]  # run order, roles within
     assert table["role"].tolist() == ["pearson_tsv", "pearson_npy"] * 3
+    assert table["path"].tolist() == [os.path.relpath(files[role][i], tmp_path) for i in range(3)
+                                      for role in ("pearson_tsv", "pearson_npy")]  # relative to the list's folder
     for row in table.itertuples():
-        with open(row.path, "rb") as fh:
+        with open(tmp_path / row.path, "rb") as fh:
             assert row.sha256 == hashlib.sha256(fh.read()).hexdigest()
     sidecar = json.loads(out.with_suffix(".json").read_text())
     recorded = {i["path"]: i["sha256"] for i in sidecar["Provenance"]["Inputs"]}
-    assert recorded == dict(zip(table["path"], table["sha256"]))
+    assert recorded == {str(tmp_path / p): sha for p, sha in zip(table["path"], table["sha256"])}
+
+
+def test_list_bytes_do_not_depend_on_where_the_outputs_are(tmp_path):
+    lists = []
+    for root in (tmp_path / "a", tmp_path / "b" / "deeper"):
+        (root / "group").mkdir(parents=True)
+        paths = []
+        for run in RUNS:
+            path = root / f"{run}_x.tsv"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text("same\n")
+            paths.append(str(path))
+        list_step(RUNS, {"x": paths}, str(root / "group" / "list.tsv"))
+        lists.append((root / "group" / "list.tsv").read_bytes())
+        runs, found = included(str(root / "group" / "list.tsv"), _qc(tmp_path, set(RUNS)), "x")
+        assert found == paths
+    assert lists[0] == lists[1]
 
 
 def test_list_changes_when_a_file_changes(tmp_path):

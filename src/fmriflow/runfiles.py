@@ -16,6 +16,7 @@ bytes (a run's file remade identically) reruns no group step.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 
 import pandas as pd
@@ -30,23 +31,26 @@ COLUMNS = ["run", "role", "path", "sha256"]
 def list_step(runs: Sequence[str], files: Mapping[str, Sequence[str]], out: str) -> None:
     """Write ``out``: one row per run and role (``files``: role -> every run's file, in ``runs`` order).
 
-    Its sidecar records every file as an input with the same sha256, computed once.
+    Paths are written relative to the list's folder, so that the same runs give the same bytes
+    wherever the output folder is; its sidecar records every file as given, with the same sha256.
     """
     for role, paths in files.items():
         if len(paths) != len(runs):
             raise InputError(out, f"role {role!r} has {len(paths)} files for {len(runs)} runs")
-    rows = [{"run": run, "role": role, "path": str(paths[i]), "sha256": sha256sum(paths[i])}
-            for i, run in enumerate(runs) for role, paths in files.items()]
-    table = pd.DataFrame(rows, columns=COLUMNS)
-    write_tsv(out, table)
-    write_sidecar(out, "qc", table["path"].tolist(), known=dict(zip(table["path"], table["sha256"])),
+    checksums = {str(p): sha256sum(p) for paths in files.values() for p in paths}
+    folder = os.path.dirname(os.path.abspath(out))
+    rows = [{"run": run, "role": role, "path": os.path.relpath(os.path.abspath(paths[i]), folder),
+             "sha256": checksums[str(paths[i])]} for i, run in enumerate(runs) for role, paths in files.items()]
+    write_tsv(out, pd.DataFrame(rows, columns=COLUMNS))
+    write_sidecar(out, "qc", list(checksums), known=checksums,
                   metadata_fields={"Description": "every run's files with their sha256, read by a group step "
                                                   "beside the run QC table (which runs it includes)",
                                    "Roles": list(files)})
 
 
 def included(listing: str, run_qc: str, role: str) -> tuple[list[str], list[str]]:
-    """(runs, their ``role`` files) of the runs the QC table includes, in the list's run order.
+    """(runs, their ``role`` files) of the runs the QC table includes, in the list's run order; the
+    paths as the list's own path names them (absolute, or relative to the same folder).
 
     The list and the table must name the same runs: a difference means one of them is stale,
     and the error names both files. None included is an error naming the table.
@@ -65,5 +69,6 @@ def included(listing: str, run_qc: str, role: str) -> tuple[list[str], list[str]
     chosen = rows[rows["run"].isin(keep)]
     if chosen.empty:
         raise InputError(run_qc, "QC excluded every run: see the reasons in this table")
-    return chosen["run"].tolist(), chosen["path"].tolist()
+    folder = os.path.dirname(listing)
+    return chosen["run"].tolist(), [os.path.normpath(os.path.join(folder, p)) for p in chosen["path"]]
 
