@@ -9,7 +9,6 @@ import shlex
 import sys
 from pathlib import Path
 
-
 from snakemake_interface_executor_plugins.settings import DeploymentMethod
 
 from snakemake.utils import validate
@@ -64,7 +63,6 @@ EXTRA_ATLASES = {} if TIMESERIES else config["atlas"]["extra"]
 ATLASES = [ATLAS, *EXTRA_ATLASES]
 KINDS = config["connectivity"]["kinds"]
 RUN_KINDS = [k for k in KINDS if k not in GROUP_KINDS]
-KIND_OF_STAT = {stat: kind for kind, stat in STAT.items()}
 DYNAMIC = config["connectivity"]["sliding_window"]["window"] is not None
 
 
