@@ -107,6 +107,9 @@ def fmriflow_command(root: Path, *extra: str) -> list[str]:
         "bids_dir": str(root / "bids"), "output_dir": str(root / "results"),
         "preproc": {"mode": "derivatives", "derivatives_dir": str(root / "derivatives" / "fmriprep")},
         "report": {"ground_truth": None},
+        # the DAG of the earlier rows: pretraining in this project (config/demo.yaml now fine-tunes a
+        # bundle that the demo's pretraining project writes first, absent here)
+        "pretrain": {"enabled": True}, "finetune": {"encoder": None},
     }))
     return [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--profile",
             str(REPO / "profiles/local"), "--configfile", str(REPO / "config/demo.yaml"), str(config),

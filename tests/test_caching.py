@@ -27,7 +27,7 @@ pytestmark = pytest.mark.integration
 
 # every step up to connectivity and run QC: the steps a downstream config change must leave alone
 UPSTREAM = {"bids", "atlas", "preproc_derivatives", "resample", "denoise", "parcellate", "connectivity",
-            "run_qc", "group_connectivity", "connectivity_stack"}
+            "run_qc", "run_files", "group_connectivity", "connectivity_stack"}
 
 
 def snakemake(workdir: Path, config: dict, *extra: str, wait: bool = True, directory: Path = REPO):
@@ -86,16 +86,19 @@ def small_config(demo_dir: Path, results: Path) -> dict:
 
 
 def fc_targets(config: dict) -> list[str]:
-    """Every run's Pearson FC, the QC table and the group FC: all of UPSTREAM, nothing after."""
+    """Every run's Pearson FC, the QC table, the group FC and the lists of every run's matrices and time
+    series (fmriflow.runfiles; the second is the dataset's input): all of UPSTREAM, nothing after."""
     from fmriflow.connectivity import STAT
 
     out = Path(config["output_dir"]) / "fmriflow"
     name = f"space-MNI152NLin6Asym_res-2_atlas-A424_stat-{STAT['pearson']}"
-    # per run too: a dry run cannot see through the run_qc checkpoint to the runs the group files need
+    # per run too, named: the tests count each run's jobs
     runs = [bold.relative_to(config["bids_dir"]).as_posix().removesuffix("_bold.nii.gz")
             for bold in sorted(Path(config["bids_dir"]).glob("sub-*/func/*_bold.nii.gz"))]
+    lists = [str(out / f"group/space-MNI152NLin6Asym_res-2_atlas-A424_desc-{what}_files.tsv")
+             for what in ("relmat", "timeseries")]
     return [*(str(out / f"{run}_{name}_relmat.tsv") for run in runs), str(out / "group/desc-runs_qc.tsv"),
-            str(out / f"group/{name}_desc-mean_relmat.tsv"), str(out / f"group/{name}_desc-stack_relmat.npy")]
+            str(out / f"group/{name}_desc-mean_relmat.tsv"), str(out / f"group/{name}_desc-stack_relmat.npy"), *lists]
 
 
 @pytest.fixture(scope="module")

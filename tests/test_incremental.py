@@ -162,8 +162,9 @@ def _plan(grown) -> dict[str, int]:
     return planned_jobs(base, config, "--max-checksum-file-size", "0", *fc_targets(config))
 
 
-# the dataset-wide steps up to connectivity (fc_targets): the manifest, run QC, group FC and stack
-DATASET_WIDE = {"bids": 1, "run_qc": 1, "group_connectivity": 1, "connectivity_stack": 1}
+# the dataset-wide steps up to connectivity (fc_targets): the manifest, run QC, the lists of every run's
+# matrices (group FC and the stack read it) and time series (fmriflow.runfiles), group FC and stack
+DATASET_WIDE = {"bids": 1, "run_qc": 1, "run_files": 2, "group_connectivity": 1, "connectivity_stack": 1}
 ONE_RUN = {"preproc_derivatives": 1, "resample": 1, "denoise": 1, "parcellate": 1, "connectivity": 1}
 
 

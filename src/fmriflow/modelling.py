@@ -79,7 +79,7 @@ def dataset_steps(config: Config) -> str:
 
 
 def included_runs(run_qc_table: str, runs: Mapping[str, str]) -> list[str]:
-    """The runs that pass QC, in run order (the workflow's ``included_runs``)."""
+    """The runs that pass QC, in run order (the workflow's group steps: ``fmriflow.runfiles.included``)."""
     from .errors import InputError
     from .io import read_tsv
 

@@ -68,7 +68,7 @@ def load_config(config_file: str | Path | None = None, overrides: Mapping[str, A
     modelling commands read region time series, so ``input.mode`` is ``timeseries`` unless the
     file says otherwise, which is an error naming the key.
     """
-    from .checks import check_config, in_schema_order, with_defaults
+    from .checks import check_config, in_schema_order, load_schema, with_defaults
 
     schema_file = schema_path()
     config: dict[str, Any] = {}
@@ -90,7 +90,7 @@ def load_config(config_file: str | Path | None = None, overrides: Mapping[str, A
     if overrides:
         sources.append("--set")
     check_config(config, schema_file, sources)
-    schema = yaml.safe_load(schema_file.read_text(encoding="utf-8"))
+    schema = load_schema(schema_file)
     resolved = with_defaults(config, schema)
     resolved.setdefault("bids_dir", None)  # as the workflow: input.mode timeseries reads none
     in_schema_order(resolved, schema)

@@ -107,3 +107,54 @@ def _no_wildcards(text: str) -> str:
     JSON brace is never followed by a word character, so only string content changes.
     """
     return re.sub(r"\{(?=\s*\w)", r"\\u007b", text)
+
+
+def check_scripts_once() -> None:
+    """Check each ``script:`` rule's script once per plan, not once per job.
+
+    Snakemake 9 checks, for every job of a ``script:`` rule, that the rule's script can be read
+    (``snakemake.dag.ScriptProcessor``: the path formatted with the job's wildcards and params,
+    parsed, and looked up in the source cache three times). At thousands of runs that is about a
+    tenth of a dry run, and the answer is the same for every job of a rule whose script path
+    names no wildcard or param, as all of fmriflow's do. Such a rule is checked at its first
+    job; a path with ``{...}`` is still checked per job. A missing script still stops the plan
+    with Snakemake's own error. Where Snakemake has no such processor, nothing changes.
+    """
+    try:
+        import snakemake.api  # noqa: F401 (loads snakemake.dag and what it imports back, in order)
+        from snakemake.dag import ScriptProcessor
+    except ImportError:  # another Snakemake: its own checks, unchanged
+        return
+    per_job = ScriptProcessor.process_job
+    if getattr(per_job, "once_per_rule", False):
+        return
+
+    def process_job(self: Any, job: Any) -> None:
+        entry = getattr(job.rule, self.script_type, None) if getattr(job, f"is_{self.script_type}", False) else None
+        if entry is None or "{" in str(entry):
+            per_job(self, job)
+            return
+        checked = self.__dict__.setdefault("_rules_checked", set())
+        if job.rule.name not in checked:
+            per_job(self, job)  # raises when the script cannot be read
+            checked.add(job.rule.name)
+
+    process_job.once_per_rule = True  # type: ignore[attr-defined]
+    ScriptProcessor.process_job = process_job
+
+
+def fewer_collections(threshold: int = 100_000) -> None:
+    """Let Python's cyclic garbage collector run less often in the process that plans the DAG.
+
+    Planning allocates millions of small objects (jobs, files, wildcards) that live until the
+    plan is made and form few reference cycles. At the interpreter's default (a young-generation
+    collection every 700 net allocations, and with them ever longer scans of the older objects)
+    the collector took about a sixth of a dry run's CPU at 1,000 subjects; a collection every
+    ``threshold`` allocations cut that with the same peak memory (benchmarks/README.md). Only the
+    processes that read the Snakefile (the plan, and each cluster job's own plan) are affected: a
+    job's script runs in an interpreter of its own. A higher threshold already set is kept.
+    """
+    import gc
+
+    young, middle, old = gc.get_threshold()
+    gc.set_threshold(max(young, threshold), middle, old)

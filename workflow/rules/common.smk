@@ -9,14 +9,12 @@ import shlex
 import sys
 from pathlib import Path
 
-import yaml
-
 from snakemake_interface_executor_plugins.settings import DeploymentMethod
 
 from snakemake.utils import validate
 
 from fmriflow import console, launch, naming, smk
-from fmriflow.checks import check_config, check_participant_columns, in_schema_order
+from fmriflow.checks import check_config, check_participant_columns, in_schema_order, load_schema
 from fmriflow.connectivity import GROUP_KINDS, STAT
 from fmriflow.errors import InputError
 from fmriflow.ingest import RUN_KEY_PATTERN, Sidecars, discover_runs, listing_fingerprint
@@ -26,15 +24,22 @@ from fmriflow.modelling import PRETRAIN_OPTIONS
 from fmriflow.project import Paths, model_atlas
 
 
-check_config(config, f"{workflow.basedir}/workflow/schemas/config.schema.yaml", workflow.configfiles)  # every error, by key
+SCHEMA = f"{workflow.basedir}/workflow/schemas/config.schema.yaml"
+check_config(config, SCHEMA, workflow.configfiles)  # every error, by key
 validate(config, "../schemas/config.schema.yaml", set_default=True)
 # the schema's key order, whichever file set a key (config/config.yaml, config/demo.yaml, --configfile ...)
-in_schema_order(config, yaml.safe_load(Path(f"{workflow.basedir}/workflow/schemas/config.schema.yaml").read_text()))
+in_schema_order(config, load_schema(SCHEMA))
 
 
 # Snakemake's terminal at thousands of runs: group jobs' file lists and reasons shortened,
 # no "Shell command: None" for script: and run: jobs (fmriflow.console); the plan sees every file.
 console.install()
+# one check per script: rule that its script can be read, not one per job (a tenth of a plan at
+# thousands of runs; fmriflow.smk.check_scripts_once)
+smk.check_scripts_once()
+# the cyclic garbage collector every 100,000 allocations, not 700, while the DAG is built: about a
+# sixth of a plan's CPU at thousands of runs, the same peak memory (fmriflow.smk.fewer_collections)
+smk.fewer_collections()
 
 
 # The project image, used by every rule (with --software-deployment-method apptainer only)
@@ -58,7 +63,6 @@ EXTRA_ATLASES = {} if TIMESERIES else config["atlas"]["extra"]
 ATLASES = [ATLAS, *EXTRA_ATLASES]
 KINDS = config["connectivity"]["kinds"]
 RUN_KINDS = [k for k in KINDS if k not in GROUP_KINDS]
-KIND_OF_STAT = {stat: kind for kind, stat in STAT.items()}
 DYNAMIC = config["connectivity"]["sliding_window"]["window"] is not None
 
 
@@ -245,10 +249,24 @@ def fmriprep_file(kind):
     return lambda wildcards: str(getattr(PREPROC[wildcards.run], kind))
 
 
+def fmriprep_files(*kinds):
+    """Input function for ``unpack()``: the run's fMRIPrep outputs ``kinds``, named so. One call per
+    job, not one per file: Snakemake's cost per input function adds up over thousands of runs."""
+    return lambda wildcards: {kind: str(getattr(PREPROC[wildcards.run], kind)) for kind in kinds}
+
+
+def preproc_check_inputs(wildcards):
+    """Inputs of preproc_derivatives: the run's fMRIPrep files, its raw BOLD and that BOLD's own
+    sidecars (not the dataset-wide manifest), from one input function."""
+    return {**fmriprep_files("bold", "mask", "confounds")(wildcards), "raw_bold": RUNS[wildcards.run],
+            "sidecars": raw_sidecars(wildcards.run)}
+
+
 def all_outputs():
     return [
         f"{DERIV}/dataset_description.json",
-        *[relmat(r, a, k, ext) for r in RUNS for a in ATLASES for k in RUN_KINDS for ext in (".tsv", ".npy")],
+        # every run's matrices, through the list of them (its inputs): one file here, not two per run and kind
+        *[run_list(f"atlas-{a}_desc-relmat") for a in ATLASES if RUN_KINDS],
         *[relmat(r, a, "pearson", ".npy", desc="dynamic") for r in RUNS for a in ATLASES if DYNAMIC],
         *[group_file(a, STAT[k], "stack", extension=".npy") for a in ATLASES for k in KINDS],
         f"{OUT}/report/fmriflow_report.html",
@@ -298,16 +316,37 @@ def run_qc_table():
     return f"{DERIV}/group/desc-runs_qc.tsv"
 
 
-def included_runs():
-    """The runs that pass QC, in run order (evaluated once the run_qc checkpoint has run)."""
-    from fmriflow.io import read_tsv
+# --------------------------------------------------------------------------- run file lists
+# A group step reads a list of every run's files (fmriflow.runfiles) beside the run QC table,
+# which says which runs to pool: no checkpoint, whose second pass over the DAG costs every plan.
 
-    table = read_tsv(checkpoints.run_qc.get().output.table, dtype={"run": str})
-    keep = set(table.loc[table["included"].astype(str) == "True", "run"])
-    runs = [r for r in RUNS if r in keep]
-    if not runs:
-        raise WorkflowError(f"QC excluded every run: see the reasons in {run_qc_table()}")
-    return runs
+def _run_lists():
+    """List name -> role -> the per-run file pattern (with {run}); one list job each, made on demand."""
+    lists = {"desc-preproc": {"bold": grid("{run}", desc="preproc", suffix="bold", extension=".nii.gz"),
+                              "mask": grid("{run}", desc="brain", suffix="mask", extension=".nii.gz")}}
+    for a in ATLASES:
+        lists[f"atlas-{a}_desc-timeseries"] = {"timeseries": timeseries("{run}", a)}
+        lists[f"atlas-{a}_desc-relmat"] = {f"{k}_{ext[1:]}": relmat("{run}", a, k, ext)
+                                           for k in RUN_KINDS for ext in (".tsv", ".npy")}
+    return lists
+
+
+RUN_LISTS = _run_lists()
+
+
+def run_list(name):
+    """The list file ``name`` (a key of RUN_LISTS; may hold the {atlas} wildcard)."""
+    return f"{DERIV}/group/space-{naming.TEMPLATE_SPACE}_res-{naming.TEMPLATE_RES}_{name}_files.tsv"
+
+
+def run_list_input(wildcards):
+    """Input function of the list rule: role -> every run's file, in run order."""
+    return {role: expand(pattern, run=RUNS) for role, pattern in RUN_LISTS[wildcards.listing].items()}
+
+
+def pooled(name):
+    """Inputs of a group step: the list ``name`` and the run QC table."""
+    return {"files": run_list(name), "run_qc": run_qc_table()}
 
 
 # --------------------------------------------------------------------------- dataset and pretraining
@@ -669,7 +708,7 @@ def coverage_table(run):
 
 
 def run_qc_rows():
-    """Each run's QC row for the run_qc checkpoint: the denoise step's, or the ingestion's."""
+    """Each run's QC row for run QC: the denoise step's, or the ingestion's."""
     return [input_qc(r) for r in RUNS] if TIMESERIES else expand(rules.denoise.output.qc, run=RUNS)
 
 

@@ -18,7 +18,7 @@ rule connectivity:
 rule group_connectivity:
     """Fisher-z mean Pearson FC over runs and the difference between the two groups of report.group_column."""
     input:
-        relmats=lambda wildcards: [relmat(r, wildcards.atlas, "pearson") for r in included_runs()],
+        **pooled("atlas-{atlas}_desc-relmat"),  # every run's matrices and the QC table: the included runs' are read
         participants=PARTICIPANTS,
     output:
         mean=group_file("{atlas}", STAT["pearson"], "mean"),
@@ -34,13 +34,12 @@ rule group_connectivity:
 rule connectivity_stack:
     """Runs x regions x regions stack of one per-run kind (a modelling input), with its row table."""
     input:
-        matrices=lambda wildcards: [relmat(r, wildcards.atlas, KIND_OF_STAT[wildcards.stat], ".npy") for r in included_runs()],
+        **pooled("atlas-{atlas}_desc-relmat"),
         participants=PARTICIPANTS,
     output:
         stack=group_file("{atlas}", "{stat}", "stack", extension=".npy"),
         runs=group_file("{atlas}", "{stat}", "stack", suffix="runs"),
     params:
-        runs=lambda wildcards: included_runs(),
         **shaping("connectivity.fisher_z"),
     wildcard_constraints:
         stat="|".join(STAT[k] for k in RUN_KINDS),
@@ -53,14 +52,13 @@ rule connectivity_stack:
 rule tangent_stack:
     """Tangent-space connectivity of every run around the group geometric mean (all runs)."""
     input:
-        matrices=lambda wildcards: [timeseries(r, wildcards.atlas) for r in included_runs()],
+        **pooled("atlas-{atlas}_desc-timeseries"),
         participants=PARTICIPANTS,
     output:
         stack=group_file("{atlas}", STAT["tangent"], "stack", extension=".npy"),
         runs=group_file("{atlas}", STAT["tangent"], "stack", suffix="runs"),
         reference=group_file("{atlas}", STAT["tangent"], "reference", extension=".npy"),
     params:
-        runs=lambda wildcards: included_runs(),
         **shaping("connectivity.fisher_z"),
     log:
         f"{LOGS}/connectivity/stack_atlas-{{atlas}}_stat-tangent.log",

@@ -7,11 +7,7 @@
 rule preproc_derivatives:
     """Check one run's fMRIPrep outputs (grid, TR against the raw data, confounds) and write its QC row."""
     input:
-        bold=fmriprep_file("bold"),
-        mask=fmriprep_file("mask"),
-        confounds=fmriprep_file("confounds"),
-        raw_bold=lambda wildcards: RUNS[wildcards.run],
-        sidecars=lambda wildcards: raw_sidecars(wildcards.run),  # its own, not the dataset-wide manifest
+        unpack(preproc_check_inputs),  # bold, mask, confounds, raw_bold, sidecars (its own, not the manifest)
     output:
         qc=out("{run}", desc="preproc", suffix="qc", extension=".tsv"),
     params:

@@ -3,13 +3,12 @@
 rule dataset:
     """Windows of the A424 time series, robust-scaled on training subjects, split by subject, memory-mapped."""
     input:
-        timeseries=lambda wildcards: [timeseries(r, ATLAS) for r in included_runs()],  # QC-passed runs only
+        **pooled(f"atlas-{ATLAS}_desc-timeseries"),  # every run's time series and the QC table: QC-passed runs are read
         participants=PARTICIPANTS,
         **dataset_encoder_inputs(),  # finetune.encoder, pretrain.init: prepared by its card (fmriflow.bundle.prepare)
     output:
         card=f"{DATASET_DIR}/dataset_card.json",
     params:
-        runs=lambda wildcards: included_runs(),
         **dataset_shaping(),
     log:
         f"{LOGS}/dataset/atlas-{ATLAS}.log",

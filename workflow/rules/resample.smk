@@ -1,8 +1,7 @@
 rule resample:
     """BOLD and brain mask on the atlas grid; a link when the grid already matches."""
     input:
-        bold=fmriprep_file("bold"),
-        mask=fmriprep_file("mask"),
+        unpack(fmriprep_files("bold", "mask")),
         atlas=atlas_img(ATLAS),
         qc=rules.preproc_derivatives.output.qc,
     output:

@@ -6,13 +6,11 @@ rule voxel_dataset:
     """Each run z-scored in its brain mask, background at the minimum, cropped / padded to the grid, memory-mapped."""
     input:
         # QC-passed runs only, as the region dataset (whose splits.tsv both levels share)
-        bold=lambda wildcards: [grid(r, desc="preproc", suffix="bold", extension=".nii.gz") for r in included_runs()],
-        mask=lambda wildcards: [grid(r, desc="brain", suffix="mask", extension=".nii.gz") for r in included_runs()],
+        **pooled("desc-preproc"),  # every run's BOLD and mask on the grid, and the QC table
         region_dataset=rules.dataset.output.card,
     output:
         card=f"{voxel_dataset_dir('{geometry}')}/dataset_card.json",
     params:
-        runs=lambda wildcards: included_runs(),
         splits=f"{DATASET_DIR}/splits.tsv",
         **shaping("voxel.dtype"),
     wildcard_constraints:

@@ -1,7 +1,10 @@
+from fmriflow.runfiles import included
 from fmriflow.smk import logged
 from fmriflow.steps import voxel_dataset_step
 
 with logged(snakemake.log[0]):
     i, p = snakemake.input, snakemake.params
-    voxel_dataset_step(p.runs, list(i.bold), list(i.mask), p.splits, snakemake.wildcards.geometry,
-                       snakemake.output.card, **p.config["voxel"])
+    runs, bolds = included(i.files, i.run_qc, "bold")  # the runs QC includes, as the region dataset
+    _, masks = included(i.files, i.run_qc, "mask")
+    voxel_dataset_step(runs, bolds, masks, p.splits, snakemake.wildcards.geometry, snakemake.output.card,
+                       **p.config["voxel"])
