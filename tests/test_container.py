@@ -72,7 +72,7 @@ def runs(tmp_path_factory, atlas_dir, image):
     # scripts; the fmriflow package is the image's own) and the atlas folder
     mounts = [f"{base}:{base}", f"{REPO}:{REPO}:ro", f"{atlas_dir}:{atlas_dir}:ro"]
     cmd = ["docker", "run", "--rm", "--network", "none", "--user", f"{os.getuid()}:{os.getgid()}",
-           "-e", "HOME=/tmp", "-e", f"FMRIFLOW_ATLAS_DIR={atlas_dir}", "-w", str(base),
+           "-e", "HOME=/tmp", "-e", f"FMRIFLOW_ATLAS_DIR={atlas_dir}", *_blas_env(), "-w", str(base),
            *[arg for m in mounts for arg in ("-v", m)], image,
            "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(base / "container-work"),
            "--configfile", str(config_file), "--cores", "2", "--rerun-incomplete", *fc_targets(inside)]
@@ -82,6 +82,13 @@ def runs(tmp_path_factory, atlas_dir, image):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     print(f"same DAG: {host_s:.0f} s on the host, {time.monotonic() - start:.0f} s in {image}")  # pytest -rP shows it
     return Path(host["output_dir"]), Path(inside["output_dir"]), demo
+
+
+def _blas_env() -> list[str]:
+    """The host's OPENBLAS_* settings as ``docker run -e`` arguments. OpenBLAS picks its kernels by CPU at run
+    time unless OPENBLAS_CORETYPE forces a type, and kernels round differently (the denoising product differs
+    in the last bit of a few float32 voxels); Apptainer passes them in, plain Docker does not."""
+    return [arg for k, v in os.environ.items() if k.startswith("OPENBLAS_") for arg in ("-e", f"{k}={v}")]
 
 
 def test_image_runs_the_locked_environment(image):

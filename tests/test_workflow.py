@@ -337,7 +337,7 @@ def test_shipped_config_runs_a_dataset_without_the_demo_columns(tmp_path, atlas_
     assert shipped["report"]["ground_truth"] is None and shipped["finetune"]["enabled"] is False
     assert shipped["pretrain"]["enabled"] is True
     assert not set(SHORT_RUNS["dataset"]) & {"stratify"}  # the short-run sizes name no column either
-    demo = make_demo(tmp_path / "demo", atlas_dir, n_subjects=4, n_trs=40, bold_res=4, seed=17)
+    demo = make_demo(tmp_path / "demo", atlas_dir, n_subjects=4, n_trs=60, bold_res=4, seed=17)
     _without_demo_columns(demo)
     results = tmp_path / "results"
     proc = run_snakemake(tmp_path, user_config(demo, results))
