@@ -115,3 +115,29 @@ def pipeline(tmp_path_factory, atlas_dir, a424_img):
     proc = run_snakemake(base, config)
     assert proc.returncode == 0, proc.stderr[-5000:]
     return demo, results, base, config
+
+
+def parse_bids_app_args(args: list[str], flags, valued, tool: str) -> tuple[list[str], dict]:
+    """Positionals and options of a BIDS-App command line (fMRIPrep, QSIPrep, QSIRecon), every option
+    checked against the tool's documented ``flags`` (no value) and ``valued`` (option -> 1 or "+" values)."""
+    positionals, options, i = [], {}, 0
+    while i < len(args):
+        token = args[i]
+        if token in flags:
+            options[token] = True
+            i += 1
+        elif token in valued:
+            values = []
+            i += 1
+            while i < len(args) and not args[i].startswith("-"):
+                values.append(args[i])
+                i += 1
+                if valued[token] == 1:
+                    break
+            assert values, f"{token} has no value"
+            options[token] = values if valued[token] == "+" else values[0]
+        else:
+            assert not token.startswith("-"), f"{token} is not a documented {tool} option"
+            positionals.append(token)
+            i += 1
+    return positionals, options

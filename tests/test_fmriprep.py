@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import parse_bids_app_args
 
 from fmriflow.errors import InputError
 from fmriflow.io import read_tsv
@@ -44,27 +45,7 @@ def section(**overrides):
 
 def parse_fmriprep_args(args: list[str]) -> tuple[list[str], dict]:
     """Positionals and options of an fMRIPrep command line, checked against FLAGS / VALUED."""
-    positionals, options, i = [], {}, 0
-    while i < len(args):
-        token = args[i]
-        if token in FLAGS:
-            options[token] = True
-            i += 1
-        elif token in VALUED:
-            values = []
-            i += 1
-            while i < len(args) and not args[i].startswith("-"):
-                values.append(args[i])
-                i += 1
-                if VALUED[token] == 1:
-                    break
-            assert values, f"{token} has no value"
-            options[token] = values if VALUED[token] == "+" else values[0]
-        else:
-            assert not token.startswith("-"), f"{token} is not an fMRIPrep 25.2 option"
-            positionals.append(token)
-            i += 1
-    return positionals, options
+    return parse_bids_app_args(args, FLAGS, VALUED, "fMRIPrep 25.2")
 
 
 @pytest.fixture()

@@ -18,6 +18,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 from scipy.io import loadmat, savemat
+from conftest import parse_bids_app_args
 
 from fmriflow.errors import InputError
 from fmriflow.io import read_tsv
@@ -40,29 +41,8 @@ QSIRECON = ({"--notrack", "--low-mem"}, {**COMMON_VALUED, "--recon-spec": 1, "--
 
 
 def parse_args(args: list[str], documented) -> tuple[list[str], dict]:
-    """Positionals and options of a BIDS-App command line, checked against ``documented``."""
-    flags, valued = documented
-    positionals, options, i = [], {}, 0
-    while i < len(args):
-        token = args[i]
-        if token in flags:
-            options[token] = True
-            i += 1
-        elif token in valued:
-            values = []
-            i += 1
-            while i < len(args) and not args[i].startswith("-"):
-                values.append(args[i])
-                i += 1
-                if valued[token] == 1:
-                    break
-            assert values, f"{token} has no value"
-            options[token] = values if valued[token] == "+" else values[0]
-        else:
-            assert not token.startswith("-"), f"{token} is not a documented option"
-            positionals.append(token)
-            i += 1
-    return positionals, options
+    """Positionals and options of a QSIPrep / QSIRecon command line, checked against ``documented``."""
+    return parse_bids_app_args(args, *documented, "QSIPrep/QSIRecon")
 
 
 def section(**overrides):
