@@ -183,7 +183,7 @@ def test_settings_defaults_are_the_schema_defaults():
                             .read_text())
     section = schema["properties"]["finetune"]["properties"]
     # place the job, or choose the encoder and how its windows are prepared (inputs of the job); not settings
-    sizing = {"enabled", "setups", "gpus", "mem_mb", "runtime", "encoder", "scaling"}
+    sizing = {"enabled", "setups", "gpus", "workers", "mem_mb", "runtime", "encoder", "scaling"}
     defaults = FinetuneSettings().as_config()
     assert set(defaults) == set(section) - sizing
     assert defaults == {k: tuple(v["default"]) if isinstance(v["default"], list) else v["default"]

@@ -30,7 +30,7 @@ PRETRAIN_OPTIONS = ("model", "batch_size", "max_steps", "lr", "warmup_steps", "c
                     "num_workers", "compile")
 # finetune keys that say which set-ups exist, size the job or bring the encoder: not the set-up's
 # settings (the finetune rule drops the same: workflow/rules/finetune.smk)
-FINETUNE_NOT_SETTINGS = ("enabled", "setups", "gpus", "mem_mb", "runtime", "encoder", "scaling")
+FINETUNE_NOT_SETTINGS = ("enabled", "setups", "gpus", "workers", "mem_mb", "runtime", "encoder", "scaling")
 # what shapes the bundle's card as the data's preparation (the bundle rule's params)
 PREPARATION = ("preproc.mode", "denoise", "parcellate")
 

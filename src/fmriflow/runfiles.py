@@ -48,18 +48,27 @@ def list_step(runs: Sequence[str], files: Mapping[str, Sequence[str]], out: str)
                                    "Roles": list(files)})
 
 
-def included(listing: str, run_qc: str, role: str) -> tuple[list[str], list[str]]:
+def included(listing: str, run_qc: str, role: str, runs: Sequence[str] | None = None) -> tuple[list[str], list[str]]:
     """(runs, their ``role`` files) of the runs the QC table includes, in the list's run order; the
     paths as the list's own path names them (absolute, or relative to the same folder).
 
-    The list and the table must name the same runs: a difference means one of them is stale,
-    and the error names both files. None included is an error naming the table.
+    ``runs``: the plan's runs. A list and table made for a larger selection of subjects still
+    hold the others when only file times decide what reruns (``--rerun-triggers mtime``): only
+    the plan's are read, and a planned run that either lacks is an error naming the file.
+    Otherwise the list and the table must name the same runs: a difference means one of them is
+    stale, and the error names both files. None included is an error naming the table.
     """
     table = read_tsv(listing, dtype={"run": str, "role": str, "path": str, "sha256": str})
     qc = read_tsv(run_qc, dtype={"run": str})
     if role not in set(table["role"]):
         raise InputError(listing, f"lists no {role!r} files; it has {sorted(set(table['role']))}")
     rows = table[table["role"] == role]
+    if runs is not None:
+        for source, frame in ((listing, rows), (run_qc, qc)):
+            missing = sorted(set(runs) - set(frame["run"]))
+            if missing:
+                raise InputError(source, f"lacks {len(missing)} planned run(s), e.g. {missing[:3]}: it is out of date")
+        rows, qc = rows[rows["run"].isin(set(runs))], qc[qc["run"].isin(set(runs))]
     listed, judged = list(rows["run"]), set(qc["run"])
     if set(listed) != judged:
         odd = sorted(set(listed) ^ judged)

@@ -24,6 +24,7 @@ rule group_connectivity:
         mean=group_file("{atlas}", STAT["pearson"], "mean"),
         diff=group_file("{atlas}", STAT["pearson"], "groupdiff"),
     params:
+        runs=list(RUNS),  # the plan's runs (config subjects): the list and QC table may be older and hold more
         group_column=config["report"]["group_column"],
     log:
         f"{LOGS}/connectivity/group_atlas-{{atlas}}.log",
@@ -40,6 +41,7 @@ rule connectivity_stack:
         stack=group_file("{atlas}", "{stat}", "stack", extension=".npy"),
         runs=group_file("{atlas}", "{stat}", "stack", suffix="runs"),
     params:
+        runs=list(RUNS),
         **shaping("connectivity.fisher_z"),
     wildcard_constraints:
         stat="|".join(STAT[k] for k in RUN_KINDS),
@@ -59,6 +61,7 @@ rule tangent_stack:
         runs=group_file("{atlas}", STAT["tangent"], "stack", suffix="runs"),
         reference=group_file("{atlas}", STAT["tangent"], "reference", extension=".npy"),
     params:
+        runs=list(RUNS),
         **shaping("connectivity.fisher_z"),
     log:
         f"{LOGS}/connectivity/stack_atlas-{{atlas}}_stat-tangent.log",

@@ -9,6 +9,7 @@ rule dataset:
     output:
         card=f"{DATASET_DIR}/dataset_card.json",
     params:
+        runs=list(RUNS),  # the plan's runs (config subjects): the list and QC table may be older and hold more
         **dataset_shaping(),
     log:
         f"{LOGS}/dataset/atlas-{ATLAS}.log",

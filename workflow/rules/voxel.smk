@@ -11,6 +11,7 @@ rule voxel_dataset:
     output:
         card=f"{voxel_dataset_dir('{geometry}')}/dataset_card.json",
     params:
+        runs=list(RUNS),  # the plan's runs (config subjects): the list and QC table may be older and hold more
         splits=f"{DATASET_DIR}/splits.tsv",
         **shaping("voxel.dtype"),
     wildcard_constraints:

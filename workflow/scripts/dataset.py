@@ -4,7 +4,7 @@ from fmriflow.steps import dataset_step
 
 with logged(snakemake.log[0]):
     i, config = snakemake.input, snakemake.params.config
-    runs, timeseries = included(i.files, i.run_qc, "timeseries")  # the runs QC includes
+    runs, timeseries = included(i.files, i.run_qc, "timeseries", snakemake.params.runs)  # the runs QC includes
     if "encoder_card" in i.keys():  # finetune.encoder: prepared by the bundle's card
         from fmriflow.bundle.prepare import prepare_step
 
