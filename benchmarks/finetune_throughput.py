@@ -9,12 +9,14 @@ integrated gradients of concat) once per case:
 
 ``cpu x1``     one worker process, one torch thread
 ``cpu xN``     N worker processes (``--workers``, default: every core up to 16), one thread each
-``cuda``       the GPU (when torch sees one); the units run one after another in one process
+``cuda xN``    N worker processes sharing the GPU (when there is one), each with its own CUDA context
+``cuda x1``    the GPU, the units one after another in this process
 
 and prints each case's wall seconds, its throughput (subjects x variants / s, where the
 variants are the deep variants and baselines scored on every subject; the controls and
 attribution are part of the work timed) and the ratios. The cases must write identical
-tables (CPU cases: byte for byte; the GPU's floats differ): the script checks the CPU ones.
+tables (CPU cases: byte for byte, checked); the GPU cases' floats differ from the CPU's, and the
+script prints the largest score difference between the two GPU cases.
 A first section times one ``concat`` fit with 1 and with N torch threads in one process: the
 alternative to worker processes.
 
@@ -91,6 +93,12 @@ def run_case(paths: dict, args, device: str, workers: int, out: Path) -> float:
     return time.perf_counter() - start
 
 
+def read_scores(out: Path) -> np.ndarray:
+    """The predictions table's scores in a fixed row order."""
+    preds = pd.read_csv(out / "predictions.tsv", sep="\t", dtype={"subject": str})
+    return preds.sort_values([c for c in preds.columns if c != "score"])["score"].to_numpy(float)
+
+
 def fit_seconds(paths: dict, args, threads: int) -> float:
     """One concat fit of the first fold, in this process, with ``threads`` torch threads."""
     s = settings(args, "cpu")
@@ -119,6 +127,9 @@ def main() -> None:
     parser.add_argument("--no-serial", action="store_true", help="skip the one-worker CPU case")
     args = parser.parse_args()
     os.environ.setdefault("FMRIFLOW_PROGRESS", "0")
+    # ask NVML, not the CUDA runtime, whether there is a GPU: the runtime's answer opens the driver
+    # in this process, and workers forked after that fail at their first CUDA call
+    os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "1"
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         paths = write_cohort(root, args.subjects)
@@ -126,9 +137,9 @@ def main() -> None:
         print(f"{args.subjects} subjects, 1 window of {REGIONS} x {TRS} each; 5 folds x ({len(VARIANTS)} variants "
               f"+ 5 permuted concat + 2 baselines), IG ({args.ig_steps} steps) of concat; ResNet width {args.width}, "
               f"{args.epochs} epochs; {os.cpu_count()} CPUs, torch {torch.__version__}")
-        # CPU cases first: asking torch whether CUDA is there initialises the driver in this
-        # process, and worker processes forked after that fail at their first CUDA query
-        cases = ([] if args.no_serial else [("cpu", 1)]) + [("cpu", args.workers), ("cuda", 1)]
+        # forked cases before cuda x1: that one opens a CUDA context in this process, which workers forked
+        # after it could not use
+        cases = ([] if args.no_serial else [("cpu", 1)]) + [("cpu", args.workers), ("cuda", args.workers), ("cuda", 1)]
         rows = []
         for device, workers in cases:
             if device == "cuda" and not torch.cuda.is_available():
@@ -150,10 +161,14 @@ def main() -> None:
         one, many = fit_seconds(paths, args, 1), fit_seconds(paths, args, args.workers)
         print(f"one concat fit in one process: {one:.2f} s with 1 torch thread, {many:.2f} s with {args.workers} "
               f"({one / many:.2f}x for {args.workers}x the cores)")
-        for r in rows:
-            if r["case"].startswith("cuda"):
-                best = min(cpu, key=lambda c: c["seconds"])
-                print(f"{r['case']} vs {best['case']}: {best['seconds'] / r['seconds']:.2f}x")
+        gpu = [r for r in rows if r["case"].startswith("cuda")]
+        for r in gpu:
+            best = min(cpu, key=lambda c: c["seconds"])
+            print(f"{r['case']} vs {best['case']}: {best['seconds'] / r['seconds']:.2f}x")
+        if len(gpu) == 2:
+            a, b = (read_scores(r["out"]) for r in gpu)
+            print(f"{gpu[0]['case']} vs {gpu[1]['case']}: {gpu[1]['seconds'] / gpu[0]['seconds']:.2f}x faster, "
+                  f"largest score difference {np.abs(a - b).max():.2e}")
 
 
 if __name__ == "__main__":

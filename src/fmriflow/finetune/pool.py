@@ -7,8 +7,10 @@ the fixed order of the units, so the tables are identical whatever the number of
 (every fit seeds itself; one thread keeps float reductions in one order). On the CPU one
 process per core beats one process with as many torch threads: the fits are small (a few
 windows, a narrow ResNet), and threads of one op mostly wait on each other
-(``benchmarks/finetune_throughput.py`` measures both). A CUDA device runs the units in the
-calling process, one after another (a CUDA context does not survive a fork).
+(``benchmarks/finetune_throughput.py`` measures both). On a CUDA device the workers share the
+GPU, each with its own CUDA context: one small fit leaves most of a GPU idle. A CUDA context
+does not survive a fork, so they are forked only while the calling process has made none (the
+finetune job never does); otherwise the units run in the calling process, one after another.
 
 Workers are forked on Linux, inheriting the loaded features (no copy, no re-read), and
 die with the parent (PR_SET_PDEATHSIG); elsewhere they are spawned.
@@ -49,7 +51,9 @@ def run_units(tasks: list[tuple[Fold, Unit]], inputs: Inputs, settings: Finetune
               attribution: IGTables, workers: int = 1, desc: str = "fine-tuning") -> None:
     """Run every (fold, unit) of ``tasks``; record into ``results`` and ``attribution`` in task order."""
     workers = max(1, min(workers, len(tasks)))
-    if settings.train.device != "cpu":
+    if workers > 1 and settings.train.device != "cpu" and not _gpu_can_fork():
+        log.warning("finetune.workers %d: this process already holds a CUDA context, which a forked worker cannot "
+                    "use; the units run one after another here", workers)
         workers = 1
     outputs: list[tuple | None] = [None] * len(tasks)
     bar = progress(total=len(tasks), desc=desc, unit="fit")
@@ -65,6 +69,11 @@ def run_units(tasks: list[tuple[Fold, Unit]], inputs: Inputs, settings: Finetune
         attribution.regions += regions
         if text:
             log.info("%s", text.rstrip())
+
+
+def _gpu_can_fork() -> bool:
+    """Workers forked now may each open their own CUDA context (Linux fork, none open here yet)."""
+    return sys.platform.startswith("linux") and "fork" in get_all_start_methods() and not torch.cuda.is_initialized()
 
 
 def _completed(tasks, inputs, settings, attribution, workers) -> Iterator[tuple[int, tuple]]:
