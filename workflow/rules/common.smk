@@ -244,11 +244,6 @@ def group_file(atlas, stat, desc, suffix="relmat", extension=".tsv"):
     )
 
 
-def fmriprep_file(kind):
-    """Input function: the fMRIPrep output ``kind`` (bold, mask, confounds) of a run."""
-    return lambda wildcards: str(getattr(PREPROC[wildcards.run], kind))
-
-
 def fmriprep_files(*kinds):
     """Input function for ``unpack()``: the run's fMRIPrep outputs ``kinds``, named so. One call per
     job, not one per file: Snakemake's cost per input function adds up over thousands of runs."""

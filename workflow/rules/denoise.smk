@@ -1,9 +1,9 @@
 rule denoise:
     """Regress the configured XCP-D strategy out of every in-mask voxel (with scrubbing and filtering); QC row."""
     input:
+        unpack(fmriprep_files("confounds")),
         bold=rules.resample.output.bold,
         mask=rules.resample.output.mask,
-        confounds=fmriprep_file("confounds"),
     output:
         bold=grid("{run}", desc="denoised", suffix="bold", extension=".nii.gz"),
         qc=grid("{run}", desc="denoised", suffix="qc", extension=".tsv"),
