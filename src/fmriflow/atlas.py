@@ -5,7 +5,8 @@ A424 is the 424-region atlas of BrainLM: 360 Glasser HCP-MMP1.0 cortical parcels
 (361-396) and 28 cerebellar lobules (397-424) on the MNI152NLin6Asym 2 mm grid.
 It is downloaded from a pinned commit of the BrainLM repository (Apache-2.0) and
 verified by sha256; offline sites point ``FMRIFLOW_ATLAS_DIR`` or the config key
-``atlas.path`` at a folder holding the two files.
+``atlas.path`` at a folder holding the two files. :func:`fetch_files` does the same for
+any pinned files (the third-party atlases of :mod:`fmriflow.atlas_pinned`).
 """
 
 from __future__ import annotations

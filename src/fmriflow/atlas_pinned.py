@@ -26,7 +26,7 @@ from typing import Callable, Mapping
 import numpy as np
 import pandas as pd
 
-from .atlas import AtlasFile, label_data
+from .atlas import AtlasFile, fetch_files, label_data
 from .errors import InputError
 
 # yetianmed/subcortex (the Tian atlas release), the newest commit when pinned (2023-03-24 changes
@@ -130,8 +130,6 @@ PINNED_ATLASES: dict[str, PinnedAtlas] = {
 def pinned_atlas_files(name: str, cache_dir: str | Path, local_dir: str | Path | None = None, *,
                        download: bool = True) -> tuple[PinnedAtlas, dict[str, Path]]:
     """The pinned atlas ``name`` and its verified files in ``cache_dir`` (sources as for A424)."""
-    from .atlas import fetch_files
-
     if name not in PINNED_ATLASES:
         raise InputError(None, f"atlas.pinned: unknown pinned atlas {name!r}; allowed: {sorted(PINNED_ATLASES)}")
     spec = PINNED_ATLASES[name]
