@@ -5,7 +5,8 @@ A424 is the 424-region atlas of BrainLM: 360 Glasser HCP-MMP1.0 cortical parcels
 (361-396) and 28 cerebellar lobules (397-424) on the MNI152NLin6Asym 2 mm grid.
 It is downloaded from a pinned commit of the BrainLM repository (Apache-2.0) and
 verified by sha256; offline sites point ``FMRIFLOW_ATLAS_DIR`` or the config key
-``atlas.path`` at a folder holding the two files.
+``atlas.path`` at a folder holding the two files. :func:`fetch_files` does the same for
+any pinned files (the third-party atlases of :mod:`fmriflow.atlas_pinned`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 import pandas as pd
@@ -64,7 +66,20 @@ def fetch_a424(
     download: bool = True,
     timeout: float = 60.0,
 ) -> dict[str, Path]:
-    """Return verified paths of the A424 files inside ``cache_dir``, filling it if needed.
+    """Return verified paths of the A424 files inside ``cache_dir``, filling it if needed (see :func:`fetch_files`)."""
+    return fetch_files(A424_FILES, cache_dir, local_dir, download=download, timeout=timeout, atlas="A424")
+
+
+def fetch_files(
+    files: Mapping[str, AtlasFile],
+    cache_dir: str | Path,
+    local_dir: str | Path | None = None,
+    *,
+    download: bool = True,
+    timeout: float = 60.0,
+    atlas: str = "A424",
+) -> dict[str, Path]:
+    """Return verified paths of an atlas's pinned ``files`` inside ``cache_dir``, filling it if needed.
 
     Sources, in order: ``local_dir`` (config ``atlas.path``), the folder named by the
     environment variable ``FMRIFLOW_ATLAS_DIR``, files already in the cache, the pinned
@@ -74,12 +89,13 @@ def fetch_a424(
     cache_dir = Path(cache_dir)
     sources = [Path(d) for d in (local_dir, os.environ.get(ATLAS_DIR_ENV)) if d]
     paths = {}
-    for key, spec in A424_FILES.items():
+    for key, spec in files.items():
         target = cache_dir / spec.name
         for source in sources:
             candidate = source / spec.name
             if not candidate.is_file():
-                raise InputError(candidate, f"atlas file {spec.name} not found in atlas folder {source}")
+                raise InputError(candidate, f"{atlas} atlas file {spec.name} not found in atlas folder {source} "
+                                            f"(from {ATLAS_DIR_ENV} or atlas.path); its pinned address is {spec.url}")
             _check_sha(candidate, spec)
             if not (target.is_file() and sha256sum(target) == spec.sha256):
                 with atomic_path(target) as tmp:
@@ -89,9 +105,9 @@ def fetch_a424(
             if target.is_file():
                 _check_sha(target, spec)
             elif download:
-                _download(spec, target, timeout)
+                _download(spec, target, timeout, files, atlas)
             else:
-                raise AtlasUnavailableError(_unavailable_message(spec, cache_dir, "downloads are disabled"))
+                raise AtlasUnavailableError(_unavailable_message(spec, cache_dir, "downloads are disabled", files, atlas))
         paths[key] = target
     return paths
 
@@ -102,22 +118,24 @@ def _check_sha(path: Path, spec: AtlasFile) -> None:
         raise InputError(path, f"sha256 {digest} does not match the pinned {spec.sha256} of {spec.name}")
 
 
-def _download(spec: AtlasFile, target: Path, timeout: float) -> None:
+def _download(spec: AtlasFile, target: Path, timeout: float, files: Mapping[str, AtlasFile], atlas: str) -> None:
     try:
         with atomic_path(target) as tmp:
             with urllib.request.urlopen(spec.url, timeout=timeout) as response, open(tmp, "wb") as fh:
                 shutil.copyfileobj(response, fh)
             _check_sha(tmp, spec)
     except (urllib.error.URLError, OSError) as exc:
-        raise AtlasUnavailableError(_unavailable_message(spec, target.parent, f"download failed ({exc})")) from exc
+        message = _unavailable_message(spec, target.parent, f"download failed ({exc})", files, atlas)
+        raise AtlasUnavailableError(message) from exc
 
 
-def _unavailable_message(spec: AtlasFile, cache_dir: Path, why: str) -> str:
+def _unavailable_message(spec: AtlasFile, cache_dir: Path, why: str, files: Mapping[str, AtlasFile], atlas: str) -> str:
+    pins = "; ".join(f"{f.name} from {f.url} (sha256 {f.sha256})" for f in files.values())
     return (
-        f"A424 atlas file {spec.name} is not available: {why}. Either allow the download from "
+        f"{atlas} atlas file {spec.name} is not available: {why}. Either allow the download from "
         f"{spec.url}, or point the environment variable {ATLAS_DIR_ENV} (or the config key "
-        f"atlas.path) at a folder holding {', '.join(f.name for f in A424_FILES.values())}, "
-        f"or copy them into the cache {cache_dir}."
+        f"atlas.path) at a folder holding {', '.join(f.name for f in files.values())}, "
+        f"or copy them into the cache {cache_dir}. The pinned files: {pins}."
     )
 
 
@@ -177,6 +195,13 @@ def label_atlas_on_grid(image: str | Path, labels_tsv: str | Path, reference: st
     The image is resampled with nearest neighbour only when its grid differs from the
     reference; the returned ``info`` says which happened, for the sidecar.
     """
+    table = load_labels_table(labels_tsv)
+    out, info = label_image_on_grid(image, reference, table, labels_tsv)
+    return out, table, info
+
+
+def label_image_on_grid(image: str | Path, reference: str | Path, table: pd.DataFrame, table_source: str | Path):
+    """A label image on the reference grid (see :func:`label_atlas_on_grid`); every label must be in ``table``."""
     import nibabel as nib
     from nilearn.image import resample_to_img
     from nilearn.image.resampling import BoundingBoxError
@@ -184,7 +209,6 @@ def label_atlas_on_grid(image: str | Path, labels_tsv: str | Path, reference: st
     from .checks import check_atlas_on_grid
     from .io import open_nifti
 
-    table = load_labels_table(labels_tsv)
     original = img = open_nifti(image)
     ref = open_nifti(reference)
     data = label_data(img, image)
@@ -198,10 +222,10 @@ def label_atlas_on_grid(image: str | Path, labels_tsv: str | Path, reference: st
     lost = [] if same else check_atlas_on_grid(image, np.rint(data).astype(np.int64), labels)
     unknown = np.setdiff1d(np.unique(labels[labels > 0]), table["index"].to_numpy())
     if unknown.size:
-        raise InputError(labels_tsv, f"labels {unknown[:10].tolist()} of {Path(image).name} are not in the table")
+        raise InputError(table_source, f"labels {unknown[:10].tolist()} of {Path(image).name} are not in the table")
     out = nib.Nifti1Image(labels, ref.affine)
     out.header.set_xyzt_units("mm")
     info = {"Resampled": not same, "Interpolation": "nearest" if not same else None,
             "OriginalGrid": list(map(int, original.shape)), "OriginalAffine": original.affine.tolist(),
             "LabelsLostInResampling": lost}
-    return out, table, info
+    return out, info

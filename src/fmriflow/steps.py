@@ -60,6 +60,23 @@ def extra_atlas_step(name: str, image: str, labels: str, reference: str, out_img
                       metadata_fields={"Name": name, "SpatialReference": "MNI152NLin6Asym res-2 (A424 grid)"})
 
 
+def pinned_atlas_step(name: str, reference: str, out_img: str, out_labels: str, cache_dir: str,
+                      local_dir: str | None = None) -> None:
+    """A pinned third-party atlas (atlas.pinned), fetched and verified like A424, on the A424 grid, with its table."""
+    from .atlas_pinned import pinned_atlas_files, pinned_atlas_table
+
+    spec, files = pinned_atlas_files(name, Path(cache_dir) / name, local_dir)
+    table = pinned_atlas_table(spec, files)
+    img, info = atlas_mod.label_image_on_grid(files["image"], reference, table, files["image"])
+    save_nifti(img, out_img)
+    write_tsv(out_labels, table)
+    source = {f.name: {"URL": f.url, "sha256": f.sha256} for f in spec.files.values()}
+    for out in (out_img, out_labels):
+        write_sidecar(out, "atlas", [*files.values(), reference], parameters=info,
+                      metadata_fields={"Name": name, "Description": spec.description,
+                                       "SpatialReference": "MNI152NLin6Asym res-2 (A424 grid)", "Source": source})
+
+
 def bids_step(bids_dir: str, out_manifest: str, out_validation: str, *, validate: bool = True, fail_on_errors: bool = True) -> None:
     """Validate the raw dataset and write the manifest of every file (sha256, TR, shape)."""
     from .ingest import build_manifest, run_validator

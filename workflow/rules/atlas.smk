@@ -26,3 +26,20 @@ rule extra_atlas:
         f"{LOGS}/atlas/atlas-{{extra}}.log",
     script:
         "../scripts/extra_atlas.py"
+
+
+rule pinned_atlas:
+    """A pinned third-party atlas (atlas.pinned: Tian S3, Schaefer-400 + Tian S3), fetched (or taken from
+    atlas.path / FMRIFLOW_ATLAS_DIR), verified by sha256, on the A424 grid, with names and MNI centroids."""
+    input:
+        reference=atlas_img("A424"),
+    output:
+        img=atlas_img("{pinned}"),
+        labels=atlas_labels("{pinned}"),
+    # no params, as rule atlas: where the files are found does not shape them (their sha256 is checked)
+    wildcard_constraints:
+        pinned="|".join(PINNED_ATLASES) or "(?!x)x",  # matches nothing when no pinned atlas is asked for
+    log:
+        f"{LOGS}/atlas/atlas-{{pinned}}.log",
+    script:
+        "../scripts/pinned_atlas.py"

@@ -60,7 +60,11 @@ TIMESERIES = config["input"]["mode"] == "timeseries"  # region time series in, n
 # the atlas of the foundation models; config atlas.extra adds others (input.mode timeseries: the input's, alone)
 ATLAS = model_atlas(config)
 EXTRA_ATLASES = {} if TIMESERIES else config["atlas"]["extra"]
-ATLASES = [ATLAS, *EXTRA_ATLASES]
+PINNED_ATLASES = [] if TIMESERIES else config["atlas"]["pinned"]  # fetched like A424 (fmriflow.atlas_pinned)
+if set(PINNED_ATLASES) & set(EXTRA_ATLASES):
+    raise InputError(None, f"atlas.extra names {sorted(set(PINNED_ATLASES) & set(EXTRA_ATLASES))}, which atlas.pinned "
+                           "names too: rename the extra atlas (one name, one atlas)")
+ATLASES = [ATLAS, *EXTRA_ATLASES, *PINNED_ATLASES]
 KINDS = config["connectivity"]["kinds"]
 RUN_KINDS = [k for k in KINDS if k not in GROUP_KINDS]
 DYNAMIC = config["connectivity"]["sliding_window"]["window"] is not None

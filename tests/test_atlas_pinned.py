@@ -1,0 +1,215 @@
+"""Pinned third-party atlases (fmriflow.atlas_pinned): sources, sha256, the offline error, the 450-region
+order, and the parcellation through the pinned path against nilearn.
+
+The atlas files here are test doubles: small label images on the A424 (demo) grid, with tables in
+the releases' formats, written by the tests; the pins are monkeypatched to their sha256. The real
+files are checked by benchmarks/check_pinned_atlases.py when given a folder holding them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from nilearn.maskers import NiftiLabelsMasker
+
+from conftest import REPO, random_bold
+from fmriflow import atlas, atlas_pinned
+from fmriflow.errors import InputError
+
+N_SUB, N_CTX = atlas_pinned.TIAN_S3_N_REGIONS, atlas_pinned.SCHAEFER_N_REGIONS
+
+
+def _blocks(shape, n, z0, seed):
+    """A test-double label image: labels 1..n, each a 2x2x2 block at shuffled places in slab z0..z0+4."""
+    data = np.zeros(shape, np.int16)
+    rng = np.random.default_rng(seed)
+    spots = [(i, j) for i in range(20, 70, 2) for j in range(20, 90, 2)]
+    for label, k in enumerate(rng.permutation(len(spots))[:n], start=1):
+        i, j = spots[k]
+        data[i:i + 2, j:j + 2, z0:z0 + 2] = label
+    return data
+
+
+@pytest.fixture(scope="module")
+def doubles(tmp_path_factory, a424_img):
+    """Test doubles of the pinned files (release names and formats) and the pieces they are made from."""
+    folder = tmp_path_factory.mktemp("pinned_doubles")
+    affine = a424_img.affine
+    tian = _blocks(a424_img.shape, N_SUB, 30, seed=1)  # disjoint slabs: cortex and subcortex do not overlap
+    schaefer = _blocks(a424_img.shape, N_CTX, 50, seed=2)
+    combined = np.where(tian > 0, tian, np.where(schaefer > 0, schaefer + N_SUB, 0)).astype(np.float32)
+    nib.save(nib.Nifti1Image(tian.astype(np.float32), affine), folder / atlas_pinned.TIAN_S3_IMAGE.name)
+    nib.save(nib.Nifti1Image(combined, affine), folder / atlas_pinned.SCHAEFER400_7_TIAN_S3_IMAGE.name)
+    tian_names = [f"SUB{i}-{'rh' if i <= 25 else 'lh'}" for i in range(1, N_SUB + 1)]
+    (folder / atlas_pinned.TIAN_S3_LABELS.name).write_text("\n".join(tian_names))  # the release: no final newline
+    cog = np.round(np.random.default_rng(3).uniform(-30, 30, (N_SUB, 3)), 1)
+    np.savetxt(folder / atlas_pinned.TIAN_S3_CENTROIDS.name, cog, fmt="%.1f", delimiter="\t")
+    ctx_names = [f"7Networks_{'LH' if i <= 200 else 'RH'}_Net_{i}" for i in range(1, N_CTX + 1)]
+    pd.DataFrame({"index": range(1, N_CTX + 1), "name": ctx_names, "color": "#000000"}).to_csv(
+        folder / atlas_pinned.SCHAEFER400_7_NAMES.name, sep="\t", index=False)
+    return {"dir": folder, "tian": tian, "schaefer": schaefer, "tian_names": tian_names, "cog": cog,
+            "ctx_names": ctx_names, "affine": affine}
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def pinned_to_doubles(doubles, monkeypatch):
+    """Every pin pointed at its test double's sha256 (addresses unreachable: nothing is downloaded)."""
+    monkeypatch.delenv(atlas.ATLAS_DIR_ENV, raising=False)
+    for name, spec in atlas_pinned.PINNED_ATLASES.items():
+        files = {key: atlas.AtlasFile(f.name, f"http://127.0.0.1:9/{f.name}", _sha(doubles["dir"] / f.name))
+                 for key, f in spec.files.items()}
+        monkeypatch.setitem(atlas_pinned.PINNED_ATLASES, name, dataclasses.replace(spec, files=files))
+    return doubles
+
+
+@pytest.mark.parametrize("name", sorted(atlas_pinned.PINNED_ATLASES))
+def test_local_dir_verified_then_cached(pinned_to_doubles, tmp_path, name):
+    folder = pinned_to_doubles["dir"]
+    spec, files = atlas_pinned.pinned_atlas_files(name, tmp_path / "cache", folder, download=False)
+    assert set(files) == set(spec.files)
+    for key, path in files.items():
+        assert path.parent == tmp_path / "cache" and path.read_bytes() == (folder / spec.files[key].name).read_bytes()
+    # the cache alone serves the next call (offline, no folder given)
+    assert atlas_pinned.pinned_atlas_files(name, tmp_path / "cache", None, download=False)[1] == files
+
+
+def test_environment_variable_is_honoured(pinned_to_doubles, tmp_path, monkeypatch):
+    monkeypatch.setenv(atlas.ATLAS_DIR_ENV, str(pinned_to_doubles["dir"]))
+    _, files = atlas_pinned.pinned_atlas_files("TianS3", tmp_path / "cache", download=False)
+    assert files["image"] == tmp_path / "cache" / atlas_pinned.TIAN_S3_IMAGE.name and files["image"].is_file()
+
+
+def test_wrong_sha256_refused_naming_file_and_both_hashes(pinned_to_doubles, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(pinned_to_doubles["dir"], bad)
+    path = bad / atlas_pinned.TIAN_S3_LABELS.name
+    path.write_text(path.read_text().replace("SUB1-rh", "SUB1-lh"))
+    pinned = atlas_pinned.PINNED_ATLASES["TianS3"].files["labels"].sha256
+    with pytest.raises(InputError) as err:
+        atlas_pinned.pinned_atlas_files("TianS3", tmp_path / "cache", bad, download=False)
+    message = str(err.value)
+    assert str(path) in message and _sha(path) in message and pinned in message and _sha(path) != pinned
+    assert not (tmp_path / "cache" / path.name).exists()
+
+
+def test_file_missing_from_the_folder_names_its_address(pinned_to_doubles, tmp_path):
+    partial = tmp_path / "partial"
+    shutil.copytree(pinned_to_doubles["dir"], partial)
+    (partial / atlas_pinned.TIAN_S3_CENTROIDS.name).unlink()
+    with pytest.raises(InputError, match=r"Tian_Subcortex_S3_3T_COG.txt not found .*its pinned address is http"):
+        atlas_pinned.pinned_atlas_files("TianS3", tmp_path / "cache", partial, download=False)
+
+
+@pytest.mark.parametrize("name", sorted(atlas_pinned.PINNED_ATLASES))
+def test_offline_error_names_the_options(tmp_path, monkeypatch, name):
+    """The real pins: the message names the variable, the config key, every file, address and sha256."""
+    monkeypatch.delenv(atlas.ATLAS_DIR_ENV, raising=False)
+    with pytest.raises(atlas.AtlasUnavailableError) as err:
+        atlas_pinned.pinned_atlas_files(name, tmp_path / "empty-cache", download=False)
+    message = str(err.value)
+    assert "FMRIFLOW_ATLAS_DIR" in message and "atlas.path" in message and name in message
+    for spec in atlas_pinned.PINNED_ATLASES[name].files.values():
+        assert spec.name in message and spec.url in message and spec.sha256 in message
+        assert spec.url.startswith("https://raw.githubusercontent.com/")
+        commit = spec.url.split("/")[5]
+        assert len(commit) == 40 and all(c in "0123456789abcdef" for c in commit)  # a fixed commit, not a branch
+
+
+def test_failed_download_leaves_nothing(pinned_to_doubles, tmp_path):
+    with pytest.raises(atlas.AtlasUnavailableError, match="TianS3 atlas file .* download failed.*FMRIFLOW_ATLAS_DIR"):
+        atlas_pinned.pinned_atlas_files("TianS3", tmp_path / "cache")  # the doubles' addresses refuse connections
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
+def test_unknown_name_lists_the_allowed():
+    with pytest.raises(InputError, match=r"atlas.pinned: unknown pinned atlas 'Schaefer400'.*TianS3"):
+        atlas_pinned.pinned_atlas_files("Schaefer400", "unused")
+
+
+def test_schema_allows_exactly_the_registry():
+    schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    pinned = schema["properties"]["atlas"]["properties"]["pinned"]
+    assert sorted(pinned["items"]["enum"]) == sorted(atlas_pinned.PINNED_ATLASES) and pinned["default"] == []
+
+
+def _centroid(data, affine, label):
+    ijk = np.argwhere(data == label).mean(axis=0)
+    return affine[:3, :3] @ ijk + affine[:3, 3]
+
+
+def test_combined_order_against_an_independent_construction(pinned_to_doubles, tmp_path):
+    """Brain-JEPA's 450 regions: the 50 Tian S3 regions, then the 400 Schaefer ones (its loader
+    concatenates the subcortical series before the cortical); names and centroids follow."""
+    d = pinned_to_doubles
+    spec, files = atlas_pinned.pinned_atlas_files("Schaefer400N7TianS3", tmp_path / "cache", d["dir"], download=False)
+    table = atlas_pinned.pinned_atlas_table(spec, files)
+    assert table["index"].tolist() == list(range(1, 451))
+    assert table["name"].tolist() == d["tian_names"] + d["ctx_names"]
+    assert table["group"].tolist() == ["subcortex"] * 50 + ["cortex"] * 400
+    assert table["hemisphere"].tolist() == ["R"] * 25 + ["L"] * 25 + ["L"] * 200 + ["R"] * 200
+    np.testing.assert_allclose(table[["x", "y", "z"]].to_numpy()[:50], d["cog"])
+    for k in (0, 123, 399):  # the cortical centroids: the mean voxel of the Schaefer double's region
+        np.testing.assert_allclose(table.loc[50 + k, ["x", "y", "z"]].to_numpy(float),
+                                   _centroid(d["schaefer"], d["affine"], k + 1), atol=1e-6)
+
+
+def test_table_refuses_an_image_without_every_label(pinned_to_doubles, tmp_path):
+    d = pinned_to_doubles
+    short = tmp_path / "short"
+    shutil.copytree(d["dir"], short)
+    tian = d["tian"].astype(np.float32)
+    tian[tian == 7] = 0
+    image = short / atlas_pinned.TIAN_S3_IMAGE.name
+    nib.save(nib.Nifti1Image(tian, d["affine"]), image)
+    spec = atlas_pinned.PINNED_ATLASES["TianS3"]
+    files = {k: short / f.name for k, f in spec.files.items()}
+    with pytest.raises(InputError, match="expected labels 1..50 in the image.*49 labels"):
+        atlas_pinned.pinned_atlas_table(spec, files)
+
+
+def _nilearn_mean(bold, labels):
+    masker = NiftiLabelsMasker(labels_img=labels, strategy="mean", keep_masked_labels=False)
+    values = masker.fit_transform(bold)
+    ids = masker.region_ids_  # column position -> label value
+    return pd.DataFrame(values, columns=[int(ids[i]) for i in range(values.shape[1])])
+
+
+def test_parcellation_through_the_pinned_path_equals_nilearn(pinned_to_doubles, atlas_dir, tmp_path):
+    """pinned_atlas_step then one parcellate_step pass (A424 and the 450 regions from one read):
+    the 450 columns equal nilearn's NiftiLabelsMasker (mean) on the Tian double then on the Schaefer
+    double, concatenated in that order, as Brain-JEPA's loader builds its input."""
+    from fmriflow.parcellate_step import parcellate_step
+    from fmriflow.steps import atlas_step, pinned_atlas_step
+
+    d = pinned_to_doubles
+    bold = random_bold(d["tian"].shape, 8, d["affine"], seed=5)
+    nib.save(bold, tmp_path / "bold.nii.gz")
+    a424 = (tmp_path / "a424_dseg.nii.gz", tmp_path / "a424_labels.tsv")
+    atlas_step(str(a424[0]), str(a424[1]), str(tmp_path / "a424-cache"), str(atlas_dir))
+    out = (tmp_path / "atlas-450_dseg.nii.gz", tmp_path / "atlas-450_labels.tsv")
+    pinned_atlas_step("Schaefer400N7TianS3", str(a424[0]), str(out[0]), str(out[1]), str(tmp_path / "cache"),
+                      str(d["dir"]))
+    series = [tmp_path / "a424_ts.tsv", tmp_path / "450_ts.tsv"]
+    parcellate_step(str(tmp_path / "bold.nii.gz"), None, [tuple(map(str, a424)), tuple(map(str, out))],
+                    [str(s) for s in series], [None, None], strategy="mean", min_coverage=0.0)
+    ours = pd.read_csv(series[1], sep="\t")
+    assert list(ours.columns) == d["tian_names"] + d["ctx_names"]
+    sub = _nilearn_mean(bold, nib.Nifti1Image(d["tian"], d["affine"]))
+    ctx = _nilearn_mean(bold, nib.Nifti1Image(d["schaefer"], d["affine"]))
+    reference = np.hstack([sub[list(range(1, 51))].to_numpy(), ctx[list(range(1, 401))].to_numpy()])
+    np.testing.assert_allclose(ours.to_numpy(), reference, atol=1e-4, rtol=0)
+    sidecar = yaml.safe_load(out[1].with_suffix(".json").read_text())
+    image = atlas_pinned.SCHAEFER400_7_TIAN_S3_IMAGE.name
+    assert sidecar["Name"] == "Schaefer400N7TianS3" and sidecar["Source"][image]["sha256"] == _sha(d["dir"] / image)
