@@ -228,7 +228,8 @@ def _modelling_parsers(sub) -> None:
 
 def _bundle_parsers(sub, atlas_options) -> None:
     """The encoder-bundle commands: ``model-card`` and ``import-checkpoint``."""
-    p = sub.add_parser("model-card", help="print an encoder bundle's model card (how to prepare data for it, where it came from)")
+    p = sub.add_parser("model-card", help="print an encoder bundle's model card (how to prepare data for it, "
+                                          "where it came from)")
     p.add_argument("bundle", type=Path, help="the bundle folder (e.g. results/fmriflow/models/atlas-A424_model-tiny) "
                    "or its model_card.json")
     p.add_argument("--regions", type=int, default=5, help="regions whose statistics are listed (all are in the card)")
@@ -251,12 +252,14 @@ def _bundle_parsers(sub, atlas_options) -> None:
 
 
 def _add_demo_data(sub, atlas_options) -> None:
-    p = sub.add_parser("demo-data", help="write the synthetic demo dataset (raw BIDS, fMRIPrep-shaped derivatives, ground truth)")
+    p = sub.add_parser("demo-data", help="write the synthetic demo dataset (raw BIDS, fMRIPrep-shaped derivatives, "
+                                         "ground truth)")
     p.add_argument("out", type=Path)
     p.add_argument("--subjects", type=int, default=24)
     p.add_argument("--trs", type=int, default=200, help="volumes per run")
     p.add_argument("--tr", type=float, default=2.0, help="repetition time in seconds")
-    p.add_argument("--bold-res", type=int, default=2, choices=(2, 3, 4), help="voxel size (mm) of the preprocessed BOLD")
+    p.add_argument("--bold-res", type=int, default=2, choices=(2, 3, 4),
+                   help="voxel size (mm) of the preprocessed BOLD")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--jobs", type=int, default=1, help="subjects generated in parallel")
     p.add_argument("--overwrite", action="store_true")
@@ -277,7 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     def atlas_options(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--atlas-dir", help="folder holding the A424 files (else $FMRIFLOW_ATLAS_DIR, the cache, or a download)")
+        p.add_argument("--atlas-dir",
+                       help="folder holding the A424 files (else $FMRIFLOW_ATLAS_DIR, the cache, or a download)")
         p.add_argument("--atlas-cache", default=DEFAULT_CACHE, help=f"atlas cache folder (default {DEFAULT_CACHE})")
 
     _add_demo_data(sub, atlas_options)

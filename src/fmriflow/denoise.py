@@ -125,7 +125,8 @@ def compcor_columns(confounds: pd.DataFrame, metadata: Mapping[str, Any] | None,
         chosen = from_meta or old
         if len(chosen) < N_COMPCOR:
             raise InputError(path, f"aCompCor needs {N_COMPCOR} components of the {mask} mask: found {len(chosen)} "
-                                   f"(a_comp_cor_NN with \"Mask\": \"{mask}\" in the JSON sidecar, or {old_prefix}_NN columns)")
+                                   f"(a_comp_cor_NN with \"Mask\": \"{mask}\" in the JSON sidecar, "
+                                   f"or {old_prefix}_NN columns)")
         picked += chosen
     return picked
 
@@ -143,8 +144,8 @@ def dummy_volumes(confounds: pd.DataFrame, dummy_scans: int | str, path: str | P
     """Initial volumes to drop: an integer, or ``"auto"`` for fMRIPrep's non-steady-state flags."""
     if dummy_scans != "auto":
         return int(dummy_scans)
-    flagged = sorted(int(np.flatnonzero(confounds[c].to_numpy() == 1)[0])
-                     for c in confounds.columns if c.startswith("non_steady_state_outlier") and (confounds[c] == 1).any())
+    columns = [c for c in confounds.columns if c.startswith("non_steady_state_outlier") and (confounds[c] == 1).any()]
+    flagged = sorted(int(np.flatnonzero(confounds[c].to_numpy() == 1)[0]) for c in columns)
     if flagged != list(range(len(flagged))):
         raise InputError(path, f"non_steady_state_outlier columns flag volumes {flagged}: not the initial volumes")
     return len(flagged)
@@ -234,7 +235,8 @@ def butterworth(data: np.ndarray, tr: float, high_pass: float | None, low_pass: 
     nyquist = 0.5 / tr
     for name, value in (("high_pass", high_pass), ("low_pass", low_pass)):
         if value is not None and not 0 < value < nyquist:
-            raise ValueError(f"'{name}' must lie in (0, {nyquist:g}) Hz, the Nyquist frequency at TR {tr:g} s; {value!r} was provided")
+            raise ValueError(f"'{name}' must lie in (0, {nyquist:g}) Hz, the Nyquist frequency at TR {tr:g} s; "
+                             f"{value!r} was provided")
     if high_pass and low_pass:
         sos = butter(order, [high_pass / nyquist, low_pass / nyquist], btype="bandpass", output="sos")
     elif high_pass:

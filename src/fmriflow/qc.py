@@ -35,7 +35,8 @@ EXCLUSION_CRITERIA = {
     "max_fd": ("max_fd", ">", "max FD {value:.3g} mm > {threshold:g} mm"),
     "max_fraction_censored": ("fraction_censored", ">", "{value:.1%} of volumes censored > {threshold:.1%}"),
     "min_time": ("remaining_time_s", "<", "{value:.4g} s left after censoring < {threshold:g} s"),
-    "min_degrees_of_freedom": ("degrees_of_freedom", "<", "{value:.0f} degrees of freedom left after denoising < {threshold:g}"),
+    "min_degrees_of_freedom": ("degrees_of_freedom", "<",
+                               "{value:.0f} degrees of freedom left after denoising < {threshold:g}"),
     "min_tsnr": ("median_tsnr", "<", "median tSNR {value:.3g} < {threshold:g}"),
     "min_region_coverage": ("region_coverage", "<", "{value:.1%} of atlas regions covered < {threshold:.1%}"),
 }

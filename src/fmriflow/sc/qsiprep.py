@@ -96,7 +96,8 @@ def fs_license(section: Mapping[str, Any], environ: Mapping[str, str] | None = N
     path = section.get("fs_license") or environ.get("FS_LICENSE")
     if not path:
         raise InputError("qsiprep.fs_license", "fs_license is not set (nor FS_LICENSE): QSIPrep and QSIRecon need a "
-                                              "FreeSurfer licence file (free from surfer.nmr.mgh.harvard.edu/registration.html)")
+                                              "FreeSurfer licence file (free from "
+                                              "surfer.nmr.mgh.harvard.edu/registration.html)")
     if not Path(path).is_file():
         raise InputError(path, "FreeSurfer licence file not found (qsiprep.fs_license)")
     return Path(path)
