@@ -125,6 +125,7 @@ def main() -> None:
     parser.add_argument("--ig-steps", type=int, default=16)
     parser.add_argument("--workers", type=int, default=min(16, os.cpu_count() or 1))
     parser.add_argument("--no-serial", action="store_true", help="skip the one-worker CPU case")
+    parser.add_argument("--gpu-only", action="store_true", help="only the GPU cases (and their score difference)")
     args = parser.parse_args()
     os.environ.setdefault("FMRIFLOW_PROGRESS", "0")
     # ask NVML, not the CUDA runtime, whether there is a GPU: the runtime's answer opens the driver
@@ -140,6 +141,7 @@ def main() -> None:
         # forked cases before cuda x1: that one opens a CUDA context in this process, which workers forked
         # after it could not use
         cases = ([] if args.no_serial else [("cpu", 1)]) + [("cpu", args.workers), ("cuda", args.workers), ("cuda", 1)]
+        cases = [c for c in cases if c[0] == "cuda"] if args.gpu_only else cases
         rows = []
         for device, workers in cases:
             if device == "cuda" and not torch.cuda.is_available():
@@ -158,11 +160,12 @@ def main() -> None:
                   f"tables {'identical' if same else 'DIFFERENT'}")
         # after the worker cases: a backward pass in this process before it forks workers breaks
         # theirs on a machine with a GPU (torch's autograd threads do not survive fork)
-        one, many = fit_seconds(paths, args, 1), fit_seconds(paths, args, args.workers)
-        print(f"one concat fit in one process: {one:.2f} s with 1 torch thread, {many:.2f} s with {args.workers} "
-              f"({one / many:.2f}x for {args.workers}x the cores)")
+        if cpu:
+            one, many = fit_seconds(paths, args, 1), fit_seconds(paths, args, args.workers)
+            print(f"one concat fit in one process: {one:.2f} s with 1 torch thread, {many:.2f} s with {args.workers} "
+                  f"({one / many:.2f}x for {args.workers}x the cores)")
         gpu = [r for r in rows if r["case"].startswith("cuda")]
-        for r in gpu:
+        for r in gpu if cpu else []:
             best = min(cpu, key=lambda c: c["seconds"])
             print(f"{r['case']} vs {best['case']}: {best['seconds'] / r['seconds']:.2f}x")
         if len(gpu) == 2:

@@ -105,7 +105,21 @@ def _init(inputs: Inputs, settings: FinetuneSettings, attribution: IGTables, par
         torch.set_num_threads(1)
         for handler in list(logging.getLogger().handlers):  # a forked copy of the job log's handler
             logging.getLogger().removeHandler(handler)
+    if settings.train.device != "cpu":
+        _deterministic_cuda()
     _STATE.update(inputs=inputs, settings=settings, attribution=attribution, worker=parent is not None)
+
+
+def _deterministic_cuda() -> None:
+    """The same fits on a GPU whatever the number of workers or the run: deterministic kernels.
+
+    cuBLAS needs its workspace size fixed before its first call (the worker's, or this process's);
+    an op with no deterministic kernel warns instead of failing.
+    """
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+    torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 def _die_with(parent: int) -> None:
