@@ -168,3 +168,19 @@ def test_lm_samples_follow_its_next_token_distribution():
     longer = model.sample([prompt, prompt_ids(vocab, [1], [5, 6])], allowed, vocab.eos, 4, 3, torch.Generator().manual_seed(1))
     assert [len(d) for d in longer] == [3, 3]
     assert all(all(t in (3, 4, 5, 6) for t in seq) and len(seq) <= 4 for d in longer for seq in d)
+
+
+def test_answers_with_line_breaks_survive_a_tsv_round_trip(tmp_path):
+    """Generated answers may hold tabs and carriage returns (an untrained model writes any byte): written
+    with their control pictures, the TSV reads back row for row, and the same number parses from them."""
+    import pandas as pd
+
+    from fmriflow.io import read_tsv, write_tsv
+    from fmriflow.training.text_tasks import visible
+
+    raw = [" 34\r", "\t\n5\x00.5", "a\rb", " 61.5"]
+    write_tsv(tmp_path / "a.tsv", pd.DataFrame({"answer": [visible(t) for t in raw], "k": range(4)}))
+    back = read_tsv(tmp_path / "a.tsv", dtype={"answer": str})
+    assert back["k"].tolist() == [0, 1, 2, 3]
+    assert back["answer"].tolist() == [" 34\u240d", "\u2409\u240a5\u2400.5", "a\u240db", " 61.5"]
+    assert [parse_number(t) for t in back["answer"]] == [parse_number(t) for t in raw] == [34.0, 5.0, None, 61.5]

@@ -301,7 +301,7 @@ def _score(model, examples: pd.DataFrame, vocab, tokenizer, train_mean: float, m
     prompts = [prompt_ids(vocab, c, p) for c, p in zip(held["codes"], held["prompt"])]
     texts = [tokenizer.decode(g) for g in model.greedy(prompts, allowed, vocab.eos, max_new)]
     parsed = parse_answers(texts)
-    answers = held[["sample", "subject", "split", "truth"]].assign(answer=texts, parsed=[
+    answers = held[["sample", "subject", "split", "truth"]].assign(answer=[visible(t) for t in texts], parsed=[
         np.nan if v is None else v for v in parsed.values])
     samples = _sampled_answers(model, prompts, held, allowed, vocab, tokenizer, max_new, cfg.seed)
     greedy = subject_predictions(answers).rename(columns={"prediction": "greedy_prediction",
@@ -346,8 +346,20 @@ def _sampled_answers(model, prompts: list, held: pd.DataFrame, allowed: torch.Te
     return pd.DataFrame({"sample": np.repeat(held["sample"].to_numpy(), ANSWER_SAMPLES),
                          "subject": np.repeat(held["subject"].to_numpy(), ANSWER_SAMPLES),
                          "truth": np.repeat(held["truth"].to_numpy(), ANSWER_SAMPLES),
-                         "draw": np.tile(np.arange(ANSWER_SAMPLES), len(held)), "answer": texts,
+                         "draw": np.tile(np.arange(ANSWER_SAMPLES), len(held)), "answer": [visible(t) for t in texts],
                          "parsed": [np.nan if v is None else v for v in parsed.values]})
+
+
+# A generated answer may hold any byte the tokenizer can decode, line breaks and tabs too, which a TSV
+# cell cannot (a bare carriage return ends the row for pandas' reader): each ASCII control character is
+# written as its Unicode control picture (U+2400 + code, DEL U+2421), lossless and never a digit, so the
+# number parsed from the written answer is the one scored.
+_CONTROL_PICTURES = {**{code: 0x2400 + code for code in range(32)}, 127: 0x2421}
+
+
+def visible(text: str) -> str:
+    """``text`` with its ASCII control characters as Unicode control pictures ("a\tb" -> "a\u2409b")."""
+    return text.translate(_CONTROL_PICTURES)
 
 
 def _ridge_on_codes(examples: pd.DataFrame, subjects: pd.Series, n_codes: int) -> np.ndarray:
@@ -367,5 +379,5 @@ def _ridge_on_codes(examples: pd.DataFrame, subjects: pd.Series, n_codes: int) -
     return ridge.predict(np.stack(held.loc[list(subjects)].to_list()))
 
 
-__all__ = ["HELD_OUT", "VQ_FIELDS", "SequenceDataset", "load_vq_align", "lm_finetune_task", "vq_align_task",
-           "vq_metrics"]
+__all__ = ["ANSWER_SAMPLES", "HELD_OUT", "VQ_FIELDS", "SequenceDataset", "load_vq_align", "lm_finetune_task",
+           "visible", "vq_align_task", "vq_metrics"]
