@@ -145,8 +145,9 @@ def test_subject_medians_pool_every_sampled_answer():
 
 @needs_text
 def test_lm_samples_follow_its_next_token_distribution():
-    """The first sampled token's frequencies (expected 0.08-0.42 here) against the softmax of the model's own logits over the
-    allowed ids (4,000 draws: each frequency within 4 binomial SDs); the same seed draws the same."""
+    """The first sampled token's frequencies (expected 0.08-0.42 here) against the softmax of the
+    model's own logits over the allowed ids (4,000 draws: each frequency within 4 binomial SDs); the
+    same seed draws the same; answers stop at eos or max_new and hold allowed ids only."""
     from fmriflow.text.lm import build_lm
 
     vocab = SharedVocab(n_text=12, n_codes=5, bos=1, eos=2, pad=0)
@@ -162,10 +163,12 @@ def test_lm_samples_follow_its_next_token_distribution():
     draws = model.sample([prompt], allowed, vocab.eos, 1, n, torch.Generator().manual_seed(0))[0]
     first = np.array([d[0] if d else vocab.eos for d in draws])  # eos is dropped from an answer
     observed = np.array([(first == t).mean() for t in (2, 3, 4, 5, 6)])
-    assert np.all(np.abs(observed - expected) <= 4 * np.sqrt(expected * (1 - expected) / n) + 1e-9), (observed, expected)
+    bound = 4 * np.sqrt(expected * (1 - expected) / n)
+    assert np.all(np.abs(observed - expected) <= bound + 1e-9), (observed, expected)
     again = model.sample([prompt], allowed, vocab.eos, 1, n, torch.Generator().manual_seed(0))[0]
     assert again == draws
-    longer = model.sample([prompt, prompt_ids(vocab, [1], [5, 6])], allowed, vocab.eos, 4, 3, torch.Generator().manual_seed(1))
+    two = [prompt, prompt_ids(vocab, [1], [5, 6])]
+    longer = model.sample(two, allowed, vocab.eos, 4, 3, torch.Generator().manual_seed(1))
     assert [len(d) for d in longer] == [3, 3]
     assert all(all(t in (3, 4, 5, 6) for t in seq) and len(seq) <= 4 for d in longer for seq in d)
 

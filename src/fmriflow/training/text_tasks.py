@@ -311,8 +311,9 @@ def _score(model, examples: pd.DataFrame, vocab, tokenizer, train_mean: float, m
     per["ridge_prediction"] = _ridge_on_codes(examples, per["subject"], vocab.n_codes)
     base = {"target": cfg.target, "windows": len(held)}
     rows = []
-    for name, column, n_answers, unparseable in (("lm", "prediction", len(samples), int(samples["parsed"].isna().sum())),
-                                                 ("lm_greedy", "greedy_prediction", len(held), parsed.unparseable)):
+    decoded = (("lm", "prediction", len(samples), int(samples["parsed"].isna().sum())),
+               ("lm_greedy", "greedy_prediction", len(held), parsed.unparseable))
+    for name, column, n_answers, unparseable in decoded:
         scored = per[per[column].notna()]
         rows.append({"predictor": name, **base, "answers": n_answers, "unparseable_answers": unparseable,
                      "subjects_without_answer": int(per[column].isna().sum()),
@@ -320,7 +321,8 @@ def _score(model, examples: pd.DataFrame, vocab, tokenizer, train_mean: float, m
     rows.append({"predictor": "ridge_on_codes", **base, "answers": 0, "unparseable_answers": 0,
                  "subjects_without_answer": 0,
                  **mae_against_mean(per["truth"], per["ridge_prediction"], train_mean, seed=cfg.seed)})
-    files = {"answers.tsv": answers, "samples.tsv": samples, "predictions.tsv": per, "lm_metrics.tsv": pd.DataFrame(rows)}
+    files = {"answers.tsv": answers, "samples.tsv": samples, "predictions.tsv": per,
+             "lm_metrics.tsv": pd.DataFrame(rows)}
     for name, table in files.items():
         write_tsv(out / name, table)
     return [out / name for name in files]
