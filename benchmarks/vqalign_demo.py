@@ -6,8 +6,9 @@ lowers within-network coupling and signal amplitude, random sex) is windowed as 
 dataset is, the three runs train on it, and the script prints for both vq-align runs the final
 discriminator accuracy (and its range over the last four evaluations), reconstruction R^2,
 codebook use and fresh held-out probes of codes against text rows; then the language model's
-MAE with its bootstrap CI beside predicting the training mean, ridge on the subjects' code
-histograms, and ridge on their signal amplitude (is age in the data at all?).
+MAE with its bootstrap CI (the median of its sampled answers, and its greedy answers) beside
+predicting the training mean, ridge on the subjects' code histograms, and ridge on their signal
+amplitude (is age in the data at all?).
 
     PYTHONPATH=src python benchmarks/vqalign_demo.py --out /tmp/vqalign [--subjects 24] [--steps 300]
         [--train-seed 1] [--align-weight 0.5] [--runs aligned ablation lm]
@@ -177,7 +178,7 @@ def main() -> None:
               f"{row['mae_mean_baseline']:.2f} [{row['mae_mean_baseline_ci_low']:.2f}, {row['mae_mean_baseline_ci_high']:.2f}]"
               f"  difference {row['mae_difference']:+.2f} [{row['mae_difference_ci_low']:+.2f}, "
               f"{row['mae_difference_ci_high']:+.2f}]  n={row['n_subjects']}  unparseable {row['unparseable_answers']}"
-              f"/{row['windows']}")
+              f"/{row['answers'] if row.get('answers', 0) > 0 else row['windows']}")
     print("  seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()))
 
 

@@ -128,3 +128,62 @@ def test_lm_vocabulary_embeddings_and_loss_on_the_answer_only():
     allowed[vocab.eos] = True
     answers = model.greedy([prompt_ids(vocab, [0, 4], [5]), prompt_ids(vocab, [1], [5, 6])], allowed, vocab.eos, 4)
     assert all(all(3 <= t < 12 for t in seq) and len(seq) <= 4 for seq in answers)
+
+
+def test_subject_medians_pool_every_sampled_answer():
+    import pandas as pd
+
+    from fmriflow.text.scoring import subject_medians
+
+    rows = pd.DataFrame({"subject": ["a"] * 5 + ["b"] * 3, "truth": [30.0] * 5 + [50.0] * 3,
+                         "parsed": [20, 31, np.nan, 33, 90, np.nan, np.nan, np.nan]})
+    per = subject_medians(rows).set_index("subject")
+    assert per.loc["a", "prediction"] == np.median([20, 31, 33, 90])  # 32: not the mean's 43.5
+    assert np.isnan(per.loc["b", "prediction"])
+    assert per["unparseable"].to_dict() == {"a": 1, "b": 3} and per["answers"].to_dict() == {"a": 5, "b": 3}
+
+
+@needs_text
+def test_lm_samples_follow_its_next_token_distribution():
+    """The first sampled token's frequencies (expected 0.08-0.42 here) against the softmax of the
+    model's own logits over the allowed ids (4,000 draws: each frequency within 4 binomial SDs); the
+    same seed draws the same; answers stop at eos or max_new and hold allowed ids only."""
+    from fmriflow.text.lm import build_lm
+
+    vocab = SharedVocab(n_text=12, n_codes=5, bos=1, eos=2, pad=0)
+    torch.manual_seed(3)
+    model = build_lm("tiny", vocab, torch.randn(12, 8) * 10, torch.randn(5, 8) * 10, n_positions=16).eval()
+    allowed = torch.zeros(vocab.size, dtype=torch.bool)
+    allowed[[2, 3, 4, 5, 6]] = True
+    prompt = prompt_ids(vocab, [0, 4], [5])
+    with torch.no_grad():
+        logits = model.lm(input_ids=torch.tensor([prompt])).logits[0, -1].double()
+    expected = torch.softmax(logits.masked_fill(~allowed, float("-inf")), -1)[[2, 3, 4, 5, 6]].numpy()
+    n = 4000
+    draws = model.sample([prompt], allowed, vocab.eos, 1, n, torch.Generator().manual_seed(0))[0]
+    first = np.array([d[0] if d else vocab.eos for d in draws])  # eos is dropped from an answer
+    observed = np.array([(first == t).mean() for t in (2, 3, 4, 5, 6)])
+    bound = 4 * np.sqrt(expected * (1 - expected) / n)
+    assert np.all(np.abs(observed - expected) <= bound + 1e-9), (observed, expected)
+    again = model.sample([prompt], allowed, vocab.eos, 1, n, torch.Generator().manual_seed(0))[0]
+    assert again == draws
+    two = [prompt, prompt_ids(vocab, [1], [5, 6])]
+    longer = model.sample(two, allowed, vocab.eos, 4, 3, torch.Generator().manual_seed(1))
+    assert [len(d) for d in longer] == [3, 3]
+    assert all(all(t in (3, 4, 5, 6) for t in seq) and len(seq) <= 4 for d in longer for seq in d)
+
+
+def test_answers_with_line_breaks_survive_a_tsv_round_trip(tmp_path):
+    """Generated answers may hold tabs and carriage returns (an untrained model writes any byte): written
+    with their control pictures, the TSV reads back row for row, and the same number parses from them."""
+    import pandas as pd
+
+    from fmriflow.io import read_tsv, write_tsv
+    from fmriflow.training.text_tasks import visible
+
+    raw = [" 34\r", "\t\n5\x00.5", "a\rb", " 61.5"]
+    write_tsv(tmp_path / "a.tsv", pd.DataFrame({"answer": [visible(t) for t in raw], "k": range(4)}))
+    back = read_tsv(tmp_path / "a.tsv", dtype={"answer": str})
+    assert back["k"].tolist() == [0, 1, 2, 3]
+    assert back["answer"].tolist() == [" 34\u240d", "\u2409\u240a5\u2400.5", "a\u240db", " 61.5"]
+    assert [parse_number(t) for t in back["answer"]] == [parse_number(t) for t in raw] == [34.0, 5.0, None, 61.5]

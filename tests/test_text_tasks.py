@@ -91,23 +91,35 @@ def test_vq_align_resume_is_exact(data, tmp_path):
 
 
 def test_lm_finetune_scores_parsed_answers(data, tmp_path):
+    """lm: each subject's median over the numbers parsed from its sampled answers (numpy's median);
+    lm_greedy: the mean of its windows' greedy answers; both scored against the training mean."""
+    from fmriflow.training.text_tasks import ANSWER_SAMPLES
+
     train(config(data, tmp_path / "vq", max_steps=10))
     cfg = config(data, tmp_path / "lm", task="lm-finetune", init_from=str(tmp_path / "vq" / "model.pt"),
                  target="age", text_prompt="sex: {sex}; age:", max_steps=30, lr=1e-2)
     train(cfg)
     answers = pd.read_csv(tmp_path / "lm" / "answers.tsv", sep="\t", dtype={"subject": str})
-    per = pd.read_csv(tmp_path / "lm" / "predictions.tsv", sep="\t", dtype={"subject": str})
+    samples = pd.read_csv(tmp_path / "lm" / "samples.tsv", sep="\t", dtype={"subject": str, "answer": str})
+    per = pd.read_csv(tmp_path / "lm" / "predictions.tsv", sep="\t", dtype={"subject": str}).set_index("subject")
     table = pd.read_csv(tmp_path / "lm" / "lm_metrics.tsv", sep="\t").set_index("predictor")
-    metrics = {"unparseable_answers": int(table.loc["lm", "unparseable_answers"]), "lm": table.loc["lm"]}
     assert set(answers["split"]) <= {"val", "test"} and len(per) == answers["subject"].nunique()
-    assert metrics["unparseable_answers"] == int(answers["parsed"].isna().sum())
-    scored = per.dropna(subset=["prediction"])
+    assert len(samples) == ANSWER_SAMPLES * len(answers) and set(samples["sample"]) == set(answers["sample"])
+    assert table.loc["lm_greedy", "unparseable_answers"] == int(answers["parsed"].isna().sum())
+    numbers = samples["answer"].fillna("").str.extract(r"([-+]?(?:\d+(?:\.\d*)?|\.\d+))")[0].astype(float)
+    assert table.loc["lm", "unparseable_answers"] == int(numbers.isna().sum())
+    medians = {s: np.median(v.dropna()) if v.notna().any() else np.nan for s, v in numbers.groupby(samples["subject"])}
+    np.testing.assert_allclose(per["prediction"], [medians[s] for s in per.index])
+    greedy = answers.groupby("subject")["parsed"].mean()
+    np.testing.assert_allclose(per["greedy_prediction"], greedy[per.index])
     ages = pd.read_csv(data[1], sep="\t")
     train_subjects = pd.read_csv(data[0] / "splits.tsv", sep="\t", dtype={"subject": str}).query("split == 'train'")
     mean = ages.set_index(ages["participant_id"].str[4:]).loc[train_subjects["subject"], "age"].mean()
-    assert metrics["lm"]["train_mean"] == pytest.approx(mean)
-    assert metrics["lm"]["mae"] == pytest.approx(np.abs(scored["truth"] - scored["prediction"]).mean())
-    assert metrics["lm"]["mae_mean_baseline"] == pytest.approx(np.abs(scored["truth"] - mean).mean())
+    for predictor, column in (("lm", "prediction"), ("lm_greedy", "greedy_prediction")):
+        scored = per.dropna(subset=[column])
+        assert table.loc[predictor, "train_mean"] == pytest.approx(mean)
+        assert table.loc[predictor, "mae"] == pytest.approx(np.abs(scored["truth"] - scored[column]).mean())
+        assert table.loc[predictor, "mae_mean_baseline"] == pytest.approx(np.abs(scored["truth"] - mean).mean())
 
 
 def test_lm_finetune_prompt_must_not_hold_the_answer(data, tmp_path):

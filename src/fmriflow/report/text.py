@@ -39,14 +39,21 @@ def text_section(files: Mapping[str, PathLike]) -> str:
             return f"{fmt(row[key], spec)} [{fmt(row[key + '_ci_low'], spec)}, {fmt(row[key + '_ci_high'], spec)}]"
 
         target = esc(lm["target"].iloc[0]) if "target" in lm.columns and len(lm) else "target"
-        parts += [f"<p>Held-out subjects' {target} as answered by the language model (parsed from its text) "
+        parts += [f"<p>Held-out subjects' {target} as answered by the language model (lm: the median of "
+                  "numbers parsed from answers sampled from it; lm_greedy: the mean of its greedy answers over windows) "
                   "and by ridge regression on the subjects' code histograms, against predicting the training mean; "
                   "95% bootstrap CIs over subjects; a difference below 0 is better than the mean.</p>",
                   table(["Predictor", "MAE", "Training-mean MAE", "Difference", "Subjects", "Unparseable answers"],
                         [(r["predictor"], ci(r, "mae", ".2f"), fmt(r["mae_mean_baseline"], ".2f"),
                           ci(r, "mae_difference", "+.2f"), int(r["n_subjects"]),
-                          f"{int(r['unparseable_answers'])} of {int(r['windows'])}") for _, r in lm.iterrows()],
+                          f"{int(r['unparseable_answers'])} of {_answers(r)}") for _, r in lm.iterrows()],
                         table_id="text-lm")]
     parts.append(f"<p>Sources: {sources_html(list(files.values()))}</p>")
     return "\n".join(parts)
 
+
+def _answers(row) -> int:
+    """How many answers a predictor's unparseable count is out of: its sampled answers where it drew
+    some (the language model's median of samples), else one a window."""
+    answers = row.get("answers")
+    return int(answers) if answers is not None and answers == answers and answers > 0 else int(row["windows"])

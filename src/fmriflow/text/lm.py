@@ -49,6 +49,24 @@ class CodeLM(nn.Module):
     def greedy(self, prompts: Sequence[Sequence[int]], allowed: torch.Tensor, eos: int, max_new: int) -> list[list[int]]:
         """Greedy continuations of each prompt (batched by prompt length, no padding), drawn only from the
         ids where ``allowed`` (bool, vocabulary) is True, up to ``eos`` or ``max_new`` tokens."""
+        return self._continue(prompts, allowed, eos, max_new, lambda logits: logits.argmax(-1))
+
+    @torch.no_grad()
+    def sample(self, prompts: Sequence[Sequence[int]], allowed: torch.Tensor, eos: int, max_new: int, n: int,
+               generator: torch.Generator) -> list[list[list[int]]]:
+        """``n`` continuations of each prompt drawn from the model's distribution (temperature 1) over
+        the ``allowed`` ids, from ``generator`` (CPU): for each prompt, its ``n`` token lists."""
+        def draw(logits: torch.Tensor) -> torch.Tensor:
+            probs = torch.softmax(logits, -1).cpu()
+            return torch.multinomial(probs, 1, generator=generator)[:, 0].to(logits.device)
+
+        flat = self._continue([p for p in prompts for _ in range(n)], allowed, eos, max_new, draw)
+        return [flat[i * n:(i + 1) * n] for i in range(len(prompts))]
+
+    def _continue(self, prompts: Sequence[Sequence[int]], allowed: torch.Tensor, eos: int, max_new: int,
+                  pick) -> list[list[int]]:
+        """Continuations of each prompt, one token at a time chosen by ``pick`` (masked logits -> ids),
+        batched by prompt length (no padding); ``eos`` and what follows it dropped."""
         device = next(self.parameters()).device
         out: list[list[int]] = [[] for _ in prompts]
         by_length: dict[int, list[int]] = {}
@@ -59,7 +77,7 @@ class CodeLM(nn.Module):
             done = torch.zeros(len(rows), dtype=torch.bool, device=device)
             for _ in range(max_new):
                 logits = self.lm(input_ids=ids).logits[:, -1].float()
-                nxt = logits.masked_fill(~allowed.to(device), float("-inf")).argmax(-1)
+                nxt = pick(logits.masked_fill(~allowed.to(device), float("-inf")))
                 for j, token in enumerate(nxt.tolist()):
                     if not done[j]:
                         out[rows[j]].append(token)
@@ -67,7 +85,7 @@ class CodeLM(nn.Module):
                 if bool(done.all()) or ids.shape[1] + 1 >= self.config.n_positions:
                     break
                 ids = torch.cat([ids, nxt[:, None]], 1)
-        return [[t for t in seq if t != eos] for seq in out]
+        return [seq[:seq.index(eos)] if eos in seq else seq for seq in out]
 
 
 def build_lm(name: str, vocab: SharedVocab, text_table: torch.Tensor, codebook: torch.Tensor, n_positions: int,

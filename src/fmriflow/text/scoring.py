@@ -19,6 +19,21 @@ def subject_predictions(rows: pd.DataFrame) -> pd.DataFrame:
     }).reset_index()
 
 
+def subject_medians(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per subject: the median of the numbers parsed from all its sampled answers (the estimate that
+    minimises the expected absolute error under the model's answer distribution), how many answers
+    it has and how many gave no number.
+
+    ``rows``: subject, truth, parsed (NaN when unparseable), one row per sampled answer."""
+    grouped = rows.groupby("subject", sort=True)
+    return pd.DataFrame({
+        "truth": grouped["truth"].first(),
+        "prediction": grouped["parsed"].median(),  # NaNs skipped; NaN when none parsed
+        "answers": grouped.size(),
+        "unparseable": grouped["parsed"].apply(lambda v: int(v.isna().sum())),
+    }).reset_index()
+
+
 def mae_against_mean(truth, predicted, train_mean: float, n_boot: int = 1000, seed: int = 0,
                      level: float = 0.95) -> dict[str, float]:
     """MAE of ``predicted`` and of the constant ``train_mean``, with percentile bootstrap CIs over
@@ -37,4 +52,4 @@ def mae_against_mean(truth, predicted, train_mean: float, n_boot: int = 1000, se
     return result
 
 
-__all__ = ["mae_against_mean", "subject_predictions"]
+__all__ = ["mae_against_mean", "subject_medians", "subject_predictions"]
