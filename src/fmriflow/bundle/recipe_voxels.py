@@ -3,10 +3,10 @@
 In the authors' order (CUHK-AIM-Group/NeuroSTORM, datasets/preprocessing_volume.py, then its
 dataset loader):
 
-1. ``resample_time``: the run to the card's TR (0.8 s) by linear interpolation along time with
+1. ``resample_weights``: the run to the card's TR (0.8 s) by linear interpolation along time with
    half-sample alignment (``torch.nn.functional.interpolate``, ``align_corners=False``),
    ``round(T * TR / target)`` frames;
-2. ``znorm``: background is every value outside the brain mask or equal to 0; background and
+2. ``znorm_stats``: background is every value outside the brain mask or equal to 0; background and
    negative values are set to 0; one mean and one population standard deviation over every brain
    value of every frame; brain values z-scored, background set to the smallest z-score;
 3. ``crop_pad``: each axis centred-cropped to the card's grid where longer (start ``(n - m) // 2``),
@@ -30,64 +30,77 @@ RESAMPLING = ("linear along time, half-sample aligned (torch interpolate, align_
               "target) frames, before the z-score and the crop")
 
 
-def resample_time(data: np.ndarray, tr: float, target_tr: float) -> np.ndarray:
-    """(X, Y, Z, T) -> (X, Y, Z, round(T * tr / target_tr)), linear, half-sample aligned."""
-    n_in = data.shape[-1]
+def resample_weights(n_in: int, tr: float, target_tr: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Output frame j = (1 - w[j]) * input[left[j]] + w[j] * input[right[j]]: linear interpolation along
+    time at half-sample alignment, ``round(n_in * tr / target_tr)`` output frames."""
     n_out = int(round(n_in * tr / target_tr))
-    if n_out == n_in:
-        return data.astype(np.float64)
-    scale = n_in / n_out
-    source = np.maximum((np.arange(n_out) + 0.5) * scale - 0.5, 0.0)
+    source = np.maximum((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0.0)
     left = np.minimum(np.floor(source).astype(np.int64), n_in - 1)
-    right = np.minimum(left + 1, n_in - 1)
-    weight = source - left
-    return data[..., left] * (1.0 - weight) + data[..., right] * weight
+    return left, np.minimum(left + 1, n_in - 1), source - left
 
 
-def znorm(data: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, dict[str, float]]:
-    """(X, Y, Z, T) z-scored over its brain values (``mask`` and non-zero); the statistics."""
-    brain = mask[..., None] & (data != 0)
-    if not brain.any():
+class _Run:
+    """A run (X, Y, Z, T) served one resampled frame at a time (float64), so that only the run itself and a
+    frame or two are in memory."""
+
+    def __init__(self, data: np.ndarray, mask: np.ndarray, tr: float, target_tr: float):
+        self.data, self.mask = data, mask
+        self.left, self.right, self.weight = resample_weights(data.shape[-1], tr, target_tr)
+
+    def __len__(self) -> int:
+        return len(self.left)
+
+    def frame(self, j: int) -> tuple[np.ndarray, np.ndarray]:
+        """Resampled frame ``j`` with background and negative values at 0, and its brain (mask and non-zero)."""
+        w = self.weight[j]
+        x = self.data[..., self.left[j]].astype(np.float64) * (1.0 - w) + self.data[..., self.right[j]] * w
+        brain = self.mask & (x != 0)
+        return np.where(brain, np.maximum(x, 0.0), 0.0), brain
+
+
+def znorm_stats(run: _Run) -> dict[str, float]:
+    """Mean, population SD (two passes, float64) and the smallest z-score of the run's brain values."""
+    total, count = 0.0, 0
+    for j in range(len(run)):
+        x, brain = run.frame(j)
+        total, count = total + float(x[brain].sum()), count + int(brain.sum())
+    if not count:
         raise ValueError("no brain voxel: every value inside the mask is 0")
-    x = np.where(brain, np.maximum(data, 0.0), 0.0)
-    values = x[brain]
-    mean, std = float(values.mean(dtype=np.float64)), float(values.std(dtype=np.float64))
+    mean, squares, lowest = total / count, 0.0, np.inf
+    for j in range(len(run)):
+        x, brain = run.frame(j)
+        squares += float(np.square(x[brain] - mean).sum())
+        lowest = min(lowest, float(x[brain].min())) if brain.any() else lowest
+    std = float(np.sqrt(squares / count))
     if not std > 0:
         raise ValueError("the BOLD values inside the brain mask are constant")
-    z = (x - mean) / std
-    background = float(z[brain].min())
-    return np.where(brain, z, background), {"mean": mean, "std": std, "background": background,
-                                            "brain_values": int(brain.sum())}
+    return {"mean": mean, "std": std, "background": (lowest - mean) / std, "brain_values": count}
 
 
-def crop_pad(volumes: np.ndarray, shape: Sequence[int]) -> np.ndarray:
-    """(X, Y, Z, T) onto ``shape`` (X', Y', Z') per axis, as the module docstring says."""
-    out = volumes
+def crop_pad(volume: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """One frame (X, Y, Z) onto ``shape`` per axis, as the module docstring says."""
+    out = volume
     for axis, m in enumerate(shape):
         n = out.shape[axis]
         if n > m:
             out = np.take(out, np.arange((n - m) // 2, (n - m) // 2 + m), axis=axis)
         elif n < m:
-            before, after = math.ceil((m - n) / 2), (m - n) // 2
             widths = [(0, 0)] * out.ndim
-            widths[axis] = (before, after)
-            padded = np.pad(out, widths)  # zeros, then the first voxel's value of each frame
-            region = [slice(None)] * out.ndim
-            region[axis] = slice(before, before + n)
-            fill = np.broadcast_to(volumes[0, 0, 0, :], padded.shape).copy()
-            fill[tuple(region)] = out
-            out = fill
+            widths[axis] = (math.ceil((m - n) / 2), (m - n) // 2)
+            out = np.pad(out, widths, constant_values=volume.flat[0])
     return out
 
 
 def prepare_run(data: np.ndarray, mask: np.ndarray, tr: float, card: Mapping[str, Any]) -> tuple[np.ndarray, dict]:
     """A run (X, Y, Z, T) and its mask as the card prepares them: frames (T', X', Y', Z') float32, and what was done."""
-    target = card["input"]["tr"]["target_tr"]
-    resampled = resample_time(np.asarray(data, dtype=np.float64), tr, target)
-    z, stats = znorm(resampled, np.asarray(mask, dtype=bool))
-    frames = crop_pad(z, card["atlas"]["grid"]["shape"])
-    return np.moveaxis(frames, -1, 0).astype(np.float32), {"tr": tr, "target_tr": target,
-                                                           "n_frames": int(resampled.shape[-1]), **stats}
+    target, shape = card["input"]["tr"]["target_tr"], tuple(card["atlas"]["grid"]["shape"])
+    run = _Run(data, np.asarray(mask, dtype=bool), tr, target)
+    stats = znorm_stats(run)
+    frames = np.empty((len(run), *shape), dtype=np.float32)
+    for j in range(len(run)):
+        x, brain = run.frame(j)
+        frames[j] = crop_pad(np.where(brain, (x - stats["mean"]) / stats["std"], stats["background"]), shape)
+    return frames, {"tr": tr, "target_tr": target, "n_frames": len(run), **stats}
 
 
 def window_starts(n_frames: int, window: int, stride: int, frame_step: int = 1) -> list[int]:
