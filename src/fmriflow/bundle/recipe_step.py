@@ -14,9 +14,9 @@ BOLD. Both write, into one folder:
     sample, run, subject, split, start, tr: one row per window (``start`` in frames at ``tr``);
 ``recipe.json``
     the card's recipe and what this step did with it (atlas, region order, TR, window, scaling
-    and where its statistics came from, skipped runs), for the report.
+    and where its statistics came from, skipped runs), for the report; its provenance inside.
 
-Each has a provenance sidecar. Runs too short for one window are listed as skipped.
+The arrays and the index have provenance sidecars. Runs too short for one window are listed as skipped.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from ..datasets.splits import read_splits
 from ..errors import InputError
 from ..io import atomic_path, read_json, read_tsv, sha256sum, write_json, write_tsv
 from ..naming import subject_of
-from ..provenance import sidecar_path, write_sidecar
+from ..provenance import build_sidecar, sidecar_path, write_sidecar
 from . import recipe_scaling as scaling
 from . import recipe_voxels as voxels
 from .card import input_settings, read_card
@@ -170,9 +170,12 @@ def _write(out_dir: str, array: np.ndarray | None, index: pd.DataFrame, card: Ma
               "card_atlas": {k: card["atlas"].get(k) for k in ("name", "n_regions", "grid")},
               "card_region_order": card["atlas"]["regions"][:3], "applied": done,
               "windows": len(index), "subjects": int(index["subject"].nunique())}
+    parameters = {"kind": done["kind"], "model": recipe["model"]}
+    # a JSON artefact holds its provenance inside (as a model card does), the arrays in sidecars
+    recipe["Provenance"] = build_sidecar("recipe_prepare", inputs, parameters=parameters)["Provenance"]
     write_json(out / RECIPE, recipe)
-    for name in (WINDOWS, INDEX, RECIPE):
-        write_sidecar(out / name, "recipe_prepare", inputs, parameters={"kind": done["kind"], "model": recipe["model"]})
+    for name in (WINDOWS, INDEX):
+        write_sidecar(out / name, "recipe_prepare", inputs, parameters=parameters)
     for run in done["skipped_runs"]:
         log.warning("%s gives no window of the recipe of %s: %s", run["run"], card_path, run["reason"])
     return recipe
