@@ -68,13 +68,21 @@ def import_bundles(base, atlas_dir) -> dict:
 
 
 @pytest.fixture(scope="module")
-def recipe_run(tmp_path_factory, atlas_dir, a424_img):
+def recipe_project(tmp_path_factory, atlas_dir, a424_img):
+    """The 8-subject demo (4 responders), the three imported bundles and the config naming them: the
+    agnostic set-up, 2 folds, no deep variant."""
     base = tmp_path_factory.mktemp("recipes")
     demo = make_demo(base / "demo", atlas_dir, n_subjects=8, n_trs=60, seed=41)
-    results = base / "results"
-    config = demo_config(demo, results, recipes=import_bundles(base, atlas_dir))
+    config = demo_config(demo, base / "results", recipes=import_bundles(base, atlas_dir))
     config["atlas"] = {**config.get("atlas", {}), "extra": {JEPA_ATLAS: double_atlas(base / "atlas", a424_img)}}
     config["finetune"].update(variants=[], setups=["agnostic"], attribution=False, permutations=2, bootstrap=50)
+    return base, demo, config
+
+
+@pytest.fixture(scope="module")
+def recipe_run(recipe_project):
+    base, demo, config = recipe_project
+    results = base / "results"
     started = time.monotonic()
     proc = run_snakemake(base, config)
     assert proc.returncode == 0, proc.stderr[-5000:]
@@ -86,17 +94,26 @@ def _read(path, **kw):
     return pd.read_csv(path, sep="\t", dtype={"subject": str, "run": str}, **kw)
 
 
-def test_plan_without_recipes_has_no_recipe_job(recipe_run, tmp_path):
+def test_plan_and_its_errors(recipe_project, tmp_path):
+    """Without recipes no recipe job (the demo's DAG is unchanged); with them one prepare and one embed job
+    each; a card atlas the project does not parcellate, recipes without fine-tuning and a name that is
+    another row's are refused at plan time, naming the key."""
     from test_workflow import planned_jobs
 
-    demo, _, config = recipe_run
+    _, demo, config = recipe_project
     off = planned_jobs(run_snakemake(tmp_path, demo_config(demo, tmp_path / "results"), "--dry-run"))
     assert "recipe_prepare" not in off and "recipe_embed" not in off
+    on = planned_jobs(run_snakemake(tmp_path, config, "--dry-run"))
+    assert on["recipe_prepare"] == 3 and on["recipe_embed"] == 3 and on["finetune"] == 1
     missing = {**config, "atlas": {k: v for k, v in config["atlas"].items() if k != "extra"}}
     proc = run_snakemake(tmp_path, missing, "--dry-run")
     text = proc.stdout + proc.stderr
     assert proc.returncode != 0 and "recipes.jepa" in text and "'TianS3+Schaefer400-17n'" in text
     assert "model_card.json" in text and f"atlas.extra as '{JEPA_ATLAS}'" in text
+    proc = run_snakemake(tmp_path, {**config, "finetune": {**config["finetune"], "enabled": False}}, "--dry-run")
+    assert proc.returncode != 0 and "set finetune.enabled: true" in proc.stdout + proc.stderr
+    proc = run_snakemake(tmp_path, {**config, "recipes": {"random": config["recipes"]["v1"]}}, "--dry-run")
+    assert proc.returncode != 0 and "random" in proc.stdout + proc.stderr
 
 
 def _subject_means(folder) -> dict[str, np.ndarray]:
@@ -194,13 +211,11 @@ def test_prepared_voxel_windows_are_the_recipe_computed_here(recipe_run):
                                              mode="linear", align_corners=False).reshape(*data.shape[:3], n_out).numpy()
     brain = mask[..., None] & (series != 0)
     values = np.clip(series[brain], 0, None)
-    del series, data  # this run at 0.8 s is 1 GB in float64
-    mean, std = values.mean(), values.std()
-    background = (values.min() - mean) / std
     box = (slice(33, 57), slice(42, 66), slice(33, 57))  # 91, 109, 91 -> 24^3 from (n - 24) // 2
-    x = np.zeros(brain.shape)
-    x[brain] = values
-    z = np.where(brain[box], (x[box] - mean) / std, background)
+    inner = np.clip(series[box], 0, None)
+    del series, data  # the run at 0.8 s is 1 GB in float64
+    mean, std = values.mean(), values.std()
+    z = np.where(brain[box], (inner - mean) / std, (values.min() - mean) / std)
     cropped = np.moveaxis(z, -1, 0)
     rows = index[index["subject"] == "01"].sort_values("start")
     assert list(rows["start"]) == list(range(0, n_out - 3, 4))
