@@ -90,7 +90,8 @@ def test_region_normalisations_follow_their_formulas():
 
 def test_card_atlas_is_found_among_the_project_atlases():
     card = {"atlas": {"name": "TianS3+Schaefer400-17n", "n_regions": 450, "regions": ["a"]}}
-    assert recipe_plan.project_atlas(card, "c.json", "recipes.jepa", ["A424", "TianS3Schaefer40017n"]) == "TianS3Schaefer40017n"
+    found = recipe_plan.project_atlas(card, "c.json", "recipes.jepa", ["A424", "TianS3Schaefer40017n"])
+    assert found == "TianS3Schaefer40017n"
     assert recipe_plan.project_atlas({"atlas": {"name": "A424", "n_regions": 424}}, "c", "k", ["A424"]) == "A424"
     with pytest.raises(InputError, match=r"model_card.json.*recipes\.jepa.*'TianS3\+Schaefer400-17n'.*atlas\.extra "
                                          r"as 'TianS3Schaefer40017n'"):

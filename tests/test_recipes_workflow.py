@@ -193,7 +193,8 @@ def test_prepared_region_windows_are_the_recipe_computed_here(recipe_run):
         for row in rows.itertuples():
             np.testing.assert_allclose(windows[row.sample], want[row.start:row.start + window].T, rtol=1e-5, atol=1e-5)
         recipe = json.loads((prepared / "recipe.json").read_text())
-        assert recipe["applied"]["project_atlas"] == atlas and recipe["applied"]["target_tr"] == card["input"]["tr"]["target_tr"]
+        applied = recipe["applied"]
+        assert applied["project_atlas"] == atlas and applied["target_tr"] == card["input"]["tr"]["target_tr"]
         assert recipe["applied"]["scaling"]["statistics_from"].startswith("refitted on this project's")
         assert json.loads((prepared / "windows.json").read_text())["Provenance"]["Step"] == "recipe_prepare"
 

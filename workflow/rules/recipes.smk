@@ -47,5 +47,6 @@ rule recipe_embed:
         from fmriflow.smk import logged
 
         with logged(log[0]):
+            settings = params.config["finetune"]
             embed_step(str(Path(input.bundle[0]).parent), str(Path(input.windows).parent),
-                       str(Path(output.embeddings).parent), seed=params.config["finetune"]["seed"], device=params.config["finetune"]["device"])
+                       str(Path(output.embeddings).parent), seed=settings["seed"], device=settings["device"])

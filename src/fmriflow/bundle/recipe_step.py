@@ -41,7 +41,8 @@ from .card import input_settings, read_card
 
 log = logging.getLogger("fmriflow")
 WINDOWS, INDEX, RECIPE = "windows.npy", "index.tsv", "recipe.json"
-RESAMPLING = "scipy.signal.resample_poly to the card's TR (the dataset step's resampler); none where the TR is the card's"
+RESAMPLING = ("scipy.signal.resample_poly to the card's TR (the dataset step's resampler); none where the TR is "
+              "the card's")
 
 
 def _region_runs(card: Mapping, card_path: str, labels: str, runs: Sequence[str], timeseries: Sequence[str],
@@ -101,7 +102,8 @@ def prepare_regions_step(card_path: str, atlas: str, labels: str, runs: Sequence
             windows.append(scaled[:, start:start + window])
     array = np.stack(windows) if windows else np.zeros((0, len(card["atlas"]["regions"]), window), np.float32)
     done = {"kind": "regions", "project_atlas": atlas, "atlas_labels": labels, "window": window, "stride": stride,
-            "target_tr": settings["target_tr"], "resampling": RESAMPLING, "tr_of_runs": sorted({s["tr"] for s in series}),
+            "target_tr": settings["target_tr"], "resampling": RESAMPLING,
+            "tr_of_runs": sorted({s["tr"] for s in series}),
             "scaling": {"method": method, "statistics_from": source, "statistics": scaling.as_json(stats)},
             "skipped_runs": skipped}
     inputs = [card_path, labels, splits, *(s["path"] for s in series)]

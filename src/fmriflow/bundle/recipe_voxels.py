@@ -112,4 +112,5 @@ def window_starts(n_frames: int, window: int, stride: int, frame_step: int = 1) 
 def check_grid(card: Mapping[str, Any], card_path: str) -> None:
     grid = card["atlas"].get("grid") or {}
     if len(grid.get("shape") or []) != 3:
-        raise InputError(card_path, f"atlas.grid.shape must be 3 voxel counts for a voxel recipe; {grid.get('shape')!r}")
+        raise InputError(card_path, f"atlas.grid.shape must be 3 voxel counts for a voxel recipe; "
+                                    f"{grid.get('shape')!r} was found")
