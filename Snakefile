@@ -56,6 +56,7 @@ include: "workflow/rules/finetune.smk"
 include: "workflow/rules/voxel.smk"
 include: "workflow/rules/qsiprep.smk"
 include: "workflow/rules/brainsymphony.smk"
+include: "workflow/rules/recipes.smk"
 include: "workflow/rules/text.smk"
 include: "workflow/rules/report.smk"
 

@@ -570,6 +570,72 @@ def dataset_encoder_inputs():
     return {"encoder_card": bundle_files(CARD_BUNDLE)[2], **atlas_image_input(), "atlas_labels": atlas_labels(ATLAS)}
 
 
+# --------------------------------------------------------------------------- released models' recipes (opt-in)
+# recipes: name -> an imported bundle (fmriflow import-checkpoint). Each gets a recipe step that prepares
+# this project's data as its card says (workflow/rules/recipes.smk) and probe rows in the variants table.
+
+RECIPES_DIR = f"{OUT}/recipes"
+
+
+def _plan_recipes():
+    """name -> bundle folder, input kind ('regions' | 'voxels') and the project atlas the card's atlas is;
+    every card is read and its atlas found before any job."""
+    from fmriflow.bundle import read_card
+    from fmriflow.bundle.recipe_plan import project_atlas, recipe_kind
+
+    if config["recipes"] and not FINETUNE["enabled"]:
+        raise WorkflowError("recipes: a released model's probe rows join the fine-tuning's variants table; "
+                            "set finetune.enabled: true, or recipes: {}")
+    plans = {}
+    for name, path in config["recipes"].items():
+        key = f"recipes.{name}"
+        folder = _read_bundle(key, path)
+        card = read_card(folder)
+        kind = recipe_kind(card)
+        if kind == "voxels" and TIMESERIES:
+            raise WorkflowError(f"{key}: {folder} takes voxels (MNI-resampled BOLD), which input.mode timeseries lacks")
+        try:
+            atlas = project_atlas(card, bundle_files(folder)[2], key, ATLASES) if kind == "regions" else None
+        except InputError as exc:
+            raise WorkflowError(str(exc)) from None
+        plans[name] = {"bundle": folder, "kind": kind, "atlas": atlas}
+    return plans
+
+
+RECIPE_PLANS = _plan_recipes()
+
+
+def recipe_prepared(name="{recipe}"):
+    """The recipe step's three files (windows, index, recipe.json) of recipe ``name``."""
+    from fmriflow.bundle.recipe_step import INDEX, RECIPE, WINDOWS
+
+    return [f"{RECIPES_DIR}/{name}/prepared/{f}" for f in (WINDOWS, INDEX, RECIPE)]
+
+
+def recipe_embedded(name="{recipe}"):
+    """The recipe's frozen embeddings and their windows' subjects."""
+    from fmriflow.finetune.recipe_probe import EMBEDDINGS, WINDOWS
+
+    return [f"{RECIPES_DIR}/{name}/embeddings/{f}" for f in (EMBEDDINGS, WINDOWS)]
+
+
+def recipe_prepare_input(wildcards):
+    """The card, this project's runs (the card atlas's time series, or the BOLD and masks) and the splits."""
+    plan = RECIPE_PLANS[wildcards.recipe]
+    runs = pooled(f"atlas-{plan['atlas']}_desc-timeseries") if plan["kind"] == "regions" else pooled("desc-preproc")
+    labels = {"labels": atlas_labels(plan["atlas"])} if plan["kind"] == "regions" else {}
+    return {"card": bundle_files(plan["bundle"])[2], **runs, **labels, "dataset": f"{DATASET_DIR}/dataset_card.json"}
+
+
+def recipe_embeddings():
+    """Every recipe's embeddings (the fine-tuning's probe rows), none without recipes."""
+    return [path for name in RECIPE_PLANS for path in recipe_embedded(name)]
+
+
+def recipe_dirs():
+    return {name: f"{RECIPES_DIR}/{name}/embeddings" for name in RECIPE_PLANS}
+
+
 def init_inputs():
     """The pretrain rule's inputs from pretrain.init: the bundle's three files (a changed bundle reruns it)."""
     return {"init": bundle_files(INIT)} if INIT else {}

@@ -35,11 +35,13 @@ rule finetune:
         coords=atlas_labels(ATLAS),
         participants=PARTICIPANTS,
         symphony=symphony_features(),  # BrainSymphony's probe rows (brainsymphony.enabled), else none
+        recipes=recipe_embeddings(),  # the released models' probe rows (recipes), else none
     output:
         predictions=f"{FINETUNE_DIR}/setup-{{setup}}/predictions.tsv",
         metrics=f"{FINETUNE_DIR}/setup-{{setup}}/metrics.tsv",
     params:
         dataset=DATASET_DIR,
+        recipe_dirs=recipe_dirs(),
         # what trains and scores one set-up; not which set-ups exist, nor the job's size, nor where the
         # encoder and the windows come from (finetune.encoder, finetune.scaling: those reach it as inputs)
         **shaping("finetune", drop=("finetune.enabled", "finetune.setups", "finetune.gpus", "finetune.workers",

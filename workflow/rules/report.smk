@@ -14,6 +14,7 @@ rule report:
         predictions=finetune_outputs(rules.finetune.output.predictions),
         encoder=bundle_files(ENCODER) if ENCODER else [],  # finetune.encoder's card, in the Pretraining section
         text=list(text_report_files().values()),  # vq-align runs and the language model's scores
+        recipes=[recipe_prepared(name)[2] for name in RECIPE_PLANS],  # each released model's recipe, as done
     output:
         html=report(f"{OUT}/report/fmriflow_report.html", caption="../report/report.rst", category="Report"),
         figures=report(directory(f"{OUT}/report/figures"), patterns=["{figure}.png"], caption="../report/figure.rst",
@@ -23,6 +24,7 @@ rule report:
         runs=list(RUNS),
         voxel_names=list(voxel_metrics()),
         text_names=list(text_report_files()),
+        recipe_names=list(RECIPE_PLANS),
     log:
         f"{LOGS}/report/report.log",
     script:

@@ -10,4 +10,5 @@ with logged(snakemake.log[0]):
     symphony = i.get("symphony")  # BrainSymphony's features (brainsymphony.enabled), else none
     setup_step(snakemake.wildcards.setup, snakemake.params.dataset, str(Path(i.features[0]).parent), i.participants,
                i.model, i.coords, str(Path(snakemake.output.metrics).parent), settings, workers=snakemake.threads,
-               symphony_dir=str(Path(symphony[0]).parent) if symphony else None)
+               symphony_dir=str(Path(symphony[0]).parent) if symphony else None,
+               recipe_dirs=dict(snakemake.params.recipe_dirs))  # the released models' recipes (config recipes)

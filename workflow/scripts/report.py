@@ -31,5 +31,6 @@ with logged(snakemake.log[0]):
         encoder_card=next((f for f in i.encoder if Path(f).name == CARD), None),
         figures_dir=o.figures,
         text=dict(zip(p.text_names, i.text)),
+        recipes=dict(zip(p.recipe_names, i.recipes)),  # released models' recipes (config recipes)
     )
     write_sidecar(o.html, "report", summary["inputs"], config=snakemake.params.config["report"])

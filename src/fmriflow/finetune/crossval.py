@@ -30,7 +30,7 @@ from ..models.fmmtc import FMMTC
 from ..naming import FINETUNE_FEATURES
 from . import cohort as cohorts
 from . import probe as probes
-from . import symphony
+from . import recipe_probe, symphony
 from .settings import FinetuneSettings
 from .trainer import fit, predict
 
@@ -51,12 +51,15 @@ class Inputs:
     y: np.ndarray  # label of every feature row (0 for unlabelled subjects' rows)
     subject_fc: dict[str, np.ndarray]  # mean window FC per subject (the baselines' input)
     subject_ts: dict[str, dict[str, np.ndarray]]  # per encoder, mean window embedding per subject (the probes')
-    # BrainSymphony's probe rows (fmriflow.finetune.symphony.PROBES) -> subject -> mean embedding; {} when not run
-    subject_symphony: dict[str, dict[str, np.ndarray]] = dataclasses.field(default_factory=dict)
+    # frozen-probe rows of other encoders -> subject -> mean embedding ({} when none ran): BrainSymphony's
+    # (fmriflow.finetune.symphony.PROBES) and the released models' recipes (fmriflow.finetune.recipe_probe)
+    subject_extra: dict[str, dict[str, np.ndarray]] = dataclasses.field(default_factory=dict)
 
 
 def load_inputs(dataset: str, features_dir: str, participants: str, settings: FinetuneSettings,
-                symphony_dir: str | None = None) -> Inputs:
+                symphony_dir: str | None = None, recipe_dirs: dict[str, str] | None = None) -> Inputs:
+    """The cohort and its features; ``symphony_dir`` / ``recipe_dirs`` (recipe name -> its embeddings'
+    folder): the probe rows of BrainSymphony and of the released models' recipes, when they ran."""
     index = read_index(dataset)
     cohort = cohorts.load_cohort(participants, settings.target, settings.task, settings.missing_labels,
                                  subjects=sorted(index["subject"].unique()))
@@ -73,8 +76,9 @@ def load_inputs(dataset: str, features_dir: str, participants: str, settings: Fi
         y[rows] = cohort.labels[s]
     subject_fc = {s: fc[rows].mean(axis=0) for s, rows in rows_of.items()}
     subject_ts = {encoder: probes.subject_embeddings(array, rows_of) for encoder, array in ts.items()}
-    subject_symphony = {} if symphony_dir is None else symphony.load_subject_embeddings(symphony_dir, samples, rows_of)
-    return Inputs(cohort, samples, rows_of, fc, ts, y, subject_fc, subject_ts, subject_symphony)
+    extra = {} if symphony_dir is None else symphony.load_subject_embeddings(symphony_dir, samples, rows_of)
+    extra.update(recipe_probe.load_recipe_embeddings(recipe_dirs or {}, list(rows_of)))
+    return Inputs(cohort, samples, rows_of, fc, ts, y, subject_fc, subject_ts, extra)
 
 
 @dataclass(frozen=True)
@@ -153,14 +157,14 @@ def run_fold(fold: Fold, inputs: Inputs, settings: FinetuneSettings, results: Re
              attribute: Attribute | None) -> None:
     """Every variant, then every baseline, of one fold; ``attribute``: None for no attribution."""
     results.fold_rows += fold.roles()
-    for unit in fold_units(settings, bool(inputs.subject_symphony)):
+    for unit in fold_units(settings, bool(inputs.subject_extra)):
         run_unit(unit, fold, inputs, settings, results, attribute)
 
 
-Unit = tuple  # ("variants", names) | ("control", permutation) | ("baselines",) | ("probe",) | ("symphony",)
+Unit = tuple  # ("variants", names) | ("control", permutation) | ("baselines",) | ("probe",) | ("extra",)
 
 
-def fold_units(settings: FinetuneSettings, symphony_probes: bool = False) -> list[Unit]:
+def fold_units(settings: FinetuneSettings, extra_probes: bool = False) -> list[Unit]:
     """One fold's work as independent units, in the order their results are recorded.
 
     Every network fit seeds itself (``fit_seed``, permutation ``[seed, fold, k]``), so a unit's
@@ -175,7 +179,7 @@ def fold_units(settings: FinetuneSettings, symphony_probes: bool = False) -> lis
         units.append(("variants", group))
         if "concat" in group and settings.permuted_control:
             units += [("control", k) for k in range(settings.permutations)]
-    return units + [("baselines",)] + ([("probe",)] if settings.probe else []) + ([("symphony",)] if symphony_probes else [])
+    return units + [("baselines",)] + ([("probe",)] if settings.probe else []) + ([("extra",)] if extra_probes else [])
 
 
 def run_unit(unit: Unit, fold: Fold, inputs: Inputs, settings: FinetuneSettings, results: Results,
@@ -189,8 +193,8 @@ def run_unit(unit: Unit, fold: Fold, inputs: Inputs, settings: FinetuneSettings,
         _baselines(fold, inputs, settings, results)
     elif unit[0] == "probe":
         _probes(fold, inputs, results)
-    elif unit[0] == "symphony":
-        _symphony_probes(fold, inputs, settings, results)
+    elif unit[0] == "extra":
+        _extra_probes(fold, inputs, settings, results)
     else:
         raise ValueError(f"unknown unit {unit!r}")
 
@@ -258,11 +262,12 @@ def _probes(fold: Fold, inputs: Inputs, results: Results) -> None:
         results.record(fold, name, scores, False, chosen)
 
 
-def _symphony_probes(fold: Fold, inputs: Inputs, settings: FinetuneSettings, results: Results) -> None:
-    """BrainSymphony's embeddings (fMRI only, SC only, fused) under the frozen probe, each with its
-    label-permuted control; a row fits and scores only the fold's subjects it has an embedding for."""
+def _extra_probes(fold: Fold, inputs: Inputs, settings: FinetuneSettings, results: Results) -> None:
+    """Other encoders' embeddings (BrainSymphony's fMRI only, SC only, fused; each released model's
+    recipe) under the frozen probe, each with its label-permuted control; a row fits and scores only the
+    fold's subjects it has an embedding for."""
     labels, task = inputs.cohort.labels, inputs.cohort.task
-    for name, embeddings in inputs.subject_symphony.items():
+    for name, embeddings in inputs.subject_extra.items():
         part = dataclasses.replace(fold, train=[s for s in fold.train if s in embeddings],
                                    test=[s for s in fold.test if s in embeddings])
         if not part.test:

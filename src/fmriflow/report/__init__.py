@@ -43,36 +43,34 @@ def build_report(
     pretrain_metrics: PathLike | None = None, voxel_metrics: Mapping[str, PathLike] | None = None,
     finetune_table: PathLike | None = None, predictions: Sequence[PathLike] = (), encoder_card: PathLike | None = None,
     figures_dir: PathLike | None = None, text: Mapping[str, PathLike] | None = None, title: str = "fmriflow report",
-) -> dict:
+    recipes: Mapping[str, PathLike] | None = None) -> dict:
     """Write the HTML report of one workflow run (atomically) and return what it holds.
 
     Inputs (paths; a missing or unusable one is an InputError naming it):
 
-    - ``participants``, ``manifest``, ``validation``: raw participants.tsv, the ``bids`` step's
-      manifest TSV and validation JSON.
+    - ``participants``, ``manifest``, ``validation``: raw participants.tsv, the ``bids`` step's manifest TSV
+      and validation JSON.
     - ``qc``, ``coverage``: the one-row preproc QC tables and per-run A424 coverage tables.
     - ``group_fc``, ``group_diff``: group-mean FC and (optionally) a group difference, whose JSON
       sidecar, if any, is shown; matrices go in atlas-label order by region name.
-    - ``ground_truth_edges``: a demo's planted edges (``region_i``, ``region_j``, ``delta``),
-      compared with the observed difference and ranked among all edges.
-    - ``config``: the resolved config (mapping or YAML/JSON path): provenance, and which steps
-      were disabled ("not run").
+    - ``ground_truth_edges``: a demo's planted edges (``region_i``, ``region_j``, ``delta``), compared with the
+      observed difference and ranked among all edges. ``config``: the resolved config (mapping or YAML/JSON
+      path): provenance, and which steps were disabled ("not run").
     - ``run_qc``: the ``run_qc`` table. ``run_files``: run key or label -> ``confounds``
       (FD traces), ``bold`` and ``mask`` on the atlas grid (tSNR maps), ``denoised`` (carpet
       plots) of a few runs (see ``runqc``).
     - ``atlas_image``, ``atlas_labels``: the atlas on the BOLD grid (carpet row order) and its
       look-up table with ``x``, ``y``, ``z`` (top regions on a brain).
     - ``pretrain_metrics``, ``voxel_metrics`` (name -> path): training ``metrics.csv`` files.
-    - ``finetune_table``, ``predictions``: ``variants.tsv`` and each set-up's
-      ``predictions.tsv`` (attribution tables beside them are read when present).
-    - ``encoder_card``: ``finetune.encoder``'s ``model_card.json`` (its weights and config beside
-      it): shown in the Pretraining section when this run pretrained nothing.
-    - ``figures_dir``: also write every figure there as ``<id>.png`` with a provenance sidecar.
-    - ``text``: vq-align ``metrics.csv`` by run name, ``lm`` -> ``lm_metrics.tsv``: a Text alignment section.
+    - ``finetune_table``, ``predictions``: ``variants.tsv`` and each set-up's ``predictions.tsv`` (attribution
+      tables beside them are read when present); ``recipes``: each released model's ``recipe.json`` by name.
+    - ``encoder_card``: ``finetune.encoder``'s ``model_card.json`` (its weights and config beside it): shown in
+      the Pretraining section when this run pretrained nothing.
+    - ``figures_dir``: also write every figure there as ``<id>.png`` with a provenance sidecar; ``text``:
+      vq-align ``metrics.csv`` by run name, ``lm`` -> ``lm_metrics.tsv``: a Text alignment section.
 
-    Returns ``path``, ``sections`` (ids), ``figures`` (number, id, caption, sources), ``inputs``
-    (every file read), ``n_subjects``, ``n_runs``, ``dropped_regions`` and ``ground_truth``
-    (recovery numbers, or None).
+    Returns ``path``, ``sections`` (ids), ``figures`` (number, id, caption, sources), ``inputs`` (every file
+    read), ``n_subjects``, ``n_runs``, ``dropped_regions`` and ``ground_truth`` (recovery numbers, or None).
     """
     qc, coverage, run_files = _without_failed(qc, coverage, run_files or {})
     predictions = list(predictions)
@@ -95,13 +93,15 @@ def build_report(
             data["fc"], data["diff"], data["diff_meta"], rec, regions, group_fc, group_diff, ground_truth_edges, figures)),
         ("pretraining", "Pretraining", pretraining_section(pretrain_metrics, dict(voxel_metrics or {}), config, figures,
                                                                   encoder_card)),
-        ("finetuning", "Fine-tuning", finetune_section(finetune_table, predictions, atlas_labels, config, figures)),
+        ("finetuning", "Fine-tuning", finetune_section(finetune_table, predictions, atlas_labels, config, figures,
+                                                      recipes)),
     ] + ([("text", "Text alignment", text_section(text))] if text else [])
     used = read.flatten(participants, manifest, validation, qc, coverage, run_qc, group_fc, group_diff,
                         read.existing_sidecar(group_diff), ground_truth_edges, pretrain_metrics,
                         list((voxel_metrics or {}).values()), finetune_table, predictions,
                         attribution_files(predictions) if finetune_table is not None else None,
                         bundle_files(encoder_card) if encoder_card is not None else None, list((text or {}).values()),
+                        list((recipes or {}).values()),
                         *[item["sources"] for item in figures.items])
     sections.append(("provenance", "Provenance", provenance_section(config, files, manifest, used)))
     write_text(out_html, page(title, sections))

@@ -21,6 +21,7 @@ from ..naming import FINETUNE_SYMPHONY_SUBJECTS
 from .encoder import encoder_html
 from .html import esc, fmt, not_run, sources_html, table
 from .inputs import config_get, read_csv, read_table
+from .recipes import recipes_html
 
 PathLike = str | Path
 
@@ -28,7 +29,7 @@ TOP_REGIONS = 20  # regions drawn on the brain and listed
 _DEFAULT_BASELINES = ("logistic", "ridge")
 _CONTROL_PREFIX = "permuted_"
 _PROBE, _PROBE_CONTROL = "probe", "probe_random"  # fmriflow.finetune.probe.PROBES
-_SYMPHONY_PROBE = "probe_symphony_"  # fmriflow.finetune.symphony.PROBES
+_EXTRA_PROBE = "probe_"  # other encoders' rows: BrainSymphony's (probe_symphony_*), the recipes' (probe_<name>)
 _HEADLINE = {"classification": (("auroc", "AUROC"), ("balanced_accuracy", "Balanced accuracy"), ("mcc", "MCC")),
              "regression": (("pearson_r", "Pearson r"), ("mae", "MAE"), ("mse", "MSE"))}
 
@@ -109,7 +110,8 @@ def _draw_curves(fig, curves: dict[str, pd.DataFrame]) -> None:
 
 
 def finetune_section(table_path: PathLike | None, predictions: Sequence[PathLike], atlas_labels: PathLike | None,
-                     config, figures) -> str:
+                     config, figures, recipes: Mapping[str, PathLike] | None = None) -> str:
+    """``recipes``: each released model's ``recipe.json`` by name (config ``recipes``), shown with its probe rows."""
     if table_path is None:
         why = "finetune.enabled is false" if config_get(config, "finetune", "enabled") is False else "no variant table was given"
         return not_run("fine-tuning and evaluation", why)
@@ -127,6 +129,7 @@ def finetune_section(table_path: PathLike | None, predictions: Sequence[PathLike
         _variants_table(variants, task, baselines),
         f'<div class="source">Table: {sources_html([table_path])}</div>',
         _symphony_html(predictions),
+        recipes_html(recipes or {}),
     ]
     preds = _read_predictions(predictions)
     if preds is None:
@@ -164,7 +167,7 @@ def _symphony_html(predictions: Sequence[PathLike]) -> str:
 def _kind(variant: str, baselines: set[str]) -> str:
     if variant.startswith(_CONTROL_PREFIX) or variant == _PROBE_CONTROL:
         return "control"
-    if variant == _PROBE or variant.startswith(_SYMPHONY_PROBE):
+    if variant == _PROBE or variant.startswith(_EXTRA_PROBE):
         return "probe"
     return "baseline" if variant in baselines else "model"
 

@@ -1,0 +1,43 @@
+"""Which of this project's data a released model's recipe step reads (``recipes`` in the config).
+
+Torch-free: the workflow calls it when it plans the DAG. A card whose atlas is a voxel grid
+(NeuroSTORM) reads the project's MNI-resampled BOLD and brain masks; any other reads the region
+time series of the project atlas the card names: A424, or an atlas of ``atlas.extra``. Config
+keys may hold letters and digits only, so a card's atlas name is also matched with its other
+characters left out (Brain-JEPA's ``TianS3+Schaefer400-17n`` is ``TianS3Schaefer40017n`` there).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Mapping, Sequence
+
+from ..errors import InputError
+
+KINDS = ("regions", "voxels")
+
+
+def recipe_kind(card: Mapping[str, Any]) -> str:
+    """'voxels' for a card whose input is a voxel grid (no regions), else 'regions'."""
+    atlas = card["atlas"]
+    return "voxels" if atlas.get("grid") and not atlas.get("regions") else "regions"
+
+
+def config_name(atlas_name: str) -> str:
+    """The atlas name as a config key can hold it (letters and digits)."""
+    return re.sub(r"[^A-Za-z0-9]", "", atlas_name)
+
+
+def project_atlas(card: Mapping[str, Any], card_path: str, key: str, atlases: Sequence[str]) -> str:
+    """The project atlas (of ``atlases``: A424 and the ``atlas.extra`` names) that the card's atlas is.
+
+    ``key``: the config key that names the bundle, for the error. A card atlas the project does not
+    parcellate is an error naming the card, the atlas, and the key that would add it.
+    """
+    name = card["atlas"]["name"]
+    for candidate in (name, config_name(name)):
+        if candidate in atlases:
+            return candidate
+    raise InputError(card_path, f"{key}: the model was trained on atlas {name!r} ({card['atlas']['n_regions']} "
+                     f"regions), which this project does not parcellate (its atlases: {', '.join(atlases)}); add it "
+                     f"under atlas.extra as {config_name(name)!r} (image and labels, region names as in the card)")

@@ -1,0 +1,100 @@
+"""Released models' recipes (fmriflow.bundle.recipe_*), each against an independent computation:
+NeuroSTORM's voxel recipe on a 91 x 109 x 91 run (time resampling against torch's interpolate,
+the z-score and the 96^3 crop / pad written out here); the region normalisations against their
+formulas; the plan-time atlas look-up and its error (the card, the atlas, the config key)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from fmriflow.bundle import recipe_plan, recipe_scaling, recipe_voxels
+from fmriflow.errors import InputError
+
+STORM_CARD = {"input": {"tr": {"target_tr": 0.8}}, "atlas": {"grid": {"shape": [96, 96, 96]}, "regions": []}}
+
+
+def _run(seed=0, frames=5):
+    rng = np.random.default_rng(seed)
+    data = (rng.normal(500, 40, (91, 109, 91, frames))).astype(np.float32)
+    mask = np.zeros((91, 109, 91), bool)
+    mask[20:70, 15:95, 20:70] = True
+    data[~mask] = 0.0
+    data[30, 30, 30, 1] = 0.0  # a zero inside the mask is background too
+    data[31, 30, 30, 2] = -5.0  # a negative value is set to 0 (and stays brain)
+    return data, mask
+
+
+def test_voxel_recipe_matches_interpolate_znorm_and_crop_pad(torch_one_thread):
+    data, mask = _run()
+    frames, info = recipe_voxels.prepare_run(data, mask, 2.0, STORM_CARD)
+    n_out = round(5 * 2.0 / 0.8)  # 12 frames at 0.8 s
+    resampled = torch.nn.functional.interpolate(torch.from_numpy(data.astype(np.float64)).reshape(-1, 1, 5),
+                                                size=n_out, mode="linear", align_corners=False)
+    resampled = resampled.reshape(91, 109, 91, n_out).numpy()
+    brain = mask[..., None] & (resampled != 0)
+    x = np.where(brain, np.clip(resampled, 0, None), 0.0)
+    mean, std = x[brain].mean(), x[brain].std()
+    z = np.where(brain, (x - mean) / std, ((x[brain] - mean) / std).min())
+    want = np.empty((n_out, 96, 96, 96))
+    for t in range(n_out):
+        cropped = z[:, 6:102, :, t]  # y: 109 -> 96 from (109 - 96) // 2 = 6
+        want[t] = np.pad(cropped, ((3, 2), (0, 0), (3, 2)), constant_values=z[0, 0, 0, t])  # 91 -> 96: 3 + 2
+    assert frames.shape == (n_out, 96, 96, 96) and info["n_frames"] == n_out
+    assert info["mean"] == pytest.approx(mean) and info["std"] == pytest.approx(std)
+    np.testing.assert_allclose(frames, want.astype(np.float32), rtol=1e-6, atol=1e-6)
+    assert recipe_voxels.window_starts(n_out, 4, 4) == [0, 4, 8]
+    assert recipe_voxels.window_starts(n_out, 4, 3, frame_step=2) == [0, 3]
+
+
+def test_voxel_recipe_refuses_an_empty_brain():
+    data, mask = _run(frames=3)
+    with pytest.raises(ValueError, match="no brain voxel"):
+        recipe_voxels.prepare_run(np.zeros_like(data), mask, 0.8, STORM_CARD)
+
+
+@pytest.mark.filterwarnings("ignore:Mean of empty slice")
+def test_region_normalisations_follow_their_formulas():
+    rng = np.random.default_rng(1)
+    train = [rng.normal(3, 2, (50, 6)) for _ in range(3)]
+    train[0][:, 5] = np.nan  # a region dropped in one run
+    x = rng.normal(3, 2, (30, 6))
+    x[:, 2] = np.nan
+    stats = recipe_scaling.fit_statistics("robust", train, 40)
+    flat = np.concatenate(train)
+    q = np.nanpercentile(flat, [25, 50, 75], axis=0)
+    np.testing.assert_allclose(stats["median"], q[1])
+    want = ((x - q[1]) / (q[2] - q[0])).T
+    want[2] = 0.0
+    np.testing.assert_allclose(recipe_scaling.apply("robust", stats, x), want, rtol=1e-6, atol=1e-6)
+
+    # BrainLM v1: mean-centred runs, statistics over their first `window` points, zeros out of the IQR;
+    # then median / IQR is subtracted, nothing divided
+    stats = recipe_scaling.fit_statistics("brainlm-v1", train, 40)
+    centred = np.concatenate([(t - np.nanmean(t, axis=0))[:40] for t in train])
+    median = np.nanmedian(centred, axis=0)
+    iqr = np.nanpercentile(centred, 75, axis=0) - np.nanpercentile(centred, 25, axis=0)
+    np.testing.assert_allclose(stats["median"], median)
+    np.testing.assert_allclose(stats["iqr"], iqr)
+    want = (x - np.nanmean(x, axis=0) - median / iqr).T
+    want[2] = 0.0
+    np.testing.assert_allclose(recipe_scaling.apply("brainlm-v1", stats, x), want, rtol=1e-5, atol=1e-6)
+
+    stats = recipe_scaling.fit_statistics("brainlm-vitmae", train, 40, 5.6430855)
+    lo, hi = np.nanmin(flat), np.nanmax(flat)
+    want = ((x - lo) / (hi - lo) / 5.6430855).T
+    want[2] = 0.0
+    np.testing.assert_allclose(recipe_scaling.apply("brainlm-vitmae", stats, x), want, rtol=1e-5, atol=1e-7)
+
+
+def test_card_atlas_is_found_among_the_project_atlases():
+    card = {"atlas": {"name": "TianS3+Schaefer400-17n", "n_regions": 450, "regions": ["a"]}}
+    found = recipe_plan.project_atlas(card, "c.json", "recipes.jepa", ["A424", "TianS3Schaefer40017n"])
+    assert found == "TianS3Schaefer40017n"
+    assert recipe_plan.project_atlas({"atlas": {"name": "A424", "n_regions": 424}}, "c", "k", ["A424"]) == "A424"
+    with pytest.raises(InputError, match=r"model_card.json.*recipes\.jepa.*'TianS3\+Schaefer400-17n'.*atlas\.extra "
+                                         r"as 'TianS3Schaefer40017n'"):
+        recipe_plan.project_atlas(card, "bundle/model_card.json", "recipes.jepa", ["A424"])
+    assert recipe_plan.recipe_kind({"atlas": {"grid": {"shape": [96] * 3}, "regions": []}}) == "voxels"
+    assert recipe_plan.recipe_kind(card) == "regions"

@@ -1,0 +1,236 @@
+"""Released models on their authors' recipes, through the DAG: three bundles imported from random-weight
+state dicts with the released names and shapes (BrainLM v1 at toy width, window 40; Brain-JEPA on a
+450-region test-double atlas written here on the A424 grid and given through atlas.extra, its regions
+listed in another order than the card's; NeuroSTORM fine-tuned, width 8 on a 24^3 grid), run on an
+8-subject demo to the variants table and the report. Checked against independent computations: each
+probe row's scores and AUROC refitted here with scikit-learn from the embeddings the step wrote, and
+the prepared windows of one subject (resampled with scipy, scaled by the recipe's formula) and of one
+run of voxels (interpolated with torch, z-scored and cropped here)."""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from fractions import Fraction
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from scipy.signal import resample_poly
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from test_import_checkpoint import (STORM_TOY, V1_TOY, random_state, released_jepa_shapes, released_neurostorm_shapes,
+                                    released_v1_shapes)
+from test_workflow import demo_config, make_demo, run_snakemake
+
+pytestmark = pytest.mark.integration
+
+JEPA_ATLAS = "TianS3Schaefer40017n"  # the card's 'TianS3+Schaefer400-17n' as a config key can spell it
+JEPA_REGIONS = [f"TianS3_{i:03d}" for i in range(1, 51)] + [f"Schaefer400_17n_{i:03d}" for i in range(1, 401)]
+NAMES = ("v1", "jepa", "storm")
+
+
+def double_atlas(folder, a424: nib.Nifti1Image) -> dict:
+    """Test double of Schaefer-400 + Tian S3: A424's brain voxels cut into 450 runs of consecutive voxels,
+    labelled Schaefer first (1..400), then Tian (401..450): the card lists Tian first."""
+    inside = np.flatnonzero(np.rint(np.asarray(a424.dataobj)).ravel() > 0)
+    labels = np.zeros(a424.shape, np.int16).ravel()
+    labels[inside] = 1 + np.arange(len(inside)) * 450 // len(inside)
+    folder.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(labels.reshape(a424.shape), a424.affine), folder / "double.nii.gz")
+    names = JEPA_REGIONS[50:] + JEPA_REGIONS[:50]
+    pd.DataFrame({"index": np.arange(1, 451), "name": names}).to_csv(folder / "double.tsv", sep="\t", index=False)
+    return {"image": str(folder / "double.nii.gz"), "labels": str(folder / "double.tsv")}
+
+
+def import_bundles(base, atlas_dir) -> dict:
+    from fmriflow.bundle.imports import import_checkpoint
+
+    (base / "v1").mkdir()
+    (base / "v1" / "config.json").write_text(json.dumps(V1_TOY))
+    torch.save(random_state(released_v1_shapes(V1_TOY), seed=1), base / "v1" / "pytorch_model.bin")
+    jepa = released_jepa_shapes(hidden=64, layers=1, patch=8, regions=450, frames=16, gradient_dims=4)
+    torch.save({"target_encoder": random_state(jepa, seed=2), "epoch": 300}, base / "jepa.pth.tar")
+    np.savetxt(base / "gradient_mapping_450.csv", np.random.default_rng(3).normal(size=(450, 4)), delimiter=",")
+    torch.save({"state_dict": random_state(released_neurostorm_shapes(STORM_TOY), seed=4),
+                "hyper_parameters": dict(STORM_TOY)}, base / "storm.ckpt")
+    sources = {"v1": ("brainlm-v1", base / "v1"), "jepa": ("brain-jepa", base / "jepa.pth.tar"),
+               "storm": ("neurostorm", base / "storm.ckpt")}
+    for name, (kind, path) in sources.items():
+        import_checkpoint(kind, path, base / "bundles" / name, atlas_cache=base / "cache", atlas_dir=atlas_dir)
+    return {name: str(base / "bundles" / name) for name in sources}
+
+
+@pytest.fixture(scope="module")
+def recipe_project(tmp_path_factory, atlas_dir, a424_img):
+    """The 8-subject demo (4 responders), the three imported bundles and the config naming them: the
+    agnostic set-up, 2 folds, no deep variant."""
+    base = tmp_path_factory.mktemp("recipes")
+    demo = make_demo(base / "demo", atlas_dir, n_subjects=8, n_trs=60, seed=41)
+    config = demo_config(demo, base / "results", recipes=import_bundles(base, atlas_dir))
+    config["atlas"] = {**config.get("atlas", {}), "extra": {JEPA_ATLAS: double_atlas(base / "atlas", a424_img)}}
+    config["finetune"].update(variants=[], setups=["agnostic"], attribution=False, permutations=2, bootstrap=50)
+    return base, demo, config
+
+
+@pytest.fixture(scope="module")
+def recipe_run(recipe_project):
+    base, demo, config = recipe_project
+    results = base / "results"
+    started = time.monotonic()
+    proc = run_snakemake(base, config)
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    print(f"recipe DAG run: {time.monotonic() - started:.0f} s")
+    return demo, results, config
+
+
+def _read(path, **kw):
+    return pd.read_csv(path, sep="\t", dtype={"subject": str, "run": str}, **kw)
+
+
+def test_plan_and_its_errors(recipe_project, tmp_path):
+    """Without recipes no recipe job (the demo's DAG is unchanged); with them one prepare and one embed job
+    each; a card atlas the project does not parcellate, recipes without fine-tuning and a name that is
+    another row's are refused at plan time, naming the key."""
+    from test_workflow import planned_jobs
+
+    _, demo, config = recipe_project
+    off = planned_jobs(run_snakemake(tmp_path, demo_config(demo, tmp_path / "results"), "--dry-run"))
+    assert "recipe_prepare" not in off and "recipe_embed" not in off
+    on = planned_jobs(run_snakemake(tmp_path, config, "--dry-run"))
+    assert on["recipe_prepare"] == 3 and on["recipe_embed"] == 3 and on["finetune"] == 1
+    missing = {**config, "atlas": {k: v for k, v in config["atlas"].items() if k != "extra"}}
+    proc = run_snakemake(tmp_path, missing, "--dry-run")
+    text = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "recipes.jepa" in text and "'TianS3+Schaefer400-17n'" in text
+    assert "model_card.json" in text and f"atlas.extra as '{JEPA_ATLAS}'" in text
+    proc = run_snakemake(tmp_path, {**config, "finetune": {**config["finetune"], "enabled": False}}, "--dry-run")
+    assert proc.returncode != 0 and "set finetune.enabled: true" in proc.stdout + proc.stderr
+    proc = run_snakemake(tmp_path, {**config, "recipes": {"random": config["recipes"]["v1"]}}, "--dry-run")
+    assert proc.returncode != 0 and "random" in proc.stdout + proc.stderr
+
+
+def _subject_means(folder) -> dict[str, np.ndarray]:
+    """Each subject's mean embedding over its windows, from the files the embedding step wrote."""
+    embeddings, windows = np.load(folder / "embeddings.npy"), _read(folder / "windows.tsv")
+    return {s: embeddings[g.index.to_numpy()].astype(np.float64).mean(axis=0) for s, g in windows.groupby("subject")}
+
+
+def test_probe_rows_match_scikit_learn_on_the_written_embeddings(recipe_run):
+    _, results, _ = recipe_run
+    setup = results / "finetune" / "response" / "setup-agnostic"
+    table = _read(results / "finetune" / "response" / "variants.tsv").set_index("variant")
+    preds, logs, folds = _read(setup / "predictions.tsv"), _read(setup / "training_log.tsv"), _read(setup / "folds.tsv")
+    for name in NAMES:
+        row = f"probe_{name}"
+        means = _subject_means(results / "recipes" / name / "embeddings")
+        ours = preds[preds["variant"] == row]
+        labels = ours.set_index("subject")["label"]
+        assert len(ours) == 8 and set(ours["subject"]) == set(means)
+        reference = []
+        for fold, test in ours.groupby("fold"):
+            roles = folds[(folds["repeat"] == 0) & (folds["fold"] == fold)]
+            train = sorted(set(roles.loc[roles["role"] != "test", "subject"]))
+            c = logs[(logs["variant"] == row) & (logs["fold"] == fold)]["C"].iloc[0]
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                model = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=100_000, tol=1e-10))
+                model.fit(np.stack([means[s] for s in train]), labels.loc[train].to_numpy())
+            scores = model.predict_proba(np.stack([means[s] for s in test["subject"]]))[:, 1]
+            np.testing.assert_allclose(test["score"], scores, atol=1e-3)
+            reference.append(pd.DataFrame({"label": test["label"].to_numpy(), "score": scores}))
+        reference = pd.concat(reference)
+        assert table.loc[row, "auroc_pooled"] == pytest.approx(roc_auc_score(reference["label"], reference["score"]),
+                                                               abs=1e-9)
+        control = preds[preds["variant"] == f"permuted_{row}"]
+        assert table.loc[f"permuted_{row}", "n_subjects"] == 8 and control["permutation"].nunique() == 2
+        # the same subject folds as the FC baselines
+        base = preds[preds["variant"] == "logistic"].set_index("subject")["fold"].sort_index()
+        pd.testing.assert_series_equal(ours.set_index("subject")["fold"].sort_index(), base)
+
+
+def _region_recipe(results, card, atlas: str, train: set[str]) -> dict[str, np.ndarray]:
+    """Subject -> its run resampled with scipy to the card's TR and scaled by the card's formula, (time, regions)."""
+    ratio = Fraction(2.0 / card["input"]["tr"]["target_tr"]).limit_denominator(1000)
+    runs = {}
+    for path in sorted((results / "fmriflow").glob(f"sub-*/func/*_atlas-{atlas}_stat-mean_timeseries.tsv")):
+        x = _read(path)[card["atlas"]["regions"]].to_numpy(dtype=np.float64)
+        runs[path.name[4:6]] = resample_poly(x, ratio.numerator, ratio.denominator, axis=0, padtype="line")
+    window = card["input"]["window"]
+    if card["scaling"]["method"] == "robust":
+        fit = np.concatenate([runs[s] for s in sorted(train)])
+        q25, median, q75 = np.nanpercentile(fit, [25, 50, 75], axis=0)
+        iqr = np.where(q75 - q25 == 0, 1.0, q75 - q25)
+        scaled = {s: (x - median) / iqr for s, x in runs.items()}
+    else:  # BrainLM v1: mean-centred runs, minus median / IQR (zeros out of the IQR)
+        centred = {s: x - np.nanmean(x, axis=0) for s, x in runs.items()}
+        fit = np.concatenate([centred[s][:window] for s in sorted(train)])
+        nonzero = np.where(fit == 0, np.nan, fit)
+        iqr = np.nanpercentile(nonzero, 75, axis=0) - np.nanpercentile(nonzero, 25, axis=0)
+        scaled = {s: x - np.nanmedian(fit, axis=0) / np.where(iqr == 0, 1.0, iqr) for s, x in centred.items()}
+    return {s: np.nan_to_num(x, nan=0.0) for s, x in scaled.items()}
+
+
+@pytest.mark.filterwarnings("ignore:Mean of empty slice", "ignore:All-NaN slice")
+def test_prepared_region_windows_are_the_recipe_computed_here(recipe_run):
+    _, results, config = recipe_run
+    splits = _read(results / "dataset" / "atlas-A424" / "splits.tsv")
+    train = set(splits.loc[splits["split"] == "train", "subject"])
+    for name, atlas in (("jepa", JEPA_ATLAS), ("v1", "A424")):
+        card = json.loads((results.parent / "bundles" / name / "model_card.json").read_text())
+        prepared = results / "recipes" / name / "prepared"
+        windows, index = np.load(prepared / "windows.npy"), _read(prepared / "index.tsv")
+        want = _region_recipe(results, card, atlas, train)["01"]
+        rows = index[index["subject"] == "01"].sort_values("start")
+        window = card["input"]["window"]
+        assert list(rows["start"]) == list(range(0, len(want) - window + 1, window)) and len(rows) > 0
+        for row in rows.itertuples():
+            np.testing.assert_allclose(windows[row.sample], want[row.start:row.start + window].T, rtol=1e-5, atol=1e-5)
+        recipe = json.loads((prepared / "recipe.json").read_text())
+        applied = recipe["applied"]
+        assert applied["project_atlas"] == atlas and applied["target_tr"] == card["input"]["tr"]["target_tr"]
+        assert recipe["applied"]["scaling"]["statistics_from"].startswith("refitted on this project's")
+        assert json.loads((prepared / "windows.json").read_text())["Provenance"]["Step"] == "recipe_prepare"
+
+
+def test_prepared_voxel_windows_are_the_recipe_computed_here(recipe_run):
+    _, results, _ = recipe_run
+    prepared = results / "recipes" / "storm" / "prepared"
+    windows, index = np.load(prepared / "windows.npy", mmap_mode="r"), _read(prepared / "index.tsv")
+    func = results / "fmriflow" / "sub-01" / "func"
+    bold = nib.load(next(func.glob("*_desc-preproc_bold.nii.gz")))
+    mask = np.asarray(nib.load(next(func.glob("*_desc-brain_mask.nii.gz"))).dataobj) > 0
+    data = np.asarray(bold.dataobj, dtype=np.float64)
+    n_out = round(data.shape[3] * float(bold.header.get_zooms()[3]) / 0.8)
+    series = torch.nn.functional.interpolate(torch.from_numpy(data).reshape(-1, 1, data.shape[3]), size=n_out,
+                                             mode="linear", align_corners=False).reshape(*data.shape[:3], n_out).numpy()
+    brain = mask[..., None] & (series != 0)
+    values = np.clip(series[brain], 0, None)
+    box = (slice(33, 57), slice(42, 66), slice(33, 57))  # 91, 109, 91 -> 24^3 from (n - 24) // 2
+    inner = np.clip(series[box], 0, None)
+    del series, data  # the run at 0.8 s is 1 GB in float64
+    mean, std = values.mean(), values.std()
+    z = np.where(brain[box], (inner - mean) / std, (values.min() - mean) / std)
+    cropped = np.moveaxis(z, -1, 0)
+    rows = index[index["subject"] == "01"].sort_values("start")
+    assert list(rows["start"]) == list(range(0, n_out - 3, 4))
+    for row in rows.itertuples():
+        np.testing.assert_allclose(windows[row.sample], cropped[row.start:row.start + 4], rtol=1e-5, atol=1e-5)
+
+
+def test_report_shows_each_cards_recipe(recipe_run):
+    _, results, config = recipe_run
+    html = (results / "report" / "fmriflow_report.html").read_text()
+    shown = html.split('id="recipes"')[1].split("</table>")[0]
+    for name in NAMES:
+        card = json.loads((results.parent / "bundles" / name / "model_card.json").read_text())
+        assert f"<td>probe_{name}</td>" in shown
+        assert card["scaling"]["method"].replace("'", "&#x27;") in shown
+    assert "TianS3+Schaefer400-17n (450 regions) as this project&#x27;s TianS3Schaefer40017n" in shown
+    assert "cropped / padded to 24x24x24" in shown
