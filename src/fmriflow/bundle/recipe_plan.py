@@ -2,7 +2,7 @@
 
 Torch-free: the workflow calls it when it plans the DAG. A card whose atlas is a voxel grid
 (NeuroSTORM) reads the project's MNI-resampled BOLD and brain masks; any other reads the region
-time series of the project atlas the card names: A424, or an atlas of ``atlas.extra``. Config
+time series of the project atlas the card names: A424, or an atlas of ``atlas.extra`` or ``atlas.pinned``. Config
 keys may hold letters and digits only, so a card's atlas name is also matched with its other
 characters left out (Brain-JEPA's ``TianS3+Schaefer400-17n`` is ``TianS3Schaefer40017n`` there).
 """
@@ -29,7 +29,7 @@ def config_name(atlas_name: str) -> str:
 
 
 def project_atlas(card: Mapping[str, Any], card_path: str, key: str, atlases: Sequence[str]) -> str:
-    """The project atlas (of ``atlases``: A424 and the ``atlas.extra`` names) that the card's atlas is.
+    """The project atlas that the card's atlas is, of ``atlases`` (A424, ``atlas.extra``, ``atlas.pinned``).
 
     ``key``: the config key that names the bundle, for the error. A card atlas the project does not
     parcellate is an error naming the card, the atlas, and the key that would add it.
@@ -40,4 +40,5 @@ def project_atlas(card: Mapping[str, Any], card_path: str, key: str, atlases: Se
             return candidate
     raise InputError(card_path, f"{key}: the model was trained on atlas {name!r} ({card['atlas']['n_regions']} "
                      f"regions), which this project does not parcellate (its atlases: {', '.join(atlases)}); add it "
-                     f"under atlas.extra as {config_name(name)!r} (image and labels, region names as in the card)")
+                     f"under atlas.extra as {config_name(name)!r} (image and labels, region names as in the card), "
+                     f"or name its pinned copy under atlas.pinned where one exists (docs/atlases.md)")
