@@ -78,6 +78,18 @@ def network_blocks(block: dict[str, np.ndarray], networks: np.ndarray, iu: tuple
     return {s: np.array([v[code == c].mean() for c in keep]) for s, v in block.items()}
 
 
+def paired_difference(preds: pd.DataFrame, a: str, b: str, n_boot: int = 1000) -> tuple[float, float, float]:
+    """Pooled AUROC of row ``a`` minus row ``b`` on the same out-of-fold predictions (matched by repeat and
+    subject) and its 95% percentile CI, resampling those predictions jointly (the table's bootstrap, paired)."""
+    from sklearn.metrics import roc_auc_score
+
+    pair = preds[preds["variant"] == a].merge(preds[preds["variant"] == b], on=["repeat", "subject"])
+    y, sa, sb = pair["label_x"].to_numpy(), pair["score_x"].to_numpy(), pair["score_y"].to_numpy()
+    idx = np.random.default_rng(0).integers(0, len(y), (n_boot, len(y)))
+    draws = [roc_auc_score(y[i], sa[i]) - roc_auc_score(y[i], sb[i]) for i in idx if 0 < y[i].sum() < len(i)]
+    return roc_auc_score(y, sa) - roc_auc_score(y, sb), *np.quantile(draws, [0.025, 0.975])
+
+
 def main(results: Path, networks_tsv: Path | None, n_boot: int = 1000) -> None:
     out = results / "finetune" / "response"
     table = read_tsv(out / "variants.tsv").set_index("variant")
@@ -117,9 +129,15 @@ def main(results: Path, networks_tsv: Path | None, n_boot: int = 1000) -> None:
                    refit("logistic on FC + SC network blocks (standardised)", [fc_net, sc_net], folds, labels),
                    refit("late fusion: mean of the FC and SC network-block models", [fc_net, sc_net], folds, labels,
                          late=True)]
-    metrics = evaluation.summarise(pd.concat(refits, ignore_index=True), "classification", n_boot=n_boot, seed=0)
+    refits = pd.concat(refits, ignore_index=True)
+    metrics = evaluation.summarise(refits, "classification", n_boot=n_boot, seed=0)
     print(metrics.set_index("variant")[["n_subjects", "auroc_pooled", "auroc_ci_low", "auroc_ci_high", "auroc_mean",
                                         "auroc_sd"]].to_string(float_format="%.3f"))
+    both = pd.concat([preds[preds["permutation"] == 0], refits], ignore_index=True)
+    late = "late fusion: mean of the symphony fMRI and SC probes"
+    print("paired AUROC differences, same predictions resampled jointly [95% CI]:")
+    for a, b in ((f, u) for f in ("probe_symphony_fused", late) for u in ("probe_symphony_fmri", "probe_symphony_sc")):
+        print(f"  {a} - {b}: %+.3f [%+.3f, %+.3f]" % paired_difference(both, a, b, n_boot))
     gate = read_tsv(sym_dir / "subjects.tsv", dtype={"subject": str}).set_index("subject")["gate_functional"]
     by_group = gate.groupby(labels.reindex(gate.index)).agg(["mean", "min", "max"])
     print("gate functional share per subject (1 = all time series), by label:")
