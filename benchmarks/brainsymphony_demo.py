@@ -2,14 +2,16 @@
 
 Run after the DAG of ``benchmarks/brainsymphony_demo.yaml`` (commands in benchmarks/README.md):
 
-    PYTHONPATH=src python benchmarks/brainsymphony_demo.py results/brainsymphony-demo
+    PYTHONPATH=src python benchmarks/brainsymphony_demo.py results/brainsymphony-split \
+        --networks data/demo-split/ground_truth/regions.tsv
 
 Prints the agnostic set-up's variants table (the BrainSymphony probe rows, the BrainLM-style probes,
 the FC baselines and the controls), then, on the same subject folds (read from predictions.tsv),
 the FC baseline's L2 logistic regression on other inputs: the transformed structural connectome
 (upper triangle), FC and SC side by side (each block standardised, so neither dominates by its
-scale), and the BrainSymphony embeddings of each modality side by side (fMRI + SC concatenated, no
-gate); and the gate's functional share per subject. Pooled AUROC with the table's subject bootstrap CI.
+scale), the same on network blocks (each modality's mean per pair of networks, ``--networks``: the
+linear models' counterpart of the network read-out) and the BrainSymphony features of each modality
+side by side (fMRI + SC concatenated, no gate); and the gate's functional share per subject. Pooled AUROC with the table's subject bootstrap CI.
 """
 
 from __future__ import annotations
@@ -43,25 +45,52 @@ def standardised(block: dict[str, np.ndarray], train: list[str]) -> dict[str, np
     return {s: (v - mean) / sd / np.sqrt(len(v)) for s, v in block.items()}
 
 
-def refit(name: str, blocks: list[dict[str, np.ndarray]], folds: pd.DataFrame, labels: pd.Series) -> pd.DataFrame:
-    """The logistic baseline on the concatenated blocks, on the set-up's folds (subjects lacking a block left out)."""
+def refit(name: str, blocks: list[dict[str, np.ndarray]], folds: pd.DataFrame, labels: pd.Series,
+          late: bool = False) -> pd.DataFrame:
+    """The logistic baseline on the concatenated blocks, on the set-up's folds (subjects lacking a block left out);
+    ``late``: one logistic model per block instead, the test subjects' probabilities averaged (late fusion)."""
     rows = []
     for (repeat, fold), test_rows in folds.groupby(["repeat", "fold"]):
         have = set.intersection(*(set(b) for b in blocks))
         test = [s for s in test_rows["subject"] if s in have]
         train = sorted(have - set(test_rows["subject"]))
-        scaled = [standardised(b, train) for b in blocks] if len(blocks) > 1 else blocks
-        features = {s: np.concatenate([b[s] for b in scaled]) for s in have}
-        x_train = np.stack([features[s] for s in train])
-        x_test = np.stack([features[s] for s in test])
-        scores, _ = baselines.fit_predict("logistic", "classification", x_train, labels[train].to_numpy(float), x_test,
-                                          seed=int(repeat), warn=False)
+        scaled = [standardised(b, train) for b in blocks] if len(blocks) > 1 and not late else blocks
+        groups = [[b] for b in scaled] if late else [scaled]
+        scores = np.zeros(len(test))
+        for group in groups:
+            features = {s: np.concatenate([b[s] for b in group]) for s in have}
+            x_train = np.stack([features[s] for s in train])
+            x_test = np.stack([features[s] for s in test])
+            part, _ = baselines.fit_predict("logistic", "classification", x_train, labels[train].to_numpy(float), x_test,
+                                            seed=int(repeat), warn=False)
+            scores += part / len(groups)
         rows.append(pd.DataFrame({"setup": "agnostic", "variant": name, "repeat": repeat, "permutation": 0,
                                   "fold": fold, "subject": test, "label": labels[test].to_numpy(), "score": scores}))
     return pd.concat(rows, ignore_index=True)
 
 
-def main(results: Path, n_boot: int = 1000) -> None:
+def network_blocks(block: dict[str, np.ndarray], networks: np.ndarray, iu: tuple) -> dict[str, np.ndarray]:
+    """Each subject's upper-triangle matrix averaged per pair of networks (K x K pairs of networks, within-network pairs included)."""
+    k = int(networks.max()) + 1
+    pair_i, pair_j = np.minimum(networks[iu[0]], networks[iu[1]]), np.maximum(networks[iu[0]], networks[iu[1]])
+    code = pair_i * k + pair_j
+    keep = np.unique(code)
+    return {s: np.array([v[code == c].mean() for c in keep]) for s, v in block.items()}
+
+
+def paired_difference(preds: pd.DataFrame, a: str, b: str, n_boot: int = 1000) -> tuple[float, float, float]:
+    """Pooled AUROC of row ``a`` minus row ``b`` on the same out-of-fold predictions (matched by repeat and
+    subject) and its 95% percentile CI, resampling those predictions jointly (the table's bootstrap, paired)."""
+    from sklearn.metrics import roc_auc_score
+
+    pair = preds[preds["variant"] == a].merge(preds[preds["variant"] == b], on=["repeat", "subject"])
+    y, sa, sb = pair["label_x"].to_numpy(), pair["score_x"].to_numpy(), pair["score_y"].to_numpy()
+    idx = np.random.default_rng(0).integers(0, len(y), (n_boot, len(y)))
+    draws = [roc_auc_score(y[i], sa[i]) - roc_auc_score(y[i], sb[i]) for i in idx if 0 < y[i].sum() < len(i)]
+    return roc_auc_score(y, sa) - roc_auc_score(y, sb), *np.quantile(draws, [0.025, 0.975])
+
+
+def main(results: Path, networks_tsv: Path | None, n_boot: int = 1000) -> None:
     out = results / "finetune" / "response"
     table = read_tsv(out / "variants.tsv").set_index("variant")
     print(table.loc[[r for r in ROWS if r in table.index],
@@ -86,10 +115,29 @@ def main(results: Path, n_boot: int = 1000) -> None:
     refits = [refit("logistic on SC (upper triangle)", [sc], folds, labels),
               refit("logistic on FC + SC (blocks standardised)", [fc, sc], folds, labels),
               refit("logistic on FC again (check: = the table's)", [fc], folds, labels),
-              refit("probe on symphony fMRI + SC embeddings, concatenated", [sym["fmri"], sym["sc"]], folds, labels)]
-    metrics = evaluation.summarise(pd.concat(refits, ignore_index=True), "classification", n_boot=n_boot, seed=0)
+              refit("probe on symphony fMRI + SC embeddings, concatenated", [sym["fmri"], sym["sc"]], folds, labels),
+              refit("late fusion: mean of the symphony fMRI and SC probes", [sym["fmri"], sym["sc"]], folds, labels,
+                    late=True),
+              refit("late fusion: mean of the FC and SC logistic models", [fc, sc], folds, labels, late=True)]
+    if networks_tsv is not None:
+        names = read_tsv(dataset / "scaling.tsv")["region"].astype(str).tolist()
+        lut = read_tsv(networks_tsv).astype({"name": str}).set_index("name")["network"]
+        codes = np.unique(lut.loc[names].to_numpy(), return_inverse=True)[1]
+        fc_net, sc_net = network_blocks(fc, codes, iu), network_blocks(sc, codes, iu)
+        refits += [refit("logistic on FC network blocks", [fc_net], folds, labels),
+                   refit("logistic on SC network blocks", [sc_net], folds, labels),
+                   refit("logistic on FC + SC network blocks (standardised)", [fc_net, sc_net], folds, labels),
+                   refit("late fusion: mean of the FC and SC network-block models", [fc_net, sc_net], folds, labels,
+                         late=True)]
+    refits = pd.concat(refits, ignore_index=True)
+    metrics = evaluation.summarise(refits, "classification", n_boot=n_boot, seed=0)
     print(metrics.set_index("variant")[["n_subjects", "auroc_pooled", "auroc_ci_low", "auroc_ci_high", "auroc_mean",
                                         "auroc_sd"]].to_string(float_format="%.3f"))
+    both = pd.concat([preds[preds["permutation"] == 0], refits], ignore_index=True)
+    late = "late fusion: mean of the symphony fMRI and SC probes"
+    print("paired AUROC differences, same predictions resampled jointly [95% CI]:")
+    for a, b in ((f, u) for f in ("probe_symphony_fused", late) for u in ("probe_symphony_fmri", "probe_symphony_sc")):
+        print(f"  {a} - {b}: %+.3f [%+.3f, %+.3f]" % paired_difference(both, a, b, n_boot))
     gate = read_tsv(sym_dir / "subjects.tsv", dtype={"subject": str}).set_index("subject")["gate_functional"]
     by_group = gate.groupby(labels.reindex(gate.index)).agg(["mean", "min", "max"])
     print("gate functional share per subject (1 = all time series), by label:")
@@ -99,4 +147,6 @@ def main(results: Path, n_boot: int = 1000) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("results", type=Path)
-    main(parser.parse_args().results)
+    parser.add_argument("--networks", type=Path, default=None, help="TSV with name and network per region")
+    args = parser.parse_args()
+    main(args.results, args.networks)

@@ -1,6 +1,7 @@
 """How well the demo's structural connectomes alone separate responders (fmriflow.sc.demo's effect size).
 
     PYTHONPATH=src python benchmarks/sc_demo_power.py --effect 0.25 --network-sd 0.15
+    PYTHONPATH=src python benchmarks/sc_demo_power.py --effect 0.5 --block-sd 0.15   # the fusion demo's
 
 24 subjects (12 responders), A424 regions with networks from k-means on the centres (|x|, as the
 demo draws them), counts from ``simulate_counts``; per seed: the AUROC of the oracle contrast (mean
@@ -24,7 +25,7 @@ from fmriflow.atlas import a424_labels_table  # noqa: E402
 from fmriflow.sc.demo import SCModel, simulate_counts  # noqa: E402
 
 
-def main(coordinates: str, effect: float, network_sd: float, seeds: int) -> None:
+def main(coordinates: str, effect: float, network_sd: float, seeds: int, block_sd: float = 0.0) -> None:
     from scipy.cluster.vq import kmeans2
     from sklearn.metrics import roc_auc_score
     from sklearn.model_selection import StratifiedKFold
@@ -34,7 +35,7 @@ def main(coordinates: str, effect: float, network_sd: float, seeds: int) -> None
     points[:, 0] = np.abs(points[:, 0])
     _, networks = kmeans2(points, 8, minit="++", seed=np.random.default_rng(0))
     y = np.arange(24) % 2
-    model = SCModel(effect=effect, network_sd=network_sd)
+    model = SCModel(effect=effect, network_sd=network_sd, block_sd=block_sd)
     i, j = np.triu_indices(len(xyz), 1)
     block = np.isin(networks[i], model.effect_networks) & np.isin(networks[j], model.effect_networks)
     for seed in range(seeds):
@@ -55,6 +56,7 @@ if __name__ == "__main__":
     parser.add_argument("--coordinates", default="resources/atlases/A424/A424_Coordinates.dat")
     parser.add_argument("--effect", type=float, default=SCModel().effect)
     parser.add_argument("--network-sd", type=float, default=SCModel().network_sd)
+    parser.add_argument("--block-sd", type=float, default=SCModel().block_sd, help="spread per pair of networks")
     parser.add_argument("--seeds", type=int, default=3)
     args = parser.parse_args()
-    main(args.coordinates, args.effect, args.network_sd, args.seeds)
+    main(args.coordinates, args.effect, args.network_sd, args.seeds, args.block_sd)

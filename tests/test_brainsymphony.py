@@ -13,7 +13,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fmriflow.models.brainsymphony import CONFIGS, BrainSymphony, BrainSymphonyConfig, create_brainsymphony
+from fmriflow.models.brainsymphony import (CONFIGS, BrainSymphony, BrainSymphonyConfig, create_brainsymphony,
+                                           network_similarity)
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -247,3 +248,23 @@ def test_gate_limits():
                                 (0.0, (emb.functional + emb.structural) / 2)):
             gate.bias.fill_(value)
             torch.testing.assert_close(model.encode(x, sc), expected, atol=1e-6, rtol=1e-6)
+
+
+def test_network_similarity_against_loops():
+    """Mean cosine similarity of centred region tokens per pair of networks, by plain loops in float64."""
+    import numpy as np
+
+    gen = torch.Generator().manual_seed(4)
+    tokens = torch.randn(2, 7, 5, generator=gen)
+    networks = torch.tensor([0, 2, 1, 0, 2, 2, 1])
+    got = network_similarity(tokens, networks, 3).numpy()
+    t = tokens.double().numpy()
+    for b in range(2):
+        c = t[b] - t[b].mean(0)
+        unit = c / np.linalg.norm(c, axis=1, keepdims=True)
+        want = []
+        for p in range(3):
+            for q in range(p, 3):
+                want.append(np.mean([unit[i] @ unit[j] for i in range(7) for j in range(7)
+                                     if networks[i] == p and networks[j] == q]))
+        np.testing.assert_allclose(got[b], want, atol=1e-5)

@@ -65,6 +65,11 @@ def test_plan_time_errors_name_the_key(demo, tmp_path):
     proc = run_snakemake(tmp_path, config, "--dry-run")
     assert proc.returncode != 0
     assert "log10_count_over_volume needs brainsymphony.sc.volumes" in proc.stdout + proc.stderr
+    config = _config(demo, tmp_path / "results")
+    config["brainsymphony"]["readout"] = "networks"
+    proc = run_snakemake(tmp_path, config, "--dry-run")
+    assert proc.returncode != 0
+    assert "brainsymphony.readout networks needs brainsymphony.networks" in proc.stdout + proc.stderr
 
 
 @pytest.fixture(scope="module")

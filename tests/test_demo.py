@@ -297,6 +297,10 @@ def test_failed_run_leaves_nothing(tmp_path, atlas_paths, monkeypatch):
         ({"dummy_volumes": 11}, "dummy_volumes"),
         ({"pretraining_subjects": -1}, "pretraining_subjects"),
         ({"pretraining_subjects": 2, "pretraining_trs": 10}, "pretraining_trs"),
+        ({"responder_loading": 0.9}, "responder_loading"),
+        ({"responder_loading": True}, "responder_loading"),
+        ({"sc_effect": -0.1}, "sc_effect"),
+        ({"sc_block_sd": "0.1"}, "sc_block_sd"),
     ],
 )
 def test_bad_arguments(tmp_path, atlas_paths, kwargs, match):
@@ -628,3 +632,19 @@ def test_pretraining_cohort_files_and_dynamics(res2, atlas_paths):
     from scipy.stats import spearmanr
 
     assert spearmanr(drawn, measured).statistic > 0.6
+
+
+def test_responder_loading_sets_the_fc_effect():
+    """--responder-loading: responders' correlation between two regions of the responder networks rises by
+    the loading squared (a common factor's covariance), the non-responders' stays as it was."""
+    from fmriflow.demo.model import MODEL, population_covariances
+
+    networks = np.array([0, 0, 1, 2, 2, 3])
+    edges = pd.DataFrame({"region_i": [5], "region_j": [6]})
+    sigma0, sigma1 = population_covariances(networks, edges)
+    weak0, weak1 = population_covariances(networks, edges, responder_loading=0.2)
+    np.testing.assert_array_equal(weak0, sigma0)
+    assert sigma1[0, 2] - sigma0[0, 2] == pytest.approx(MODEL.responder_loading ** 2)
+    assert weak1[0, 2] - weak0[0, 2] == pytest.approx(0.04)
+    assert weak1[0, 3] == pytest.approx(weak0[0, 3])  # network 2 is no responder network
+    assert weak1[4, 5] - weak0[4, 5] == pytest.approx(MODEL.edge_delta)  # the planted edge is left alone

@@ -13,6 +13,7 @@ import torch
 from sklearn.model_selection import StratifiedKFold
 
 from fmriflow.datasets.regions import REGION_MASK, SAMPLES
+from fmriflow.errors import InputError
 from fmriflow.finetune.run import features_step, setup_step
 from fmriflow.finetune.settings import FinetuneSettings, TrainSettings
 from fmriflow.finetune.symphony import features_step as symphony_features
@@ -127,3 +128,48 @@ def test_rows_controls_cis_and_the_subject_table(cohort):
     assert sorted(table.index[~table["connectome"]]) == list(NO_SC)
     assert (table.loc[list(NO_SC), "path"] == "fmri only (no connectome)").all()
     assert table["gate_functional"].dropna().between(0, 1).all() and table["gate_functional"].notna().sum() == 20
+
+
+def _network_blocks(tokens: np.ndarray, networks: np.ndarray) -> np.ndarray:
+    """Mean cosine similarity of centred tokens per pair of networks (upper triangle), in float64 numpy."""
+    k = networks.max() + 1
+    out = []
+    for t in tokens.astype(np.float64):
+        c = t - t.mean(0)
+        unit = c / np.linalg.norm(c, axis=1, keepdims=True)
+        sim = unit @ unit.T
+        out.append([sim[np.ix_(networks == p, networks == q)].mean() for p in range(k) for q in range(p, k)])
+    return np.array(out)
+
+
+def test_network_readout_and_its_gated_fusion(cohort, tmp_path):
+    """readout networks: each modality's token similarity per pair of networks (against numpy), fused =
+    [g fMRI ; (1 - g) SC] with the gate's share g; without a connectome g = 1 (SC half zero)."""
+    root, model, _, names, subject = cohort
+    labels = np.array(["b", "a", "a", "c", "b", "c", "a", "b"])  # any labels; coded in sorted order
+    table = tmp_path / "networks.tsv"
+    pd.DataFrame({"name": [f"r{i}" for i in range(REGIONS)][::-1], "network": labels[::-1]}).to_csv(
+        table, sep="\t", index=False)
+    stored = symphony_features(str(root / "symphony.pt"), str(root / "dataset"), str(tmp_path / "out"),
+                               sc_dir=str(root / "sc"), networks=str(table))
+    codes = np.unique(labels, return_inverse=True)[1]
+    x = torch.from_numpy(np.load(root / "dataset" / SAMPLES))
+    has = ~np.isin(names[subject], NO_SC)
+    sc = np.stack([pd.read_csv(next((root / "sc").glob(f"sub-{s}_*.tsv")), sep="\t").to_numpy(np.float32)
+                   for s in names[subject][has]])
+    with torch.no_grad():
+        emb = model.embed(x[has], torch.from_numpy(sc))
+        regions_all = model.embed(x).regions.numpy()
+    fmri = _network_blocks(regions_all, codes)
+    np.testing.assert_allclose(stored["fmri"], fmri, atol=1e-5)
+    np.testing.assert_allclose(stored["sc"][has], _network_blocks(emb.nodes.numpy(), codes), atol=1e-5)
+    assert np.isnan(stored["sc"][~has]).all()
+    g = stored["gate"][has][:, None]
+    np.testing.assert_allclose(stored["fused"][has], np.concatenate([g * fmri[has], (1 - g) * stored["sc"][has]], 1),
+                               atol=1e-5)
+    np.testing.assert_allclose(stored["fused"][~has], np.concatenate([fmri[~has], 0 * fmri[~has]], 1), atol=1e-5)
+    bad = tmp_path / "bad.tsv"
+    pd.DataFrame({"name": ["r0"], "network": ["a"]}).to_csv(bad, sep="\t", index=False)
+    with pytest.raises(InputError, match="no network for dataset region"):
+        symphony_features(str(root / "symphony.pt"), str(root / "dataset"), str(tmp_path / "bad"),
+                          sc_dir=str(root / "sc"), networks=str(bad))

@@ -145,6 +145,34 @@ def test_demo_connectome_effect_size(tmp_path):
     assert gap < 0
 
 
+def test_demo_spread_per_pair_of_networks():
+    """``block_sd``: each pair of networks' streamlines move by a subject's own log-normal factor of that SD
+    (against the closed form), and 0 (the default) draws nothing, so the default demo's counts are unchanged."""
+    from fmriflow.sc.demo import simulate_counts
+
+    rng = np.random.default_rng(2)
+    n, k = 60, 4
+    xyz, net = rng.uniform(-50, 50, (n, 3)), np.arange(n) % k
+    pairs = np.array([[1.0, 2.0, 1.0, 1.0], [2.0, 1.0, 1.0, 1.0], [1.0, 1.0, 0.5, 1.0], [1.0, 1.0, 1.0, 1.0]])
+    plain = expected_counts(xyz, net, False)
+    np.testing.assert_allclose(expected_counts(xyz, net, False, pair_density=pairs),
+                               plain * pairs[net[:, None], net[None, :]])
+    responders = [False] * 30
+    default, _ = simulate_counts(xyz, net, responders, seed=4)
+    zero, _ = simulate_counts(xyz, net, responders, seed=4, model=SCModel(block_sd=0.0))
+    np.testing.assert_array_equal(zero, default)
+    quiet = dict(network_sd=0.0, subject_scale_range=(1.0, 1.0), scale=1e5)  # Poisson noise negligible
+    counts, _ = simulate_counts(xyz, net, responders, seed=4, model=SCModel(block_sd=0.3, **quiet))
+    i, j = np.triu_indices(n, 1)
+    spread = []
+    for a in range(k):
+        for b in range(a, k):
+            edges = ((net[i] == a) & (net[j] == b)) | ((net[i] == b) & (net[j] == a))
+            ratio = counts[:, i[edges], j[edges]].sum(1) / plain[i[edges], j[edges]].sum()
+            spread.append(np.log(ratio).std(ddof=1))
+    assert np.mean(spread) == pytest.approx(0.3, abs=0.05)
+
+
 def test_prepare_connectome_records_the_transform(tmp_path):
     counts = _counts()
     source = tmp_path / "sub-01_connectome.csv"

@@ -24,6 +24,7 @@ def _demo_data(args: argparse.Namespace) -> None:
         tr=args.tr, bold_res=args.bold_res, seed=args.seed, jobs=args.jobs, overwrite=args.overwrite,
         head_motion=args.head_motion, dummy_volumes=args.dummy_volumes,
         pretraining_subjects=args.pretraining_subjects, pretraining_trs=args.pretraining_trs,
+        responder_loading=args.responder_loading, sc_effect=args.sc_effect, sc_block_sd=args.sc_block_sd,
     )
     print(f"demo dataset written to {args.out} ({summary.get('n_subjects', args.subjects)} subjects)")
 
@@ -270,6 +271,13 @@ def _add_demo_data(sub, atlas_options) -> None:
                    help="also write an unlabelled pretraining cohort of this many subjects (A424 region time series, "
                         "XCP-D layout) under OUT/pretraining")
     p.add_argument("--pretraining-trs", type=int, default=None, help="volumes per pretraining run (default: --trs)")
+    p.add_argument("--responder-loading", type=float, default=None,
+                   help="responders' extra factor loading on the responder networks, the FC effect (default 0.5); "
+                        "0.2 splits the group difference between FC and the connectomes (BrainSymphony fusion demo)")
+    p.add_argument("--sc-effect", type=float, default=None,
+                   help="responders' extra fraction of streamlines in the connectomes' effect networks (default 0.25)")
+    p.add_argument("--sc-block-sd", type=float, default=None,
+                   help="SD of a subject's log tract density per pair of networks (default 0; the fusion demo: 0.15)")
     atlas_options(p)
     p.set_defaults(func=_demo_data)
 

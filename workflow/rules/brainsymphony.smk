@@ -72,6 +72,7 @@ rule brainsymphony_features:
         model=rules.brainsymphony_pretrain.output.model,
         card=rules.dataset.output.card,
         connectomes=sc_outputs(),
+        **({"networks": symphony_readout_networks()} if symphony_readout_networks() else {}),
     output:
         samples=symphony_feature_files()[0],
         arrays=symphony_feature_files()[1:-1],

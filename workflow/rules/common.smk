@@ -411,6 +411,16 @@ def symphony_feature_files():
     return [f"{SYMPHONY_DIR}/features/{name}" for name in names]
 
 
+def symphony_readout_networks():
+    """The networks TSV of brainsymphony.readout networks (the probe's network read-out), else None."""
+    if SYMPHONY["readout"] != "networks":
+        return None
+    if not SYMPHONY["networks"]:
+        raise WorkflowError("brainsymphony.readout networks needs brainsymphony.networks (a TSV with name and "
+                            "network per region); none was given (or choose readout: pooled)")
+    return SYMPHONY["networks"]
+
+
 def symphony_features():
     """BrainSymphony's embeddings for the fine-tuning's probe rows (brainsymphony.enabled), else none."""
     return symphony_feature_files() if SYMPHONY["enabled"] else []

@@ -165,6 +165,7 @@ import contextlib
 import shutil
 import sys
 import tempfile
+from dataclasses import replace
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_all_start_methods, get_context
 from pathlib import Path
@@ -183,7 +184,8 @@ from .model import (
     BOLD_RESOLUTIONS, MODEL, RAW_RES, DemoModel, Population, _draw_population,
     _dropout_sphere, _load_atlas_labels, _shared_arrays, bold_grid, dynamics_factor_removed, population_covariances,
 )
-from ..sc.demo import write_demo_connectomes
+from ..sc.demo import MODEL as SC_MODEL
+from ..sc.demo import SCModel, write_demo_connectomes
 from .pretraining import write_pretraining_cohort
 from .signals import _motion, _var1, _voxel_bold
 # _generate calls the writers by these names, so replacing fmriflow.demo._write_ground_truth
@@ -218,6 +220,8 @@ def generate_demo(
     dummy_volumes: int = 0,
     pretraining_subjects: int = 0,
     pretraining_trs: int | None = None,
+    responder_loading: float | None = None,
+    sc_effect: float | None = None, sc_block_sd: float | None = None,
 ) -> dict[str, Any]:
     """Write the synthetic demo dataset under ``out_dir``.
 
@@ -256,6 +260,10 @@ def generate_demo(
         Subjects of the unlabelled pretraining cohort written under ``pretraining/`` as
         ready-made A424 region time series (``fmriflow.demo.pretraining``), one run of
         ``pretraining_trs`` volumes (None: ``n_trs``) at ``tr`` each; 0 (default): none.
+    responder_loading, sc_effect, sc_block_sd : float or None
+        The FC effect (responders' extra factor loading, in [0, 0.6]) and the connectomes' (``SCModel``'s
+        ``effect`` and spread per pair of networks ``block_sd``); None (default): 0.5, 0.25, 0. The
+        BrainSymphony fusion demo splits the group difference between FC and SC with 0.2, 0.5, 0.15.
 
     Returns
     -------
@@ -272,13 +280,8 @@ def generate_demo(
         If the atlas files are not the A424 atlas.
     """
     _check_args(n_subjects, n_trs, tr, bold_res, seed, jobs)
-    _check_raw_options(head_motion, dummy_volumes)
-    pretraining_trs = n_trs if pretraining_trs is None else pretraining_trs
-    for name, value, least in (("pretraining_subjects", pretraining_subjects, 0), ("pretraining_trs", pretraining_trs, 20)):
-        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < least:
-            raise ValueError(f"'{name}' must be an integer of at least {least}; {value!r} was provided")
-    raw = {"head_motion": None if head_motion is None else float(head_motion), "dummy_volumes": int(dummy_volumes),
-           "pretraining_subjects": int(pretraining_subjects), "pretraining_trs": int(pretraining_trs)}
+    raw = _options(head_motion, dummy_volumes, pretraining_subjects, n_trs if pretraining_trs is None else pretraining_trs,
+                   responder_loading, sc_effect, sc_block_sd)
     with _single_threaded_blas():
         return _generate(Path(out_dir), atlas_img, coordinates, n_subjects, n_trs, float(tr), bold_res, seed, jobs, overwrite, raw)
 
@@ -293,7 +296,9 @@ def _generate(out_dir, atlas_img, coordinates, n_subjects, n_trs, tr, bold_res, 
 
     seq = np.random.SeedSequence(seed)
     pop_seq, *subject_seqs = seq.spawn(n_subjects + 1)
-    population = _draw_population(labels_table, atlas_labels, atlas.affine, n_subjects, np.random.default_rng(pop_seq))
+    loading = MODEL.responder_loading if raw["responder_loading"] is None else raw["responder_loading"]
+    population = _draw_population(labels_table, atlas_labels, atlas.affine, n_subjects, np.random.default_rng(pop_seq),
+                                  responder_loading=loading)
     chol = {g: np.linalg.cholesky(dynamics_factor_removed(sigma, population.networks))
             for g, sigma in ((0, population.sigma0), (1, population.sigma1))}
 
@@ -331,12 +336,14 @@ def _generate(out_dir, atlas_img, coordinates, n_subjects, n_trs, tr, bold_res, 
                 **({"head_motion": raw["head_motion"]} if raw["head_motion"] is not None else {}),
                 **({"dummy_volumes": raw["dummy_volumes"]} if raw["dummy_volumes"] else {}),
                 **({key: raw[key] for key in ("pretraining_subjects", "pretraining_trs")} if raw["pretraining_subjects"] else {}),
+                **({"responder_loading": raw["responder_loading"]} if raw["responder_loading"] is not None else {}),
+                **raw["sc_options"],
             },
         )
         # diffusion-derived connectomes of the same subjects and networks (a stream of their own: the BOLD
         # stays as it was); the structural half of the responder effect (fmriflow.sc.demo)
         write_demo_connectomes(staging / "derivatives" / "qsirecon", staging / "ground_truth" / "ground_truth.json",
-                               seed=seed)
+                               seed=seed, model=raw["sc"])
         _move_into_place(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -358,6 +365,33 @@ def _generate(out_dir, atlas_img, coordinates, n_subjects, n_trs, tr, bold_res, 
         "seed": seed,
         "jobs": jobs,
     }
+
+
+def _options(head_motion, dummy_volumes, pretraining_subjects, pretraining_trs, responder_loading, sc_effect,
+             sc_block_sd) -> dict[str, Any]:
+    """The checked options of ``generate_demo`` beyond the grid and the cohort (``_generate``'s ``raw``)."""
+    _check_raw_options(head_motion, dummy_volumes)
+    for name, value, least in (("pretraining_subjects", pretraining_subjects, 0), ("pretraining_trs", pretraining_trs, 20)):
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < least:
+            raise ValueError(f"'{name}' must be an integer of at least {least}; {value!r} was provided")
+    if responder_loading is not None and (isinstance(responder_loading, bool) or not isinstance(responder_loading, (int, float))
+                                          or not 0.0 <= responder_loading <= MODEL.network_loading):
+        raise ValueError(f"'responder_loading' must be a number in [0, {MODEL.network_loading}] or None; "
+                         f"{responder_loading!r} was provided")
+    return {"head_motion": None if head_motion is None else float(head_motion), "dummy_volumes": int(dummy_volumes),
+            "pretraining_subjects": int(pretraining_subjects), "pretraining_trs": int(pretraining_trs),
+            "responder_loading": None if responder_loading is None else float(responder_loading),
+            "sc": _sc_model(sc_effect, sc_block_sd),
+            "sc_options": {f"sc_{k}": float(v) for k, v in (("effect", sc_effect), ("block_sd", sc_block_sd)) if v is not None}}
+
+
+def _sc_model(effect: float | None, block_sd: float | None) -> SCModel:
+    """The connectome model with the demo-data options that are set (``fmriflow.sc.demo``)."""
+    for name, value in (("sc_effect", effect), ("sc_block_sd", block_sd)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 2):
+            raise ValueError(f"'{name}' must be a number in [0, 2] or None; {value!r} was provided")
+    changes = {k: float(v) for k, v in (("effect", effect), ("block_sd", block_sd)) if v is not None}
+    return replace(SC_MODEL, **changes)
 
 
 def _check_out_dir(out_dir: Path, overwrite: bool) -> None:

@@ -222,11 +222,12 @@ class Population:
 
 
 def _draw_population(labels_table: pd.DataFrame, atlas_labels: np.ndarray, atlas_affine: np.ndarray,
-                     n_subjects: int, rng: np.random.Generator) -> Population:
+                     n_subjects: int, rng: np.random.Generator,
+                     responder_loading: float = MODEL.responder_loading) -> Population:
     # the draws' order is part of the output: a rerun with the same seed is byte-identical
     networks = _assign_networks(labels_table, rng)
     edges = _choose_edges(atlas_labels, atlas_affine, networks, rng)
-    sigma0, sigma1 = population_covariances(networks, edges)
+    sigma0, sigma1 = population_covariances(networks, edges, responder_loading)
     participants = _participants(n_subjects, rng)
     n_dropout = int(round(MODEL.dropout_fraction * n_subjects))
     n_spikes = int(round(MODEL.spike_fraction * n_subjects))
@@ -237,11 +238,13 @@ def _draw_population(labels_table: pd.DataFrame, atlas_labels: np.ndarray, atlas
     return Population(networks, edges, sigma0, sigma1, participants, has_dropout, has_spikes)
 
 
-def population_covariances(networks: np.ndarray, edges: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+def population_covariances(networks: np.ndarray, edges: pd.DataFrame,
+                           responder_loading: float = MODEL.responder_loading) -> tuple[np.ndarray, np.ndarray]:
     """``Sigma0`` (non-responders) and ``Sigma1`` (responders); both unit-diagonal.
 
     ``networks`` holds the network (0..K-1) of each region in label order; ``edges``
-    the 1-based labels ``region_i``, ``region_j`` of the planted edges.
+    the 1-based labels ``region_i``, ``region_j`` of the planted edges; ``responder_loading``
+    the responders' extra factor on the responder networks (a weaker one: a weaker FC effect).
     """
     n, k = len(networks), MODEL.n_networks
     loadings = np.zeros((n, k + 2))
@@ -253,7 +256,7 @@ def population_covariances(networks: np.ndarray, edges: pd.DataFrame) -> tuple[n
         return sigma + np.diag(1.0 - np.diag(sigma))  # unique variances: unit diagonal
 
     sigma0 = covariance(loadings)
-    loadings[np.isin(networks, MODEL.responder_networks), k + 1] = MODEL.responder_loading
+    loadings[np.isin(networks, MODEL.responder_networks), k + 1] = responder_loading
     sigma1 = covariance(loadings)
     i = edges["region_i"].to_numpy() - 1
     j = edges["region_j"].to_numpy() - 1

@@ -351,12 +351,13 @@ def _write_ground_truth(
         "dynamics_network": networks == MODEL.dynamics_network,  # responders' slower dynamics, same FC
     }))
     model = asdict(MODEL)
+    model["responder_loading"] = settings.get("responder_loading", MODEL.responder_loading)  # --responder-loading
     model["ar_coef"] = MODEL.ar_coef(settings["tr"])
     model["physio_ar_coef"] = MODEL.physio_ar_coef(settings["tr"])
     model["unique_variance"] = 1 - MODEL.network_loading**2 - MODEL.global_loading**2
     model["within_network_corr"] = MODEL.network_loading**2 + MODEL.global_loading**2
     model["between_network_corr"] = MODEL.global_loading**2
-    model["responder_network_corr_increase"] = MODEL.responder_loading**2
+    model["responder_network_corr_increase"] = model["responder_loading"] ** 2
     model["dynamics_ar_coef"] = {group: MODEL.dynamics_ar_coef(settings["tr"], group == "responder")
                                  for group in ("non-responder", "responder")}
     model["dynamics_region_lag1"] = {group: MODEL.region_lag1(settings["tr"], group == "responder")

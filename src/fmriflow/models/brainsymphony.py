@@ -478,6 +478,28 @@ class BrainSymphony(nn.Module):
                 raise ValueError(f"'x' and 'sc' must have the same batch size; got {x.shape[0]} and {sc.shape[0]}")
 
 
+def network_similarity(tokens: Tensor, networks: Tensor, n_networks: int) -> Tensor:
+    """Mean cosine similarity of region tokens per pair of networks, ``(B, K(K+1)/2)`` (upper triangle, row-major).
+
+    ``tokens`` (B, R, D): region tokens (the spatial stream's, or the connectome's node tokens);
+    ``networks`` (R,) long: each region's network in 0..K-1. Each token is centred on the mean
+    token of its sample first (the part every region shares says nothing about which regions
+    go together). Two regions whose time series co-vary get similar spatial tokens (a token is
+    a projection of the region's window), and two regions with similar connectivity rows
+    similar node tokens; averaged over a pair of networks this keeps the network-level
+    structure (FC between systems, tract density between them) that the mean over all regions
+    averages away.
+    """
+    centred = tokens.float() - tokens.float().mean(dim=1, keepdim=True)  # (B, R, D)
+    unit = F.normalize(centred, dim=-1)
+    similarity = unit @ unit.transpose(1, 2)  # (B, R, R)
+    member = F.one_hot(networks.long(), n_networks).to(similarity.dtype)  # (R, K)
+    member = member / member.sum(dim=0).clamp_min(1)  # column k: the mean over network k's regions
+    blocks = member.T @ similarity @ member  # (B, K, K)
+    i, j = torch.triu_indices(n_networks, n_networks, device=tokens.device)
+    return blocks[:, i, j]
+
+
 def _highest(noise: Tensor, ratio: float) -> Tensor:
     """True for the ``round(n * ratio)`` highest-noise entries of each row (the MAE shuffle's masked set)."""
     n = noise.shape[1]

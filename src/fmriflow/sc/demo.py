@@ -57,6 +57,10 @@ class SCModel:
     effect: float = 0.25  # responders' extra fraction within and between effect_networks
     effect_networks: tuple[int, ...] = (3, 4)  # disjoint from the fMRI effect's networks (0, 1 FC; 2 dynamics)
     network_sd: float = 0.15  # SD of a subject's log tract density per network (between-subject spread)
+    # SD of a subject's log tract density per pair of networks (0: none, the default demo). The per-network
+    # spread above is separable (block a,b moves by half of a's and b's), so network-level contrasts cancel it
+    # exactly and leave only Poisson noise; a pair-specific spread is what no contrast of blocks removes
+    block_sd: float = 0.0
     subject_scale_range: tuple[float, float] = (0.8, 1.2)
     volume_median_mm3: float = 3000.0  # region volumes: lognormal around this median
     volume_log_sd: float = 0.5
@@ -71,15 +75,19 @@ def region_volumes(n_regions: int, rng: np.random.Generator, model: SCModel = MO
 
 
 def expected_counts(xyz: np.ndarray, networks: np.ndarray, responder: bool, subject_scale: float = 1.0,
-                    model: SCModel = MODEL, density: np.ndarray | None = None) -> np.ndarray:
+                    model: SCModel = MODEL, density: np.ndarray | None = None,
+                    pair_density: np.ndarray | None = None) -> np.ndarray:
     """``mu`` (R, R) of the module docstring, zero diagonal; ``density`` the subject's ``u`` per
-    network (indexed by network number; None: all 1)."""
+    network (indexed by network number; None: all 1); ``pair_density`` its factor per pair of
+    networks (K, K) symmetric (``block_sd``; None: all 1)."""
     distance = np.linalg.norm(xyz[:, None, :] - xyz[None, :, :], axis=-1)
     same = networks[:, None] == networks[None, :]
     mu = model.scale * subject_scale * np.exp(-distance / model.length_mm) * (1 + model.within_boost * same)
     if density is not None:
         root = np.sqrt(np.asarray(density, dtype=float)[networks])
         mu = mu * root[:, None] * root[None, :]
+    if pair_density is not None:
+        mu = mu * np.asarray(pair_density, dtype=float)[networks[:, None], networks[None, :]]
     if responder:
         in_effect = np.isin(networks, model.effect_networks)
         mu = mu * (1 + model.effect * (in_effect[:, None] & in_effect[None, :]))
@@ -95,9 +103,16 @@ def simulate_counts(xyz: np.ndarray, networks: np.ndarray, responders: Sequence[
     i, j = np.triu_indices(n, 1)
     counts = np.zeros((len(responders), n, n), dtype=np.int64)
     scales = rng.uniform(*model.subject_scale_range, size=len(responders))
-    density = np.exp(model.network_sd * rng.standard_normal((len(responders), int(networks.max()) + 1)))
+    k = int(networks.max()) + 1
+    density = np.exp(model.network_sd * rng.standard_normal((len(responders), k)))
+    pairs = None
+    if model.block_sd > 0:  # drawn only when used: the default demo's counts stay as they were
+        z = np.triu(rng.standard_normal((len(responders), k, k)))
+        pairs = np.exp(model.block_sd * (z + np.triu(z, 1).transpose(0, 2, 1)))
     for s, responder in enumerate(responders):
-        upper = rng.poisson(expected_counts(xyz, networks, bool(responder), scales[s], model, density[s])[i, j])
+        mu = expected_counts(xyz, networks, bool(responder), scales[s], model, density[s],
+                             None if pairs is None else pairs[s])
+        upper = rng.poisson(mu[i, j])
         counts[s, i, j] = upper
         counts[s, j, i] = upper
     return counts, scales
@@ -133,8 +148,11 @@ def write_demo_connectomes(root: str | Path, ground_truth: str | Path, seed: int
                          "Description": "Streamline counts drawn from fmriflow.sc.demo.SCModel; no tractography "
                                         "ran (MRtrix tck2connectome layout: comma-separated, upper triangle)."}],
     })
+    fields = asdict(model)
+    if not model.block_sd:
+        del fields["block_sd"]  # only when used, so that the default demo's file stays as it was
     write_json(root / "ground_truth_sc.json", {
-        "model": asdict(model), "seed": seed,
+        "model": fields, "seed": seed,
         "subjects": {p: {"responder": r, "scale": float(k)} for p, r, k in zip(subjects, responders, scales)},
     })
     return paths
