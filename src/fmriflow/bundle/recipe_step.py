@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 from numpy.lib.format import open_memmap
 
-from ..datasets.regions import _resample as resample_series  # the dataset step's resampler, shared on purpose
+from ..datasets.regions import resample_series  # the dataset step's resampler: one way to change TR
 from ..datasets.splits import read_splits
 from ..errors import InputError
 from ..io import atomic_path, read_json, read_tsv, sha256sum, write_json, write_tsv

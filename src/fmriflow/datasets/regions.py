@@ -213,7 +213,7 @@ def _cache_runs(specs, scratch: Path, window, stride, target_tr, min_regions) ->
             regions, reference = [str(c) for c in frame.columns], spec["name"]
         _check_columns(frame, regions, spec["name"], reference)
         values, valid = _check_values(frame, spec["name"])
-        values, tr_stored = _resample(values, valid, spec["tr"], target_tr)
+        values, tr_stored = resample_series(values, valid, spec["tr"], target_tr)
         info = {
             "run": spec["run"], "subject": spec["subject"], "split": spec["split"],
             "tr": spec["tr"], "tr_stored": tr_stored, "n_timepoints_input": len(frame),
@@ -437,7 +437,7 @@ def _check_values(frame: pd.DataFrame, name: str) -> tuple[np.ndarray, np.ndarra
     return values, ~dropped
 
 
-def _resample(values: np.ndarray, valid: np.ndarray, tr: float, target_tr: float | None) -> tuple[np.ndarray, float]:
+def resample_series(values: np.ndarray, valid: np.ndarray, tr: float, target_tr: float | None) -> tuple[np.ndarray, float]:
     """Resample (time x regions) to ``target_tr``; returns the series and its actual TR."""
     if target_tr is None:
         return values, tr
