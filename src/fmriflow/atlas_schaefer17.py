@@ -4,8 +4,8 @@ The 7- and 17-network releases of Schaefer-400 are the same 400 parcels, numbere
 two orders (CBIG). No 17-network volumetric file could be pinned (see docs/atlases.md), but the
 Tian release ships both orders as CIFTI label files on one set of grayordinates
 (``Schaefer2018_400Parcels_{7,17}Networks_order_Tian_Subcortex_S3.dlabel.nii``, Tian S3 as labels
-1-50 in both; the names in their label tables are CBIG's current ones). Reading the two label columns side by side gives each 7-network parcel's
-17-network number; the correspondence must be a bijection (every vertex of a 7-network parcel
+1-50 in both; the names in their label tables are CBIG's current ones). Reading the two label
+columns side by side gives each 7-network parcel's 17-network number; the correspondence must be a bijection (every vertex of a 7-network parcel
 carries one and the same 17-network label, no two parcels share one, the 50 Tian labels agree),
 anything else is an error naming both files. The pinned 7-network volume (Tian 1-50, Schaefer
 51-450) is then relabelled voxel for voxel through it: the voxels are CBIG's, only the numbers change.
