@@ -293,3 +293,29 @@ def test_a_correspondence_that_is_not_one_to_one_is_refused(doubles, tmp_path, h
     assert str(seven) in str(err.value) and str(seventeen) in str(err.value)
     # the doubles as written are one-to-one: the map read back is the one they were made with
     np.testing.assert_array_equal(correspondence(d["dir"] / seven.name, d["dir"] / seventeen.name), d["perm"])
+
+
+def test_17_network_parcellation_is_the_7_network_columns_reordered(pinned_to_doubles, atlas_dir, tmp_path):
+    """Through pinned_atlas_step and parcellate_step: column 50 + j of Schaefer400N17TianS3 is nilearn's mean of
+    the Schaefer double's region k with perm[k - 1] == j; the Tian columns come first, unchanged."""
+    from fmriflow.parcellate_step import parcellate_step
+    from fmriflow.steps import atlas_step, pinned_atlas_step
+
+    d = pinned_to_doubles
+    bold = random_bold(d["tian"].shape, 6, d["affine"], seed=6)
+    nib.save(bold, tmp_path / "bold.nii.gz")
+    a424 = (tmp_path / "a424_dseg.nii.gz", tmp_path / "a424_labels.tsv")
+    atlas_step(str(a424[0]), str(a424[1]), str(tmp_path / "a424-cache"), str(atlas_dir))
+    out = (tmp_path / "n17_dseg.nii.gz", tmp_path / "n17_labels.tsv")
+    pinned_atlas_step("Schaefer400N17TianS3", str(a424[0]), str(out[0]), str(out[1]), str(tmp_path / "cache"),
+                      str(d["dir"]))
+    series = [tmp_path / "a424_ts.tsv", tmp_path / "n17_ts.tsv"]
+    parcellate_step(str(tmp_path / "bold.nii.gz"), None, [tuple(map(str, a424)), tuple(map(str, out))],
+                    [str(s) for s in series], [None, None], strategy="mean", min_coverage=0.0)
+    ours = pd.read_csv(series[1], sep="\t")
+    assert list(ours.columns) == d["tian_names"] + d["ctx17_names"]
+    sub = _nilearn_mean(bold, nib.Nifti1Image(d["tian"], d["affine"]))
+    ctx = _nilearn_mean(bold, nib.Nifti1Image(d["schaefer"], d["affine"]))
+    inverse = np.argsort(d["perm"]) + 1  # the 7-network parcel of each 17-network number
+    reference = np.hstack([sub[list(range(1, 51))].to_numpy(), ctx[inverse.tolist()].to_numpy()])
+    np.testing.assert_allclose(ours.to_numpy(), reference, atol=1e-4, rtol=0)
