@@ -8,18 +8,24 @@ failure. Checks, per atlas: each file's sha256 against its pin (through the prod
 downloads off), the image's labels exactly 1..N and the look-up table's N rows (the product's
 table builder), the grid (the FSL MNI152 2 mm grid of A424), and the hemisphere in each region's
 name against the sign of its centroid's x. For the 450-region atlas also: its labels 1-50 are the
-Tian S3 image voxel for voxel (the subcortex comes first, as in Brain-JEPA's input).
+Tian S3 image voxel for voxel (the subcortex comes first, as in Brain-JEPA's input). For the derived
+17-network atlas: every 7-network parcel's voxels carry one 17-network label and no two parcels share
+one (the relabelling moved no voxel), and how many of its names differ from TemplateFlow's 17-network
+table, and of the 7-network atlas's names from the 7-network CIFTI's, when those files are in FOLDER.
 """
 
 from __future__ import annotations
 
+import hashlib
 import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from fmriflow.atlas_pinned import PINNED_ATLASES, pinned_atlas_files, pinned_atlas_table
+from fmriflow.atlas_schaefer17 import label_names
 from fmriflow.io import open_nifti
 
 MNI_2MM_SHAPE = (91, 109, 91)
@@ -40,8 +46,8 @@ def check(name: str, folder: Path, cache: Path) -> list[str]:
                         f"{wrong['name'].head().tolist()}")
     print(f"{name}: {len(files)} files sha256 ok, {len(table)} labels 1..{spec.n_regions} in image and table, "
           f"{len(sided)} lateralised names agree with centroid x: {not len(wrong)}")
-    for key, path in files.items():
-        print(f"  {key:9s} {spec.files[key].sha256}  {path.name}")
+    for key in spec.files:
+        print(f"  {key:9s} {spec.files[key].sha256}  {files[key].name}")
     return problems
 
 
@@ -56,6 +62,37 @@ def check_subcortex_first(folder: Path) -> list[str]:
     return [] if same else ["Schaefer400N7TianS3: labels 1-50 differ from the Tian S3 image"]
 
 
+def check_relabelling(folder: Path, cache: Path) -> list[str]:
+    spec, files = pinned_atlas_files("Schaefer400N17TianS3", cache / "relabel", folder, download=False)
+    seven = np.rint(np.asarray(open_nifti(files["source_image"]).dataobj)).astype(int)
+    seventeen = np.rint(np.asarray(open_nifti(files["image"]).dataobj)).astype(int)
+    pairs = np.unique(np.stack([seven.ravel(), seventeen.ravel()], axis=1), axis=0)
+    one_to_one = (len(pairs) == len(np.unique(pairs[:, 0])) == len(np.unique(pairs[:, 1])) == 451
+                  and np.array_equal(pairs[pairs[:, 0] <= 50, 1], np.arange(51)))
+    moved = int(((seven > 0) != (seventeen > 0)).sum())
+    print(f"Schaefer400N17TianS3: the derived image is the 7-network image relabelled one-to-one: {one_to_one} "
+          f"({moved} voxels in or out of the atlas; Tian labels unchanged); derived image sha256 "
+          f"{sha256(files['image'])}")
+    table = pinned_atlas_table(spec, files)
+    for label, ours, theirs in (("17-network names vs TemplateFlow's 17-network table", table["name"][50:],
+                                 folder / "tpl-MNI152NLin6Asym_atlas-Schaefer2018_desc-400Parcels17Networks_dseg.tsv"),
+                                ("Schaefer400N7TianS3 names vs the 7-network CIFTI's", None, files["surface7"])):
+        if not Path(theirs).is_file():
+            continue
+        if ours is None:
+            n7 = pinned_atlas_table(*pinned_atlas_files("Schaefer400N7TianS3", cache / "n7", folder, download=False))
+            ours, theirs_names = n7["name"][50:], label_names(theirs)
+        else:
+            theirs_names = pd.read_csv(theirs, sep="\t")["name"]
+        differ = int((np.asarray(ours) != np.asarray(theirs_names)).sum())
+        print(f"  {label}: {differ} of 400 positions differ")
+    return [] if one_to_one and not moved else ["Schaefer400N17TianS3: the relabelling is not one-to-one"]
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
 def main(folder: Path) -> int:
     problems = []
     with tempfile.TemporaryDirectory() as cache:
@@ -64,10 +101,11 @@ def main(folder: Path) -> int:
                 problems += check(name, folder, Path(cache))
             except Exception as exc:  # report every atlas, then fail
                 problems.append(f"{name}: {exc}")
-    try:
-        problems += check_subcortex_first(folder)
-    except Exception as exc:
-        problems.append(f"subcortex-first check: {exc}")
+        for extra in (lambda: check_subcortex_first(folder), lambda: check_relabelling(folder, Path(cache))):
+            try:
+                problems += extra()
+            except Exception as exc:  # noqa: BLE001 - report, then fail
+                problems.append(f"{extra}: {exc}")
     for problem in problems:
         print("FAIL", problem)
     print("all pinned atlases verified" if not problems else f"{len(problems)} problem(s)")

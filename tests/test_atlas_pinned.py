@@ -25,6 +25,43 @@ from fmriflow import atlas, atlas_pinned
 from fmriflow.errors import InputError
 
 N_SUB, N_CTX = atlas_pinned.TIAN_S3_N_REGIONS, atlas_pinned.SCHAEFER_N_REGIONS
+# the doubles' region names (release formats): Tian's '-rh'/'-lh', CBIG's '7Networks_LH_..' / '17Networks_RH_..'
+TIAN_NAMES = [f"SUB{i}-{'rh' if i <= 25 else 'lh'}" for i in range(1, N_SUB + 1)]
+CTX7_NAMES = [f"7Networks_{'LH' if i <= 200 else 'RH'}_Net_{i}" for i in range(1, N_CTX + 1)]
+CTX17_NAMES = [f"17Networks_{'LH' if j <= 200 else 'RH'}_Net17_{j}" for j in range(1, N_CTX + 1)]
+
+
+def _dlabel(path, cortex, subcortex, names):
+    """A test-double CIFTI dense label file: ``cortex`` on left-cortex vertices, ``subcortex`` on voxels of one
+    structure (Tian's release: Schaefer on the surface, Tian S3 in the volume), label names from ``names``."""
+    from nibabel.cifti2 import cifti2_axes as axes
+
+    mask = np.zeros((4, 4, 4), bool)
+    mask.flat[:len(subcortex)] = True
+    model = (axes.BrainModelAxis.from_surface(np.arange(len(cortex)), len(cortex), "CortexLeft")
+             + axes.BrainModelAxis.from_mask(mask, affine=np.eye(4), name="thalamus_left"))
+    table = {0: ("???", (1.0, 1.0, 1.0, 0.0)), **{k: (n, (0.5, 0.5, 0.5, 1.0)) for k, n in names.items()}}
+    header = nib.cifti2.Cifti2Header.from_axes((axes.LabelAxis(["parcels"], [table]), model))
+    data = np.concatenate([cortex, subcortex]).astype(np.float32)[None, :]
+    nib.Cifti2Image(data, header).to_filename(str(path))
+
+
+def _surfaces(folder, perm, tian_names, ctx7_names, ctx17_names, *, merge=False, split=False):
+    """The two CIFTI doubles: 7-network parcel k (labels 51..450, 3 vertices each, and medial-wall zeros) is
+    17-network parcel perm[k - 1]; ``merge``: parcels 1 and 2 both become perm[0]; ``split``: one vertex of
+    parcel 3 becomes perm[3] (neither is a bijection)."""
+    seven = np.concatenate([np.repeat(np.arange(1, N_CTX + 1), 3), np.zeros(7, int)]) + N_SUB * (np.arange(1207) < 1200)
+    seventeen = np.where(seven > N_SUB, perm[np.clip(seven - N_SUB, 1, None) - 1] + N_SUB, 0)
+    if merge:
+        seventeen[seven == N_SUB + 2] = perm[0] + N_SUB
+    if split:
+        seventeen[np.flatnonzero(seven == N_SUB + 3)[0]] = perm[3] + N_SUB
+    sub = np.arange(1, N_SUB + 1)
+    tian = dict(enumerate(tian_names, start=1))
+    _dlabel(folder / atlas_pinned.SCHAEFER400_7_TIAN_S3_SURFACE.name, seven, sub,
+            {**tian, **{k + N_SUB: n for k, n in enumerate(ctx7_names, start=1)}})
+    _dlabel(folder / atlas_pinned.SCHAEFER400_17_TIAN_S3_SURFACE.name, seventeen, sub,
+            {**tian, **{k + N_SUB: n for k, n in enumerate(ctx17_names, start=1)}})
 
 
 def _blocks(shape, n, z0, seed):
@@ -48,29 +85,36 @@ def doubles(tmp_path_factory, a424_img):
     combined = np.where(tian > 0, tian, np.where(schaefer > 0, schaefer + N_SUB, 0)).astype(np.float32)
     nib.save(nib.Nifti1Image(tian.astype(np.float32), affine), folder / atlas_pinned.TIAN_S3_IMAGE.name)
     nib.save(nib.Nifti1Image(combined, affine), folder / atlas_pinned.SCHAEFER400_7_TIAN_S3_IMAGE.name)
-    tian_names = [f"SUB{i}-{'rh' if i <= 25 else 'lh'}" for i in range(1, N_SUB + 1)]
+    tian_names = TIAN_NAMES
     (folder / atlas_pinned.TIAN_S3_LABELS.name).write_text("\n".join(tian_names))  # the release: no final newline
     cog = np.round(np.random.default_rng(3).uniform(-30, 30, (N_SUB, 3)), 1)
     np.savetxt(folder / atlas_pinned.TIAN_S3_CENTROIDS.name, cog, fmt="%.1f", delimiter="\t")
-    ctx_names = [f"7Networks_{'LH' if i <= 200 else 'RH'}_Net_{i}" for i in range(1, N_CTX + 1)]
+    ctx_names = CTX7_NAMES
     pd.DataFrame({"index": range(1, N_CTX + 1), "name": ctx_names, "color": "#000000"}).to_csv(
         folder / atlas_pinned.SCHAEFER400_7_NAMES.name, sep="\t", index=False)
+    perm = np.random.default_rng(4).permutation(N_CTX) + 1  # 7-network parcel k is 17-network parcel perm[k - 1]
+    ctx17_names = CTX17_NAMES
+    _surfaces(folder, perm, tian_names, ctx_names, ctx17_names)
     return {"dir": folder, "tian": tian, "schaefer": schaefer, "tian_names": tian_names, "cog": cog,
-            "ctx_names": ctx_names, "affine": affine}
+            "ctx_names": ctx_names, "affine": affine, "perm": perm, "ctx17_names": ctx17_names}
 
 
 def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-@pytest.fixture
-def pinned_to_doubles(doubles, monkeypatch):
-    """Every pin pointed at its test double's sha256 (addresses unreachable: nothing is downloaded)."""
+def pin_to_doubles(monkeypatch, folder: Path) -> None:
+    """Every pin pointed at its test double's sha256 in ``folder`` (addresses unreachable: nothing is downloaded)."""
     monkeypatch.delenv(atlas.ATLAS_DIR_ENV, raising=False)
     for name, spec in atlas_pinned.PINNED_ATLASES.items():
-        files = {key: atlas.AtlasFile(f.name, f"http://127.0.0.1:9/{f.name}", _sha(doubles["dir"] / f.name))
+        files = {key: atlas.AtlasFile(f.name, f"http://127.0.0.1:9/{f.name}", _sha(folder / f.name))
                  for key, f in spec.files.items()}
         monkeypatch.setitem(atlas_pinned.PINNED_ATLASES, name, dataclasses.replace(spec, files=files))
+
+
+@pytest.fixture
+def pinned_to_doubles(doubles, monkeypatch):
+    pin_to_doubles(monkeypatch, doubles["dir"])
     return doubles
 
 
@@ -78,8 +122,8 @@ def pinned_to_doubles(doubles, monkeypatch):
 def test_local_dir_verified_then_cached(pinned_to_doubles, tmp_path, name):
     folder = pinned_to_doubles["dir"]
     spec, files = atlas_pinned.pinned_atlas_files(name, tmp_path / "cache", folder, download=False)
-    assert set(files) == set(spec.files)
-    for key, path in files.items():
+    assert set(files) == set(spec.files) | ({"image"} if spec.derive else set())  # a derived atlas adds its image
+    for key, path in ((k, files[k]) for k in spec.files):
         assert path.parent == tmp_path / "cache" and path.read_bytes() == (folder / spec.files[key].name).read_bytes()
     # the cache alone serves the next call (offline, no folder given)
     assert atlas_pinned.pinned_atlas_files(name, tmp_path / "cache", None, download=False)[1] == files
@@ -213,3 +257,65 @@ def test_parcellation_through_the_pinned_path_equals_nilearn(pinned_to_doubles, 
     sidecar = yaml.safe_load(out[1].with_suffix(".json").read_text())
     image = atlas_pinned.SCHAEFER400_7_TIAN_S3_IMAGE.name
     assert sidecar["Name"] == "Schaefer400N7TianS3" and sidecar["Source"][image]["sha256"] == _sha(d["dir"] / image)
+
+
+def test_17_network_atlas_is_the_7_network_image_relabelled(pinned_to_doubles, tmp_path):
+    """Schaefer400N17TianS3: every voxel of 7-network parcel k carries 17-network label perm[k - 1] + 50 (the
+    correspondence the CIFTI doubles were written with), Tian S3 and background untouched; names from the
+    17-network CIFTI, in its order; centroids of the voxels the label now holds."""
+    d = pinned_to_doubles
+    spec, files = atlas_pinned.pinned_atlas_files("Schaefer400N17TianS3", tmp_path / "cache", d["dir"], download=False)
+    expected = np.where(d["tian"] > 0, d["tian"], np.where(d["schaefer"] > 0, d["perm"][d["schaefer"] - 1] + N_SUB, 0))
+    derived = nib.load(files["image"])
+    np.testing.assert_array_equal(np.asarray(derived.dataobj), expected)
+    np.testing.assert_array_equal(derived.affine, d["affine"])
+    table = atlas_pinned.pinned_atlas_table(spec, files)
+    assert table["name"].tolist() == d["tian_names"] + d["ctx17_names"]
+    assert table["hemisphere"].tolist()[N_SUB:] == ["L"] * 200 + ["R"] * 200
+    for j in (1, 77, 400):  # 17-network parcel j is the 7-network parcel k with perm[k - 1] == j
+        k = int(np.flatnonzero(d["perm"] == j)[0]) + 1
+        np.testing.assert_allclose(table.loc[N_SUB + j - 1, ["x", "y", "z"]].to_numpy(float),
+                                   _centroid(d["schaefer"], d["affine"], k), atol=1e-6)
+    again = atlas_pinned.pinned_atlas_files("Schaefer400N17TianS3", tmp_path / "cache2", d["dir"], download=False)[1]
+    assert _sha(again["image"]) == _sha(files["image"])  # the derived file is a function of the pinned bytes
+
+
+@pytest.mark.parametrize("how", ["merge", "split"])
+def test_a_correspondence_that_is_not_one_to_one_is_refused(doubles, tmp_path, how):
+    from fmriflow.atlas_schaefer17 import correspondence
+
+    d = doubles
+    _surfaces(tmp_path, d["perm"], d["tian_names"], d["ctx_names"], d["ctx17_names"], **{how: True})
+    seven = tmp_path / atlas_pinned.SCHAEFER400_7_TIAN_S3_SURFACE.name
+    seventeen = tmp_path / atlas_pinned.SCHAEFER400_17_TIAN_S3_SURFACE.name
+    with pytest.raises(InputError, match="not one-to-one") as err:
+        correspondence(seven, seventeen)
+    assert str(seven) in str(err.value) and str(seventeen) in str(err.value)
+    # the doubles as written are one-to-one: the map read back is the one they were made with
+    np.testing.assert_array_equal(correspondence(d["dir"] / seven.name, d["dir"] / seventeen.name), d["perm"])
+
+
+def test_17_network_parcellation_is_the_7_network_columns_reordered(pinned_to_doubles, atlas_dir, tmp_path):
+    """Through pinned_atlas_step and parcellate_step: column 50 + j of Schaefer400N17TianS3 is nilearn's mean of
+    the Schaefer double's region k with perm[k - 1] == j; the Tian columns come first, unchanged."""
+    from fmriflow.parcellate_step import parcellate_step
+    from fmriflow.steps import atlas_step, pinned_atlas_step
+
+    d = pinned_to_doubles
+    bold = random_bold(d["tian"].shape, 6, d["affine"], seed=6)
+    nib.save(bold, tmp_path / "bold.nii.gz")
+    a424 = (tmp_path / "a424_dseg.nii.gz", tmp_path / "a424_labels.tsv")
+    atlas_step(str(a424[0]), str(a424[1]), str(tmp_path / "a424-cache"), str(atlas_dir))
+    out = (tmp_path / "n17_dseg.nii.gz", tmp_path / "n17_labels.tsv")
+    pinned_atlas_step("Schaefer400N17TianS3", str(a424[0]), str(out[0]), str(out[1]), str(tmp_path / "cache"),
+                      str(d["dir"]))
+    series = [tmp_path / "a424_ts.tsv", tmp_path / "n17_ts.tsv"]
+    parcellate_step(str(tmp_path / "bold.nii.gz"), None, [tuple(map(str, a424)), tuple(map(str, out))],
+                    [str(s) for s in series], [None, None], strategy="mean", min_coverage=0.0)
+    ours = pd.read_csv(series[1], sep="\t")
+    assert list(ours.columns) == d["tian_names"] + d["ctx17_names"]
+    sub = _nilearn_mean(bold, nib.Nifti1Image(d["tian"], d["affine"]))
+    ctx = _nilearn_mean(bold, nib.Nifti1Image(d["schaefer"], d["affine"]))
+    inverse = np.argsort(d["perm"]) + 1  # the 7-network parcel of each 17-network number
+    reference = np.hstack([sub[list(range(1, 51))].to_numpy(), ctx[inverse.tolist()].to_numpy()])
+    np.testing.assert_allclose(ours.to_numpy(), reference, atol=1e-4, rtol=0)

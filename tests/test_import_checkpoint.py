@@ -21,6 +21,7 @@ import pytest
 import torch
 
 from fmriflow.errors import InputError
+from test_atlas_pinned import doubles, pinned_to_doubles  # noqa: F401 - the pinned-atlas test doubles (fixtures)
 
 # the released v1 config.json (vandijklab/BrainLM pretrained_models/2023-06-06-22_15_00-checkpoint-1400)
 V1_RELEASE = {
@@ -381,23 +382,28 @@ def test_brain_jepa_time_code_is_the_closed_form():
     np.testing.assert_allclose(code, np.concatenate([np.sin(angle), np.cos(angle)], axis=1), atol=1e-6)
 
 
-def test_brain_jepa_import_writes_a_bundle_with_the_recipe(tmp_path, torch_one_thread):
+def test_brain_jepa_import_writes_a_bundle_with_the_recipe(tmp_path, torch_one_thread, pinned_to_doubles):
+    """In-process (the pinned atlas is a test double): the card's atlas is Schaefer400N17TianS3 with the
+    names of that atlas's table, Tian first then the 17-network CIFTI's, as the doubles were written."""
     from fmriflow.bundle import read_card
+    from fmriflow.bundle.imports import import_checkpoint
     from fmriflow.bundle.read import load_bundle_encoder
 
-    shapes = released_jepa_shapes(hidden=32, layers=1, regions=60, frames=32, gradient_dims=4)
+    d = pinned_to_doubles
+    shapes = released_jepa_shapes(hidden=32, layers=1, regions=450, frames=32, gradient_dims=4)
     state = random_state(shapes, seed=2)
     torch.save({"target_encoder": state, "encoder": state, "predictor": {}, "epoch": 300}, tmp_path / "jepa.pth.tar")
-    gradient = np.random.default_rng(0).normal(size=(60, 4))
+    gradient = np.random.default_rng(0).normal(size=(450, 4))
     np.savetxt(tmp_path / "gradient_mapping_450.csv", gradient, delimiter=",")
     out = tmp_path / "bundle"
-    done = subprocess.run([sys.executable, "-m", "fmriflow.cli", "import-checkpoint", "brain-jepa",
-                           str(tmp_path / "jepa.pth.tar"), str(out)], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
+    import_checkpoint("brain-jepa", tmp_path / "jepa.pth.tar", out, atlas_cache=tmp_path / "atlases" / "A424",
+                      atlas_dir=d["dir"])
     card = read_card(out)
     assert card["input"]["window"] == 32 and card["input"]["tr"]["target_tr"] == pytest.approx(2.205)
     assert card["model"]["source"]["not_imported"]["predictor"].startswith("the JEPA predictor")
-    assert card["atlas"]["regions"][0] == "TianS3_001" and card["atlas"]["regions"][50] == "Schaefer400_17n_001"
+    assert card["atlas"]["name"] == "Schaefer400N17TianS3" and card["atlas"]["n_regions"] == 450
+    assert card["atlas"]["regions"] == d["tian_names"] + d["ctx17_names"]
+    assert (tmp_path / "atlases" / "Schaefer400N17TianS3").is_dir()  # beside the A424 cache, as atlas.pinned_cache_dir
     encoder = load_bundle_encoder(out)
     np.testing.assert_allclose(encoder.gradient.numpy(), gradient, rtol=1e-6)
     assert torch.equal(encoder.blocks[0].attn.qkv.weight, state["module.blocks.0.attn.qkv.weight"])
@@ -407,6 +413,13 @@ def test_brain_jepa_import_writes_a_bundle_with_the_recipe(tmp_path, torch_one_t
     space = np.repeat(gradient @ w.numpy().T + b.numpy(), 2, axis=0)
     space = (space - space.min()) / (space.max() - space.min()) * 2 - 1
     np.testing.assert_allclose(encoder.positions().detach().numpy()[:, 16:], space, atol=1e-5)
+
+    short = tmp_path / "short"
+    short.mkdir()
+    np.savetxt(short / "gradient_mapping_450.csv", gradient[:60], delimiter=",")
+    with pytest.raises(InputError, match="60 regions; Brain-JEPA's atlas Schaefer400N17TianS3 has 450"):
+        import_checkpoint("brain-jepa", tmp_path / "jepa.pth.tar", tmp_path / "b1", atlas_cache=tmp_path / "a",
+                          atlas_dir=d["dir"], gradient=short / "gradient_mapping_450.csv")
 
     missing = tmp_path / "alone"
     missing.mkdir()

@@ -1,7 +1,9 @@
 """Released models on their authors' recipes, through the DAG: three bundles imported from random-weight
-state dicts with the released names and shapes (BrainLM v1 at toy width, window 40; Brain-JEPA on a
-450-region test-double atlas written here on the A424 grid and given through atlas.extra, its regions
-listed in another order than the card's; NeuroSTORM fine-tuned, width 8 on a 24^3 grid), run on an
+state dicts with the released names and shapes (BrainLM v1 at toy width, window 40; Brain-JEPA
+imported against the pinned-atlas test doubles (its card names Schaefer400N17TianS3 and their regions),
+then run on a 450-region test-double atlas of those names written here on the A424 grid and given
+through atlas.extra under that name (the DAG runs in another process, where the pins are the real
+ones), its regions listed in another order than the card's; NeuroSTORM fine-tuned, width 8 on a 24^3 grid), run on an
 8-subject demo to the variants table and the report. Checked against independent computations: each
 probe row's scores and AUROC refitted here with scikit-learn from the embeddings the step wrote, and
 the prepared windows of one subject (resampled with scipy, scaled by the recipe's formula) and of one
@@ -25,14 +27,15 @@ from sklearn.metrics import roc_auc_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from test_atlas_pinned import CTX17_NAMES, TIAN_NAMES, doubles, pin_to_doubles  # noqa: F401 - a fixture
 from test_import_checkpoint import (STORM_TOY, V1_TOY, random_state, released_jepa_shapes, released_neurostorm_shapes,
                                     released_v1_shapes)
 from test_workflow import demo_config, make_demo, run_snakemake
 
 pytestmark = pytest.mark.integration
 
-JEPA_ATLAS = "TianS3Schaefer40017n"  # the card's 'TianS3+Schaefer400-17n' as a config key can spell it
-JEPA_REGIONS = [f"TianS3_{i:03d}" for i in range(1, 51)] + [f"Schaefer400_17n_{i:03d}" for i in range(1, 401)]
+JEPA_ATLAS = "Schaefer400N17TianS3"  # the card's atlas: a pinned one (fmriflow.atlas_pinned)
+JEPA_REGIONS = TIAN_NAMES + CTX17_NAMES  # the pinned doubles' table, which the import reads
 NAMES = ("v1", "jepa", "storm")
 
 
@@ -49,7 +52,7 @@ def double_atlas(folder, a424: nib.Nifti1Image) -> dict:
     return {"image": str(folder / "double.nii.gz"), "labels": str(folder / "double.tsv")}
 
 
-def import_bundles(base, atlas_dir) -> dict:
+def import_bundles(base, atlas_dir, doubles_dir) -> dict:
     from fmriflow.bundle.imports import import_checkpoint
 
     (base / "v1").mkdir()
@@ -62,18 +65,21 @@ def import_bundles(base, atlas_dir) -> dict:
                 "hyper_parameters": dict(STORM_TOY)}, base / "storm.ckpt")
     sources = {"v1": ("brainlm-v1", base / "v1"), "jepa": ("brain-jepa", base / "jepa.pth.tar"),
                "storm": ("neurostorm", base / "storm.ckpt")}
-    for name, (kind, path) in sources.items():
-        import_checkpoint(kind, path, base / "bundles" / name, atlas_cache=base / "cache", atlas_dir=atlas_dir)
+    with pytest.MonkeyPatch.context() as mp:
+        pin_to_doubles(mp, doubles_dir)
+        for name, (kind, path) in sources.items():
+            import_checkpoint(kind, path, base / "bundles" / name, atlas_cache=base / "cache" / "A424",
+                              atlas_dir=doubles_dir if kind == "brain-jepa" else atlas_dir)
     return {name: str(base / "bundles" / name) for name in sources}
 
 
 @pytest.fixture(scope="module")
-def recipe_project(tmp_path_factory, atlas_dir, a424_img):
+def recipe_project(tmp_path_factory, atlas_dir, a424_img, doubles):
     """The 8-subject demo (4 responders), the three imported bundles and the config naming them: the
     agnostic set-up, 2 folds, no deep variant."""
     base = tmp_path_factory.mktemp("recipes")
     demo = make_demo(base / "demo", atlas_dir, n_subjects=8, n_trs=60, seed=41)
-    config = demo_config(demo, base / "results", recipes=import_bundles(base, atlas_dir))
+    config = demo_config(demo, base / "results", recipes=import_bundles(base, atlas_dir, doubles["dir"]))
     config["atlas"] = {**config.get("atlas", {}), "extra": {JEPA_ATLAS: double_atlas(base / "atlas", a424_img)}}
     config["finetune"].update(variants=[], setups=["agnostic"], attribution=False, permutations=2, bootstrap=50)
     return base, demo, config
@@ -108,8 +114,12 @@ def test_plan_and_its_errors(recipe_project, tmp_path):
     missing = {**config, "atlas": {k: v for k, v in config["atlas"].items() if k != "extra"}}
     proc = run_snakemake(tmp_path, missing, "--dry-run")
     text = proc.stdout + proc.stderr
-    assert proc.returncode != 0 and "recipes.jepa" in text and "'TianS3+Schaefer400-17n'" in text
-    assert "model_card.json" in text and f"atlas.extra as '{JEPA_ATLAS}'" in text
+    assert proc.returncode != 0 and "recipes.jepa" in text and f"'{JEPA_ATLAS}'" in text
+    assert "model_card.json" in text and f"atlas.extra as '{JEPA_ATLAS}'" in text and "atlas.pinned" in text
+    # the card's atlas is a pinned one: naming it under atlas.pinned plans the recipe without atlas.extra
+    pinned = {**missing, "atlas": {**missing["atlas"], "pinned": [JEPA_ATLAS]}}
+    planned = planned_jobs(run_snakemake(tmp_path, pinned, "--dry-run"))
+    assert planned["recipe_prepare"] == 3 and planned["pinned_atlas"] == 1
     proc = run_snakemake(tmp_path, {**config, "finetune": {**config["finetune"], "enabled": False}}, "--dry-run")
     assert proc.returncode != 0 and "set finetune.enabled: true" in proc.stdout + proc.stderr
     proc = run_snakemake(tmp_path, {**config, "recipes": {"random": config["recipes"]["v1"]}}, "--dry-run")
@@ -232,5 +242,5 @@ def test_report_shows_each_cards_recipe(recipe_run):
         card = json.loads((results.parent / "bundles" / name / "model_card.json").read_text())
         assert f"<td>probe_{name}</td>" in shown
         assert card["scaling"]["method"].replace("'", "&#x27;") in shown
-    assert "TianS3+Schaefer400-17n (450 regions) as this project&#x27;s TianS3Schaefer40017n" in shown
+    assert f"{JEPA_ATLAS} (450 regions) as this project&#x27;s {JEPA_ATLAS}" in shown
     assert "cropped / padded to 24x24x24" in shown

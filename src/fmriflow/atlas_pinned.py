@@ -7,14 +7,19 @@ sites), then put on the A424 grid and parcellated in the same pass as A424.
 - ``TianS3``: the Melbourne Subcortex Atlas, scale III, 3T (Tian et al. 2020): 50 subcortical
   regions on the FSL MNI152 (MNI152NLin6Asym) 2 mm grid. Names from its label list, MNI
   centroids from its centre-of-gravity list.
+- ``Schaefer400N17TianS3``: the same 450 regions with Schaefer-400 in its 17-network order (the
+  order of Brain-JEPA's cortical table), derived from pinned files: the ``Schaefer400N7TianS3``
+  image relabelled through the 7->17 parcel correspondence that Tian's two CIFTI label files give
+  (:mod:`fmriflow.atlas_schaefer17`); Schaefer names from the 17-network CIFTI's label table
+  (CBIG's current names; TemplateFlow's 17-network table holds an older order, docs/atlases.md).
 - ``Schaefer400N7TianS3``: the 450-region atlas Brain-JEPA's input is made of: Tian S3 as labels
   1-50, then Schaefer-400 (7 networks, CBIG order) as labels 51-450. The image is the combined
   file the Tian release ships; the cortical names come from TemplateFlow's Schaefer-400 table
   (the CBIG order and names), the cortical centroids are computed from the image.
 
 Brain-JEPA's released data loader puts the 50 Tian S3 regions first and the 400 Schaefer
-regions after (docs/atlases.md records where this was read, and that its loader names the
-17-network Schaefer files: that variant is not pinned yet, see the docs).
+regions after, and its cortical table is the 17-network Schaefer-400 (docs/atlases.md records where
+this was read): ``Schaefer400N17TianS3`` is its atlas.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from .atlas import AtlasFile, fetch_files, label_data
+from .atlas_schaefer17 import derive_image, label_names
 from .errors import InputError
 
 # yetianmed/subcortex (the Tian atlas release), the newest commit when pinned (2023-03-24 changes
@@ -56,6 +62,15 @@ SCHAEFER400_7_NAMES = AtlasFile(
     "tpl-MNI152NLin6Asym_atlas-Schaefer2018_desc-400Parcels7Networks_dseg.tsv",
     _TPL_BASE + "tpl-MNI152NLin6Asym_atlas-Schaefer2018_desc-400Parcels7Networks_dseg.tsv",
     "91fe503df22267bb6c9ab3b9e9e82eec0e08f496d4f9dcb9661e67d1abb14f07")
+# Tian's CIFTI label files of both Schaefer orders (same grayordinates): the 7->17 correspondence.
+SCHAEFER400_7_TIAN_S3_SURFACE = AtlasFile(
+    "Schaefer2018_400Parcels_7Networks_order_Tian_Subcortex_S3.dlabel.nii",
+    _TIAN_BASE + "Cortex-Subcortex/Schaefer2018_400Parcels_7Networks_order_Tian_Subcortex_S3.dlabel.nii",
+    "3ee6ea48cfcf0c800894a442a539bd4cea0f0f29de2efc363e24b1e448ffcafb")
+SCHAEFER400_17_TIAN_S3_SURFACE = AtlasFile(
+    "Schaefer2018_400Parcels_17Networks_order_Tian_Subcortex_S3.dlabel.nii",
+    _TIAN_BASE + "Cortex-Subcortex/Schaefer2018_400Parcels_17Networks_order_Tian_Subcortex_S3.dlabel.nii",
+    "751a79e950054510ac9f59f119b5a133e92edf810588fedf42d413808c2e0e99")
 
 TIAN_S3_N_REGIONS = 50
 SCHAEFER_N_REGIONS = 400
@@ -71,6 +86,8 @@ class PinnedAtlas:
     n_regions: int
     description: str
     table: Callable[[Mapping[str, Path]], pd.DataFrame]
+    # a label image made from the pinned files (written into the cache), for an atlas no file holds
+    derive: Callable[[Mapping[str, Path], Path], Path] | None = None
 
 
 def tian_s3_table(files: Mapping[str, Path]) -> pd.DataFrame:
@@ -113,6 +130,17 @@ def schaefer400_7_tian_s3_table(files: Mapping[str, Path]) -> pd.DataFrame:
     return pd.concat([tian_s3_table(files), cortex], ignore_index=True)[TABLE_COLUMNS]
 
 
+def schaefer400_17_tian_s3_table(files: Mapping[str, Path]) -> pd.DataFrame:
+    """Tian S3 (1-50) then Schaefer-400 17 networks (51-450): names from the 17-network CIFTI, centroids
+    from the derived image."""
+    names = label_names(files["surface17"])
+    hemi = pd.Series(names).str.extract(r"_(LH|RH)_", expand=False).map({"LH": "L", "RH": "R"})
+    cortex = pd.DataFrame({"index": np.arange(1, SCHAEFER_N_REGIONS + 1) + TIAN_S3_N_REGIONS, "name": names,
+                           "group": "cortex", "hemisphere": hemi})
+    cortex[["x", "y", "z"]] = image_centroids(files["image"], cortex["index"]).to_numpy()
+    return pd.concat([tian_s3_table(files), cortex], ignore_index=True)[TABLE_COLUMNS]
+
+
 PINNED_ATLASES: dict[str, PinnedAtlas] = {
     "TianS3": PinnedAtlas(
         "TianS3", {"image": TIAN_S3_IMAGE, "labels": TIAN_S3_LABELS, "centroids": TIAN_S3_CENTROIDS},
@@ -124,16 +152,30 @@ PINNED_ATLASES: dict[str, PinnedAtlas] = {
         TIAN_S3_N_REGIONS + SCHAEFER_N_REGIONS,
         "Tian S3 (1-50) then Schaefer2018 400 parcels 7 networks (51-450): Brain-JEPA's region order",
         schaefer400_7_tian_s3_table),
+    "Schaefer400N17TianS3": PinnedAtlas(
+        "Schaefer400N17TianS3",
+        {"source_image": SCHAEFER400_7_TIAN_S3_IMAGE, "surface7": SCHAEFER400_7_TIAN_S3_SURFACE,
+         "surface17": SCHAEFER400_17_TIAN_S3_SURFACE, "labels": TIAN_S3_LABELS, "centroids": TIAN_S3_CENTROIDS},
+        TIAN_S3_N_REGIONS + SCHAEFER_N_REGIONS,
+        "Tian S3 (1-50) then Schaefer2018 400 parcels 17 networks (51-450): Brain-JEPA's atlas and region order; "
+        "the 7-network image relabelled through the 7->17 correspondence of Tian's CIFTI label files",
+        schaefer400_17_tian_s3_table, derive=derive_image),
 }
 
 
 def pinned_atlas_files(name: str, cache_dir: str | Path, local_dir: str | Path | None = None, *,
                        download: bool = True) -> tuple[PinnedAtlas, dict[str, Path]]:
-    """The pinned atlas ``name`` and its verified files in ``cache_dir`` (sources as for A424)."""
+    """The pinned atlas ``name`` and its verified files in ``cache_dir`` (sources as for A424).
+
+    A derived atlas's ``image`` is the label image made from those files, written into ``cache_dir``.
+    """
     if name not in PINNED_ATLASES:
         raise InputError(None, f"atlas.pinned: unknown pinned atlas {name!r}; allowed: {sorted(PINNED_ATLASES)}")
     spec = PINNED_ATLASES[name]
-    return spec, fetch_files(spec.files, cache_dir, local_dir, download=download, atlas=name)
+    files = fetch_files(spec.files, cache_dir, local_dir, download=download, atlas=name)
+    if spec.derive is not None:
+        files = {**files, "image": spec.derive(files, Path(cache_dir))}
+    return spec, files
 
 
 def pinned_atlas_table(spec: PinnedAtlas, files: Mapping[str, Path]) -> pd.DataFrame:

@@ -7,6 +7,10 @@ in the card as not imported. Its shape (width, depth, patch, frames) is read fro
 heads from the width (64 channels a head, as the authors' ViT sizes). The region gradients
 (``gradient_mapping_450.csv`` of the authors' repository) are not in the checkpoint: they are read
 from the file given and kept in the bundle.
+
+The card's atlas is ``Schaefer400N17TianS3`` (``fmriflow.atlas_pinned``: Tian S3 then Schaefer-400
+in its 17-network order, the order of the authors' input), its region names read from the pinned
+atlas's table, so that a project naming it under ``atlas.pinned`` runs the recipe without more.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from .keymap import KeyMap
 from .recipes import BRAIN_JEPA_SOURCE, brain_jepa_recipe
 
 GRADIENT_FILE = "gradient_mapping_450.csv"
+JEPA_ATLAS = "Schaefer400N17TianS3"
 _BLOCK = {"norm1": "ln1", "norm2": "ln2", "attn.qkv": "attn.qkv", "attn.proj": "attn.proj",
           "mlp.fc1": "mlp.fc1", "mlp.fc2": "mlp.fc2"}
 JEPA_KEYMAP = KeyMap(
@@ -64,7 +69,31 @@ def jepa_config(state: dict[str, torch.Tensor], n_regions: int, source: Path):
                            n_layers=layers, n_heads=hidden // 64, gradient_dims=gradient_dims)
 
 
-def brain_jepa_parts(path: Path, gradient: str | Path | None) -> dict[str, Any]:
+def jepa_atlas(n_regions: int, gradient_path: Path, atlas_cache: str | Path,
+               atlas_dir: str | Path | None) -> dict[str, Any]:
+    """The card's atlas: the pinned Schaefer400N17TianS3, fetched and verified beside the A424 cache.
+
+    ``atlas_cache`` is A424's folder (default resources/atlases/A424); the pinned atlas goes to its
+    sibling <parent>/Schaefer400N17TianS3, where the workflow's ``atlas.pinned_cache_dir`` (default
+    resources/atlases) keeps it too, so the files are fetched once.
+    """
+    from ..atlas_pinned import pinned_atlas_files, pinned_atlas_table
+
+    spec, files = pinned_atlas_files(JEPA_ATLAS, Path(atlas_cache).parent / JEPA_ATLAS, atlas_dir)
+    if n_regions != spec.n_regions:
+        raise InputError(gradient_path, f"{n_regions} regions; Brain-JEPA's atlas {JEPA_ATLAS} has {spec.n_regions} "
+                         "(the gradient table has a row per region)")
+    table = pinned_atlas_table(spec, files)
+    # the image sha256 stays null: projects parcellate the atlas put on their own grid (a re-written file)
+    return {"name": JEPA_ATLAS, "sha256": None, "labels_sha256": None, "n_regions": spec.n_regions,
+            "regions": table["name"].tolist(), "coordinates": table[["x", "y", "z"]].to_numpy(float).tolist(),
+            "coordinate_space": "MNI152NLin6Asym (mm)",
+            "files": {f.name: {"URL": f.url, "sha256": f.sha256} for f in spec.files.values()},
+            "derived_image_sha256": sha256sum(files["image"]) if spec.derive else None}
+
+
+def brain_jepa_parts(path: Path, gradient: str | Path | None, atlas_cache: str | Path,
+                     atlas_dir: str | Path | None = None) -> dict[str, Any]:
     """What ``imports.import_checkpoint`` needs of a Brain-JEPA checkpoint."""
     from ..models.brain_jepa import BrainJEPA
 
@@ -84,6 +113,7 @@ def brain_jepa_parts(path: Path, gradient: str | Path | None) -> dict[str, Any]:
     released = dict(checkpoint["target_encoder"])
     config = jepa_config(released, table.shape[0], path)
     model = BrainJEPA(config, table)
+    atlas = jepa_atlas(config.n_regions, gradient_path, atlas_cache, atlas_dir)
     skipped = {k: NOT_IMPORTED.get(k, "training bookkeeping") for k in checkpoint if k != "target_encoder"}
     return {"model": model, "keymap": JEPA_KEYMAP, "released": released, "weights": path,
             "recipe": brain_jepa_recipe(config.n_frames, config.patch_size),
@@ -94,9 +124,4 @@ def brain_jepa_parts(path: Path, gradient: str | Path | None) -> dict[str, Any]:
                          "(the authors' downstream global pooling)",
             "settings": {"model_name": f"vit (hidden {config.hidden}, {config.n_layers} layers)",
                          "epoch": checkpoint.get("epoch")},
-            "atlas": {"name": "TianS3+Schaefer400-17n", "sha256": None, "labels_sha256": None,
-                      "n_regions": config.n_regions,
-                      "regions": [f"TianS3_{i:03d}" for i in range(1, 51)]
-                                 + [f"Schaefer400_17n_{i:03d}" for i in range(1, config.n_regions - 49)],
-                      "coordinates": None, "coordinate_space": None,
-                      "files": "Tian S3 (3T) and Schaefer 2018 400 parcels 17 networks; not pinned by fmriflow yet"}}
+            "atlas": atlas}

@@ -176,7 +176,7 @@ def import_checkpoint(kind: str, path: str | Path, out_dir: str | Path, *, atlas
     if kind == "brain-jepa":
         from .import_jepa import brain_jepa_parts
 
-        parts = brain_jepa_parts(Path(path), gradient)
+        parts = brain_jepa_parts(Path(path), gradient, atlas_cache, atlas_dir)
     elif kind == "neurostorm":
         from .import_neurostorm import neurostorm_parts
 
