@@ -138,6 +138,12 @@ def main(results: Path, networks_tsv: Path | None, n_boot: int = 1000) -> None:
     print("paired AUROC differences, same predictions resampled jointly [95% CI]:")
     for a, b in ((f, u) for f in ("probe_symphony_fused", late) for u in ("probe_symphony_fmri", "probe_symphony_sc")):
         print(f"  {a} - {b}: %+.3f [%+.3f, %+.3f]" % paired_difference(both, a, b, n_boot))
+    log = read_tsv(out / "setup-agnostic" / "training_log.tsv")
+    if "w_fmri" in log.columns:  # brainsymphony.fusion late: the fMRI probe's weight each fold's inner CV chose
+        for row in ("probe_symphony_fused", "permuted_probe_symphony_fused"):
+            w = log.loc[log["variant"] == row, "w_fmri"]
+            print(f"{row}: w_fmri per fold, value (count): " + ", ".join(
+                f"{v:.1f} ({n})" for v, n in w.value_counts().sort_index().items()))
     gate = read_tsv(sym_dir / "subjects.tsv", dtype={"subject": str}).set_index("subject")["gate_functional"]
     by_group = gate.groupby(labels.reindex(gate.index)).agg(["mean", "min", "max"])
     print("gate functional share per subject (1 = all time series), by label:")

@@ -163,7 +163,7 @@ def inner_splits(task: str, y: np.ndarray, groups: np.ndarray | None, folds: int
     return list(cv.split(np.zeros(len(y)), y, groups))
 
 
-def _inner_metric(task: str, y: np.ndarray, scores: np.ndarray) -> float:
+def inner_metric(task: str, y: np.ndarray, scores: np.ndarray) -> float:
     """``SELECTION[task]`` as ``evaluation.compute`` defines it, alone and fast (every grid value is scored)."""
     if task == "classification":
         pos = y == 1
@@ -207,7 +207,7 @@ def choose(name: str, task: str, x: np.ndarray, y: np.ndarray, splits: list, gri
     for fit_idx, val_idx in splits:
         basis, z_fit = Basis.fit(x[fit_idx])
         scores = path_scores(name, task, z_fit, y[fit_idx], basis.transform(x[val_idx]), grid)
-        per_fold.append([_inner_metric(task, y[val_idx], s) for s in scores])
+        per_fold.append([inner_metric(task, y[val_idx], s) for s in scores])
     with np.errstate(invalid="ignore"):
         mean = np.array([np.nan if np.isnan(col).all() else np.nanmean(col) for col in np.array(per_fold).T])
     index = int(np.argmax(np.where(np.isnan(mean), -np.inf, mean)))  # the first of ties, as GridSearchCV

@@ -44,8 +44,10 @@ rule finetune:
         recipe_dirs=recipe_dirs(),
         # what trains and scores one set-up; not which set-ups exist, nor the job's size, nor where the
         # encoder and the windows come from (finetune.encoder, finetune.scaling: those reach it as inputs)
-        **shaping("finetune", drop=("finetune.enabled", "finetune.setups", "finetune.gpus", "finetune.workers",
-                                    "finetune.mem_mb", "finetune.runtime", "finetune.encoder", "finetune.scaling")),
+        # brainsymphony.fusion only while BrainSymphony runs: a config without it reruns nothing
+        **shaping("finetune", *(["brainsymphony.fusion"] if SYMPHONY["enabled"] else []),
+                  drop=("finetune.enabled", "finetune.setups", "finetune.gpus", "finetune.workers",
+                        "finetune.mem_mb", "finetune.runtime", "finetune.encoder", "finetune.scaling")),
     wildcard_constraints:
         setup="[A-Za-z0-9_.-]+",
     threads: FINETUNE["workers"]  # worker processes over the set-up's folds and variants (fmriflow.finetune.pool)

@@ -11,4 +11,6 @@ with logged(snakemake.log[0]):
     setup_step(snakemake.wildcards.setup, snakemake.params.dataset, str(Path(i.features[0]).parent), i.participants,
                i.model, i.coords, str(Path(snakemake.output.metrics).parent), settings, workers=snakemake.threads,
                symphony_dir=str(Path(symphony[0]).parent) if symphony else None,
-               recipe_dirs=dict(snakemake.params.recipe_dirs))  # the released models' recipes (config recipes)
+               recipe_dirs=dict(snakemake.params.recipe_dirs),  # the released models' recipes (config recipes)
+               # how BrainSymphony's fused row is made (present only while brainsymphony.enabled)
+               symphony_fusion=snakemake.params.config.get("brainsymphony", {}).get("fusion", "early"))

@@ -26,17 +26,19 @@ import pandas as pd
 
 from .. import baselines, evaluation
 from ..datasets.regions import read_index
+from ..errors import InputError
 from ..models.fmmtc import FMMTC
 from ..naming import FINETUNE_FEATURES
 from . import cohort as cohorts
 from . import probe as probes
-from . import recipe_probe, symphony
+from . import fusion, recipe_probe, symphony
 from .settings import FinetuneSettings
 from .trainer import fit, predict
 
 log = logging.getLogger(__name__)
 PERMUTED = "permuted_"  # prefix of the label-permuted controls
 FUSED = ("concat", "sum", "cross_attention", "moe", "no_pretrain")  # variants with both branches
+FUSIONS = ("late", "early")  # brainsymphony.fusion
 
 
 @dataclass(frozen=True)
@@ -54,12 +56,19 @@ class Inputs:
     # frozen-probe rows of other encoders -> subject -> mean embedding ({} when none ran): BrainSymphony's
     # (fmriflow.finetune.symphony.PROBES) and the released models' recipes (fmriflow.finetune.recipe_probe)
     subject_extra: dict[str, dict[str, np.ndarray]] = dataclasses.field(default_factory=dict)
+    # brainsymphony.fusion: how the fused BrainSymphony row combines the modalities (late: the unimodal
+    # probes' scores weighted by inner CV, fmriflow.finetune.fusion; early: one probe on the fused features)
+    symphony_fusion: str = "early"
 
 
 def load_inputs(dataset: str, features_dir: str, participants: str, settings: FinetuneSettings,
-                symphony_dir: str | None = None, recipe_dirs: dict[str, str] | None = None) -> Inputs:
+                symphony_dir: str | None = None, recipe_dirs: dict[str, str] | None = None,
+                symphony_fusion: str = "early") -> Inputs:
     """The cohort and its features; ``symphony_dir`` / ``recipe_dirs`` (recipe name -> its embeddings'
-    folder): the probe rows of BrainSymphony and of the released models' recipes, when they ran."""
+    folder): the probe rows of BrainSymphony and of the released models' recipes, when they ran;
+    ``symphony_fusion``: brainsymphony.fusion (``Inputs``)."""
+    if symphony_fusion not in FUSIONS:
+        raise InputError("brainsymphony.fusion", f"must be one of {list(FUSIONS)}; got {symphony_fusion!r}")
     index = read_index(dataset)
     cohort = cohorts.load_cohort(participants, settings.target, settings.task, settings.missing_labels,
                                  subjects=sorted(index["subject"].unique()))
@@ -78,7 +87,7 @@ def load_inputs(dataset: str, features_dir: str, participants: str, settings: Fi
     subject_ts = {encoder: probes.subject_embeddings(array, rows_of) for encoder, array in ts.items()}
     extra = {} if symphony_dir is None else symphony.load_subject_embeddings(symphony_dir, samples, rows_of)
     extra.update(recipe_probe.load_recipe_embeddings(recipe_dirs or {}, list(rows_of)))
-    return Inputs(cohort, samples, rows_of, fc, ts, y, subject_fc, subject_ts, extra)
+    return Inputs(cohort, samples, rows_of, fc, ts, y, subject_fc, subject_ts, extra, symphony_fusion)
 
 
 @dataclass(frozen=True)
@@ -265,24 +274,38 @@ def _probes(fold: Fold, inputs: Inputs, results: Results) -> None:
 def _extra_probes(fold: Fold, inputs: Inputs, settings: FinetuneSettings, results: Results) -> None:
     """Other encoders' embeddings (BrainSymphony's fMRI only, SC only, fused; each released model's
     recipe) under the frozen probe, each with its label-permuted control; a row fits and scores only the
-    fold's subjects it has an embedding for."""
-    labels, task = inputs.cohort.labels, inputs.cohort.task
+    fold's subjects it has an embedding for. BrainSymphony's fused row under ``brainsymphony.fusion: late``
+    is the unimodal probes' weighted mean instead (``_probe_fitter``), its control refitted the same way."""
+    labels = inputs.cohort.labels
     for name, embeddings in inputs.subject_extra.items():
         part = dataclasses.replace(fold, train=[s for s in fold.train if s in embeddings],
                                    test=[s for s in fold.test if s in embeddings])
         if not part.test:
             continue
-        scores, chosen = probes.fit_predict(task, embeddings, labels, part.train, part.test, fold.seed, name)
+        fit_predict = _probe_fitter(name, embeddings, inputs, fold.seed)
+        scores, chosen = fit_predict(labels, part.train, part.test, True)
         results.record(part, name, scores, False, chosen)
         if not settings.permuted_control:
             continue
 
-        def fit_score(rng: np.random.Generator, part=part, embeddings=embeddings) -> tuple[np.ndarray, dict]:
+        def fit_score(rng: np.random.Generator, part=part, fit_predict=fit_predict) -> tuple[np.ndarray, dict]:
             shuffled = pd.Series(rng.permutation(labels.loc[part.train].to_numpy()), index=part.train)
-            return probes.fit_predict(task, embeddings, shuffled, part.train, part.test, fold.seed,
-                                      PERMUTED + name, warn=False)
+            return fit_predict(shuffled, part.train, part.test, False)
 
         permuted_controls(results, part, name, False, fit_score, settings.permutations)
+
+
+def _probe_fitter(name: str, embeddings: dict[str, np.ndarray], inputs: Inputs,
+                  seed: int) -> Callable[..., tuple[np.ndarray, dict]]:
+    """``(labels, train, test, real) -> (scores, log entry)`` of one extra probe row (``real``: False for a
+    permuted control): the frozen probe on its embeddings, or late fusion of BrainSymphony's unimodal rows."""
+    task, extra = inputs.cohort.task, inputs.subject_extra
+    fmri, sc = (extra.get(row) for row in symphony.UNIMODAL)
+    if name == symphony.FUSED_ROW and inputs.symphony_fusion == "late" and fmri is not None and sc is not None:
+        return lambda labels, train, test, real: fusion.fit_predict(
+            task, fmri, sc, labels, train, test, seed, name if real else PERMUTED + name, warn=real)
+    return lambda labels, train, test, real: probes.fit_predict(
+        task, embeddings, labels, train, test, seed, name if real else PERMUTED + name, warn=real)
 
 
 def _baseline_controls(fold: Fold, name: str, task: str, x_train: np.ndarray, y_train: np.ndarray,

@@ -62,16 +62,17 @@ def features_step(dataset: str, model: str, coords: str, out_dir: str, seed: int
 
 def setup_step(setup: str, dataset: str, features_dir: str, participants: str, model: str, coords: str,
                out_dir: str, settings: FinetuneSettings, workers: int = 1, symphony_dir: str | None = None,
-               recipe_dirs: dict[str, str] | None = None) -> None:
+               recipe_dirs: dict[str, str] | None = None, symphony_fusion: str = "early") -> None:
     """Cross-validate every variant and baseline of ``settings`` on one set-up; write its tables.
 
     ``workers``: processes that train the folds' units side by side (``fmriflow.finetune.pool``);
     the tables are the same for any number. ``symphony_dir``: BrainSymphony's features
     (``fmriflow.finetune.symphony``), whose probe rows then join the table; None: none. ``recipe_dirs``:
     each released model's recipe embeddings (name -> folder, ``fmriflow.finetune.recipe_probe``): rows
-    ``probe_<name>``.
+    ``probe_<name>``. ``symphony_fusion``: brainsymphony.fusion, how BrainSymphony's fused row is made
+    (``fmriflow.finetune.crossval.Inputs``).
     """
-    inputs = load_inputs(dataset, features_dir, participants, settings, symphony_dir, recipe_dirs)
+    inputs = load_inputs(dataset, features_dir, participants, settings, symphony_dir, recipe_dirs, symphony_fusion)
     attribution = IGTables(setup, model, coords, dataset, inputs, settings)
     results = Results(inputs.cohort)
     tasks = []
@@ -94,7 +95,8 @@ def setup_step(setup: str, dataset: str, features_dir: str, participants: str, m
     sources = [f"{dataset}/index.tsv", *(str(Path(features_dir) / f) for f in FINETUNE_FEATURES.values()), participants, model,
                *(sorted(str(p) for p in Path(symphony_dir).glob("*.npy")) if symphony_dir else []),
                *(str(Path(d) / f) for d in (recipe_dirs or {}).values() for f in ("embeddings.npy", "windows.tsv"))]
-    parameters = {"setup": setup, "task": inputs.cohort.task, "dropped_unlabelled": list(inputs.cohort.dropped)}
+    parameters = {"setup": setup, "task": inputs.cohort.task, "dropped_unlabelled": list(inputs.cohort.dropped),
+                  **({"brainsymphony_fusion": symphony_fusion} if symphony_dir else {})}
     for name, frame in tables.items():
         write_tsv(Path(out_dir) / name, frame)
         write_sidecar(Path(out_dir) / name, "finetune", sources, parameters=parameters, config=settings.provenance())

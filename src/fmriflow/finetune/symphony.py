@@ -31,7 +31,9 @@ subject's path (``fused`` or ``fmri only``) and mean gate, for the report.
 The probe (``PROBES``: variant name -> embedding) is the frozen probe of ``fmriflow.finetune.probe``
 (subject mean of the window embeddings, nested-CV linear model, the FC baselines' folds), run by
 ``crossval`` with a label-permuted control per row. A row leaves out of its fits and scores the
-subjects it has no embedding for (``probe_symphony_sc``: those without a connectome).
+subjects it has no embedding for (``probe_symphony_sc``: those without a connectome). With
+``brainsymphony.fusion: late`` the fused row is not a probe of ``fused`` but the two unimodal probes'
+scores mixed by a weight chosen by inner CV (``fmriflow.finetune.fusion``).
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from ..naming import SYMPHONY_FEATURES, SYMPHONY_SUBJECTS, symphony_feature_file
 from ..provenance import write_sidecar
 
 PROBES = {"probe_symphony_fmri": "fmri", "probe_symphony_sc": "sc", "probe_symphony_fused": "fused"}
+FUSED_ROW, UNIMODAL = "probe_symphony_fused", ("probe_symphony_fmri", "probe_symphony_sc")  # fmri, sc
 PATHS = {True: "fused", False: "fmri only (no connectome)"}
 READOUT = ("network read-out: mean cosine similarity of centred region tokens per pair of networks; "
            "fused = [g * fmri ; (1 - g) * sc], g the gate's functional share")
