@@ -230,25 +230,30 @@ def _nilearn_mean(bold, labels):
     return pd.DataFrame(values, columns=[int(ids[i]) for i in range(values.shape[1])])
 
 
+def _parcellated_by_pinned(name: str, d: dict, tmp_path: Path, atlas_dir: Path, frames: int, seed: int):
+    """A random BOLD on the doubles' grid parcellated by A424 and the pinned atlas ``name`` in one pass
+    (the pipeline's steps): the BOLD image, the pinned atlas's series and its (image, labels) paths."""
+    from fmriflow.parcellate_step import parcellate_step
+    from fmriflow.steps import atlas_step, pinned_atlas_step
+
+    bold = random_bold(d["tian"].shape, frames, d["affine"], seed=seed)
+    nib.save(bold, tmp_path / "bold.nii.gz")
+    a424 = (tmp_path / "a424_dseg.nii.gz", tmp_path / "a424_labels.tsv")
+    atlas_step(str(a424[0]), str(a424[1]), str(tmp_path / "a424-cache"), str(atlas_dir))
+    out = (tmp_path / f"{name}_dseg.nii.gz", tmp_path / f"{name}_labels.tsv")
+    pinned_atlas_step(name, str(a424[0]), str(out[0]), str(out[1]), str(tmp_path / "cache"), str(d["dir"]))
+    series = [tmp_path / "a424_ts.tsv", tmp_path / f"{name}_ts.tsv"]
+    parcellate_step(str(tmp_path / "bold.nii.gz"), None, [tuple(map(str, a424)), tuple(map(str, out))],
+                    [str(s) for s in series], [None, None], strategy="mean", min_coverage=0.0)
+    return bold, pd.read_csv(series[1], sep="\t"), out
+
+
 def test_parcellation_through_the_pinned_path_equals_nilearn(pinned_to_doubles, atlas_dir, tmp_path):
     """pinned_atlas_step then one parcellate_step pass (A424 and the 450 regions from one read):
     the 450 columns equal nilearn's NiftiLabelsMasker (mean) on the Tian double then on the Schaefer
     double, concatenated in that order, as Brain-JEPA's loader builds its input."""
-    from fmriflow.parcellate_step import parcellate_step
-    from fmriflow.steps import atlas_step, pinned_atlas_step
-
     d = pinned_to_doubles
-    bold = random_bold(d["tian"].shape, 8, d["affine"], seed=5)
-    nib.save(bold, tmp_path / "bold.nii.gz")
-    a424 = (tmp_path / "a424_dseg.nii.gz", tmp_path / "a424_labels.tsv")
-    atlas_step(str(a424[0]), str(a424[1]), str(tmp_path / "a424-cache"), str(atlas_dir))
-    out = (tmp_path / "atlas-450_dseg.nii.gz", tmp_path / "atlas-450_labels.tsv")
-    pinned_atlas_step("Schaefer400N7TianS3", str(a424[0]), str(out[0]), str(out[1]), str(tmp_path / "cache"),
-                      str(d["dir"]))
-    series = [tmp_path / "a424_ts.tsv", tmp_path / "450_ts.tsv"]
-    parcellate_step(str(tmp_path / "bold.nii.gz"), None, [tuple(map(str, a424)), tuple(map(str, out))],
-                    [str(s) for s in series], [None, None], strategy="mean", min_coverage=0.0)
-    ours = pd.read_csv(series[1], sep="\t")
+    bold, ours, out = _parcellated_by_pinned("Schaefer400N7TianS3", d, tmp_path, atlas_dir, frames=8, seed=5)
     assert list(ours.columns) == d["tian_names"] + d["ctx_names"]
     sub = _nilearn_mean(bold, nib.Nifti1Image(d["tian"], d["affine"]))
     ctx = _nilearn_mean(bold, nib.Nifti1Image(d["schaefer"], d["affine"]))
@@ -298,21 +303,8 @@ def test_a_correspondence_that_is_not_one_to_one_is_refused(doubles, tmp_path, h
 def test_17_network_parcellation_is_the_7_network_columns_reordered(pinned_to_doubles, atlas_dir, tmp_path):
     """Through pinned_atlas_step and parcellate_step: column 50 + j of Schaefer400N17TianS3 is nilearn's mean of
     the Schaefer double's region k with perm[k - 1] == j; the Tian columns come first, unchanged."""
-    from fmriflow.parcellate_step import parcellate_step
-    from fmriflow.steps import atlas_step, pinned_atlas_step
-
     d = pinned_to_doubles
-    bold = random_bold(d["tian"].shape, 6, d["affine"], seed=6)
-    nib.save(bold, tmp_path / "bold.nii.gz")
-    a424 = (tmp_path / "a424_dseg.nii.gz", tmp_path / "a424_labels.tsv")
-    atlas_step(str(a424[0]), str(a424[1]), str(tmp_path / "a424-cache"), str(atlas_dir))
-    out = (tmp_path / "n17_dseg.nii.gz", tmp_path / "n17_labels.tsv")
-    pinned_atlas_step("Schaefer400N17TianS3", str(a424[0]), str(out[0]), str(out[1]), str(tmp_path / "cache"),
-                      str(d["dir"]))
-    series = [tmp_path / "a424_ts.tsv", tmp_path / "n17_ts.tsv"]
-    parcellate_step(str(tmp_path / "bold.nii.gz"), None, [tuple(map(str, a424)), tuple(map(str, out))],
-                    [str(s) for s in series], [None, None], strategy="mean", min_coverage=0.0)
-    ours = pd.read_csv(series[1], sep="\t")
+    bold, ours, out = _parcellated_by_pinned("Schaefer400N17TianS3", d, tmp_path, atlas_dir, frames=6, seed=6)
     assert list(ours.columns) == d["tian_names"] + d["ctx17_names"]
     sub = _nilearn_mean(bold, nib.Nifti1Image(d["tian"], d["affine"]))
     ctx = _nilearn_mean(bold, nib.Nifti1Image(d["schaefer"], d["affine"]))
