@@ -12,6 +12,7 @@ run of voxels (interpolated with torch, z-scored and cropped here)."""
 from __future__ import annotations
 
 import json
+import os
 import time
 import warnings
 from fractions import Fraction
@@ -109,7 +110,16 @@ def test_plan_and_its_errors(recipe_project, tmp_path):
     _, demo, config = recipe_project
     off = planned_jobs(run_snakemake(tmp_path, demo_config(demo, tmp_path / "results"), "--dry-run"))
     assert "recipe_prepare" not in off and "recipe_embed" not in off
-    on = planned_jobs(run_snakemake(tmp_path, config, "--dry-run"))
+    # planning imports no torch (each plan, and each cluster job's re-parse, would pay for it): here a torch
+    # package that refuses to load stands first on the path
+    blocker = tmp_path / "no-torch" / "torch"
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text('raise ImportError("planning imported torch")\n')
+    path = [str(blocker.parent), *filter(None, [os.environ.get("PYTHONPATH")])]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
+    proc = run_snakemake(tmp_path, config, "--dry-run", env=env)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    on = planned_jobs(proc)
     assert on["recipe_prepare"] == 3 and on["recipe_embed"] == 3 and on["finetune"] == 1
     missing = {**config, "atlas": {k: v for k, v in config["atlas"].items() if k != "extra"}}
     proc = run_snakemake(tmp_path, missing, "--dry-run")

@@ -29,12 +29,12 @@ REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.integration
 
 
-def run_snakemake(workdir: Path, config: dict, *extra: str) -> subprocess.CompletedProcess:
+def run_snakemake(workdir: Path, config: dict, *extra: str, env: dict | None = None) -> subprocess.CompletedProcess:
     cfg = workdir / "config.yaml"
     cfg.write_text(yaml.safe_dump(config))
     cmd = [sys.executable, "-m", "snakemake", "--profile", "profiles/local", "--cores", "2",
            "--configfile", str(cfg), "--directory", str(REPO), *extra]
-    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=1200)
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=1200, env=env)
 
 
 def make_demo(out: Path, atlas_dir: Path, **kwargs) -> Path:

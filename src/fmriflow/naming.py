@@ -93,6 +93,11 @@ FINETUNE_FEATURES = {
 SYMPHONY_FEATURES = {"samples": "samples.npy", "fmri": "fmri.npy", "sc": "sc.npy", "fused": "fused.npy",
                      "gate": "gate.npy"}
 SYMPHONY_SUBJECTS = "subjects.tsv"
+
+# a released model's recipe step (fmriflow.bundle.recipe_step) and its frozen embeddings
+# (fmriflow.finetune.recipe_probe): named here so that planning need not import those (torch)
+RECIPE_PREPARED = ("windows.npy", "index.tsv", "recipe.json")  # windows, their index, the recipe as applied
+RECIPE_EMBEDDED = ("embeddings.npy", "windows.tsv")  # one embedding per window, the windows' subjects
 FINETUNE_SYMPHONY_SUBJECTS = "symphony_subjects.tsv"  # its copy beside a set-up's predictions, for the report
 
 

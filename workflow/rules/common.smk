@@ -617,16 +617,12 @@ RECIPE_PLANS = _plan_recipes()
 
 def recipe_prepared(name="{recipe}"):
     """The recipe step's three files (windows, index, recipe.json) of recipe ``name``."""
-    from fmriflow.bundle.recipe_step import INDEX, RECIPE, WINDOWS
-
-    return [f"{RECIPES_DIR}/{name}/prepared/{f}" for f in (WINDOWS, INDEX, RECIPE)]
+    return [f"{RECIPES_DIR}/{name}/prepared/{f}" for f in naming.RECIPE_PREPARED]
 
 
 def recipe_embedded(name="{recipe}"):
     """The recipe's frozen embeddings and their windows' subjects."""
-    from fmriflow.finetune.recipe_probe import EMBEDDINGS, WINDOWS
-
-    return [f"{RECIPES_DIR}/{name}/embeddings/{f}" for f in (EMBEDDINGS, WINDOWS)]
+    return [f"{RECIPES_DIR}/{name}/embeddings/{f}" for f in naming.RECIPE_EMBEDDED]
 
 
 def recipe_prepare_input(wildcards):

@@ -33,14 +33,14 @@ from ..datasets.regions import resample_series  # the dataset step's resampler: 
 from ..datasets.splits import read_splits
 from ..errors import InputError
 from ..io import atomic_path, read_json, read_tsv, sha256sum, write_json, write_tsv
-from ..naming import subject_of
+from ..naming import RECIPE_PREPARED, subject_of
 from ..provenance import build_sidecar, sidecar_path, write_sidecar
 from . import recipe_scaling as scaling
 from . import recipe_voxels as voxels
 from .card import input_settings, read_card
 
 log = logging.getLogger("fmriflow")
-WINDOWS, INDEX, RECIPE = "windows.npy", "index.tsv", "recipe.json"
+WINDOWS, INDEX, RECIPE = RECIPE_PREPARED
 RESAMPLING = ("scipy.signal.resample_poly to the card's TR (the dataset step's resampler); none where the TR is "
               "the card's")
 

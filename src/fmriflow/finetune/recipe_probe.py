@@ -19,9 +19,10 @@ import numpy as np
 import torch
 
 from ..io import atomic_path, read_tsv, write_tsv
+from ..naming import RECIPE_EMBEDDED
 from ..provenance import write_sidecar
 
-EMBEDDINGS, WINDOWS = "embeddings.npy", "windows.tsv"
+EMBEDDINGS, WINDOWS = RECIPE_EMBEDDED
 PREFIX = "probe_"
 
 
