@@ -98,3 +98,30 @@ def test_card_atlas_is_found_among_the_project_atlases():
         recipe_plan.project_atlas(card, "bundle/model_card.json", "recipes.jepa", ["A424"])
     assert recipe_plan.recipe_kind({"atlas": {"grid": {"shape": [96] * 3}, "regions": []}}) == "voxels"
     assert recipe_plan.recipe_kind(card) == "regions"
+
+
+@pytest.mark.parametrize("bad", ["nan", "text"])
+def test_region_runs_are_checked_like_the_dataset_steps(tmp_path, bad):
+    """A region with a gap (NaN amid values) or text is an error naming the file, as the dataset step's
+    (resampling would spread the gap over the whole series); a region that is all NaN is dropped."""
+    import json
+
+    import pandas as pd
+
+    from fmriflow.bundle import recipe_step
+
+    labels = tmp_path / "labels.tsv"
+    pd.DataFrame({"index": [1, 2, 3], "name": ["a", "b", "c"]}).to_csv(labels, sep="\t", index=False)
+    series = pd.DataFrame({"c": np.arange(6.0), "a": np.ones(6), "b": np.full(6, np.nan)})
+    path = tmp_path / "sub-01_timeseries.tsv"
+    (tmp_path / "sub-01_timeseries.json").write_text(json.dumps({"RepetitionTime": 2.0}))
+    card = {"atlas": {"regions": ["a", "b", "c"]}}
+    series.to_csv(path, sep="\t", index=False, na_rep="n/a")
+    (run,) = recipe_step._region_runs(card, "card.json", str(labels), ["sub-01"], [str(path)], None)
+    assert np.isnan(run["x"][:, 1]).all() and (run["x"][:, [0, 2]] == series[["a", "c"]].to_numpy()).all()
+    series["c"] = series["c"].astype(object)
+    series.loc[3, "c"] = np.nan if bad == "nan" else "x"
+    series.to_csv(path, sep="\t", index=False, na_rep="n/a")
+    with pytest.raises(InputError, match="column 'c'") as err:
+        recipe_step._region_runs(card, "card.json", str(labels), ["sub-01"], [str(path)], None)
+    assert str(path) in str(err.value)

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 from numpy.lib.format import open_memmap
 
-from ..datasets.regions import resample_series  # the dataset step's resampler: one way to change TR
+from ..datasets.regions import check_values, resample_series  # the dataset step's checks and resampler
 from ..datasets.splits import read_splits
 from ..errors import InputError
 from ..io import atomic_path, read_json, read_tsv, sha256sum, write_json, write_tsv
@@ -58,9 +58,9 @@ def _region_runs(card: Mapping, card_path: str, labels: str, runs: Sequence[str]
     for run, path in zip(runs, timeseries):
         frame = read_tsv(path)
         frame.columns = [str(c) for c in frame.columns]
-        x = frame[regions].to_numpy(dtype=np.float64)  # the card's region order
+        x, valid = check_values(frame[regions], path)  # the card's region order; dropped regions all NaN
         tr = float(read_json(sidecar_path(path))["RepetitionTime"])
-        x, stored = resample_series(x, ~np.isnan(x).all(axis=0), tr, target_tr)
+        x, stored = resample_series(x, valid, tr, target_tr)
         out.append({"run": run, "subject": subject_of(run), "tr": tr, "stored_tr": stored, "x": x, "path": path})
     return out
 

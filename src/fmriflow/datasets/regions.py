@@ -212,7 +212,7 @@ def _cache_runs(specs, scratch: Path, window, stride, target_tr, min_regions) ->
         if not regions:
             regions, reference = [str(c) for c in frame.columns], spec["name"]
         _check_columns(frame, regions, spec["name"], reference)
-        values, valid = _check_values(frame, spec["name"])
+        values, valid = check_values(frame, spec["name"])
         values, tr_stored = resample_series(values, valid, spec["tr"], target_tr)
         info = {
             "run": spec["run"], "subject": spec["subject"], "split": spec["split"],
@@ -417,7 +417,7 @@ def _check_columns(frame: pd.DataFrame, regions: list[str], name: str, reference
                          "all runs must have the same regions in the same order")
 
 
-def _check_values(frame: pd.DataFrame, name: str) -> tuple[np.ndarray, np.ndarray]:
+def check_values(frame: pd.DataFrame, name: str) -> tuple[np.ndarray, np.ndarray]:
     """Values (time x regions, float64) and which regions have data (not dropped)."""
     if len(frame) == 0:
         raise InputError(name, "the time series has no rows")
