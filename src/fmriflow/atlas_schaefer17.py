@@ -19,6 +19,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from .errors import InputError
+from .io import atomic_path
 
 N_SUB, N_CTX = 50, 400
 DERIVED_IMAGE = "Schaefer2018_400Parcels_17Networks_order_Tian_Subcortex_S3_MNI152NLin6Asym_2mm.derived.nii.gz"
@@ -98,9 +99,11 @@ def derive_image(files: Mapping[str, Path], out_dir: Path) -> Path:
 
     p = correspondence(files["surface7"], files["surface17"])
     img = nib.load(str(files["source_image"]))
-    data = relabel(np.asarray(img.dataobj), p).astype(np.float32)  # float32 labels, as the source image
+    try:
+        data = relabel(np.asarray(img.dataobj), p).astype(np.float32)  # float32 labels, as the source image
+    except ValueError as exc:
+        raise InputError(files["source_image"], str(exc)) from None
     out = Path(out_dir) / DERIVED_IMAGE
-    tmp = out.with_name(out.name + ".part.nii.gz")
-    nib.save(nib.Nifti1Image(data, img.affine), str(tmp))
-    tmp.replace(out)  # whole or absent: a reader never sees half a file
+    with atomic_path(out) as tmp:  # whole or absent; nibabel's gzip holds no name or time: same bytes each time
+        nib.save(nib.Nifti1Image(data, img.affine), str(tmp))
     return out
