@@ -2,9 +2,10 @@
 
 Torch-free: the workflow calls it when it plans the DAG. A card whose atlas is a voxel grid
 (NeuroSTORM) reads the project's MNI-resampled BOLD and brain masks; any other reads the region
-time series of the project atlas the card names: A424, or an atlas of ``atlas.extra`` or ``atlas.pinned``. Config
-keys may hold letters and digits only, so a card's atlas name is also matched with its other
-characters left out (Brain-JEPA's ``TianS3+Schaefer400-17n`` is ``TianS3Schaefer40017n`` there).
+time series of the project atlas the card names: A424, or an atlas of ``atlas.pinned`` (Brain-JEPA's
+card names ``Schaefer400N17TianS3``) or ``atlas.extra``. Atlas names hold letters and digits only,
+so a card's atlas name is also matched with its other characters left out (a card naming
+``TianS3+Schaefer400-17n`` finds an ``atlas.extra`` entry ``TianS3Schaefer40017n``).
 """
 
 from __future__ import annotations
