@@ -197,5 +197,5 @@ def test_finetune_rule_drops_the_same_keys():
     from fmriflow.modelling import FINETUNE_NOT_SETTINGS
 
     rule = (REPO / "workflow" / "rules" / "finetune.smk").read_text()
-    dropped = re.search(r'\*\*shaping\("finetune", drop=\(([^)]*)\)', rule, re.S)[1]
+    dropped = re.search(r'\*\*shaping\("finetune",[^=]*?drop=\(([^)]*)\)', rule, re.S)[1]
     assert sorted(re.findall(r'"finetune\.(\w+)"', dropped)) == sorted(FINETUNE_NOT_SETTINGS)
