@@ -13,10 +13,9 @@ on CPU), ``--warmup`` untimed steps first. Prints parameters, ms per step, sampl
 from __future__ import annotations
 
 import argparse
-import resource
-import time
 
 import torch
+from steptime import timed, train_step  # beside this script
 
 
 def _models(args, device):
@@ -37,30 +36,10 @@ def _batch(args, device):
 
 
 def measure(name: str, model, x, sc, args, device) -> dict:
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
     bf16 = device.type == "cuda" and not args.fp32
-
-    def step():
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            loss = model(x, sc).loss if name == "brainsymphony" else model(x).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    for _ in range(args.warmup):
-        step()
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    sync()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    t0 = time.perf_counter()
-    for _ in range(args.steps):
-        step()
-    sync()
-    seconds = (time.perf_counter() - t0) / args.steps
-    peak = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
-            else (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) * 1024)
+    loss = (lambda: model(x, sc).loss) if name == "brainsymphony" else (lambda: model(x).loss)
+    seconds, gpu, rss = timed(train_step(model, loss, device, bf16), args.warmup, args.steps, device)
+    peak = gpu if device.type == "cuda" else rss
     return {"params": sum(p.numel() for p in model.parameters()), "ms": 1e3 * seconds,
             "samples_per_s": args.batch / seconds, "peak_gib": peak / 2**30}
 

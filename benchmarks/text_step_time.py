@@ -15,9 +15,9 @@ Prints ms per step, samples/s and peak memory per task and model size.
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
+from steptime import timed, train_step  # beside this script
 
 
 def _vq_model(name: str, args):
@@ -36,35 +36,6 @@ def _lm(name: str, vq, length: int, args):
     return build_lm(name, vocab, vq.text_table, vq.token_table(), n_positions=length), vocab
 
 
-def _timed(step, args, device) -> tuple[float, float]:
-    """Seconds per step and peak GPU memory (GiB; 0 on CPU) of ``step`` after the warm-up."""
-    for _ in range(args.warmup):
-        step()
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    sync()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    t0 = time.perf_counter()
-    for _ in range(args.steps):
-        step()
-    sync()
-    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else 0.0
-    return (time.perf_counter() - t0) / args.steps, peak
-
-
-def _train_step(model, loss_fn, device, bf16: bool):
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
-
-    def step():
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            loss = loss_fn()
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    return step
-
-
 def measure(name: str, args, device) -> list[dict]:
     bf16 = device.type == "cuda" and not args.fp32
     g = torch.Generator().manual_seed(1)
@@ -77,8 +48,8 @@ def measure(name: str, args, device) -> list[dict]:
         vq.set_text_draw(draw)  # what the task's schedule sets before each step
         return vq(x).loss
 
-    seconds, peak = _timed(_train_step(vq, vq_loss, device, bf16), args, device)
-    rows = [{"task": "vq-align", "model": name, "tokens": n_codes, "ms": 1e3 * seconds, "peak": peak}]
+    seconds, peak, _ = timed(train_step(vq, vq_loss, device, bf16), args.warmup, args.steps, device)
+    rows = [{"task": "vq-align", "model": name, "tokens": n_codes, "ms": 1e3 * seconds, "peak": peak / 2**30}]
 
     n_tokens = n_codes + (args.window // vq.config.patch if vq.config.gain_levels else 0)  # + amplitude tokens
     length = n_tokens + args.prompt_tokens + args.answer_tokens + 2
@@ -88,8 +59,9 @@ def measure(name: str, args, device) -> list[dict]:
     labels = torch.full_like(ids, -100)
     labels[:, -args.answer_tokens - 1:] = ids[:, -args.answer_tokens - 1:]  # the answer and eos only
     mask = torch.ones_like(ids)
-    seconds, peak = _timed(_train_step(lm, lambda: lm(ids, mask, labels).loss, device, bf16), args, device)
-    rows.append({"task": "lm-finetune", "model": name, "tokens": length, "ms": 1e3 * seconds, "peak": peak})
+    seconds, peak, _ = timed(train_step(lm, lambda: lm(ids, mask, labels).loss, device, bf16), args.warmup,
+                              args.steps, device)
+    rows.append({"task": "lm-finetune", "model": name, "tokens": length, "ms": 1e3 * seconds, "peak": peak / 2**30})
     return rows
 
 
