@@ -57,7 +57,8 @@ def main() -> None:
         checkpoint = Path(tmp) / "jepa-ep300.pth.tar"
         torch.save({"target_encoder": state, "epoch": 300}, checkpoint)
         start = time.perf_counter()
-        import_checkpoint("brain-jepa", checkpoint, Path(tmp) / "bundle", atlas_cache=tmp, gradient=gradient_csv)
+        import_checkpoint("brain-jepa", checkpoint, Path(tmp) / "bundle", atlas_cache=tmp, pinned_cache=tmp,
+                          gradient=gradient_csv)
         ours = load_bundle_encoder(Path(tmp) / "bundle")
         x = torch.randn(2, 450, 160, generator=torch.Generator().manual_seed(1))
         with torch.no_grad():

@@ -34,7 +34,7 @@ MNI_2MM_AFFINE = np.array([[-2, 0, 0, 90], [0, 2, 0, -126], [0, 0, 2, -72], [0, 
 
 def check(name: str, folder: Path, cache: Path) -> list[str]:
     problems = []
-    spec, files = pinned_atlas_files(name, cache / name, folder, download=False)  # raises on a wrong sha256
+    spec, files = pinned_atlas_files(name, cache, folder, download=False)  # raises on a wrong sha256
     table = pinned_atlas_table(spec, files)  # raises unless labels are exactly 1..N in image and table
     img = open_nifti(files["image"])
     if img.shape != MNI_2MM_SHAPE or not np.allclose(img.affine, MNI_2MM_AFFINE):
@@ -63,7 +63,7 @@ def check_subcortex_first(folder: Path) -> list[str]:
 
 
 def check_relabelling(folder: Path, cache: Path) -> list[str]:
-    spec, files = pinned_atlas_files("Schaefer400N17TianS3", cache / "relabel", folder, download=False)
+    spec, files = pinned_atlas_files("Schaefer400N17TianS3", cache, folder, download=False)
     seven = np.rint(np.asarray(open_nifti(files["source_image"]).dataobj)).astype(int)
     seventeen = np.rint(np.asarray(open_nifti(files["image"]).dataobj)).astype(int)
     pairs = np.unique(np.stack([seven.ravel(), seventeen.ravel()], axis=1), axis=0)
@@ -80,7 +80,7 @@ def check_relabelling(folder: Path, cache: Path) -> list[str]:
         if not Path(theirs).is_file():
             continue
         if ours is None:
-            n7 = pinned_atlas_table(*pinned_atlas_files("Schaefer400N7TianS3", cache / "n7", folder, download=False))
+            n7 = pinned_atlas_table(*pinned_atlas_files("Schaefer400N7TianS3", cache, folder, download=False))
             ours, theirs_names = n7["name"][50:], label_names(theirs)
         else:
             theirs_names = pd.read_csv(theirs, sep="\t")["name"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Mapping
 
 import nibabel as nib
 import numpy as np
@@ -115,6 +116,22 @@ def pipeline(tmp_path_factory, atlas_dir, a424_img):
     proc = run_snakemake(base, config)
     assert proc.returncode == 0, proc.stderr[-5000:]
     return demo, results, base, config
+
+
+def bids_app_paths(tmp_path: Path, bids_key: str, outputs: Mapping[str, str]) -> dict[str, Path]:
+    """The paths a BIDS-App command test passes (fMRIPrep, QSIPrep, QSIRecon), under the keys its module uses.
+
+    Made: the raw BIDS folder (key ``bids_key``), a FreeSurfer licence (``license``) and a TemplateFlow
+    home (``tf``). Not made: ``outputs`` (key -> path relative to ``tmp_path``), the output and work
+    folders, which building a command must not need to exist.
+    """
+    bids = tmp_path / "bids"
+    bids.mkdir()
+    license_file = tmp_path / "license.txt"
+    license_file.write_text("user@example.org\n12345\n")
+    tf = tmp_path / "templateflow"
+    tf.mkdir()
+    return {bids_key: bids, "license": license_file, "tf": tf, **{key: tmp_path / rel for key, rel in outputs.items()}}
 
 
 def parse_bids_app_args(args: list[str], flags, valued, tool: str) -> tuple[list[str], dict]:

@@ -311,3 +311,88 @@ def test_17_network_parcellation_is_the_7_network_columns_reordered(pinned_to_do
     inverse = np.argsort(d["perm"]) + 1  # the 7-network parcel of each 17-network number
     reference = np.hstack([sub[list(range(1, 51))].to_numpy(), ctx[inverse.tolist()].to_numpy()])
     np.testing.assert_allclose(ours.to_numpy(), reference, atol=1e-4, rtol=0)
+
+
+# the Tian release's and TemplateFlow's files the three atlases pin, each once (read off the Sources table of
+# docs/atlases.md): 3 Tian S3 files, the combined 7-network volume, TemplateFlow's table, 2 CIFTI label files
+N_SOURCE_FILES = 7
+
+
+def _serve_doubles(monkeypatch, folder: Path) -> list[str]:
+    """Downloads answered from the doubles' folder (by the address's last part); the addresses asked, in order."""
+    asked = []
+
+    def urlopen(url, timeout=None):
+        asked.append(url)
+        return open(folder / url.rsplit("/", 1)[1], "rb")
+
+    monkeypatch.setattr(atlas.urllib.request, "urlopen", urlopen)
+    return asked
+
+
+def test_atlases_sharing_a_source_file_fetch_and_store_it_once(pinned_to_doubles, atlas_dir, tmp_path, monkeypatch):
+    """The three atlases through pinned_atlas_step into one cache (atlas.pinned_cache_dir), downloading: every
+    distinct source file is asked for once and stored once (one inode each), the shared Tian files are not
+    rewritten by the later atlases, and every atlas's sidecar names the same cached copy."""
+    from fmriflow.atlas_schaefer17 import DERIVED_IMAGE
+    from fmriflow.steps import pinned_atlas_step
+
+    asked = _serve_doubles(monkeypatch, pinned_to_doubles["dir"])
+    cache = tmp_path / "cache"
+    pins = {f.name: f for spec in atlas_pinned.PINNED_ATLASES.values() for f in spec.files.values()}
+    assert len(pins) == N_SOURCE_FILES
+    inode = {}
+    for name in ("TianS3", "Schaefer400N7TianS3", "Schaefer400N17TianS3"):  # TianS3 first: the others reuse its files
+        pinned_atlas_step(name, str(atlas_dir / "A424+2mm.nii.gz"), str(tmp_path / f"{name}_dseg.nii.gz"),
+                          str(tmp_path / f"{name}_labels.tsv"), str(cache))
+        inode.setdefault(name, (cache / atlas_pinned.TIAN_S3_LABELS.name).stat().st_ino)
+    assert sorted(asked) == sorted(f.url for f in pins.values())  # each address once
+    stored = sorted(cache.iterdir())
+    assert [p.name for p in stored] == sorted([*pins, DERIVED_IMAGE]) and all(p.is_file() for p in stored)
+    assert len({p.stat().st_ino for p in stored}) == len(stored) == N_SOURCE_FILES + 1
+    assert len(set(inode.values())) == 1  # the labels file TianS3 fetched was kept, not written again
+    assert all(_sha(p) == pins[p.name].sha256 for p in stored if p.name in pins)
+    recorded = set()
+    for name in ("TianS3", "Schaefer400N7TianS3", "Schaefer400N17TianS3"):
+        inputs = yaml.safe_load((tmp_path / f"{name}_labels.json").read_text())["Provenance"]["Inputs"]
+        recorded |= {i["path"] for i in inputs if Path(i["path"]).name == atlas_pinned.TIAN_S3_LABELS.name}
+    assert recorded == {str(cache / atlas_pinned.TIAN_S3_LABELS.name)}
+
+
+def test_a_corrupted_cached_file_is_named_by_its_sha256(pinned_to_doubles, tmp_path, monkeypatch):
+    """A cached Tian file damaged in place (same size, one byte changed): every atlas sharing it refuses it,
+    naming the cached path, its sha256 and the pinned one, whether downloads are on or off; it is not replaced
+    behind the user's back. A verified copy from atlas.path mends it."""
+    folder, cache = pinned_to_doubles["dir"], tmp_path / "cache"
+    for name in ("TianS3", "Schaefer400N7TianS3"):
+        atlas_pinned.pinned_atlas_files(name, cache, folder, download=False)
+    cached = cache / atlas_pinned.TIAN_S3_CENTROIDS.name
+    good = cached.read_bytes()
+    bad = good.replace(b"\t", b" ", 1)
+    assert len(bad) == len(good) and bad != good
+    cached.write_bytes(bad)
+    actual, pinned = hashlib.sha256(bad).hexdigest(), hashlib.sha256(good).hexdigest()
+    asked = _serve_doubles(monkeypatch, folder)
+    for name, download in (("TianS3", False), ("Schaefer400N7TianS3", False), ("Schaefer400N7TianS3", True)):
+        with pytest.raises(InputError) as err:
+            atlas_pinned.pinned_atlas_files(name, cache, None, download=download)
+        message = str(err.value)
+        assert str(cached) in message and actual in message and pinned in message and "delete it" in message
+    assert cached.read_bytes() == bad and asked == []  # nothing fetched over it
+    atlas_pinned.pinned_atlas_files("TianS3", cache, folder, download=False)
+    assert cached.read_bytes() == good
+
+
+def test_one_pin_per_file_name():
+    """The shared cache keys files by name: the registry's 7 names each have one address and sha256, and a
+    registry pinning one name twice is refused, naming both addresses."""
+    assert set(atlas_pinned.source_files(atlas_pinned.PINNED_ATLASES)) == {
+        f.name for spec in atlas_pinned.PINNED_ATLASES.values() for f in spec.files.values()}
+    assert len(atlas_pinned.SOURCE_FILES) == N_SOURCE_FILES
+    labels = atlas_pinned.TIAN_S3_LABELS
+    other = atlas.AtlasFile(labels.name, labels.url.replace("62751401", "00000000"), "0" * 64)
+    clash = {"TianS3": atlas_pinned.PINNED_ATLASES["TianS3"],
+             "Other": dataclasses.replace(atlas_pinned.PINNED_ATLASES["TianS3"], name="Other", files={"labels": other})}
+    with pytest.raises(ValueError, match="Other: file Tian_Subcortex_S3_3T_label.txt is pinned as") as err:
+        atlas_pinned.source_files(clash)
+    assert labels.url in str(err.value) and other.url in str(err.value)

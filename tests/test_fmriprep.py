@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import parse_bids_app_args
+from conftest import bids_app_paths, parse_bids_app_args
 
 from fmriflow.errors import InputError
 from fmriflow.io import read_tsv
@@ -50,14 +50,7 @@ def parse_fmriprep_args(args: list[str]) -> tuple[list[str], dict]:
 
 @pytest.fixture()
 def paths(tmp_path):
-    bids = tmp_path / "bids"
-    bids.mkdir()
-    license_file = tmp_path / "license.txt"
-    license_file.write_text("user@example.org\n12345\n")
-    tf = tmp_path / "templateflow"
-    tf.mkdir()
-    return {"bids_dir": bids, "output_dir": tmp_path / "out" / "fmriprep", "work_dir": tmp_path / "work" / "sub-01",
-            "license": license_file, "tf": tf}
+    return bids_app_paths(tmp_path, "bids_dir", {"output_dir": "out/fmriprep", "work_dir": "work/sub-01"})
 
 
 def test_apptainer_command(paths):

@@ -11,6 +11,7 @@ patch embedding, head, window masking and loss match the authors' formulas compu
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import subprocess
@@ -385,6 +386,7 @@ def test_brain_jepa_time_code_is_the_closed_form():
 def test_brain_jepa_import_writes_a_bundle_with_the_recipe(tmp_path, torch_one_thread, pinned_to_doubles):
     """In-process (the pinned atlas is a test double): the card's atlas is Schaefer400N17TianS3 with the
     names of that atlas's table, Tian first then the 17-network CIFTI's, as the doubles were written."""
+    from fmriflow import atlas_pinned
     from fmriflow.bundle import read_card
     from fmriflow.bundle.imports import import_checkpoint
     from fmriflow.bundle.read import load_bundle_encoder
@@ -397,13 +399,14 @@ def test_brain_jepa_import_writes_a_bundle_with_the_recipe(tmp_path, torch_one_t
     np.savetxt(tmp_path / "gradient_mapping_450.csv", gradient, delimiter=",")
     out = tmp_path / "bundle"
     import_checkpoint("brain-jepa", tmp_path / "jepa.pth.tar", out, atlas_cache=tmp_path / "atlases" / "A424",
-                      atlas_dir=d["dir"])
+                      pinned_cache=tmp_path / "atlases", atlas_dir=d["dir"])
     card = read_card(out)
     assert card["input"]["window"] == 32 and card["input"]["tr"]["target_tr"] == pytest.approx(2.205)
     assert card["model"]["source"]["not_imported"]["predictor"].startswith("the JEPA predictor")
     assert card["atlas"]["name"] == "Schaefer400N17TianS3" and card["atlas"]["n_regions"] == 450
     assert card["atlas"]["regions"] == d["tian_names"] + d["ctx17_names"]
-    assert (tmp_path / "atlases" / "Schaefer400N17TianS3").is_dir()  # beside the A424 cache, as atlas.pinned_cache_dir
+    pinned = atlas_pinned.PINNED_ATLASES["Schaefer400N17TianS3"].files.values()
+    assert {f.name for f in pinned} <= {p.name for p in (tmp_path / "atlases").iterdir()}  # the pinned cache given
     encoder = load_bundle_encoder(out)
     np.testing.assert_allclose(encoder.gradient.numpy(), gradient, rtol=1e-6)
     assert torch.equal(encoder.blocks[0].attn.qkv.weight, state["module.blocks.0.attn.qkv.weight"])
@@ -419,7 +422,8 @@ def test_brain_jepa_import_writes_a_bundle_with_the_recipe(tmp_path, torch_one_t
     np.savetxt(short / "gradient_mapping_450.csv", gradient[:60], delimiter=",")
     with pytest.raises(InputError, match="60 regions; Brain-JEPA's atlas Schaefer400N17TianS3 has 450"):
         import_checkpoint("brain-jepa", tmp_path / "jepa.pth.tar", tmp_path / "b1", atlas_cache=tmp_path / "a",
-                          atlas_dir=d["dir"], gradient=short / "gradient_mapping_450.csv")
+                          pinned_cache=tmp_path / "atlases", atlas_dir=d["dir"],
+                          gradient=short / "gradient_mapping_450.csv")
 
     missing = tmp_path / "alone"
     missing.mkdir()
@@ -427,6 +431,53 @@ def test_brain_jepa_import_writes_a_bundle_with_the_recipe(tmp_path, torch_one_t
     failed = subprocess.run([sys.executable, "-m", "fmriflow.cli", "import-checkpoint", "brain-jepa",
                              str(missing / "jepa.pth.tar"), str(tmp_path / "b2")], capture_output=True, text=True)
     assert failed.returncode == 1 and "gradient_mapping_450.csv" in failed.stderr and "--gradient" in failed.stderr
+
+
+def test_brain_jepa_import_uses_the_pinned_cache_it_is_given(tmp_path, torch_one_thread, pinned_to_doubles):
+    """`fmriflow import-checkpoint brain-jepa` (in-process: the pins are the doubles') with --atlas-cache and
+    --pinned-cache in unrelated folders: the atlas's files (and the derived image) land in --pinned-cache,
+    nothing beside --atlas-cache; the library refuses a brain-jepa import with no pinned cache, naming it."""
+    from fmriflow import atlas_pinned
+    from fmriflow.atlas_schaefer17 import DERIVED_IMAGE
+    from fmriflow.bundle import read_card
+    from fmriflow.bundle.imports import import_checkpoint
+    from fmriflow.cli import main
+    from fmriflow.errors import SettingError
+
+    d = pinned_to_doubles
+    state = random_state(released_jepa_shapes(hidden=32, layers=1, regions=450, frames=32, gradient_dims=4), seed=3)
+    torch.save({"target_encoder": state, "epoch": 300}, tmp_path / "jepa.pth.tar")
+    np.savetxt(tmp_path / "gradient_mapping_450.csv", np.ones((450, 4)), delimiter=",")
+    a424_cache, pinned_cache = tmp_path / "one" / "A424", tmp_path / "two" / "store"
+    assert main(["import-checkpoint", "brain-jepa", str(tmp_path / "jepa.pth.tar"), str(tmp_path / "bundle"),
+                 "--atlas-dir", str(d["dir"]), "--atlas-cache", str(a424_cache),
+                 "--pinned-cache", str(pinned_cache)]) == 0
+    spec = atlas_pinned.PINNED_ATLASES["Schaefer400N17TianS3"]
+    assert sorted(p.name for p in pinned_cache.iterdir()) == sorted([*(f.name for f in spec.files.values()),
+                                                                     DERIVED_IMAGE])
+    for f in spec.files.values():
+        assert (pinned_cache / f.name).read_bytes() == (d["dir"] / f.name).read_bytes()
+    assert not (tmp_path / "one").exists()  # nothing guessed from the A424 cache's parent
+    card = read_card(tmp_path / "bundle")
+    derived = hashlib.sha256((pinned_cache / DERIVED_IMAGE).read_bytes()).hexdigest()
+    assert card["atlas"]["derived_image_sha256"] == derived
+    with pytest.raises(SettingError, match="'pinned_cache'.*atlas.pinned_cache_dir.*None was provided"):
+        import_checkpoint("brain-jepa", tmp_path / "jepa.pth.tar", tmp_path / "b3", atlas_cache=a424_cache)
+
+
+def test_cli_cache_defaults_are_the_schema_defaults():
+    """The CLI's --atlas-cache and --pinned-cache defaults are the config schema's atlas.cache_dir and
+    atlas.pinned_cache_dir, so the CLI and the workflow share the caches by default."""
+    import yaml
+
+    from conftest import REPO
+    from fmriflow import cli
+
+    atlas = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())["properties"]["atlas"]
+    assert cli.DEFAULT_CACHE == atlas["properties"]["cache_dir"]["default"]
+    assert cli.DEFAULT_PINNED_CACHE == atlas["properties"]["pinned_cache_dir"]["default"]
+    args = cli.build_parser().parse_args(["import-checkpoint", "brain-jepa", "x.pth.tar", "out"])
+    assert (args.atlas_cache, args.pinned_cache) == ("resources/atlases/A424", "resources/atlases")
 
 
 # --------------------------------------------------------------------------- NeuroSTORM

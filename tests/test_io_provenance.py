@@ -19,6 +19,26 @@ def test_atomic_write_failure_keeps_old_file(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["out.tsv"]
 
 
+def test_shared_path_leaves_other_writers_temporary_files(tmp_path):
+    """A shared path (a cache several jobs fill): another writer's fresh temporary file is left alone, one older
+    than SHARED_STALE_S (a killed writer's) is removed; an unshared path removes both, as before."""
+    import os
+    import time
+
+    target = tmp_path / "Tian_label.txt"
+    fresh, old = tmp_path / ".Tian_label.txt.a1.tmp.txt", tmp_path / ".Tian_label.txt.b2.tmp.txt"
+    for path in (fresh, old):
+        path.write_text("partial")
+    then = time.time() - io.SHARED_STALE_S - 60
+    os.utime(old, (then, then))
+    with io.atomic_path(target, shared=True) as tmp:
+        tmp.write_text("whole")
+    assert target.read_text() == "whole" and fresh.exists() and not old.exists()
+    with io.atomic_path(target) as tmp:
+        tmp.write_text("again")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["Tian_label.txt"]
+
+
 def test_sidecar_records_inputs_and_is_deterministic(tmp_path):
     src = tmp_path / "in.txt"
     src.write_bytes(b"abc")

@@ -18,7 +18,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 from scipy.io import loadmat, savemat
-from conftest import parse_bids_app_args
+from conftest import bids_app_paths, parse_bids_app_args
 
 from fmriflow.errors import InputError
 from fmriflow.io import read_tsv
@@ -66,15 +66,8 @@ def binds_of(cmd: list[str], flag: str = "-B") -> dict[str, tuple[str, str]]:
 
 @pytest.fixture()
 def paths(tmp_path):
-    bids = tmp_path / "bids"
-    bids.mkdir()
-    license_file = tmp_path / "license.txt"
-    license_file.write_text("user@example.org\n12345\n")
-    tf = tmp_path / "templateflow"
-    tf.mkdir()
-    return {"bids": bids, "license": license_file, "tf": tf, "qsiprep": tmp_path / "out" / "qsiprep",
-            "qsirecon": tmp_path / "out" / "qsirecon", "work": tmp_path / "work" / "sub-01",
-            "atlases": tmp_path / "atlases"}
+    return bids_app_paths(tmp_path, "bids", {"qsiprep": "out/qsiprep", "qsirecon": "out/qsirecon",
+                                             "work": "work/sub-01", "atlases": "atlases"})
 
 
 def test_qsiprep_command(paths):

@@ -70,7 +70,7 @@ def import_bundles(base, atlas_dir, doubles_dir) -> dict:
         pin_to_doubles(mp, doubles_dir)
         for name, (kind, path) in sources.items():
             import_checkpoint(kind, path, base / "bundles" / name, atlas_cache=base / "cache" / "A424",
-                              atlas_dir=doubles_dir if kind == "brain-jepa" else atlas_dir)
+                              pinned_cache=base / "cache", atlas_dir=doubles_dir if kind == "brain-jepa" else atlas_dir)
     return {name: str(base / "bundles" / name) for name in sources}
 
 

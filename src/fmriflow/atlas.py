@@ -85,6 +85,10 @@ def fetch_files(
     environment variable ``FMRIFLOW_ATLAS_DIR``, files already in the cache, the pinned
     download address. Every file is checked against its pinned sha256 wherever it
     came from; a mismatch is an error, never a silent replacement.
+
+    Each file is kept as ``cache_dir/<its pinned name>``, so atlases that pin the same file
+    share one copy in a shared ``cache_dir``, fetched once; jobs filling it at the same time
+    each rename a whole verified file into place (``atomic_path(shared=True)``).
     """
     cache_dir = Path(cache_dir)
     sources = [Path(d) for d in (local_dir, os.environ.get(ATLAS_DIR_ENV)) if d]
@@ -97,13 +101,14 @@ def fetch_files(
                 raise InputError(candidate, f"{atlas} atlas file {spec.name} not found in atlas folder {source} "
                                             f"(from {ATLAS_DIR_ENV} or atlas.path); its pinned address is {spec.url}")
             _check_sha(candidate, spec)
-            if not (target.is_file() and sha256sum(target) == spec.sha256):
-                with atomic_path(target) as tmp:
+            if not (target.is_file() and sha256sum(target) == spec.sha256):  # a verified copy mends the cache's
+                with atomic_path(target, shared=True) as tmp:
                     shutil.copyfile(candidate, tmp)
             break
         else:
             if target.is_file():
-                _check_sha(target, spec)
+                _check_sha(target, spec, "the cached copy is damaged or of another pin: delete it and it is "
+                                         "fetched again")
             elif download:
                 _download(spec, target, timeout, files, atlas)
             else:
@@ -112,15 +117,16 @@ def fetch_files(
     return paths
 
 
-def _check_sha(path: Path, spec: AtlasFile) -> None:
+def _check_sha(path: Path, spec: AtlasFile, remedy: str = "") -> None:
     digest = sha256sum(path)
     if digest != spec.sha256:
-        raise InputError(path, f"sha256 {digest} does not match the pinned {spec.sha256} of {spec.name}")
+        raise InputError(path, f"sha256 {digest} does not match the pinned {spec.sha256} of {spec.name}"
+                               + (f" ({remedy})" if remedy else ""))
 
 
 def _download(spec: AtlasFile, target: Path, timeout: float, files: Mapping[str, AtlasFile], atlas: str) -> None:
     try:
-        with atomic_path(target) as tmp:
+        with atomic_path(target, shared=True) as tmp:
             with urllib.request.urlopen(spec.url, timeout=timeout) as response, open(tmp, "wb") as fh:
                 shutil.copyfileobj(response, fh)
             _check_sha(tmp, spec)

@@ -2,7 +2,10 @@
 
 Asked for by name with the config key ``atlas.pinned``; fetched, verified and cached with
 :func:`fmriflow.atlas.fetch_files` (so ``FMRIFLOW_ATLAS_DIR`` / ``atlas.path`` serve offline
-sites), then put on the A424 grid and parcellated in the same pass as A424.
+sites), then put on the A424 grid and parcellated in the same pass as A424. The atlases share one
+cache folder (``atlas.pinned_cache_dir``) holding each source file once under its pinned name: the
+Tian files the three atlases have in common are fetched and stored once (:func:`source_files`
+checks that a name means one address and sha256).
 
 - ``TianS3``: the Melbourne Subcortex Atlas, scale III, 3T (Tian et al. 2020): 50 subcortical
   regions on the FSL MNI152 (MNI152NLin6Asym) 2 mm grid. Names from its label list, MNI
@@ -163,11 +166,33 @@ PINNED_ATLASES: dict[str, PinnedAtlas] = {
 }
 
 
+def source_files(atlases: Mapping[str, PinnedAtlas]) -> dict[str, AtlasFile]:
+    """Every distinct pinned file of ``atlases`` by its name, the key of the shared cache.
+
+    Two pins of one name with different addresses or hashes would fight over one cached file:
+    an error naming both.
+    """
+    out: dict[str, AtlasFile] = {}
+    for atlas_name, spec in atlases.items():
+        for pin in spec.files.values():
+            seen = out.setdefault(pin.name, pin)
+            if seen != pin:
+                raise ValueError(f"pinned atlas {atlas_name}: file {pin.name} is pinned as {pin.url} (sha256 "
+                                 f"{pin.sha256}) and as {seen.url} (sha256 {seen.sha256}); the shared cache "
+                                 "keeps one file per name: rename one")
+    return out
+
+
+SOURCE_FILES = source_files(PINNED_ATLASES)  # checked on import: a clash is a registry error
+
+
 def pinned_atlas_files(name: str, cache_dir: str | Path, local_dir: str | Path | None = None, *,
                        download: bool = True) -> tuple[PinnedAtlas, dict[str, Path]]:
     """The pinned atlas ``name`` and its verified files in ``cache_dir`` (sources as for A424).
 
-    A derived atlas's ``image`` is the label image made from those files, written into ``cache_dir``.
+    ``cache_dir`` is shared by the pinned atlases (``atlas.pinned_cache_dir``): a file another
+    atlas already cached is verified and used, not fetched again. A derived atlas's ``image`` is
+    the label image made from those files, written into ``cache_dir``.
     """
     if name not in PINNED_ATLASES:
         raise InputError(None, f"atlas.pinned: unknown pinned atlas {name!r}; allowed: {sorted(PINNED_ATLASES)}")

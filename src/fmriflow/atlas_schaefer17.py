@@ -104,6 +104,8 @@ def derive_image(files: Mapping[str, Path], out_dir: Path) -> Path:
     except ValueError as exc:
         raise InputError(files["source_image"], str(exc)) from None
     out = Path(out_dir) / DERIVED_IMAGE
-    with atomic_path(out) as tmp:  # whole or absent; nibabel's gzip holds no name or time: same bytes each time
+    # whole or absent; nibabel's gzip holds no name or time: same bytes each time, so writers sharing the
+    # cache (a workflow job, import-checkpoint) may write it at once
+    with atomic_path(out, shared=True) as tmp:
         nib.save(nib.Nifti1Image(data, img.affine), str(tmp))
     return out

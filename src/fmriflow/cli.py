@@ -11,7 +11,10 @@ from typing import Any
 from . import __version__
 from .errors import InputError, SettingError
 
+# the schema's defaults of atlas.cache_dir and atlas.pinned_cache_dir (a test keeps them equal): the CLI shares
+# the workflow's caches without needing the schema file
 DEFAULT_CACHE = "resources/atlases/A424"
+DEFAULT_PINNED_CACHE = "resources/atlases"
 
 
 def _demo_data(args: argparse.Namespace) -> None:
@@ -146,8 +149,8 @@ def _model_card(args: argparse.Namespace) -> None:
 def _import_checkpoint(args: argparse.Namespace) -> None:
     from .bundle.imports import import_checkpoint
 
-    paths = import_checkpoint(args.kind, args.path, args.out, atlas_cache=args.atlas_cache, atlas_dir=args.atlas_dir,
-                              gradient=args.gradient)
+    paths = import_checkpoint(args.kind, args.path, args.out, atlas_cache=args.atlas_cache,
+                              pinned_cache=args.pinned_cache, atlas_dir=args.atlas_dir, gradient=args.gradient)
     print(f"bundle written to {args.out} ({', '.join(p.name for p in paths.values())}); "
           f"fmriflow model-card {args.out} prints its recipe")
 
@@ -249,6 +252,9 @@ def _bundle_parsers(sub, atlas_options) -> None:
     p.add_argument("--gradient", type=Path, help="brain-jepa: the region gradient table (default: "
                    "gradient_mapping_450.csv beside the checkpoint)")
     atlas_options(p)  # the card records A424's region order and coordinates
+    p.add_argument("--pinned-cache", default=DEFAULT_PINNED_CACHE,
+                   help="brain-jepa: the pinned atlases' cache folder, the workflow's atlas.pinned_cache_dir "
+                        f"(default {DEFAULT_PINNED_CACHE}); its atlas is fetched there or taken from --atlas-dir")
     p.set_defaults(func=_import_checkpoint)
 
 

@@ -13,6 +13,7 @@ import io
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -31,20 +32,31 @@ def sha256sum(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+# a shared path's temporary files are taken for stale at this age only (no download of a cache file is this slow)
+SHARED_STALE_S = 24 * 3600
+
+
 @contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
+def atomic_path(path: str | Path, *, shared: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` on success.
 
     The temporary name keeps the final suffixes (``.nii.gz`` etc.) so that writers
     choosing a format from the extension behave as for the real name. Temporary files
     of ``path`` that a killed writer left (SIGKILL runs no cleanup) are removed first:
     one job writes a given path at a time, so any such file is stale.
+
+    ``shared``: other processes may write the same path at the same time (a cache that several
+    jobs fill with the same verified bytes), so only temporary files older than
+    ``SHARED_STALE_S`` are taken for stale; each writer renames a whole file, the last one wins.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = "".join(path.suffixes)
+    cutoff = time.time() - SHARED_STALE_S if shared else float("inf")
     for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp{glob.escape(suffix)}"):
-        stale.unlink(missing_ok=True)
+        with contextlib.suppress(FileNotFoundError):  # another writer may rename or remove it meanwhile
+            if stale.stat().st_mtime < cutoff:
+                stale.unlink()
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)

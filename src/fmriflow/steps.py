@@ -65,7 +65,7 @@ def pinned_atlas_step(name: str, reference: str, out_img: str, out_labels: str, 
     """A pinned third-party atlas (atlas.pinned), fetched and verified like A424, on the A424 grid, with its table."""
     from .atlas_pinned import pinned_atlas_files, pinned_atlas_table
 
-    spec, files = pinned_atlas_files(name, Path(cache_dir) / name, local_dir)
+    spec, files = pinned_atlas_files(name, cache_dir, local_dir)  # one folder for all: shared files stored once
     table = pinned_atlas_table(spec, files)
     img, info = atlas_mod.label_image_on_grid(files["image"], reference, table, files["image"])
     save_nifti(img, out_img)

@@ -69,17 +69,17 @@ def jepa_config(state: dict[str, torch.Tensor], n_regions: int, source: Path):
                            n_layers=layers, n_heads=hidden // 64, gradient_dims=gradient_dims)
 
 
-def jepa_atlas(n_regions: int, gradient_path: Path, atlas_cache: str | Path,
+def jepa_atlas(n_regions: int, gradient_path: Path, pinned_cache: str | Path,
                atlas_dir: str | Path | None) -> dict[str, Any]:
-    """The card's atlas: the pinned Schaefer400N17TianS3, fetched and verified beside the A424 cache.
+    """The card's atlas: the pinned Schaefer400N17TianS3, fetched and verified into ``pinned_cache``.
 
-    ``atlas_cache`` is A424's folder (default resources/atlases/A424); the pinned atlas goes to its
-    sibling <parent>/Schaefer400N17TianS3, where the workflow's ``atlas.pinned_cache_dir`` (default
-    resources/atlases) keeps it too, so the files are fetched once.
+    ``pinned_cache``: the pinned atlases' shared cache, the workflow's ``atlas.pinned_cache_dir``
+    (given as such, not guessed from A424's ``atlas.cache_dir``), so that files the workflow
+    fetched serve the import and the other way round.
     """
     from ..atlas_pinned import pinned_atlas_files, pinned_atlas_table
 
-    spec, files = pinned_atlas_files(JEPA_ATLAS, Path(atlas_cache).parent / JEPA_ATLAS, atlas_dir)
+    spec, files = pinned_atlas_files(JEPA_ATLAS, pinned_cache, atlas_dir)
     if n_regions != spec.n_regions:
         raise InputError(gradient_path, f"{n_regions} regions; Brain-JEPA's atlas {JEPA_ATLAS} has {spec.n_regions} "
                          "(the gradient table has a row per region)")
@@ -92,9 +92,9 @@ def jepa_atlas(n_regions: int, gradient_path: Path, atlas_cache: str | Path,
             "derived_image_sha256": sha256sum(files["image"]) if spec.derive else None}
 
 
-def brain_jepa_parts(path: Path, gradient: str | Path | None, atlas_cache: str | Path,
+def brain_jepa_parts(path: Path, gradient: str | Path | None, pinned_cache: str | Path,
                      atlas_dir: str | Path | None = None) -> dict[str, Any]:
-    """What ``imports.import_checkpoint`` needs of a Brain-JEPA checkpoint."""
+    """What ``imports.import_checkpoint`` needs of a Brain-JEPA checkpoint (``pinned_cache``: :func:`jepa_atlas`)."""
     from ..models.brain_jepa import BrainJEPA
 
     if not path.is_file():
@@ -113,7 +113,7 @@ def brain_jepa_parts(path: Path, gradient: str | Path | None, atlas_cache: str |
     released = dict(checkpoint["target_encoder"])
     config = jepa_config(released, table.shape[0], path)
     model = BrainJEPA(config, table)
-    atlas = jepa_atlas(config.n_regions, gradient_path, atlas_cache, atlas_dir)
+    atlas = jepa_atlas(config.n_regions, gradient_path, pinned_cache, atlas_dir)
     skipped = {k: NOT_IMPORTED.get(k, "training bookkeeping") for k in checkpoint if k != "target_encoder"}
     return {"model": model, "keymap": JEPA_KEYMAP, "released": released, "weights": path,
             "recipe": brain_jepa_recipe(config.n_frames, config.patch_size),

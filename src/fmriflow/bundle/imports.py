@@ -29,7 +29,7 @@ import torch
 
 from .. import __version__
 from ..atlas import A424_FILES, a424_labels_table, fetch_a424
-from ..errors import InputError
+from ..errors import InputError, SettingError
 from ..io import sha256sum
 from ..provenance import build_sidecar, write_sidecar
 from .card import FORMAT_VERSION
@@ -168,15 +168,22 @@ _EMBEDDING = "the CLS token of the encoder's output after its final LayerNorm, n
 
 
 def import_checkpoint(kind: str, path: str | Path, out_dir: str | Path, *, atlas_cache: str | Path,
-                      atlas_dir: str | Path | None = None, gradient: str | Path | None = None) -> dict[str, Path]:
+                      pinned_cache: str | Path | None = None, atlas_dir: str | Path | None = None,
+                      gradient: str | Path | None = None) -> dict[str, Path]:
     """Write the bundle of the release at ``path`` into ``out_dir``; returns the bundle's paths.
 
-    ``gradient``: Brain-JEPA's region gradient table (default: gradient_mapping_450.csv beside the checkpoint).
+    ``atlas_cache``: A424's cache (``atlas.cache_dir``; the BrainLM kinds); ``pinned_cache``: the pinned
+    atlases' cache (``atlas.pinned_cache_dir``; brain-jepa, whose atlas is a pinned one). ``gradient``:
+    Brain-JEPA's region gradient table (default: gradient_mapping_450.csv beside the checkpoint).
     """
     if kind == "brain-jepa":
         from .import_jepa import brain_jepa_parts
 
-        parts = brain_jepa_parts(Path(path), gradient, atlas_cache, atlas_dir)
+        if pinned_cache is None:
+            raise SettingError("pinned_cache", "brain-jepa: 'pinned_cache' (the pinned atlases' cache, the config's "
+                                               "atlas.pinned_cache_dir; the CLI's --pinned-cache) must be given; "
+                                               "None was provided")
+        parts = brain_jepa_parts(Path(path), gradient, pinned_cache, atlas_dir)
     elif kind == "neurostorm":
         from .import_neurostorm import neurostorm_parts
 
