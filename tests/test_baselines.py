@@ -170,3 +170,29 @@ def test_a_class_of_one_training_subject_falls_back_to_the_class_rate():
         baselines.fit_predict("logistic", "regression", x, y.astype(float), x)
     with pytest.raises(ValueError, match=r"'baseline' must be one of \('logistic', 'ridge'\). Got: 'svm'"):
         baselines.fit_predict("svm", "classification", x, y, x)
+
+
+def test_fewer_features_than_subjects_converge_silently_and_match_an_independent_solver():
+    """Frozen embeddings: collinear, fewer features than subjects (the 1,000-subject probe's lbfgs stopped
+    at its cap at the grid's weak end). The whole path, without warnings, equals Newton-CG on the
+    standardised, unrotated features at every C."""
+    rng = np.random.default_rng(0)
+    n, p = 300, 64
+    latent = rng.normal(size=(n, 6))
+    x = latent @ rng.normal(size=(6, p)) + 0.05 * rng.normal(size=(n, p))  # eigenvalues over 1e5
+    y = (latent[:, 0] + 0.5 * rng.normal(size=n) > 0).astype(int)
+    train, test = np.arange(240), np.arange(240, 300)
+    basis, z = baselines.Basis.fit(x[train])
+    assert z.shape[1] == p and basis.s2.max() / basis.s2.min() > 1e5
+    grid = baselines.penalty_grid("logistic", basis.s2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ours = baselines.path_scores("logistic", "classification", z, y[train], basis.transform(x[test]), grid)
+        scores, info = baselines.fit_predict("logistic", "classification", x[train], y[train], x[test], seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for i, c in enumerate(grid):
+            ref = make_pipeline(StandardScaler(), LogisticRegression(C=c, solver="newton-cg", tol=1e-12,
+                                                                     max_iter=100_000)).fit(x[train], y[train])
+            np.testing.assert_allclose(ours[i], ref.predict_proba(x[test])[:, 1], atol=1e-5, err_msg=f"C={c:.3g}")
+    assert np.isfinite(scores).all() and info["C"] in grid

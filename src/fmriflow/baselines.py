@@ -21,8 +21,8 @@ subjects) both fits are solved exactly in the span of the training subjects: the
 standardised training matrix is X = U S V^T (thin SVD, rank r <= n), every L2-penalised
 linear solution lies in the row space of X, so fitting on the r rotated features U S (and
 predicting from X V) gives the same coefficients as the fit on all p edges, without the
-ill-conditioned p x p or n x n systems and with a logistic problem small enough for lbfgs
-to converge at every C.
+ill-conditioned p x p or n x n systems and with a logistic problem small enough to converge
+at every C (lbfgs or Newton steps by its shape: ``logistic_solver``).
 
 The grid follows the data: the penalty matters only where it is comparable to the
 eigenvalues of X^T X, so the grid runs from 1000 times below the smallest to 1000 times
@@ -61,7 +61,7 @@ PENALTY = {"logistic": "C", "ridge": "alpha"}
 INNER_FOLDS = 5
 EDGE_MEANS = {"strongest": "its limit, scores ranking subjects by their projection on X^T y",
               "weakest": "its limit, the training subjects fitted or separated; no penalty is preferred"}
-LBFGS_MAX_ITER = 10_000  # a cap far above the 15-35 iterations measured per C in the rotated space
+LBFGS_MAX_ITER = 10_000  # a cap far above the iterations measured per C in the rotated space (logistic_solver)
 LBFGS_TOL = 1e-6
 
 
@@ -127,13 +127,28 @@ def _check(name: str, task: str) -> None:
         raise ValueError("the 'logistic' baseline needs a classification target")
 
 
+def logistic_solver(n: int, r: int) -> str:
+    """lbfgs where the rotated features span the training rows (r >= n - 1: more features than subjects,
+    FC), Newton steps where there are fewer features than subjects (frozen embeddings, network read-outs).
+
+    With r < n - 1 the weak end of the grid is a nearly unpenalised fit whose Hessian spans the
+    eigenvalues' range (often 1e6 and more for collinear embeddings): lbfgs then needs thousands of
+    iterations and stopped at the cap (a 1,000-subject probe: 158 ConvergenceWarnings and 209 s),
+    while Newton-Cholesky converges in 2-12 steps of an r x r system. Where r = n - 1 the Newton
+    step costs n^3 and lbfgs converges in 2-15 iterations: measured, the wider problem's path took
+    0.05 s with lbfgs against 1.1 s with Newton at 800 subjects.
+    """
+    return "newton-cholesky" if r < n - 1 else "lbfgs"
+
+
 def path_scores(name: str, task: str, z_train: np.ndarray, y_train: np.ndarray, z_test: np.ndarray,
                 grid: np.ndarray) -> np.ndarray:
     """Test scores (len(grid), n_test) of ``name`` fitted on rotated features at every grid value."""
     if name == "ridge":
         return _ridge_path(task, z_train, y_train, z_test, grid)
     # warm starts from the next stronger penalty's solution; n x r problems: BLAS threads only contend
-    model = LogisticRegression(C=grid[-1], solver="lbfgs", max_iter=LBFGS_MAX_ITER, tol=LBFGS_TOL, warm_start=True)
+    model = LogisticRegression(C=grid[-1], solver=logistic_solver(*z_train.shape), max_iter=LBFGS_MAX_ITER,
+                               tol=LBFGS_TOL, warm_start=True)
     out = np.empty((len(grid), len(z_test)))
     with threadpool_limits(1, user_api="blas"):
         for i in range(len(grid) - 1, -1, -1):
