@@ -319,3 +319,15 @@ def test_gated_reversal_gives_the_encoder_no_domain_gradient_at_or_below_chance(
         weight, encoder, _ = grads(acc)
         assert weight == pytest.approx(schedule * gate, rel=1e-6)
         torch.testing.assert_close(encoder, -weight * helping, rtol=1e-4, atol=1e-7)
+
+
+def test_weights_from_before_the_gate_load_with_the_running_accuracy_at_chance():
+    """A state dict without 'disc_acc_ema' (model files and checkpoints written before the gate) loads strictly;
+    the running accuracy starts at 0.5 and every saved tensor is taken over."""
+    state = _model(seed=1).state_dict()
+    del state["disc_acc_ema"]
+    model = _model(seed=2)
+    model.disc_acc_ema.fill_(0.9)
+    model.load_state_dict(state)
+    assert float(model.disc_acc_ema) == 0.5
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())

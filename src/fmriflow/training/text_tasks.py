@@ -193,8 +193,6 @@ def load_vq_align(path: str):
     before = {"standardize": "none", "latent_norm": True, "disc_norm": False, "decay": 0.99}
     config = {**(before if "standardize" not in state["model_config"] else {}), **state["model_config"]}
     model = VQAlign(VQAlignConfig(**config), weights["text_table"], weights["text_ids"])
-    # files written before the reversal gate have no running accuracy (training state only)
-    weights = {"disc_acc_ema": model.disc_acc_ema, **weights}
     model.load_state_dict(weights)
     return model.eval(), state
 
