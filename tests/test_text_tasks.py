@@ -148,3 +148,8 @@ def test_a_model_file_from_before_whitening_loads_with_its_recipe(tmp_path):
     x = torch.randn(3, N_REGIONS, 20)
     assert torch.equal(loaded.tokenize(x), old.tokenize(x))
     assert (loaded.config.standardize, loaded.config.latent_norm, loaded.config.disc_norm) == ("none", True, False)
+
+
+def test_vq_align_rejects_a_negative_reversal_gate(data, tmp_path):
+    with pytest.raises(InputError, match="'reversal_gate' must be >= 0 \\(0: no gate\\); -1.0 was provided"):
+        train(config(data, tmp_path / "vq", reversal_gate=-1.0))

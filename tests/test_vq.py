@@ -249,3 +249,85 @@ def test_amplitude_tokens_are_equal_count_bins_of_the_patch_log_rms():
     assert torch.equal(tokens[:, :, 1:].reshape(3, -1), model.quantizer(model.encode(x)).codes)
     table = model.token_table()
     assert table.shape == (68, 32) and torch.all(table[64:, 0].diff() > 0) and model.n_tokens == 68
+
+
+def test_reversal_gate_closed_form():
+    """clamp(gain (2 acc - 1), 0, 1): 0 at and below chance, linear above, 1 from 0.5 + 0.5 / gain; gain 0: no gate."""
+    from fmriflow.models.vqalign import reversal_gate
+
+    acc = torch.tensor([0.0, 0.3, 0.5, 0.55, 0.6, 0.7, 0.75, 0.9, 1.0])
+    expected = {1.0: [0, 0, 0, 0.1, 0.2, 0.4, 0.5, 0.8, 1.0], 2.0: [0, 0, 0, 0.2, 0.4, 0.8, 1.0, 1.0, 1.0],
+                0.0: [1.0] * 9}
+    for gain, values in expected.items():
+        torch.testing.assert_close(reversal_gate(acc, gain), torch.tensor(values), atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="'reversal_gate' must be >= 0"):
+        reversal_gate(acc, -1.0)
+
+
+def test_running_accuracy_follows_training_batches_only():
+    """disc_acc_ema <- 0.9 ema + 0.1 acc from 0.5, acc the batch's balanced accuracy (scikit-learn's, on the
+    signs of the classifier's outputs, fMRI = 1); evaluation forwards leave it."""
+    from sklearn.metrics import balanced_accuracy_score
+
+    model = _model(seed=2)
+    outputs = []
+    model.classifier.register_forward_hook(lambda module, inputs, output: outputs.append(output.detach().squeeze(-1)))
+    g = torch.Generator().manual_seed(4)
+    expected, accuracies = 0.5, []
+    for _ in range(4):
+        outputs.clear()
+        model(torch.randn(3, 6, 20, generator=g) * 3, text_ids=torch.arange(3, 15))
+        fmri, text = outputs  # the classifier's two calls of this forward: fMRI vectors, then text rows
+        y = np.r_[np.ones(len(fmri)), np.zeros(len(text))]
+        acc = balanced_accuracy_score(y, (torch.cat([fmri, text]) > 0).numpy().astype(float))
+        expected, accuracies = 0.9 * expected + 0.1 * acc, accuracies + [acc]
+        assert float(model.disc_acc_ema) == pytest.approx(expected, abs=1e-6)
+    assert len(set(accuracies)) > 1  # the batches differ: the mean is not a constant by chance
+    model.eval()
+    model(torch.randn(3, 6, 20, generator=g), text_ids=torch.arange(3, 15))
+    assert float(model.disc_acc_ema) == pytest.approx(expected, abs=1e-6)
+
+
+def test_gated_reversal_gives_the_encoder_no_domain_gradient_at_or_below_chance():
+    """The training schedule sets the weight to the closed form schedule x gate; with the classifier's running
+    accuracy at or below chance the encoder gets no gradient from the classifier's loss (the classifier
+    still does), above it the reversed gradient scaled by that weight."""
+    from fmriflow.training.config import TrainConfig
+    from fmriflow.training.text_tasks import _schedule
+
+    x, text = torch.randn(3, 6, 20), torch.arange(3, 9)
+    cfg = TrainConfig(dataset="", out="", task="vq-align", max_steps=100, batch_size=3, align_weight=0.5,
+                      reversal_gate=2.0, restart_every=0)
+
+    def grads(acc=None, weight=None):
+        model = _model(seed=5).eval()
+        if acc is None:
+            model.reversal.weight.fill_(weight)
+        else:
+            model.disc_acc_ema.fill_(acc)
+            _schedule(model, {"x": x}, 50, cfg)
+        model(x, text_ids=text).disc_loss.backward()
+        return float(model.reversal.weight), model.encoder[0].weight.grad, model.classifier[0].weight.grad
+
+    _, helping, _ = grads(weight=-1.0)
+    assert helping.abs().sum() > 0
+    schedule = 0.5 * (2 / (1 + math.exp(-5)) - 1)  # Ganin & Lempitsky at p = 0.5
+    for acc in (0.5, 0.4, 0.0):
+        weight, encoder, classifier = grads(acc)
+        assert weight == 0.0 and torch.count_nonzero(encoder) == 0 and classifier.abs().sum() > 0
+    for acc, gate in ((0.6, 0.4), (0.9, 1.0)):
+        weight, encoder, _ = grads(acc)
+        assert weight == pytest.approx(schedule * gate, rel=1e-6)
+        torch.testing.assert_close(encoder, -weight * helping, rtol=1e-4, atol=1e-7)
+
+
+def test_weights_from_before_the_gate_load_with_the_running_accuracy_at_chance():
+    """A state dict without 'disc_acc_ema' (model files and checkpoints written before the gate) loads strictly;
+    the running accuracy starts at 0.5 and every saved tensor is taken over."""
+    state = _model(seed=1).state_dict()
+    del state["disc_acc_ema"]
+    model = _model(seed=2)
+    model.disc_acc_ema.fill_(0.9)
+    model.load_state_dict(state)
+    assert float(model.disc_acc_ema) == 0.5
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())

@@ -29,6 +29,14 @@ With ``gain_levels`` each patch also gets an amplitude token, its log RMS in one
 gain-shape quantisation): the whitened codes kept no measurable amplitude, which carries the
 demo cohort's age (benchmarks/README.md). The amplitude tokens are ids ``n_codes ..``; the
 language model embeds them on an ordinal ladder (``token_table``); the classifier does not see them.
+
+The reversed gradient is gated by how well the classifier does (``reversal_gate``): its weight is
+the schedule's times ``clamp(gain (2 acc - 1), 0, 1)``, ``acc`` a running mean of the classifier's
+balanced accuracy on the training batches (``disc_acc_ema``). A reversal maximises the
+classifier's cross-entropy, whose maximum puts the codes on the text side of the classifier's
+boundary, not on it: with a constant weight the encoder pushed the codes across and the
+discriminator ended at 0.37-0.40 (benchmarks/README.md). With the gate, a classifier at or below
+chance gets no push against it, so the game settles near chance.
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -62,6 +71,7 @@ class VQAlignConfig:
     disc_lr_scale: float = 1.0  # the classifier's learning rate over the rest's (two time scales: it tracks the encoder)
     text_std: float = 1.0  # standard deviation of a from-scratch text embedding table
     gain_levels: int = 0  # >0: each patch also gets an amplitude token (its log RMS in one of this many bins)
+    acc_decay: float = 0.9  # decay of the running mean of the classifier's training accuracy (the reversal gate's input)
 
 
 CONFIGS = {
@@ -92,6 +102,17 @@ def reversal_weight(step: int, max_steps: int, align_weight: float, gamma: float
     rises to ``align_weight``."""
     p = min(1.0, step / max(1, max_steps))
     return align_weight * (2.0 / (1.0 + math.exp(-gamma * p)) - 1.0)
+
+
+def reversal_gate(acc: torch.Tensor, gain: float) -> torch.Tensor:
+    """The reversal weight's factor given the classifier's accuracy: ``clamp(gain (2 acc - 1), 0, 1)``;
+    0 at or below chance (no push on the encoder), 1 from ``acc`` = 0.5 + 0.5 / gain. ``gain`` 0: no gate (1)."""
+    acc = torch.as_tensor(acc, dtype=torch.float32)
+    if gain == 0:
+        return torch.ones_like(acc)
+    if gain < 0:
+        raise ValueError(f"'reversal_gate' must be >= 0 (0: no gate); {gain!r} was provided")
+    return (gain * (2 * acc - 1)).clamp(0.0, 1.0)
 
 
 def _mlp(n_in: int, hidden: int, n_out: int) -> nn.Sequential:
@@ -126,6 +147,11 @@ class Whiten(nn.Module):
             return (centred @ matrix).to(x.dtype)
 
 
+def _before_the_gate(state_dict, prefix, *args) -> None:
+    """Weights saved before the reversal gate (model files, checkpoints) have no running accuracy: start it at chance."""
+    state_dict.setdefault(prefix + "disc_acc_ema", torch.tensor(0.5))
+
+
 def _standardizer(kind: str, dim: int) -> nn.Module:
     if kind == "whiten":
         return Whiten(dim)
@@ -156,6 +182,10 @@ class VQAlign(nn.Module):
         self.quantizer = VectorQuantizer(config.n_codes, config.dim, beta=config.beta, ema=config.ema,
                                          decay=config.decay)
         self.reversal = GradientReversal(0.0)
+        # running mean of the classifier's balanced accuracy on the training batches (reversal_gate's input);
+        # a buffer, so a resumed run gates as an uninterrupted one
+        self.register_buffer("disc_acc_ema", torch.tensor(0.5))
+        self._register_load_state_dict_pre_hook(_before_the_gate)
         self.classifier = _mlp(config.dim, config.disc_hidden, 1)
         for p in self.classifier.parameters():
             p._lr_scale = config.disc_lr_scale  # read by the training loop's optimiser
@@ -238,8 +268,20 @@ class VQAlign(nn.Module):
         if text_ids is None:
             text_ids = self._text_draw(len(fmri))
         disc_loss, disc_acc = self._discriminate(self.reversal(fmri), self.text_table[text_ids])
+        if self.training:
+            self._track_accuracy(disc_acc)
         return VQAlignOutput(recon_loss + q.loss + disc_loss, recon_loss, q.loss, disc_loss, disc_acc,
                              q.perplexity, q.usage, recon, q.codes)
+
+    @torch.no_grad()
+    def _track_accuracy(self, acc: torch.Tensor) -> None:
+        """Update the running mean with this batch's accuracy (under DDP the mean over ranks: equal local
+        batches, so the global batch's balanced accuracy; the same gate on every rank)."""
+        acc = acc.detach().float().clone()
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(acc)
+            acc /= dist.get_world_size()
+        self.disc_acc_ema.lerp_(acc.to(self.disc_acc_ema.device), 1 - self.config.acc_decay)
 
     def set_text_draw(self, positions: torch.Tensor) -> None:
         """The text rows the next training forward shows the classifier: ``text_ids[positions]``.
@@ -285,4 +327,4 @@ def random_text_table(n_tokens: int, dim: int, std: float, seed: int) -> torch.T
 
 
 __all__ = ["CONFIGS", "VQAlign", "VQAlignConfig", "VQAlignOutput", "create_vqalign", "random_text_table",
-           "reversal_weight"]
+           "reversal_gate", "reversal_weight"]

@@ -69,6 +69,9 @@ class TrainConfig:
     text_model: str = ""  # a local pretrained tokenizer + causal LM folder ("": trained from scratch)
     align_weight: float = 0.5  # vq-align: final weight of the reversed domain gradient; 0: no domain classifier (ablation)
     restart_every: int = 20  # vq-align: steps between restarts of dead codes (0: never)
+    # vq-align: the reversed gradient's weight is the schedule's x clamp(gain (2 acc - 1), 0, 1), acc the classifier's
+    # running training accuracy: none at or below chance (fmriflow.models.vqalign.reversal_gate); 0: no gate
+    reversal_gate: float = 2.0
     text_prompt: str = ""  # lm-finetune: the prompt after the fMRI tokens, a template over columns ("": "<target>:")
 
     def __post_init__(self):

@@ -7,7 +7,8 @@
   or a local pretrained model's tokenizer and input embeddings (``text_model``). The reversed
   gradient's weight rises over training to ``align_weight`` (``reversal_weight``); 0 is the
   ablation without the domain classifier. Dead codes restart every ``restart_every`` steps on
-  the batch's latents; at step 0 every code starts on a latent of the first batch. With the
+  the batch's latents; at step 0 every code starts on a latent of the first batch. The weight is
+  gated by the classifier's running training accuracy (``reversal_gate``: none at or below chance). With the
   model's ``gain_levels``, the amplitude bins are fitted on (up to 512) training windows first. Validation metrics per evaluation: reconstruction R^2, the classifier's
   balanced accuracy, codebook perplexity and usage. Beside model.pt: ``region_r2.tsv``.
 - ``lm-finetune``: the vq-align model (``init_from``) turns each window into code tokens; a
@@ -45,6 +46,9 @@ def vq_align_task(cfg: TrainConfig) -> Task:
     if cfg.model not in CONFIGS:
         raise InputError(None, f"'model' must be one of {sorted(CONFIGS)} for task vq-align; {cfg.model!r} was provided",
                          settings=["model"])
+    if cfg.reversal_gate < 0:
+        raise InputError(None, f"'reversal_gate' must be >= 0 (0: no gate); {cfg.reversal_gate!r} was provided",
+                         settings=["reversal_gate"])
     splits = read_splits(Path(cfg.dataset) / "splits.tsv")
     texts = _texts(cfg)
     train_texts = [texts[s] for s in splits.loc[splits["split"] == "train", "subject"] if s in texts]
@@ -83,9 +87,11 @@ def _texts(cfg: TrainConfig) -> dict[str, str]:
 
 def _schedule(model, batch: dict, step: int, cfg: TrainConfig) -> None:
     """The reversal weight of ``step``; dead codes restarted on this batch's latents every ``restart_every`` steps."""
-    from ..models.vqalign import reversal_weight
+    from ..models.vqalign import reversal_gate, reversal_weight
 
-    model.reversal.weight.fill_(reversal_weight(step, cfg.max_steps, cfg.align_weight))
+    # the schedule's weight, gated by the classifier's running accuracy (on the device: no host sync)
+    gate = reversal_gate(model.disc_acc_ema, cfg.reversal_gate).to(model.reversal.weight)
+    model.reversal.weight.copy_(reversal_weight(step, cfg.max_steps, cfg.align_weight) * gate)
     # draws from generators seeded by (seed, step, purpose), not torch's global one (a DataLoader's start
     # draws from that): a resumed run draws what an uninterrupted one would have
     local, n_patches = batch["x"].shape[0], batch["x"].shape[2] // model.config.patch * model.config.groups
