@@ -160,3 +160,26 @@ def test_recipe_embeddings_pair_with_the_dataset_windows_by_time():
     np.testing.assert_allclose(got[0], (29.4 * embeddings[0] + 10.6 * embeddings[1]) / 40, rtol=1e-5)
     np.testing.assert_allclose(got[2], embeddings[3], rtol=1e-6)  # 120-130 s: past every window, the last is nearest
     np.testing.assert_allclose(got[4], embeddings[5], rtol=1e-6)  # 70-110 s of run b: after both, the second
+
+
+def test_recipe_fold_keeps_the_windows_and_subjects_the_recipe_has():
+    """A recipe's variants fit and score only the fold's windows with recipe embeddings (a run it gave no
+    window has none) and only the subjects with any; a fold left without validation windows is skipped."""
+    from types import SimpleNamespace
+
+    from fmriflow.finetune.crossval import Fold, recipe_fold
+    from fmriflow.finetune.recipe_fusion import RecipeFeatures
+
+    rows_of = {"a": np.array([0, 1]), "b": np.array([2, 3]), "c": np.array([4, 5]), "d": np.array([6])}
+    valid = np.array([True, False, True, True, False, True, False])  # d's only run: no recipe window
+    inputs = SimpleNamespace(rows_of=rows_of, recipes={"v1": RecipeFeatures({}, valid)})
+
+    def fold(fit, val, test):
+        cat = lambda subjects: np.concatenate([rows_of[s] for s in subjects])  # noqa: E731
+        return Fold("agnostic", 0, 1, 0, sorted(set(fit + val)), test, fit, val, cat(fit), cat(val), cat(test),
+                    np.concatenate([[s] * len(rows_of[s]) for s in test]), 0.0)
+
+    part = recipe_fold(fold(["a", "d"], ["b"], ["c"]), inputs, "v1")
+    assert part.fit_rows.tolist() == [0] and part.val_rows.tolist() == [2, 3] and part.test_rows.tolist() == [5]
+    assert part.fit == ["a"] and part.train == ["a", "b"] and part.test == ["c"] and part.test_subject.tolist() == ["c"]
+    assert recipe_fold(fold(["a", "b"], ["d"], ["c"]), inputs, "v1") is None
