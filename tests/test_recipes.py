@@ -125,3 +125,61 @@ def test_region_runs_are_checked_like_the_dataset_steps(tmp_path, bad):
     with pytest.raises(InputError, match="column 'c'") as err:
         recipe_step._region_runs(card, "card.json", str(labels), ["sub-01"], [str(path)], None)
     assert str(path) in str(err.value)
+
+
+def test_recipe_embeddings_pair_with_the_dataset_windows_by_time():
+    """Each dataset window gets the mean of the recipe windows of its run weighted by the seconds they share,
+    the nearest recipe window (centre to centre) where none overlaps, nothing for a run the recipe skipped:
+    checked against a loop over every pair written out here."""
+    import pandas as pd
+
+    from fmriflow.finetune.recipe_fusion import aligned
+
+    rng = np.random.default_rng(5)
+    theirs = pd.DataFrame({"run": ["a"] * 4 + ["b"] * 2, "onset": [0.0, 29.4, 58.8, 88.2, 0.0, 29.4],
+                           "duration": [29.4] * 6})
+    embeddings = rng.normal(size=(6, 3)).astype(np.float32)
+    ours = pd.DataFrame({"run": ["a", "a", "a", "b", "b", "c"], "onset": [0.0, 40.0, 120.0, 10.0, 70.0, 0.0],
+                         "duration": [40.0, 40.0, 10.0, 40.0, 40.0, 40.0]})
+    got, valid = aligned(ours, embeddings, theirs)
+    want = np.zeros((len(ours), 3))
+    for i, w in ours.iterrows():
+        rows = theirs[theirs["run"] == w["run"]]
+        if rows.empty:
+            continue
+        shared = [max(0.0, min(w.onset + w.duration, r.onset + r.duration) - max(w.onset, r.onset))
+                  for r in rows.itertuples()]
+        if sum(shared) == 0:
+            centre = w.onset + w.duration / 2
+            shared = [0.0] * len(rows)
+            shared[int(np.argmin([abs(r.onset + r.duration / 2 - centre) for r in rows.itertuples()]))] = 1.0
+        want[i] = np.average(embeddings[rows.index].astype(np.float64), axis=0, weights=shared)
+    assert valid.tolist() == [True] * 5 + [False]
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+    # the window at 0-40 s shares 29.4 s with the first recipe window and 10.6 s with the second
+    np.testing.assert_allclose(got[0], (29.4 * embeddings[0] + 10.6 * embeddings[1]) / 40, rtol=1e-5)
+    np.testing.assert_allclose(got[2], embeddings[3], rtol=1e-6)  # 120-130 s: past every window, the last is nearest
+    np.testing.assert_allclose(got[4], embeddings[5], rtol=1e-6)  # 70-110 s of run b: after both, the second
+
+
+def test_recipe_fold_keeps_the_windows_and_subjects_the_recipe_has():
+    """A recipe's variants fit and score only the fold's windows with recipe embeddings (a run it gave no
+    window has none) and only the subjects with any; a fold left without validation windows is skipped."""
+    from types import SimpleNamespace
+
+    from fmriflow.finetune.crossval import Fold, recipe_fold
+    from fmriflow.finetune.recipe_fusion import RecipeFeatures
+
+    rows_of = {"a": np.array([0, 1]), "b": np.array([2, 3]), "c": np.array([4, 5]), "d": np.array([6])}
+    valid = np.array([True, False, True, True, False, True, False])  # d's only run: no recipe window
+    inputs = SimpleNamespace(rows_of=rows_of, recipes={"v1": RecipeFeatures({}, valid)})
+
+    def fold(fit, val, test):
+        cat = lambda subjects: np.concatenate([rows_of[s] for s in subjects])  # noqa: E731
+        return Fold("agnostic", 0, 1, 0, sorted(set(fit + val)), test, fit, val, cat(fit), cat(val), cat(test),
+                    np.concatenate([[s] * len(rows_of[s]) for s in test]), 0.0)
+
+    part = recipe_fold(fold(["a", "d"], ["b"], ["c"]), inputs, "v1")
+    assert part.fit_rows.tolist() == [0] and part.val_rows.tolist() == [2, 3] and part.test_rows.tolist() == [5]
+    assert part.fit == ["a"] and part.train == ["a", "b"] and part.test == ["c"] and part.test_subject.tolist() == ["c"]
+    assert recipe_fold(fold(["a", "b"], ["d"], ["c"]), inputs, "v1") is None

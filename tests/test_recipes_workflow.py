@@ -5,9 +5,14 @@ then run on a 450-region test-double atlas of those names written here on the A4
 through atlas.extra under that name (the DAG runs in another process, where the pins are the real
 ones), its regions listed in another order than the card's; NeuroSTORM fine-tuned, width 8 on a 24^3 grid), run on an
 8-subject demo to the variants table and the report. Checked against independent computations: each
-probe row's scores and AUROC refitted here with scikit-learn from the embeddings the step wrote, and
-the prepared windows of one subject (resampled with scipy, scaled by the recipe's formula) and of one
-run of voxels (interpolated with torch, z-scored and cropped here)."""
+probe row's scores and AUROC (the bundle's encoder and its random-initialised control) refitted here
+with scikit-learn from the embeddings the steps wrote; the control's embeddings against the bundle's
+architecture built here at random (the same seed) on the same windows; the recipe's FMMTC variants'
+time-series branch against the recipe embeddings paired in time with the dataset's windows here (a loop
+over the windows' seconds), and the written concat_<name> scores against a fit on it; the prepared
+windows of one subject (resampled with scipy, scaled by the recipe's formula) and of one run of voxels
+(interpolated with torch, z-scored and cropped here). A new finetune.seed reruns the random control's
+embedding, not the bundle's."""
 
 from __future__ import annotations
 
@@ -77,7 +82,8 @@ def import_bundles(base, atlas_dir, doubles_dir) -> dict:
 @pytest.fixture(scope="module")
 def recipe_project(tmp_path_factory, atlas_dir, a424_img, doubles):
     """The 8-subject demo (4 responders), the three imported bundles and the config naming them: the
-    agnostic set-up, 2 folds, no deep variant."""
+    agnostic set-up, 2 folds, no deep variant on this project's encoder; on each recipe's, concat and
+    ts_only (finetune.recipe_variants' default) at the demo config's toy size (2 epochs, ResNet width 2)."""
     base = tmp_path_factory.mktemp("recipes")
     demo = make_demo(base / "demo", atlas_dir, n_subjects=8, n_trs=60, seed=41)
     config = demo_config(demo, base / "results", recipes=import_bundles(base, atlas_dir, doubles["dir"]))
@@ -120,7 +126,8 @@ def test_plan_and_its_errors(recipe_project, tmp_path):
     proc = run_snakemake(tmp_path, config, "--dry-run", env=env)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     on = planned_jobs(proc)
-    assert on["recipe_prepare"] == 3 and on["recipe_embed"] == 3 and on["finetune"] == 1
+    assert on["recipe_prepare"] == 3 and on["recipe_embed"] == 3 and on["recipe_embed_random"] == 3
+    assert on["finetune"] == 1
     missing = {**config, "atlas": {k: v for k, v in config["atlas"].items() if k != "extra"}}
     proc = run_snakemake(tmp_path, missing, "--dry-run")
     text = proc.stdout + proc.stderr
@@ -147,9 +154,9 @@ def test_probe_rows_match_scikit_learn_on_the_written_embeddings(recipe_run):
     setup = results / "finetune" / "response" / "setup-agnostic"
     table = _read(results / "finetune" / "response" / "variants.tsv").set_index("variant")
     preds, logs, folds = _read(setup / "predictions.tsv"), _read(setup / "training_log.tsv"), _read(setup / "folds.tsv")
-    for name in NAMES:
-        row = f"probe_{name}"
-        means = _subject_means(results / "recipes" / name / "embeddings")
+    for name, folder, row in [(n, f, r) for n in NAMES for f, r in (("embeddings", f"probe_{n}"),
+                                                                     ("embeddings-random", f"probe_random_{n}"))]:
+        means = _subject_means(results / "recipes" / name / folder)
         ours = preds[preds["variant"] == row]
         labels = ours.set_index("subject")["label"]
         assert len(ours) == 8 and set(ours["subject"]) == set(means)
@@ -254,3 +261,149 @@ def test_report_shows_each_cards_recipe(recipe_run):
         assert card["scaling"]["method"].replace("'", "&#x27;") in shown
     assert f"{JEPA_ATLAS} (450 regions) as this project&#x27;s {JEPA_ATLAS}" in shown
     assert "cropped / padded to 24x24x24" in shown
+
+
+def test_recipe_rows_join_the_variants_table(recipe_run):
+    """Per recipe: its probe, the random-encoder control, the FMMTC variants of finetune.recipe_variants and
+    concat's permuted control, each on every subject and the baselines' folds; the report lists them."""
+    _, results, _ = recipe_run
+    table = _read(results / "finetune" / "response" / "variants.tsv").set_index("variant")
+    preds = _read(results / "finetune" / "response" / "setup-agnostic" / "predictions.tsv")
+    folds = preds[preds["variant"] == "logistic"].set_index("subject")["fold"].sort_index()
+    for name in NAMES:
+        rows = [f"probe_{name}", f"probe_random_{name}", f"permuted_probe_random_{name}", f"concat_{name}",
+                f"ts_only_{name}", f"permuted_concat_{name}"]
+        assert table.loc[rows, "n_subjects"].tolist() == [8] * len(rows)
+        # folds of a permuted control: each fold's permutations (2)
+        assert table.loc[rows, "n_folds"].tolist() == [2, 2, 4, 2, 2, 4]
+        assert preds.loc[preds["variant"] == f"permuted_concat_{name}", "permutation"].nunique() == 2
+        for row in rows[:2] + rows[3:5]:
+            ours = preds[preds["variant"] == row].set_index("subject")["fold"].sort_index()
+            pd.testing.assert_series_equal(ours, folds)
+        assert not any(v.startswith(("sum_", "moe_", "no_pretrain_", "fc_only_")) for v in table.index)
+    shown = (results / "report" / "fmriflow_report.html").read_text().split('id="recipes"')[1].split("</table>")[0]
+    assert "<td>probe_random_storm</td>" in shown and "<td>concat_storm, ts_only_storm</td>" in shown
+
+
+def test_random_control_embeddings_are_a_random_model_of_the_same_seed(recipe_run, torch_one_thread):
+    """The control's embeddings: the bundle's architecture, randomly initialised with finetune.seed, on the
+    recipe's windows (encoded here in one batch); not the released weights' embeddings."""
+    from fmriflow.bundle.read import load_bundle_encoder
+
+    _, results, config = recipe_run
+    seed = config["finetune"].get("seed", 0)
+    for name in ("v1", "jepa"):  # the voxel model's windows are 37 a run at 24^3: its probe rows cover it
+        windows = np.load(results / "recipes" / name / "prepared" / "windows.npy")
+        written = np.load(results / "recipes" / name / "embeddings-random" / "embeddings.npy")
+        model = load_bundle_encoder(results.parent / "bundles" / name, pretrained=False, seed=seed)
+        with torch.no_grad():
+            want = model.encode(torch.from_numpy(windows)).numpy()
+        np.testing.assert_allclose(written, want, rtol=1e-4, atol=1e-5)
+        pretrained = np.load(results / "recipes" / name / "embeddings" / "embeddings.npy")
+        assert written.shape == pretrained.shape and not np.allclose(written, pretrained, atol=1e-3)
+        other = load_bundle_encoder(results.parent / "bundles" / name, pretrained=False, seed=seed + 1)
+        with torch.no_grad():
+            assert not np.allclose(other.encode(torch.from_numpy(windows[:2])).numpy(), written[:2], atol=1e-3)
+
+
+def _paired_here(results, name: str, samples: np.ndarray, folder: str = "embeddings") -> tuple[np.ndarray, list]:
+    """The recipe's embeddings on the fine-tuning's rows, from the dataset's and the recipe's own index and
+    window lengths: per dataset window, the recipe windows of its run weighted by the seconds they share."""
+    index = _read(results / "dataset" / "atlas-A424" / "index.tsv").set_index("sample")
+    window = np.load(results / "dataset" / "atlas-A424" / "samples.npy", mmap_mode="r").shape[2]
+    card = json.loads((results.parent / "bundles" / name / "model_card.json").read_text())
+    span = (card["input"]["window"] - 1) * card["input"].get("frame_step", 1) + 1
+    prepared = _read(results / "recipes" / name / "prepared" / "index.tsv")
+    embeddings = np.load(results / "recipes" / name / folder / "embeddings.npy")
+    out, valid = np.zeros((len(samples), embeddings.shape[1])), []
+    for i, sample in enumerate(samples):
+        w = index.loc[sample]
+        a, b = w["start_tr"] * w["tr"], (w["start_tr"] + window) * w["tr"]
+        total, weighted = 0.0, 0.0
+        for r in prepared[prepared["run"] == w["run"]].itertuples():
+            shared = max(0.0, min(b, (r.start + span) * r.tr) - max(a, r.start * r.tr))
+            total, weighted = total + shared, weighted + shared * embeddings[r.sample].astype(np.float64)
+        assert total > 0  # the demo's runs: every dataset window overlaps a recipe window
+        out[i] = weighted / total
+        valid.append(True)
+    return out, valid
+
+
+def test_recipe_variants_train_on_the_recipe_embeddings(recipe_run, torch_one_thread, monkeypatch):
+    """concat_<name>'s time-series branch is the recipe's embeddings paired in time with the dataset's windows
+    (computed here), no_pretrain's the random control's; concat_<name>'s written scores of the first fold are
+    a fit on those features."""
+    from fmriflow.finetune import cohort as cohorts
+    from fmriflow.finetune import crossval
+    from fmriflow.finetune.settings import FinetuneSettings
+
+    demo, results, config = recipe_run
+    settings = FinetuneSettings.from_config(config["finetune"])
+    features = results / "finetune" / "response" / "features"
+    dirs = {n: {"pretrained": str(results / "recipes" / n / "embeddings"),
+                "random": str(results / "recipes" / n / "embeddings-random")} for n in NAMES}
+    inputs = crossval.load_inputs(str(results / "dataset" / "atlas-A424"), str(features),
+                                  str(demo / "bids" / "participants.tsv"), settings, recipe_dirs=dirs)
+    for name in NAMES:
+        want, valid = _paired_here(results, name, inputs.samples)
+        assert inputs.recipes[name].valid.tolist() == valid
+        np.testing.assert_allclose(inputs.recipes[name].ts["pretrained"], want, rtol=1e-5, atol=1e-6)
+        random, _ = _paired_here(results, name, inputs.samples, "embeddings-random")
+        np.testing.assert_allclose(inputs.recipes[name].ts["random"], random, rtol=1e-5, atol=1e-6)
+    # the unit that wrote concat_v1 of fold 0, rerun here with its fit watched
+    seen = []
+    real_fit = crossval.fit
+
+    def watched(variant, task, ts, *args, **kwargs):
+        seen.append((variant, ts))
+        return real_fit(variant, task, ts, *args, **kwargs)
+
+    monkeypatch.setattr(crossval, "fit", watched)
+    train, test = cohorts.folds(inputs.cohort, "agnostic", settings.folds, settings.seed)[0]
+    fold = crossval.make_fold(inputs, "agnostic", 0, 0, settings.seed, train, test, settings.val_fraction)
+    results_here = crossval.Results(inputs.cohort)
+    crossval.run_unit(("recipe", "v1", "concat"), fold, inputs, settings, results_here, None)
+    crossval.run_unit(("recipe", "v1", "no_pretrain"), fold, inputs, settings, results_here, None)
+    assert [v for v, _ in seen] == ["concat", "concat"]
+    assert seen[0][1] is inputs.recipes["v1"].ts["pretrained"] and seen[1][1] is inputs.recipes["v1"].ts["random"]
+    written = _read(results / "finetune" / "response" / "setup-agnostic" / "predictions.tsv")
+    written = written[(written["variant"] == "concat_v1") & (written["fold"] == 0) & (written["repeat"] == 0)]
+    here = results_here.preds[0]
+    assert set(here["variant"]) == {"concat_v1"} and results_here.preds[1]["variant"].iloc[0] == "no_pretrain_v1"
+    np.testing.assert_allclose(here.set_index("subject")["score"].sort_index(),
+                               written.set_index("subject")["score"].sort_index(), rtol=1e-4, atol=1e-5)
+
+
+def test_a_new_finetune_seed_reruns_the_random_control_not_the_bundles_embeddings(recipe_run, recipe_project):
+    """The bundle's embeddings depend on no seed: a new finetune.seed plans no recipe_embed job, and the
+    random control's jobs for the changed seed (their reason: params); recipe_prepare's memory is sized from
+    the files its run list names (the largest BOLD for the voxel recipe)."""
+    from test_workflow import planned_jobs
+
+    base, _, _ = recipe_project
+    _, results, config = recipe_run
+    seeded = {**config, "finetune": {**config["finetune"], "seed": 7}}
+    proc = run_snakemake(base, seeded, "--dry-run")
+    jobs = planned_jobs(proc)
+    assert "recipe_embed" not in jobs and "recipe_prepare" not in jobs and jobs["recipe_embed_random"] == 3
+    block = proc.stdout[proc.stdout.index("rule recipe_embed_random:"):].split("\n\n")[0]
+    assert "params" in block.split("reason:")[1].splitlines()[0]
+    # recipe_prepare's memory, once its run lists exist: 1000 MB and, per region recipe, 8 MB per MB of its
+    # series tables; for the voxel recipe, the largest run twice as stored plus its frames at 0.8 s on 24^3
+    proc = run_snakemake(base, config, "--dry-run", "--forcerun", "recipe_prepare")
+    func = results / "fmriflow"
+    want = {}
+    for name, atlas in (("v1", "A424"), ("jepa", JEPA_ATLAS)):
+        series = func.glob(f"sub-*/func/*_atlas-{atlas}_stat-mean_timeseries.tsv")
+        want[name] = 1000 + int(np.ceil(8 * (sum(p.stat().st_size for p in series) / 1e6)))
+    largest = 0.0
+    for path in func.glob("sub-*/func/*_desc-preproc_bold.nii.gz"):
+        image = nib.load(path)
+        frames = round(image.shape[3] * float(image.header.get_zooms()[3]) / 0.8)
+        largest = max(largest, (2 * np.prod(image.shape) * 4 + frames * 24 ** 3 * 4) / 1e6)  # float32 runs
+    want["storm"] = 1000 + int(np.ceil(largest))
+    for block in proc.stdout.split("rule recipe_prepare:")[1:]:
+        job = block.split("\n\n")[0]
+        name = job.split("/recipes/")[1].split("/")[0]
+        assert f" mem_mb={want.pop(name)}," in job
+    assert not want and largest > 400  # the demo's run: 216 MB as stored

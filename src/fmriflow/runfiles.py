@@ -81,3 +81,11 @@ def included(listing: str, run_qc: str, role: str, runs: Sequence[str] | None = 
     folder = os.path.dirname(listing)
     return chosen["run"].tolist(), [os.path.normpath(os.path.join(folder, p)) for p in chosen["path"]]
 
+
+
+def listed_files(listing: str, role: str) -> list[str]:
+    """The ``role`` files a run list names that exist (every run's, included or not): what sizes a job."""
+    table = read_tsv(listing, dtype={"run": str, "role": str, "path": str})
+    folder = os.path.dirname(listing)
+    paths = [os.path.normpath(os.path.join(folder, p)) for p in table.loc[table["role"] == role, "path"]]
+    return [p for p in paths if os.path.isfile(p)]

@@ -582,7 +582,8 @@ def dataset_encoder_inputs():
 
 # --------------------------------------------------------------------------- released models' recipes (opt-in)
 # recipes: name -> an imported bundle (fmriflow import-checkpoint). Each gets a recipe step that prepares
-# this project's data as its card says (workflow/rules/recipes.smk) and probe rows in the variants table.
+# this project's data as its card says (workflow/rules/recipes.smk); its probe rows, their random-encoder
+# controls and its FMMTC variants (finetune.recipe_variants) join the variants table.
 
 RECIPES_DIR = f"{OUT}/recipes"
 
@@ -620,9 +621,22 @@ def recipe_prepared(name="{recipe}"):
     return [f"{RECIPES_DIR}/{name}/prepared/{f}" for f in naming.RECIPE_PREPARED]
 
 
-def recipe_embedded(name="{recipe}"):
-    """The recipe's frozen embeddings and their windows' subjects."""
-    return [f"{RECIPES_DIR}/{name}/embeddings/{f}" for f in naming.RECIPE_EMBEDDED]
+RECIPE_ENCODERS = {"pretrained": "embeddings", "random": "embeddings-random"}  # encoder -> its embeddings' folder
+
+
+def recipe_embedded(name="{recipe}", encoder="pretrained"):
+    """The recipe's frozen embeddings (the bundle's encoder, or its random-initialised control) and their windows."""
+    return [f"{RECIPES_DIR}/{name}/{RECIPE_ENCODERS[encoder]}/{f}" for f in naming.RECIPE_EMBEDDED]
+
+
+def recipe_prepare_mem(wildcards, input, attempt):
+    """Resource function of recipe_prepare: sized from the runs its run list names when it is scheduled
+    (fmriflow.bundle.recipe_plan.prepare_mem_mb; the voxel recipe holds a whole run), doubled on a retry."""
+    from fmriflow.bundle import read_card
+    from fmriflow.bundle.recipe_plan import prepare_mem_mb
+
+    plan = RECIPE_PLANS[wildcards.recipe]
+    return attempt * prepare_mem_mb(plan["kind"], input.files, read_card(plan["bundle"]))
 
 
 def recipe_prepare_input(wildcards):
@@ -634,12 +648,14 @@ def recipe_prepare_input(wildcards):
 
 
 def recipe_embeddings():
-    """Every recipe's embeddings (the fine-tuning's probe rows), none without recipes."""
-    return [path for name in RECIPE_PLANS for path in recipe_embedded(name)]
+    """Every recipe's embeddings, pretrained and random (the fine-tuning's rows), none without recipes."""
+    return [path for name in RECIPE_PLANS for encoder in RECIPE_ENCODERS for path in recipe_embedded(name, encoder)]
 
 
 def recipe_dirs():
-    return {name: f"{RECIPES_DIR}/{name}/embeddings" for name in RECIPE_PLANS}
+    """name -> encoder -> the folder of its embeddings (fmriflow.finetune.run.setup_step's recipe_dirs)."""
+    return {name: {encoder: f"{RECIPES_DIR}/{name}/{folder}" for encoder, folder in RECIPE_ENCODERS.items()}
+            for name in RECIPE_PLANS}
 
 
 def init_inputs():

@@ -43,3 +43,38 @@ def project_atlas(card: Mapping[str, Any], card_path: str, key: str, atlases: Se
                      f"regions), which this project does not parcellate (its atlases: {', '.join(atlases)}); add it "
                      f"under atlas.extra as {config_name(name)!r} (image and labels, region names as in the card), "
                      f"or name its pinned copy under atlas.pinned where one exists (docs/atlases.md)")
+
+
+BASE_MB = 1000  # the interpreter, numpy, pandas and nibabel, with room to spare (a recipe job measured 320 MB)
+SERIES_MB_PER_MB = 8  # region recipe: every run's series as float64 at the card's TR, then its windows
+
+
+def prepare_mem_mb(kind: str, listing: str, card: Mapping[str, Any]) -> int:
+    """Memory (MB) of a recipe step on the runs the run list ``listing`` names (those that exist yet).
+
+    Regions: every run's series is held (float64, at the card's TR, which may be shorter than the runs':
+    BrainLM's 0.735 s) and then its windows: ``SERIES_MB_PER_MB`` MB per MB of the series tables. Voxels:
+    one run at a time, as stored and once more while it is decompressed, plus its frames on the card's
+    grid at its TR (float32); from the largest run's header, whatever the file's compression.
+    """
+    import math
+    import os
+
+    from ..runfiles import listed_files
+
+    if not os.path.isfile(listing):  # not made yet (a dry run): the job is sized when it is scheduled
+        return BASE_MB
+    if kind == "regions":
+        total = sum(os.path.getsize(p) for p in listed_files(listing, "timeseries")) / 1e6
+        return BASE_MB + math.ceil(SERIES_MB_PER_MB * total)
+    from ..io import open_nifti
+
+    grid, target = card["atlas"]["grid"]["shape"], float(card["input"]["tr"]["target_tr"])
+    largest = 0.0
+    for path in listed_files(listing, "bold"):
+        header = open_nifti(path).header
+        shape, tr = header.get_data_shape(), float(header.get_zooms()[3])
+        stored = math.prod(shape) * header.get_data_dtype().itemsize
+        frames = round(shape[3] * tr / target) * math.prod(grid) * 4
+        largest = max(largest, (2 * stored + frames) / 1e6)
+    return BASE_MB + math.ceil(largest)

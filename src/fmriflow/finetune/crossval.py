@@ -5,8 +5,11 @@ fold's subjects into fit, validation and test window rows. ``run_fold`` trains e
 (early stopping on the validation subjects), fits the baselines (nested CV inside the
 training subjects), probes the frozen encoders' embeddings (``probe``; nested CV as the baselines),
 and refits the label-permuted controls of ``concat`` and ``logistic``
-(``permuted_controls``, one routine for both). ``Results`` gathers every test subject's
-score (window scores averaged per subject) and the training logs.
+(``permuted_controls``, one routine for both). Each released model's recipe (``recipe_fusion``)
+adds its own FMMTC variants (``finetune.recipe_variants``, rows ``<variant>_<name>``), its embeddings
+as the time-series branch, on the same folds and seeds, ``concat_<name>`` with the same permuted
+control. ``Results`` gathers every test subject's score (window scores averaged per subject) and the
+training logs.
 
 Seeds: the fold plan, inner split and baselines use the repeat's seed (``seed + repeat``),
 every network fit ``seed * 1000 + fold``, permutation ``k`` of a fold ``[seed, fold, k]``.
@@ -25,13 +28,13 @@ import numpy as np
 import pandas as pd
 
 from .. import baselines, evaluation
-from ..datasets.regions import read_index
+from ..datasets.regions import SAMPLES, read_index
 from ..errors import InputError
 from ..models.fmmtc import FMMTC
 from ..naming import FINETUNE_FEATURES
 from . import cohort as cohorts
 from . import probe as probes
-from . import fusion, recipe_probe, symphony
+from . import fusion, recipe_fusion, recipe_probe, symphony
 from .settings import FinetuneSettings
 from .trainer import fit, predict
 
@@ -59,14 +62,16 @@ class Inputs:
     # brainsymphony.fusion: how the fused BrainSymphony row combines the modalities (late: the unimodal
     # probes' scores weighted by inner CV, fmriflow.finetune.fusion; early: one probe on the fused features)
     symphony_fusion: str = "early"
+    # each released model's recipe embeddings on these rows, the time-series branch of its variants ({}: none)
+    recipes: dict[str, recipe_fusion.RecipeFeatures] = dataclasses.field(default_factory=dict)
 
 
 def load_inputs(dataset: str, features_dir: str, participants: str, settings: FinetuneSettings,
-                symphony_dir: str | None = None, recipe_dirs: dict[str, str] | None = None,
+                symphony_dir: str | None = None, recipe_dirs: dict[str, dict[str, str]] | None = None,
                 symphony_fusion: str = "early") -> Inputs:
-    """The cohort and its features; ``symphony_dir`` / ``recipe_dirs`` (recipe name -> its embeddings'
-    folder): the probe rows of BrainSymphony and of the released models' recipes, when they ran;
-    ``symphony_fusion``: brainsymphony.fusion (``Inputs``)."""
+    """The cohort and its features; ``symphony_dir`` / ``recipe_dirs`` (recipe name -> encoder ('pretrained',
+    'random') -> its embeddings' folder): the probe rows of BrainSymphony and of the released models'
+    recipes, and the recipes' variants, when they ran; ``symphony_fusion``: brainsymphony.fusion (``Inputs``)."""
     if symphony_fusion not in FUSIONS:
         raise InputError("brainsymphony.fusion", f"must be one of {list(FUSIONS)}; got {symphony_fusion!r}")
     index = read_index(dataset)
@@ -87,7 +92,11 @@ def load_inputs(dataset: str, features_dir: str, participants: str, settings: Fi
     subject_ts = {encoder: probes.subject_embeddings(array, rows_of) for encoder, array in ts.items()}
     extra = {} if symphony_dir is None else symphony.load_subject_embeddings(symphony_dir, samples, rows_of)
     extra.update(recipe_probe.load_recipe_embeddings(recipe_dirs or {}, list(rows_of)))
-    return Inputs(cohort, samples, rows_of, fc, ts, y, subject_fc, subject_ts, extra, symphony_fusion)
+    recipes = {}
+    if recipe_dirs and settings.recipe_variants:
+        window = np.load(Path(dataset) / SAMPLES, mmap_mode="r").shape[2]
+        recipes = recipe_fusion.load_recipe_features(recipe_dirs, index, samples, window)
+    return Inputs(cohort, samples, rows_of, fc, ts, y, subject_fc, subject_ts, extra, symphony_fusion, recipes)
 
 
 @dataclass(frozen=True)
@@ -166,20 +175,23 @@ def run_fold(fold: Fold, inputs: Inputs, settings: FinetuneSettings, results: Re
              attribute: Attribute | None) -> None:
     """Every variant, then every baseline, of one fold; ``attribute``: None for no attribution."""
     results.fold_rows += fold.roles()
-    for unit in fold_units(settings, bool(inputs.subject_extra)):
+    for unit in fold_units(settings, bool(inputs.subject_extra), tuple(inputs.recipes)):
         run_unit(unit, fold, inputs, settings, results, attribute)
 
 
-Unit = tuple  # ("variants", names) | ("control", permutation) | ("baselines",) | ("probe",) | ("extra",)
+# ("variants", names) | ("control", permutation) | ("baselines",) | ("probe",) | ("extra",)
+# | ("recipe", name, variant) | ("recipe_control", name, permutation)
+Unit = tuple
 
 
-def fold_units(settings: FinetuneSettings, extra_probes: bool = False) -> list[Unit]:
+def fold_units(settings: FinetuneSettings, extra_probes: bool = False, recipes: tuple[str, ...] = ()) -> list[Unit]:
     """One fold's work as independent units, in the order their results are recorded.
 
     Every network fit seeds itself (``fit_seed``, permutation ``[seed, fold, k]``), so a unit's
     results do not depend on what ran before it or in which process: units may run anywhere, in
     any order, and be recorded in this order (``fmriflow.finetune.pool``). Staged fusion keeps
     the deep variants in one unit: the fused ones start from that fold's fc_only FC branch.
+    ``recipes``: the released models' recipes whose variants run (``recipe_fusion``).
     """
     order = _variant_order(settings)
     staged = settings.staged_fusion and any(v in FUSED for v in order)
@@ -188,6 +200,11 @@ def fold_units(settings: FinetuneSettings, extra_probes: bool = False) -> list[U
         units.append(("variants", group))
         if "concat" in group and settings.permuted_control:
             units += [("control", k) for k in range(settings.permutations)]
+    for name in recipes:
+        for variant in settings.recipe_variants:
+            units.append(("recipe", name, variant))
+            if variant == "concat" and settings.permuted_control:
+                units += [("recipe_control", name, k) for k in range(settings.permutations)]
     return units + [("baselines",)] + ([("probe",)] if settings.probe else []) + ([("extra",)] if extra_probes else [])
 
 
@@ -204,6 +221,13 @@ def run_unit(unit: Unit, fold: Fold, inputs: Inputs, settings: FinetuneSettings,
         _probes(fold, inputs, results)
     elif unit[0] == "extra":
         _extra_probes(fold, inputs, settings, results)
+    elif unit[0] == "recipe":
+        _recipe_variant(fold, inputs, settings, results, unit[1], unit[2])
+    elif unit[0] == "recipe_control":
+        part = recipe_fold(fold, inputs, unit[1])
+        if part is not None:
+            _deep_controls(part, inputs, settings, results, "concat", inputs.recipes[unit[1]].ts["pretrained"],
+                           [unit[2]], row=recipe_fusion.row_name("concat", unit[1]))
     else:
         raise ValueError(f"unknown unit {unit!r}")
 
@@ -234,9 +258,49 @@ def _variants(fold: Fold, inputs: Inputs, settings: FinetuneSettings, results: R
             attribute(fold, model)
 
 
+def recipe_fold(fold: Fold, inputs: Inputs, name: str) -> Fold | None:
+    """The fold restricted to the windows recipe ``name`` has features for (``recipe_fusion``), and to the
+    subjects with any; None (logged) where it leaves no fit, validation or test window."""
+    valid = inputs.recipes[name].valid
+
+    def keep(subjects):
+        return [s for s in subjects if valid[inputs.rows_of[s]].any()]
+
+    rows = {k: getattr(fold, k)[valid[getattr(fold, k)]] for k in ("fit_rows", "val_rows", "test_rows")}
+    if not all(len(r) for r in rows.values()):
+        log.warning("recipe %s: repeat %d fold %d has no fit, validation or test window with its embeddings; its "
+                    "variants skip the fold", name, fold.repeat, fold.index)
+        return None
+    return dataclasses.replace(fold, train=keep(fold.train), test=keep(fold.test), fit=keep(fold.fit),
+                               val=keep(fold.val), test_subject=fold.test_subject[valid[fold.test_rows]], **rows)
+
+
+def _recipe_variant(fold: Fold, inputs: Inputs, settings: FinetuneSettings, results: Results, name: str,
+                    variant: str) -> None:
+    """One FMMTC variant with recipe ``name``'s embeddings as its time-series branch: row ``<variant>_<name>``
+    (no_pretrain: concat on the random-encoder control's embeddings). Staged fusion stages its own fc_only
+    FC branch on the recipe's windows (the same seed: the same fit where they are the fold's windows)."""
+    part = recipe_fold(fold, inputs, name)
+    if part is None:
+        return
+    ts = inputs.recipes[name].ts["random" if variant == "no_pretrain" else "pretrained"]
+    base = "concat" if variant == "no_pretrain" else variant
+    stage = None
+    if settings.staged_fusion and variant in FUSED:
+        stage, _, _ = fit("fc_only", inputs.cohort.task, ts, inputs.fc, inputs.y, part.fit_rows, part.val_rows,
+                          settings.train, seed=fold.fit_seed)
+    model, target, info = fit(base, inputs.cohort.task, ts, inputs.fc, inputs.y, part.fit_rows, part.val_rows,
+                              settings.train, seed=fold.fit_seed, init_fc=stage)
+    scores = predict(model, target, ts, inputs.fc, part.test_rows, settings.train)
+    results.record(part, recipe_fusion.row_name(variant, name), scores, True, info)
+
+
 def _deep_controls(fold: Fold, inputs: Inputs, settings: FinetuneSettings, results: Results, variant: str,
-                   encoder: str, permutations: Iterable[int]) -> None:
-    ts, task = inputs.ts[encoder], inputs.cohort.task
+                   encoder: str | np.ndarray, permutations: Iterable[int], row: str | None = None) -> None:
+    """Label-permuted refits of ``variant`` on the embeddings of ``encoder`` (a key of ``inputs.ts``, or the
+    array itself), recorded as ``permuted_<row>`` (``row``: the variant's row name, default ``variant``)."""
+    ts = inputs.ts[encoder] if isinstance(encoder, str) else encoder
+    task = inputs.cohort.task
 
     def fit_score(rng: np.random.Generator) -> tuple[np.ndarray, dict]:
         y_perm = permute_subject_labels(inputs.y, inputs.rows_of, fold.fit + fold.val, rng)
@@ -248,7 +312,7 @@ def _deep_controls(fold: Fold, inputs: Inputs, settings: FinetuneSettings, resul
                                   seed=fold.fit_seed, init_fc=stage)
         return predict(model, target, ts, inputs.fc, fold.test_rows, settings.train), info
 
-    permuted_controls(results, fold, variant, True, fit_score, permutations)
+    permuted_controls(results, fold, row or variant, True, fit_score, permutations)
 
 
 def _baselines(fold: Fold, inputs: Inputs, settings: FinetuneSettings, results: Results) -> None:

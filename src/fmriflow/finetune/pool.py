@@ -42,8 +42,9 @@ _STATE: dict[str, Any] = {}  # a worker's inputs, settings and attribution table
 
 
 def unit_name(fold: Fold, unit: Unit) -> str:
-    what = "+".join(unit[1]) if unit[0] == "variants" else (f"permuted concat {unit[1]}" if unit[0] == "control"
-                                                            else {"probe": "frozen probes"}.get(unit[0], unit[0]))
+    what = {"variants": lambda: "+".join(unit[1]), "control": lambda: f"permuted concat {unit[1]}",
+            "recipe": lambda: f"{unit[2]}_{unit[1]}", "recipe_control": lambda: f"permuted concat_{unit[1]} {unit[2]}",
+            "probe": lambda: "frozen probes"}.get(unit[0], lambda: unit[0])()
     return f"repeat {fold.repeat} fold {fold.index}: {what}"
 
 

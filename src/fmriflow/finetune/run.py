@@ -62,14 +62,16 @@ def features_step(dataset: str, model: str, coords: str, out_dir: str, seed: int
 
 def setup_step(setup: str, dataset: str, features_dir: str, participants: str, model: str, coords: str,
                out_dir: str, settings: FinetuneSettings, workers: int = 1, symphony_dir: str | None = None,
-               recipe_dirs: dict[str, str] | None = None, symphony_fusion: str = "early") -> None:
+               recipe_dirs: dict[str, dict[str, str]] | None = None, symphony_fusion: str = "early") -> None:
     """Cross-validate every variant and baseline of ``settings`` on one set-up; write its tables.
 
     ``workers``: processes that train the folds' units side by side (``fmriflow.finetune.pool``);
     the tables are the same for any number. ``symphony_dir``: BrainSymphony's features
     (``fmriflow.finetune.symphony``), whose probe rows then join the table; None: none. ``recipe_dirs``:
-    each released model's recipe embeddings (name -> folder, ``fmriflow.finetune.recipe_probe``): rows
-    ``probe_<name>``. ``symphony_fusion``: brainsymphony.fusion, how BrainSymphony's fused row is made
+    each released model's recipe embeddings (name -> encoder ('pretrained', 'random') -> folder,
+    ``fmriflow.finetune.recipe_probe``): rows ``probe_<name>``, ``probe_random_<name>`` and the recipe's
+    FMMTC variants ``<variant>_<name>`` (``finetune.recipe_variants``, ``fmriflow.finetune.recipe_fusion``).
+    ``symphony_fusion``: brainsymphony.fusion, how BrainSymphony's fused row is made
     (``fmriflow.finetune.crossval.Inputs``).
     """
     inputs = load_inputs(dataset, features_dir, participants, settings, symphony_dir, recipe_dirs, symphony_fusion)
@@ -84,7 +86,7 @@ def setup_step(setup: str, dataset: str, features_dir: str, participants: str, m
             log.info("set-up %s, repeat %d, fold %d/%d: %d fit, %d validation, %d test subjects", setup, repeat,
                      index + 1, len(plan), len(fold.fit), len(fold.val), len(test))
             results.fold_rows += fold.roles()
-            tasks += [(fold, unit) for unit in fold_units(settings, bool(inputs.subject_extra))]
+            tasks += [(fold, unit) for unit in fold_units(settings, bool(inputs.subject_extra), tuple(inputs.recipes))]
     log.info("set-up %s: %d units (variants, permuted controls, baselines) of %d folds on %d worker(s)", setup,
              len(tasks), len({(f.repeat, f.index) for f, _ in tasks}), workers)
     run_units(tasks, inputs, settings, results, attribution, workers, desc=f"fine-tuning {setup}")
@@ -94,7 +96,8 @@ def setup_step(setup: str, dataset: str, features_dir: str, participants: str, m
         tables[FINETUNE_SYMPHONY_SUBJECTS] = subjects[subjects["subject"].isin(inputs.cohort.labels.index)]
     sources = [f"{dataset}/index.tsv", *(str(Path(features_dir) / f) for f in FINETUNE_FEATURES.values()), participants, model,
                *(sorted(str(p) for p in Path(symphony_dir).glob("*.npy")) if symphony_dir else []),
-               *(str(Path(d) / f) for d in (recipe_dirs or {}).values() for f in ("embeddings.npy", "windows.tsv"))]
+               *(str(Path(d) / f) for dirs in (recipe_dirs or {}).values() for d in dirs.values()
+                 for f in ("embeddings.npy", "windows.tsv"))]
     parameters = {"setup": setup, "task": inputs.cohort.task, "dropped_unlabelled": list(inputs.cohort.dropped),
                   **({"brainsymphony_fusion": symphony_fusion} if symphony_dir else {})}
     for name, frame in tables.items():

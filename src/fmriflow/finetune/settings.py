@@ -48,6 +48,9 @@ class FinetuneSettings:
     variants: tuple[str, ...] = ("concat", "sum", "cross_attention", "moe", "ts_only", "fc_only", "no_pretrain")
     baselines: tuple[str, ...] = ("logistic", "ridge")
     probe: bool = True  # frozen probes of the pretrained and the random encoder (fmriflow.finetune.probe)
+    # FMMTC variants on each released model's recipe embeddings (config recipes), rows <variant>_<name>
+    # (fmriflow.finetune.recipe_fusion)
+    recipe_variants: tuple[str, ...] = ("concat", "ts_only")
     permuted_control: bool = True
     permutations: int = 5  # label permutations per fold and controlled model
     staged_fusion: bool = False

@@ -30,6 +30,7 @@ _DEFAULT_BASELINES = ("logistic", "ridge")
 _CONTROL_PREFIX = "permuted_"
 _PROBE, _PROBE_CONTROL = "probe", "probe_random"  # fmriflow.finetune.probe.PROBES
 _EXTRA_PROBE = "probe_"  # other encoders' rows: BrainSymphony's (probe_symphony_*), the recipes' (probe_<name>)
+# (a recipe's random-encoder control is probe_random_<name>: recipe names hold no '_')
 _HEADLINE = {"classification": (("auroc", "AUROC"), ("balanced_accuracy", "Balanced accuracy"), ("mcc", "MCC")),
              "regression": (("pearson_r", "Pearson r"), ("mae", "MAE"), ("mse", "MSE"))}
 
@@ -129,7 +130,7 @@ def finetune_section(table_path: PathLike | None, predictions: Sequence[PathLike
         _variants_table(variants, task, baselines),
         f'<div class="source">Table: {sources_html([table_path])}</div>',
         _symphony_html(predictions),
-        recipes_html(recipes or {}),
+        recipes_html(recipes or {}, config_get(config, "finetune", "recipe_variants") or ()),
     ]
     preds = _read_predictions(predictions)
     if preds is None:
@@ -165,7 +166,7 @@ def _symphony_html(predictions: Sequence[PathLike]) -> str:
 
 
 def _kind(variant: str, baselines: set[str]) -> str:
-    if variant.startswith(_CONTROL_PREFIX) or variant == _PROBE_CONTROL:
+    if variant.startswith(_CONTROL_PREFIX) or variant == _PROBE_CONTROL or variant.startswith(_PROBE_CONTROL + "_"):
         return "control"
     if variant == _PROBE or variant.startswith(_EXTRA_PROBE):
         return "probe"

@@ -4,7 +4,7 @@ model's input was prepared, as its card says, and what the recipe step did (``re
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from ..io import read_json
 from .html import sources_html, table
@@ -34,21 +34,27 @@ def _window(recipe: Mapping[str, Any]) -> str:
     return f"{applied['window']} frames{f' every {step}' if step > 1 else ''}, a window every {applied['stride']}"
 
 
-def recipe_row(name: str, recipe: Mapping[str, Any]) -> list[str]:
+def recipe_row(name: str, recipe: Mapping[str, Any], variants: Sequence[str] = ()) -> list[str]:
+    """``variants``: finetune.recipe_variants, the recipe's FMMTC rows ``<variant>_<name>``."""
     scaling = recipe["applied"]["scaling"]
-    return [f"probe_{name}", f"{recipe['model']} ({recipe['architecture']})", _atlas(recipe), _tr(recipe),
+    return [f"probe_{name}", f"probe_random_{name}", ", ".join(f"{v}_{name}" for v in variants) or "none",
+            f"{recipe['model']} ({recipe['architecture']})", _atlas(recipe), _tr(recipe),
             _window(recipe), f"{recipe['card_recipe']['scaling']['method']}; statistics: {scaling['statistics_from']}",
             f"{recipe['windows']} windows of {recipe['subjects']} subjects", recipe["card"]["sha256"][:12]]
 
 
-def recipes_html(recipes: Mapping[str, PathLike]) -> str:
-    """One row per recipe (name -> its ``recipe.json``); empty when none ran."""
+def recipes_html(recipes: Mapping[str, PathLike], variants: Sequence[str] = ()) -> str:
+    """One row per recipe (name -> its ``recipe.json``); empty when none ran. ``variants``: finetune.recipe_variants."""
     if not recipes:
         return ""
-    rows = [recipe_row(name, read_json(path)) for name, path in sorted(recipes.items())]
-    headers = ["Probe row", "Model", "Atlas and region order", "TR", "Window", "Normalisation", "Input", "Card sha256"]
+    rows = [recipe_row(name, read_json(path), variants) for name, path in sorted(recipes.items())]
+    headers = ["Probe row", "Random-encoder control", "FMMTC variants", "Model", "Atlas and region order", "TR",
+               "Window", "Normalisation", "Input", "Card sha256"]
     return ("<h3>Released models, each on its authors' recipe</h3><p>Each imported model's input prepared from this "
             "project's data as its model card records its authors' preparation; its frozen embeddings, averaged per "
-            f"subject, are probed on the baselines' folds beside a label-permuted control.</p>"
+            "subject, are probed on the baselines' folds beside a label-permuted control and beside the same probe on "
+            "the same architecture randomly initialised (what the released weights add); its window embeddings, "
+            "paired in time with the dataset's windows, are the time-series branch of FMMTC variants on the same "
+            "folds.</p>"
             f"{table(headers, rows, table_id='recipes', scroll=True)}"
             f'<div class="source">Recipes: {sources_html(list(recipes.values()))}</div>')
