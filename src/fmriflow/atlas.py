@@ -87,8 +87,9 @@ def fetch_files(
     came from; a mismatch is an error, never a silent replacement.
 
     Each file is kept as ``cache_dir/<its pinned name>``, so atlases that pin the same file
-    share one copy in a shared ``cache_dir``, fetched once; jobs filling it at the same time
-    each rename a whole verified file into place (``atomic_path(shared=True)``).
+    share one copy in a shared ``cache_dir``: stored once, fetched once by jobs that run one after
+    another; jobs filling it at the same time may each download it, and each renames a whole
+    verified file into place (``atomic_path(shared=True)``).
     """
     cache_dir = Path(cache_dir)
     sources = [Path(d) for d in (local_dir, os.environ.get(ATLAS_DIR_ENV)) if d]

@@ -4,7 +4,7 @@ Asked for by name with the config key ``atlas.pinned``; fetched, verified and ca
 :func:`fmriflow.atlas.fetch_files` (so ``FMRIFLOW_ATLAS_DIR`` / ``atlas.path`` serve offline
 sites), then put on the A424 grid and parcellated in the same pass as A424. The atlases share one
 cache folder (``atlas.pinned_cache_dir``) holding each source file once under its pinned name: the
-Tian files the three atlases have in common are fetched and stored once (:func:`source_files`
+Tian files the three atlases have in common are stored once (:func:`source_files`
 checks that a name means one address and sha256).
 
 - ``TianS3``: the Melbourne Subcortex Atlas, scale III, 3T (Tian et al. 2020): 50 subcortical

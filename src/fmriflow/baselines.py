@@ -61,8 +61,8 @@ PENALTY = {"logistic": "C", "ridge": "alpha"}
 INNER_FOLDS = 5
 EDGE_MEANS = {"strongest": "its limit, scores ranking subjects by their projection on X^T y",
               "weakest": "its limit, the training subjects fitted or separated; no penalty is preferred"}
-LBFGS_MAX_ITER = 10_000  # a cap far above the iterations measured per C in the rotated space (logistic_solver)
-LBFGS_TOL = 1e-6
+LOGISTIC_MAX_ITER = 10_000  # a cap far above the iterations measured per C in the rotated space (logistic_solver)
+LOGISTIC_TOL = 1e-6
 
 
 def upper_triangle(fc: np.ndarray) -> np.ndarray:
@@ -147,8 +147,8 @@ def path_scores(name: str, task: str, z_train: np.ndarray, y_train: np.ndarray, 
     if name == "ridge":
         return _ridge_path(task, z_train, y_train, z_test, grid)
     # warm starts from the next stronger penalty's solution; n x r problems: BLAS threads only contend
-    model = LogisticRegression(C=grid[-1], solver=logistic_solver(*z_train.shape), max_iter=LBFGS_MAX_ITER,
-                               tol=LBFGS_TOL, warm_start=True)
+    model = LogisticRegression(C=grid[-1], solver=logistic_solver(*z_train.shape), max_iter=LOGISTIC_MAX_ITER,
+                               tol=LOGISTIC_TOL, warm_start=True)
     out = np.empty((len(grid), len(z_test)))
     with threadpool_limits(1, user_api="blas"):
         for i in range(len(grid) - 1, -1, -1):

@@ -47,7 +47,9 @@ rule finetune:
         # brainsymphony.fusion only while BrainSymphony runs: a config without it reruns nothing
         **shaping("finetune", *(["brainsymphony.fusion"] if SYMPHONY["enabled"] else []),
                   drop=("finetune.enabled", "finetune.setups", "finetune.gpus", "finetune.workers",
-                        "finetune.mem_mb", "finetune.runtime", "finetune.encoder", "finetune.scaling")),
+                        "finetune.mem_mb", "finetune.runtime", "finetune.encoder", "finetune.scaling")
+                  # the recipes' variants only while recipes run: a config without recipes reruns nothing
+                  + (() if RECIPE_PLANS else ("finetune.recipe_variants",))),
     wildcard_constraints:
         setup="[A-Za-z0-9_.-]+",
     threads: FINETUNE["workers"]  # worker processes over the set-up's folds and variants (fmriflow.finetune.pool)

@@ -58,7 +58,8 @@ rule vq_align:
         dataset=DATASET_DIR,
         out=lambda wc: vq_align_dir(wc.variant),
         options=lambda wc: text_train_options("vq-align", TEXT["vq_align"], restart_every=TEXT["vq_align"]["restart_every"],
-                                              reversal_gate=TEXT["vq_align"]["reversal_gate"],
+                                              # the ablation's weight is 0 whatever the gate: a gate change reruns only aligned
+                                              reversal_gate=0.0 if wc.variant == "ablation" else TEXT["vq_align"]["reversal_gate"],
                                               align_weight=0.0 if wc.variant == "ablation" else TEXT["vq_align"]["align_weight"]),
     threads: launch.train_threads(TEXT)
     resources:
