@@ -183,3 +183,60 @@ def test_recipe_fold_keeps_the_windows_and_subjects_the_recipe_has():
     assert part.fit_rows.tolist() == [0] and part.val_rows.tolist() == [2, 3] and part.test_rows.tolist() == [5]
     assert part.fit == ["a"] and part.train == ["a", "b"] and part.test == ["c"] and part.test_subject.tolist() == ["c"]
     assert recipe_fold(fold(["a", "b"], ["d"], ["c"]), inputs, "v1") is None
+
+
+def test_voxel_recipe_windows_are_timed_on_the_denoised_clock(tmp_path, monkeypatch):
+    """The voxel recipe cuts its windows from raw volume 0 of the preprocessed BOLD; the dataset's windows
+    count from the denoised series' first volume (dummy and censored volumes dropped). index.tsv and
+    windows.tsv hold both clocks: the mapped onset is the kept volumes before the raw onset, times TR,
+    counted here volume by volume; a run whose denoising kept "all" keeps its raw times."""
+    import json
+
+    import nibabel as nib
+    import pandas as pd
+
+    from fmriflow.bundle import recipe_step
+    from fmriflow.finetune.recipe_probe import window_times
+
+    card = {"model": {"name": "toy", "architecture": "neurostorm"}, "preprocessing": {},
+            "input": {"window": 5, "stride": 5, "frame_step": 1, "tr": {"target_tr": 0.8}},
+            "scaling": {"method": "znorm"}, "atlas": {"name": "MNI", "n_regions": None, "grid": {"shape": [6, 6, 6]},
+                                                      "regions": []}}
+    card_path = tmp_path / "model_card.json"
+    card_path.write_text(json.dumps(card))
+    monkeypatch.setattr(recipe_step, "read_card", lambda path: card)
+    rng = np.random.default_rng(3)
+    kept = {"sub-01_run-1": [2, 3, 4, 6, 7, 8, 9], "sub-02_run-1": "all"}  # sub-01: 2 dummies, volume 5 censored
+    bolds, masks, denoised = [], [], []
+    for run, output in kept.items():
+        img = nib.Nifti1Image(rng.normal(100, 5, (6, 6, 6, 10)).astype(np.float32), np.eye(4))
+        img.header.set_zooms((1.0, 1.0, 1.0, 2.0))
+        bolds.append(str(tmp_path / f"{run}_bold.nii.gz"))
+        nib.save(img, bolds[-1])
+        masks.append(str(tmp_path / f"{run}_mask.nii.gz"))
+        nib.save(nib.Nifti1Image(np.ones((6, 6, 6), np.uint8), np.eye(4)), masks[-1])
+        denoised.append(str(tmp_path / f"{run}_desc-denoised_bold.nii.gz"))
+        (tmp_path / f"{run}_desc-denoised_bold.json").write_text(
+            json.dumps({"Provenance": {"Parameters": {"OutputVolumes": output}}}))
+    pd.DataFrame({"subject": ["01", "02"], "split": ["train", "test"]}).to_csv(tmp_path / "splits.tsv", sep="\t",
+                                                                               index=False)
+    out = tmp_path / "prepared"
+    recipe_step.prepare_voxels_step(str(card_path), list(kept), bolds, masks, str(tmp_path / "splits.tsv"),
+                                    str(out), denoised)
+    index = pd.read_csv(out / "index.tsv", sep="\t", dtype={"run": str})
+    # 10 volumes at 2 s -> 25 frames at 0.8 s: windows of 5 frames (4 s) at frames 0, 5, 10, 15, 20
+    assert index["onset_raw"].tolist() == pytest.approx([0, 4, 8, 12, 16] * 2)
+    assert index["duration_raw"].tolist() == pytest.approx([4.0] * 10)
+    for row in index.itertuples():
+        volumes = range(10) if kept[row.run] == "all" else kept[row.run]
+        before = lambda t: sum(1 for v in volumes if v * 2.0 < t - 1e-9)  # noqa: E731
+        assert row.onset == pytest.approx(before(row.onset_raw) * 2.0)
+        assert row.duration == pytest.approx((before(row.onset_raw + row.duration_raw) - before(row.onset_raw)) * 2.0)
+    first = index[index["run"] == "sub-01_run-1"]
+    # raw 8 s: kept volumes 2, 3 before it -> 4 s; raw 16-20 s: 2, 3, 4, 6, 7 before 16 s, + 8, 9 before 20 s
+    assert first["onset"].tolist() == pytest.approx([0, 0, 4, 6, 10])
+    assert first["duration"].tolist() == pytest.approx([0, 4, 2, 4, 4])
+    second = index[index["run"] == "sub-02_run-1"]
+    assert second["onset"].tolist() == pytest.approx(second["onset_raw"].tolist())
+    onset, duration = window_times(index, {"applied": {"window": 5}})
+    np.testing.assert_allclose(onset, index["onset"]) and np.testing.assert_allclose(duration, index["duration"])

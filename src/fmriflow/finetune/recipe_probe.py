@@ -45,7 +45,10 @@ def embed_windows(model, windows: np.ndarray, batch_size: int = 8, device: str =
 
 def window_times(index, recipe: Mapping) -> tuple[np.ndarray, np.ndarray]:
     """Onset and duration (s) of each prepared window (``index.tsv`` rows: ``start`` frames at ``tr``), from
-    ``recipe.json``'s window as applied (``frame_step``: frames taken every so many, NeuroSTORM's)."""
+    ``recipe.json``'s window as applied (``frame_step``: frames taken every so many, NeuroSTORM's). The voxel
+    recipe's index holds them already, mapped onto the denoised series' clock (``recipe_step``)."""
+    if {"onset", "duration"} <= set(index.columns):
+        return index["onset"].to_numpy(dtype=np.float64), index["duration"].to_numpy(dtype=np.float64)
     applied = recipe["applied"]
     span = (int(applied["window"]) - 1) * int(applied.get("frame_step") or 1) + 1  # frames a window covers
     tr = index["tr"].to_numpy(dtype=np.float64)
@@ -71,7 +74,9 @@ def embed_step(bundle: str, prepared: str, out_dir: str, pretrained: bool = True
     with atomic_path(out / EMBEDDINGS) as tmp:
         with open(tmp, "wb") as fh:  # np.save on a path would append '.npy' to the temp name
             np.save(fh, embeddings)
-    write_tsv(out / WINDOWS, index[["sample", "subject", "run"]].assign(onset=onset, duration=duration))
+    raw = [c for c in ("onset_raw", "duration_raw") if c in index.columns]  # the voxel recipe's, for the record
+    write_tsv(out / WINDOWS, index[["sample", "subject", "run"]].assign(onset=onset, duration=duration)
+              .join(index[raw]))
     inputs = [*(str(Path(bundle) / f) for f in ("model.safetensors", "config.json", "model_card.json")),
               str(Path(prepared) / PREPARED), str(Path(prepared) / INDEX), str(Path(prepared) / RECIPE)]
     parameters = {"embedding": "frozen encoder, its card's pooling (encode), no masking",
