@@ -240,3 +240,41 @@ def test_voxel_recipe_windows_are_timed_on_the_denoised_clock(tmp_path, monkeypa
     assert second["onset"].tolist() == pytest.approx(second["onset_raw"].tolist())
     onset, duration = window_times(index, {"applied": {"window": 5}})
     np.testing.assert_allclose(onset, index["onset"]) and np.testing.assert_allclose(duration, index["duration"])
+
+
+def _embedded(folder, table, rows):
+    """An embedding step's folder: ``rows`` embeddings beside ``table`` (windows.tsv)."""
+    folder.mkdir(parents=True)
+    np.save(folder / "embeddings.npy", np.arange(rows * 2, dtype=np.float32).reshape(rows, 2))
+    table.to_csv(folder / "windows.tsv", sep="\t", index=False)
+    return folder
+
+
+def test_recipe_embeddings_from_another_run_are_refused(tmp_path):
+    """A windows.tsv with other rows than embeddings.npy, or without the windows' times (written before
+    they were recorded), names the file and the rerun; pretrained and random folders on different windows
+    name both folders. Folders that agree load, each dataset window weighted by the seconds it shares."""
+    import pandas as pd
+
+    from fmriflow.finetune.recipe_fusion import load_recipe_features
+    from fmriflow.finetune.recipe_probe import read_embeddings
+
+    table = pd.DataFrame({"sample": [0, 1], "subject": ["01", "01"], "run": ["r1", "r1"], "onset": [0.0, 10.0],
+                          "duration": [10.0, 10.0]})
+    short = _embedded(tmp_path / "short", table, 3)
+    with pytest.raises(InputError, match="2 windows but .* holds 3 embeddings: rerun recipe_embed") as err:
+        read_embeddings(short)
+    assert str(short / "windows.tsv") in str(err.value)
+    old = _embedded(tmp_path / "old", table.drop(columns=["onset", "duration"]), 2)
+    with pytest.raises(InputError, match=r"lacks the column\(s\) \['onset', 'duration'\].*rerun recipe_embed"):
+        read_embeddings(old)
+    good = _embedded(tmp_path / "good", table, 2)
+    other = _embedded(tmp_path / "other", table.assign(onset=[0.0, 12.0]), 2)
+    index = pd.DataFrame({"sample": [7], "run": ["r1"], "subject": ["01"], "start_tr": [2], "tr": [2.0]})
+    with pytest.raises(InputError, match="rerun recipe_embed and recipe_embed_random") as err:
+        load_recipe_features({"v1": {"pretrained": good, "random": other}}, index, np.array([7]), 5)
+    assert str(good) in str(err.value) and str(other) in str(err.value)
+    got = load_recipe_features({"v1": {"pretrained": good, "random": good}}, index, np.array([7]), 5)["v1"]
+    # the dataset window 4-14 s shares 6 s with the window at 0-10 s and 4 s with the one at 10-20 s
+    np.testing.assert_allclose(got.ts["pretrained"][0], (6 * np.array([0, 1]) + 4 * np.array([2, 3])) / 10)
+    assert got.valid.tolist() == [True]

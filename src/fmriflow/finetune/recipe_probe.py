@@ -102,6 +102,17 @@ def load_recipe_embeddings(dirs: Mapping[str, Mapping[str, str | Path]],
 
 
 def read_embeddings(folder: str | Path):
-    """``embeddings.npy`` and ``windows.tsv`` of one embedding step's folder."""
-    return np.load(Path(folder) / EMBEDDINGS), read_tsv(Path(folder) / WINDOWS, dtype={"subject": str, "run": str})
+    """``embeddings.npy`` and ``windows.tsv`` of one embedding step's folder, one row each per window."""
+    from ..errors import InputError
+
+    array = np.load(Path(folder) / EMBEDDINGS)
+    table = read_tsv(Path(folder) / WINDOWS, dtype={"subject": str, "run": str})
+    lacking = [c for c in ("subject", "run", "onset", "duration") if c not in table.columns]
+    if lacking:  # written before the windows were timed
+        raise InputError(Path(folder) / WINDOWS, f"lacks the column(s) {lacking}; it has {list(table.columns)}: "
+                                                 "rerun recipe_embed")
+    if len(array) != len(table):
+        raise InputError(Path(folder) / WINDOWS, f"{len(table)} windows but {Path(folder) / EMBEDDINGS} holds "
+                                                 f"{len(array)} embeddings: rerun recipe_embed")
+    return array, table
 
