@@ -278,3 +278,27 @@ def test_recipe_embeddings_from_another_run_are_refused(tmp_path):
     # the dataset window 4-14 s shares 6 s with the window at 0-10 s and 4 s with the one at 10-20 s
     np.testing.assert_allclose(got.ts["pretrained"][0], (6 * np.array([0, 1]) + 4 * np.array([2, 3])) / 10)
     assert got.valid.tolist() == [True]
+
+
+def test_recipe_variants_are_checked_against_the_ones_there_are(tmp_path):
+    """An unknown finetune.recipe_variants entry is refused before any file is read, naming the allowed ones;
+    the workflow schema allows exactly recipe_fusion.VARIANTS."""
+    import yaml
+
+    from fmriflow.errors import SettingError
+    from fmriflow.finetune.crossval import load_inputs
+    from fmriflow.finetune.recipe_fusion import VARIANTS
+    from fmriflow.finetune.settings import FinetuneSettings
+
+    settings = FinetuneSettings.from_config({"recipe_variants": ["concat", "fc_only"]})
+    with pytest.raises(SettingError) as err:
+        load_inputs(str(tmp_path / "none"), str(tmp_path / "none"), str(tmp_path / "none.tsv"), settings)
+    assert str(err.value) == ("'recipe_variants' must be one of ('concat', 'sum', 'cross_attention', 'moe', "
+                              "'ts_only', 'no_pretrain'); 'fc_only' was provided")
+    assert err.value.settings == ("finetune.recipe_variants",)
+    from pathlib import Path
+
+    with open(Path(__file__).parents[1] / "workflow" / "schemas" / "config.schema.yaml") as fh:
+        schema = yaml.safe_load(fh)
+    enum = schema["properties"]["finetune"]["properties"]["recipe_variants"]["items"]["enum"]
+    assert tuple(enum) == VARIANTS
