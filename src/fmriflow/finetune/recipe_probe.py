@@ -3,8 +3,9 @@
 ``embed_step`` runs an imported bundle's encoder (``bundle.read.load_bundle_encoder``, frozen, its
 card's pooling: ``encode``) on every window its recipe step prepared (``bundle.recipe_step``) and
 writes ``embeddings.npy`` (windows x features, float32) and ``windows.tsv`` (sample, subject, run,
-onset and duration in seconds from the run's start: where the window lies in its run, for the fused
-variants' pairing with the dataset's windows, ``recipe_fusion``). With ``pretrained=False`` it runs the
+onset and duration in seconds from the start of the run's denoised series, the dataset windows' clock:
+where the window lies in its run, for the fused variants' pairing with the dataset's windows,
+``recipe_fusion``; the voxel recipe adds onset_raw and duration_raw, from the preprocessed BOLD's volume 0). With ``pretrained=False`` it runs the
 same architecture randomly initialised (seeded ``finetune.seed``): the control that shows what the
 released weights add. The pretrained embeddings do not depend on any seed (the weights are the
 bundle's, nothing is masked or dropped), so that job takes none and a new seed does not rerun it.
