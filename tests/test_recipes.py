@@ -183,3 +183,122 @@ def test_recipe_fold_keeps_the_windows_and_subjects_the_recipe_has():
     assert part.fit_rows.tolist() == [0] and part.val_rows.tolist() == [2, 3] and part.test_rows.tolist() == [5]
     assert part.fit == ["a"] and part.train == ["a", "b"] and part.test == ["c"] and part.test_subject.tolist() == ["c"]
     assert recipe_fold(fold(["a", "b"], ["d"], ["c"]), inputs, "v1") is None
+
+
+def test_voxel_recipe_windows_are_timed_on_the_denoised_clock(tmp_path, monkeypatch):
+    """The voxel recipe cuts its windows from raw volume 0 of the preprocessed BOLD; the dataset's windows
+    count from the denoised series' first volume (dummy and censored volumes dropped). index.tsv and
+    windows.tsv hold both clocks: the mapped onset is the kept volumes before the raw onset, times TR,
+    counted here volume by volume; a run whose denoising kept "all" keeps its raw times."""
+    import json
+
+    import nibabel as nib
+    import pandas as pd
+
+    from fmriflow.bundle import recipe_step
+    from fmriflow.finetune.recipe_probe import window_times
+
+    card = {"model": {"name": "toy", "architecture": "neurostorm"}, "preprocessing": {},
+            "input": {"window": 5, "stride": 5, "frame_step": 1, "tr": {"target_tr": 0.8}},
+            "scaling": {"method": "znorm"}, "atlas": {"name": "MNI", "n_regions": None, "grid": {"shape": [6, 6, 6]},
+                                                      "regions": []}}
+    card_path = tmp_path / "model_card.json"
+    card_path.write_text(json.dumps(card))
+    monkeypatch.setattr(recipe_step, "read_card", lambda path: card)
+    rng = np.random.default_rng(3)
+    kept = {"sub-01_run-1": [2, 3, 4, 6, 7, 8, 9], "sub-02_run-1": "all"}  # sub-01: 2 dummies, volume 5 censored
+    bolds, masks, denoised = [], [], []
+    for run, output in kept.items():
+        img = nib.Nifti1Image(rng.normal(100, 5, (6, 6, 6, 10)).astype(np.float32), np.eye(4))
+        img.header.set_zooms((1.0, 1.0, 1.0, 2.0))
+        bolds.append(str(tmp_path / f"{run}_bold.nii.gz"))
+        nib.save(img, bolds[-1])
+        masks.append(str(tmp_path / f"{run}_mask.nii.gz"))
+        nib.save(nib.Nifti1Image(np.ones((6, 6, 6), np.uint8), np.eye(4)), masks[-1])
+        denoised.append(str(tmp_path / f"{run}_desc-denoised_bold.nii.gz"))
+        (tmp_path / f"{run}_desc-denoised_bold.json").write_text(
+            json.dumps({"Provenance": {"Parameters": {"OutputVolumes": output}}}))
+    pd.DataFrame({"subject": ["01", "02"], "split": ["train", "test"]}).to_csv(tmp_path / "splits.tsv", sep="\t",
+                                                                               index=False)
+    out = tmp_path / "prepared"
+    recipe_step.prepare_voxels_step(str(card_path), list(kept), bolds, masks, str(tmp_path / "splits.tsv"),
+                                    str(out), denoised)
+    index = pd.read_csv(out / "index.tsv", sep="\t", dtype={"run": str})
+    # 10 volumes at 2 s -> 25 frames at 0.8 s: windows of 5 frames (4 s) at frames 0, 5, 10, 15, 20
+    assert index["onset_raw"].tolist() == pytest.approx([0, 4, 8, 12, 16] * 2)
+    assert index["duration_raw"].tolist() == pytest.approx([4.0] * 10)
+    for row in index.itertuples():
+        volumes = range(10) if kept[row.run] == "all" else kept[row.run]
+        before = lambda t: sum(1 for v in volumes if v * 2.0 < t - 1e-9)  # noqa: E731
+        assert row.onset == pytest.approx(before(row.onset_raw) * 2.0)
+        assert row.duration == pytest.approx((before(row.onset_raw + row.duration_raw) - before(row.onset_raw)) * 2.0)
+    first = index[index["run"] == "sub-01_run-1"]
+    # raw 8 s: kept volumes 2, 3 before it -> 4 s; raw 16-20 s: 2, 3, 4, 6, 7 before 16 s, + 8, 9 before 20 s
+    assert first["onset"].tolist() == pytest.approx([0, 0, 4, 6, 10])
+    assert first["duration"].tolist() == pytest.approx([0, 4, 2, 4, 4])
+    second = index[index["run"] == "sub-02_run-1"]
+    assert second["onset"].tolist() == pytest.approx(second["onset_raw"].tolist())
+    onset, duration = window_times(index, {"applied": {"window": 5}})
+    np.testing.assert_allclose(onset, index["onset"]) and np.testing.assert_allclose(duration, index["duration"])
+
+
+def _embedded(folder, table, rows):
+    """An embedding step's folder: ``rows`` embeddings beside ``table`` (windows.tsv)."""
+    folder.mkdir(parents=True)
+    np.save(folder / "embeddings.npy", np.arange(rows * 2, dtype=np.float32).reshape(rows, 2))
+    table.to_csv(folder / "windows.tsv", sep="\t", index=False)
+    return folder
+
+
+def test_recipe_embeddings_from_another_run_are_refused(tmp_path):
+    """A windows.tsv with other rows than embeddings.npy, or without the windows' times (written before
+    they were recorded), names the file and the rerun; pretrained and random folders on different windows
+    name both folders. Folders that agree load, each dataset window weighted by the seconds it shares."""
+    import pandas as pd
+
+    from fmriflow.finetune.recipe_fusion import load_recipe_features
+    from fmriflow.finetune.recipe_probe import read_embeddings
+
+    table = pd.DataFrame({"sample": [0, 1], "subject": ["01", "01"], "run": ["r1", "r1"], "onset": [0.0, 10.0],
+                          "duration": [10.0, 10.0]})
+    short = _embedded(tmp_path / "short", table, 3)
+    with pytest.raises(InputError, match="2 windows but .* holds 3 embeddings: rerun recipe_embed") as err:
+        read_embeddings(short)
+    assert str(short / "windows.tsv") in str(err.value)
+    old = _embedded(tmp_path / "old", table.drop(columns=["onset", "duration"]), 2)
+    with pytest.raises(InputError, match=r"lacks the column\(s\) \['onset', 'duration'\].*rerun recipe_embed"):
+        read_embeddings(old)
+    good = _embedded(tmp_path / "good", table, 2)
+    other = _embedded(tmp_path / "other", table.assign(onset=[0.0, 12.0]), 2)
+    index = pd.DataFrame({"sample": [7], "run": ["r1"], "subject": ["01"], "start_tr": [2], "tr": [2.0]})
+    with pytest.raises(InputError, match="rerun recipe_embed and recipe_embed_random") as err:
+        load_recipe_features({"v1": {"pretrained": good, "random": other}}, index, np.array([7]), 5)
+    assert str(good) in str(err.value) and str(other) in str(err.value)
+    got = load_recipe_features({"v1": {"pretrained": good, "random": good}}, index, np.array([7]), 5)["v1"]
+    # the dataset window 4-14 s shares 6 s with the window at 0-10 s and 4 s with the one at 10-20 s
+    np.testing.assert_allclose(got.ts["pretrained"][0], (6 * np.array([0, 1]) + 4 * np.array([2, 3])) / 10)
+    assert got.valid.tolist() == [True]
+
+
+def test_recipe_variants_are_checked_against_the_ones_there_are(tmp_path):
+    """An unknown finetune.recipe_variants entry is refused before any file is read, naming the allowed ones;
+    the workflow schema allows exactly recipe_fusion.VARIANTS."""
+    import yaml
+
+    from fmriflow.errors import SettingError
+    from fmriflow.finetune.crossval import load_inputs
+    from fmriflow.finetune.recipe_fusion import VARIANTS
+    from fmriflow.finetune.settings import FinetuneSettings
+
+    settings = FinetuneSettings.from_config({"recipe_variants": ["concat", "fc_only"]})
+    with pytest.raises(SettingError) as err:
+        load_inputs(str(tmp_path / "none"), str(tmp_path / "none"), str(tmp_path / "none.tsv"), settings)
+    assert str(err.value) == ("'recipe_variants' must be one of ('concat', 'sum', 'cross_attention', 'moe', "
+                              "'ts_only', 'no_pretrain'); 'fc_only' was provided")
+    assert err.value.settings == ("finetune.recipe_variants",)
+    from pathlib import Path
+
+    with open(Path(__file__).parents[1] / "workflow" / "schemas" / "config.schema.yaml") as fh:
+        schema = yaml.safe_load(fh)
+    enum = schema["properties"]["finetune"]["properties"]["recipe_variants"]["items"]["enum"]
+    assert tuple(enum) == VARIANTS

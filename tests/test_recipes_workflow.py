@@ -33,6 +33,8 @@ from sklearn.metrics import roc_auc_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from fmriflow import naming
+
 from test_atlas_pinned import CTX17_NAMES, TIAN_NAMES, doubles, pin_to_doubles  # noqa: F401 - a fixture
 from test_import_checkpoint import (STORM_TOY, V1_TOY, random_state, released_jepa_shapes, released_neurostorm_shapes,
                                     released_v1_shapes)
@@ -316,12 +318,22 @@ def _paired_here(results, name: str, samples: np.ndarray, folder: str = "embeddi
     prepared = _read(results / "recipes" / name / "prepared" / "index.tsv")
     embeddings = np.load(results / "recipes" / name / folder / "embeddings.npy")
     out, valid = np.zeros((len(samples), embeddings.shape[1])), []
+
+    def clock(run):  # raw time (s from the preprocessed BOLD's volume 0) -> time on the denoised series
+        if name != "storm":  # the region recipes read the dataset's own (denoised) series
+            return lambda t: t
+        path = results / "fmriflow" / naming.template_derivative(run, desc="denoised", suffix="bold", extension=".json")
+        meta = json.loads(path.read_text())
+        tr, kept = meta["RepetitionTime"], meta["Provenance"]["Parameters"]["OutputVolumes"]
+        kept = range(meta["Provenance"]["Parameters"]["NumberOfVolumesIn"]) if kept == "all" else kept
+        return lambda t: sum(1 for v in kept if v * tr < t - 1e-9) * tr  # the kept volumes before t
+
     for i, sample in enumerate(samples):
         w = index.loc[sample]
         a, b = w["start_tr"] * w["tr"], (w["start_tr"] + window) * w["tr"]
-        total, weighted = 0.0, 0.0
+        total, weighted, on = 0.0, 0.0, clock(w["run"])
         for r in prepared[prepared["run"] == w["run"]].itertuples():
-            shared = max(0.0, min(b, (r.start + span) * r.tr) - max(a, r.start * r.tr))
+            shared = max(0.0, min(b, on((r.start + span) * r.tr)) - max(a, on(r.start * r.tr)))
             total, weighted = total + shared, weighted + shared * embeddings[r.sample].astype(np.float64)
         assert total > 0  # the demo's runs: every dataset window overlaps a recipe window
         out[i] = weighted / total

@@ -644,7 +644,12 @@ def recipe_prepare_input(wildcards):
     plan = RECIPE_PLANS[wildcards.recipe]
     runs = pooled(f"atlas-{plan['atlas']}_desc-timeseries") if plan["kind"] == "regions" else pooled("desc-preproc")
     labels = {"labels": atlas_labels(plan["atlas"])} if plan["kind"] == "regions" else {}
-    return {"card": bundle_files(plan["bundle"])[2], **runs, **labels, "dataset": f"{DATASET_DIR}/dataset_card.json"}
+    # the voxel recipe reads the preprocessed BOLD; the denoised BOLD's sidecar (OutputVolumes) puts its windows
+    # on the clock of the dataset's windows, which count from the denoised series' first volume
+    denoised = {"denoised": expand(grid("{run}", desc="denoised", suffix="bold", extension=".nii.gz"), run=list(RUNS))
+                } if plan["kind"] == "voxels" else {}
+    return {"card": bundle_files(plan["bundle"])[2], **runs, **labels, **denoised,
+            "dataset": f"{DATASET_DIR}/dataset_card.json"}
 
 
 def recipe_embeddings():

@@ -24,7 +24,7 @@ rule recipe_prepare:
     log:
         f"{LOGS}/recipes/{{recipe}}_prepare.log",
     benchmark:
-        f"{LOGS}/benchmarks/recipe_prepare/{{recipe}}.tsv"  # peak memory, against which RECIPE_MEM is sized
+        f"{LOGS}/benchmarks/recipe_prepare/{{recipe}}.tsv"  # peak memory: recipe_plan.prepare_mem_mb sizing
     script:
         "../scripts/recipe_prepare.py"
 

@@ -13,4 +13,5 @@ with logged(snakemake.log[0]):
     else:
         runs, bolds = included(i.files, i.run_qc, "bold", p.runs)
         _, masks = included(i.files, i.run_qc, "mask", p.runs)
-        prepare_voxels_step(i.card, runs, bolds, masks, p.splits, out)
+        denoised = dict(zip(p.runs, i.denoised))  # the plan's runs, in the order the rule listed them
+        prepare_voxels_step(i.card, runs, bolds, masks, p.splits, out, [denoised[r] for r in runs])

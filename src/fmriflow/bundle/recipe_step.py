@@ -11,7 +11,10 @@ BOLD. Both write, into one folder:
 ``windows.npy``
     float32, (windows, regions, time) or (windows, frames, X, Y, Z): the model's input layout;
 ``index.tsv``
-    sample, run, subject, split, start, tr: one row per window (``start`` in frames at ``tr``);
+    sample, run, subject, split, start, tr: one row per window (``start`` in frames at ``tr``); the voxel
+    recipe adds onset and duration (s) on the denoised series' clock, the dataset windows' (dummy and
+    censored volumes dropped: ``recipe_voxels.denoised_times``), and onset_raw, duration_raw from the
+    preprocessed BOLD's volume 0, where its windows were cut;
 ``recipe.json``
     the card's recipe and what this step did with it (atlas, region order, TR, window, scaling
     and where its statistics came from, skipped runs), for the report; its provenance inside.
@@ -111,8 +114,9 @@ def prepare_regions_step(card_path: str, atlas: str, labels: str, runs: Sequence
 
 
 def prepare_voxels_step(card_path: str, runs: Sequence[str], bolds: Sequence[str], masks: Sequence[str],
-                        splits: str, out_dir: str) -> dict[str, Any]:
-    """NeuroSTORM's voxel recipe of the card on this project's MNI-resampled runs; writes the folder above."""
+                        splits: str, out_dir: str, denoised: Sequence[str]) -> dict[str, Any]:
+    """NeuroSTORM's voxel recipe of the card on this project's MNI-resampled runs; writes the folder above.
+    ``denoised``: each run's denoised BOLD, whose sidecar's ``OutputVolumes`` puts the windows on its clock."""
     from ..io import load_nifti, open_nifti
 
     card = read_card(card_path)
@@ -124,13 +128,14 @@ def prepare_voxels_step(card_path: str, runs: Sequence[str], bolds: Sequence[str
     for run, bold in zip(runs, bolds):  # headers only: how many windows each run gives
         header = open_nifti(bold).header
         tr, n = float(header.get_zooms()[3]), int(header.get_data_shape()[3])
-        plans.append((tr, voxels.window_starts(int(round(n * tr / target)), window, stride, step)))
+        plans.append((tr, n, voxels.window_starts(int(round(n * tr / target)), window, stride, step)))
+    kept = _output_volumes(runs, denoised)
     split_of = read_splits(splits).set_index("subject")["split"].to_dict()
     out, rows, skipped, runs_done = Path(out_dir), [], [], []
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / WINDOWS) as tmp:
-        array = open_memmap(tmp, mode="w+", dtype=np.float32, shape=(sum(len(p[1]) for p in plans), window, *shape))
-        for run, bold, mask, (tr, starts) in zip(runs, bolds, masks, plans):
+        array = open_memmap(tmp, mode="w+", dtype=np.float32, shape=(sum(len(p[2]) for p in plans), window, *shape))
+        for run, bold, mask, (tr, n, starts) in zip(runs, bolds, masks, plans):
             if not starts:
                 skipped.append({"run": run, "reason": f"fewer than one window of {window} frames at {target} s"})
                 continue
@@ -140,17 +145,38 @@ def prepare_voxels_step(card_path: str, runs: Sequence[str], bolds: Sequence[str
             except ValueError as exc:
                 raise InputError(bold, str(exc)) from exc
             runs_done.append({"run": run, **info})
-            for start in starts:
+            onset_raw, duration_raw = np.asarray(starts, float) * target, ((window - 1) * step + 1) * target
+            onset, duration = voxels.denoised_times(onset_raw, np.full(len(starts), duration_raw), tr, kept[run], n)
+            for k, start in enumerate(starts):
                 array[len(rows)] = frames[start:start + (window - 1) * step + 1:step]
                 rows.append({"sample": len(rows), "run": run, "subject": subject_of(run),
-                             "split": split_of.get(subject_of(run), "none"), "start": start, "tr": target})
+                             "split": split_of.get(subject_of(run), "none"), "start": start, "tr": target,
+                             "onset": onset[k], "duration": duration[k], "onset_raw": onset_raw[k],
+                             "duration_raw": duration_raw})
         array.flush()
         del array
     done = {"kind": "voxels", "grid": list(shape), "window": window, "frame_step": step, "stride": stride,
             "target_tr": target, "resampling": voxels.RESAMPLING,
             "scaling": {"method": card["scaling"]["method"], "statistics_from": "each run itself (per-run z-score)",
                         "runs": runs_done}, "skipped_runs": skipped}
-    return _write(out_dir, None, pd.DataFrame(rows), card, card_path, done, [card_path, splits, *bolds, *masks])
+    sidecars = [str(sidecar_path(d)) for d in denoised]
+    return _write(out_dir, None, pd.DataFrame(rows), card, card_path, done,
+                  [card_path, splits, *bolds, *masks, *sidecars])
+
+
+def _output_volumes(runs: Sequence[str], denoised: Sequence[str]) -> dict[str, Any]:
+    """Run -> its denoised series' ``OutputVolumes`` ("all" or raw-volume indices), from each sidecar."""
+    if len(denoised) != len(runs):
+        raise ValueError(f"{len(runs)} runs but {len(denoised)} denoised BOLD files")
+    out = {}
+    for run, path in zip(runs, denoised):
+        side = sidecar_path(path)
+        kept = (read_json(side).get("Provenance") or {}).get("Parameters", {}).get("OutputVolumes")
+        if kept is None:
+            raise InputError(str(side), "lacks Provenance.Parameters.OutputVolumes (the denoise step's record of the "
+                                        "volumes it kept): rerun denoise")
+        out[run] = kept
+    return out
 
 
 def _write(out_dir: str, array: np.ndarray | None, index: pd.DataFrame, card: Mapping, card_path: str,

@@ -114,3 +114,16 @@ def check_grid(card: Mapping[str, Any], card_path: str) -> None:
     if len(grid.get("shape") or []) != 3:
         raise InputError(card_path, f"atlas.grid.shape must be 3 voxel counts for a voxel recipe; "
                                     f"{grid.get('shape')!r} was found")
+
+
+def denoised_times(onset: np.ndarray, duration: np.ndarray, tr: float, output_volumes,
+                   n_volumes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Windows timed from raw volume 0 of the preprocessed BOLD (``onset``, ``duration`` in s, volumes
+    ``tr`` s apart) on the denoised series' clock, which the dataset's windows count from: the denoised
+    series keeps only ``output_volumes`` (its sidecar's ``OutputVolumes``: "all", or raw-volume indices;
+    dummy and censored volumes dropped). A time maps to the number of kept volumes before it, times ``tr``."""
+    kept = np.arange(n_volumes) if output_volumes == "all" else np.asarray(output_volumes, dtype=np.int64)
+    raw = kept * tr + 1e-6  # raw times, plus a margin: a volume at a window's onset is not before it
+    start = np.searchsorted(raw, np.asarray(onset, float), side="left") * tr
+    end = np.searchsorted(raw, np.asarray(onset, float) + np.asarray(duration, float), side="left") * tr
+    return start, end - start

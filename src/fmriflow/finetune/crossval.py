@@ -29,7 +29,7 @@ import pandas as pd
 
 from .. import baselines, evaluation
 from ..datasets.regions import SAMPLES, read_index
-from ..errors import InputError
+from ..errors import InputError, SettingError
 from ..models.fmmtc import FMMTC
 from ..naming import FINETUNE_FEATURES
 from . import cohort as cohorts
@@ -74,6 +74,10 @@ def load_inputs(dataset: str, features_dir: str, participants: str, settings: Fi
     recipes, and the recipes' variants, when they ran; ``symphony_fusion``: brainsymphony.fusion (``Inputs``)."""
     if symphony_fusion not in FUSIONS:
         raise InputError("brainsymphony.fusion", f"must be one of {list(FUSIONS)}; got {symphony_fusion!r}")
+    unknown = [v for v in settings.recipe_variants if v not in recipe_fusion.VARIANTS]
+    if unknown:  # the schema checks the workflow's config; this, a section given to the library
+        raise SettingError("finetune.recipe_variants", f"'recipe_variants' must be one of {recipe_fusion.VARIANTS}; "
+                                                       f"{unknown[0]!r} was provided")
     index = read_index(dataset)
     cohort = cohorts.load_cohort(participants, settings.target, settings.task, settings.missing_labels,
                                  subjects=sorted(index["subject"].unique()))

@@ -24,6 +24,7 @@ from typing import Mapping
 import numpy as np
 import pandas as pd
 
+from ..errors import InputError
 from .recipe_probe import read_embeddings
 
 VARIANTS = ("concat", "sum", "cross_attention", "moe", "ts_only", "no_pretrain")  # finetune.recipe_variants
@@ -76,9 +77,15 @@ def load_recipe_features(dirs: Mapping[str, Mapping[str, str | Path]], index: pd
                          "onset": by_sample["start_tr"].to_numpy(float) * tr, "duration": window * tr})
     out = {}
     for name, folders in dirs.items():
-        ts, valid = {}, None
+        ts, valid, keys = {}, None, {}
         for encoder in ("pretrained", "random"):
             embeddings, windows = read_embeddings(folders[encoder])
+            keys[encoder] = windows[["run", "onset", "duration"]].reset_index(drop=True)
             ts[encoder], valid = aligned(ours, embeddings, windows)
+        # one validity for both encoders, and no_pretrain beside concat, hold only on the same windows
+        if not keys["pretrained"].equals(keys["random"]):
+            raise InputError(folders["pretrained"], f"lists other windows (run, onset, duration) than "
+                             f"{folders['random']} ({len(keys['pretrained'])} vs {len(keys['random'])} rows): "
+                             f"rerun recipe_embed and recipe_embed_random")
         out[name] = RecipeFeatures(ts, valid)
     return out

@@ -3,8 +3,9 @@
 ``embed_step`` runs an imported bundle's encoder (``bundle.read.load_bundle_encoder``, frozen, its
 card's pooling: ``encode``) on every window its recipe step prepared (``bundle.recipe_step``) and
 writes ``embeddings.npy`` (windows x features, float32) and ``windows.tsv`` (sample, subject, run,
-onset and duration in seconds from the run's start: where the window lies in its run, for the fused
-variants' pairing with the dataset's windows, ``recipe_fusion``). With ``pretrained=False`` it runs the
+onset and duration in seconds from the start of the run's denoised series, the dataset windows' clock:
+where the window lies in its run, for the fused variants' pairing with the dataset's windows,
+``recipe_fusion``; the voxel recipe adds onset_raw and duration_raw, from the preprocessed BOLD's volume 0). With ``pretrained=False`` it runs the
 same architecture randomly initialised (seeded ``finetune.seed``): the control that shows what the
 released weights add. The pretrained embeddings do not depend on any seed (the weights are the
 bundle's, nothing is masked or dropped), so that job takes none and a new seed does not rerun it.
@@ -45,7 +46,10 @@ def embed_windows(model, windows: np.ndarray, batch_size: int = 8, device: str =
 
 def window_times(index, recipe: Mapping) -> tuple[np.ndarray, np.ndarray]:
     """Onset and duration (s) of each prepared window (``index.tsv`` rows: ``start`` frames at ``tr``), from
-    ``recipe.json``'s window as applied (``frame_step``: frames taken every so many, NeuroSTORM's)."""
+    ``recipe.json``'s window as applied (``frame_step``: frames taken every so many, NeuroSTORM's). The voxel
+    recipe's index holds them already, mapped onto the denoised series' clock (``recipe_step``)."""
+    if {"onset", "duration"} <= set(index.columns):
+        return index["onset"].to_numpy(dtype=np.float64), index["duration"].to_numpy(dtype=np.float64)
     applied = recipe["applied"]
     span = (int(applied["window"]) - 1) * int(applied.get("frame_step") or 1) + 1  # frames a window covers
     tr = index["tr"].to_numpy(dtype=np.float64)
@@ -71,7 +75,9 @@ def embed_step(bundle: str, prepared: str, out_dir: str, pretrained: bool = True
     with atomic_path(out / EMBEDDINGS) as tmp:
         with open(tmp, "wb") as fh:  # np.save on a path would append '.npy' to the temp name
             np.save(fh, embeddings)
-    write_tsv(out / WINDOWS, index[["sample", "subject", "run"]].assign(onset=onset, duration=duration))
+    raw = [c for c in ("onset_raw", "duration_raw") if c in index.columns]  # the voxel recipe's, for the record
+    write_tsv(out / WINDOWS, index[["sample", "subject", "run"]].assign(onset=onset, duration=duration)
+              .join(index[raw]))
     inputs = [*(str(Path(bundle) / f) for f in ("model.safetensors", "config.json", "model_card.json")),
               str(Path(prepared) / PREPARED), str(Path(prepared) / INDEX), str(Path(prepared) / RECIPE)]
     parameters = {"embedding": "frozen encoder, its card's pooling (encode), no masking",
@@ -97,6 +103,17 @@ def load_recipe_embeddings(dirs: Mapping[str, Mapping[str, str | Path]],
 
 
 def read_embeddings(folder: str | Path):
-    """``embeddings.npy`` and ``windows.tsv`` of one embedding step's folder."""
-    return np.load(Path(folder) / EMBEDDINGS), read_tsv(Path(folder) / WINDOWS, dtype={"subject": str, "run": str})
+    """``embeddings.npy`` and ``windows.tsv`` of one embedding step's folder, one row each per window."""
+    from ..errors import InputError
+
+    array = np.load(Path(folder) / EMBEDDINGS)
+    table = read_tsv(Path(folder) / WINDOWS, dtype={"subject": str, "run": str})
+    lacking = [c for c in ("subject", "run", "onset", "duration") if c not in table.columns]
+    if lacking:  # written before the windows were timed
+        raise InputError(Path(folder) / WINDOWS, f"lacks the column(s) {lacking}; it has {list(table.columns)}: "
+                                                 "rerun recipe_embed")
+    if len(array) != len(table):
+        raise InputError(Path(folder) / WINDOWS, f"{len(table)} windows but {Path(folder) / EMBEDDINGS} holds "
+                                                 f"{len(array)} embeddings: rerun recipe_embed")
+    return array, table
 
