@@ -66,7 +66,7 @@ def linear_recipe(x: np.ndarray, y: np.ndarray, groups: np.ndarray, train: np.nd
     model = torch.nn.Linear(x.shape[1], 1)
     if optimizer == "adamw":  # the fine-tuning's
         opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
-    else:  # plain gradient steps: early-stopped, they approximate the ridge path (Adam's sign-like steps do not)
+    else:  # plain gradient steps (early-stopped they approximate the ridge path): is the optimiser the gap?
         opt = torch.optim.SGD(model.parameters(), lr=sgd_lr, momentum=0.9, weight_decay=settings.weight_decay)
     loss = torch.nn.BCEWithLogitsLoss()
     best, best_loss, stale = None, float("inf"), 0
