@@ -100,6 +100,37 @@ def test_card_atlas_is_found_among_the_project_atlases():
     assert recipe_plan.recipe_kind(card) == "regions"
 
 
+@pytest.mark.parametrize("slope,inter", [(None, None), (0.37, 0.0), (0.37, 12.5)])
+def test_voxel_recipe_memory_counts_the_run_as_it_is_loaded(tmp_path, slope, inter):
+    """prepare_mem_mb for the voxel recipe: twice the run as the recipe step loads it (fmriflow.io.load_nifti,
+    as recipe_step does: an int16 run with scl_slope/scl_inter comes back as floats, more bytes than stored)
+    plus its frames, round(T * TR / target) volumes of the card's grid as float32."""
+    import math
+
+    import nibabel as nib
+    import pandas as pd
+
+    from fmriflow.io import load_nifti
+
+    shape, tr = (40, 40, 40, 10), 2.0
+    data = np.random.default_rng(0).integers(-3000, 3000, shape, dtype=np.int16)
+    img = nib.Nifti1Image(data, np.eye(4))
+    img.header.set_data_dtype(np.int16)
+    img.header.set_zooms((2.0, 2.0, 2.0, tr))
+    if slope is not None:
+        img.header.set_slope_inter(slope, inter)
+    nib.save(img, tmp_path / "sub-01_bold.nii.gz")
+    pd.DataFrame({"run": ["sub-01"], "role": ["bold"], "path": ["sub-01_bold.nii.gz"]}).to_csv(
+        tmp_path / "runs.tsv", sep="\t", index=False)
+    card = {"input": {"tr": {"target_tr": 0.8}}, "atlas": {"grid": {"shape": [24, 24, 24]}, "regions": []}}
+
+    loaded = np.asanyarray(load_nifti(tmp_path / "sub-01_bold.nii.gz").dataobj)
+    assert (loaded.dtype == np.int16) == (slope is None)  # the scaled runs are held as floats
+    frames = 25 * 24**3 * 4  # 10 volumes at 2 s are 25 frames at 0.8 s
+    want = recipe_plan.BASE_MB + math.ceil((2 * loaded.nbytes + frames) / 1e6)
+    assert recipe_plan.prepare_mem_mb("voxels", str(tmp_path / "runs.tsv"), card) == want
+
+
 @pytest.mark.parametrize("bad", ["nan", "text"])
 def test_region_runs_are_checked_like_the_dataset_steps(tmp_path, bad):
     """A region with a gap (NaN amid values) or text is an error naming the file, as the dataset step's

@@ -331,3 +331,16 @@ def test_weights_from_before_the_gate_load_with_the_running_accuracy_at_chance()
     model.load_state_dict(state)
     assert float(model.disc_acc_ema) == 0.5
     assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
+
+
+def test_weights_from_before_the_gate_load_on_torch_without_the_public_pre_hook(monkeypatch):
+    """torch < 2.5 (pyproject allows >= 2.4) has no public Module.register_load_state_dict_pre_hook: the private
+    form registered in its place still starts a missing running accuracy at 0.5."""
+    monkeypatch.delattr(torch.nn.Module, "register_load_state_dict_pre_hook")
+    state = _model(seed=1).state_dict()
+    del state["disc_acc_ema"]
+    model = _model(seed=2)
+    model.disc_acc_ema.fill_(0.9)
+    model.load_state_dict(state)
+    assert float(model.disc_acc_ema) == 0.5
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())

@@ -54,11 +54,15 @@ def prepare_mem_mb(kind: str, listing: str, card: Mapping[str, Any]) -> int:
 
     Regions: every run's series is held (float64, at the card's TR, which may be shorter than the runs':
     BrainLM's 0.735 s) and then its windows: ``SERIES_MB_PER_MB`` MB per MB of the series tables. Voxels:
-    one run at a time, as stored and once more while it is decompressed, plus its frames on the card's
-    grid at its TR (float32); from the largest run's header, whatever the file's compression.
+    one run at a time, twice as it is held once loaded (while it is decompressed, or scaled), plus its
+    frames on the card's grid at its TR (float32); from the largest run's header, whatever the file's
+    compression. A run is held as nibabel loads it: a header with ``scl_slope``/``scl_inter`` scales it
+    to floats (an int16 run becomes float64, 4 times its stored size), so its dtype is read from one voxel.
     """
     import math
     import os
+
+    import numpy as np
 
     from ..runfiles import listed_files
 
@@ -72,9 +76,10 @@ def prepare_mem_mb(kind: str, listing: str, card: Mapping[str, Any]) -> int:
     grid, target = card["atlas"]["grid"]["shape"], float(card["input"]["tr"]["target_tr"])
     largest = 0.0
     for path in listed_files(listing, "bold"):
-        header = open_nifti(path).header
-        shape, tr = header.get_data_shape(), float(header.get_zooms()[3])
-        stored = math.prod(shape) * header.get_data_dtype().itemsize
+        image = open_nifti(path)
+        shape, tr = image.header.get_data_shape(), float(image.header.get_zooms()[3])
+        # one voxel through the same proxy the recipe loads the run with: the scaled dtype, read from the file's start
+        loaded = math.prod(shape) * np.asanyarray(image.dataobj[(slice(0, 1),) * len(shape)]).dtype.itemsize
         frames = round(shape[3] * tr / target) * math.prod(grid) * 4
-        largest = max(largest, (2 * stored + frames) / 1e6)
+        largest = max(largest, (2 * loaded + frames) / 1e6)
     return BASE_MB + math.ceil(largest)

@@ -147,9 +147,17 @@ class Whiten(nn.Module):
             return (centred @ matrix).to(x.dtype)
 
 
-def _before_the_gate(state_dict, prefix, *args) -> None:
+def _before_the_gate(module, state_dict, prefix, *args) -> None:
     """Weights saved before the reversal gate (model files, checkpoints) have no running accuracy: start it at chance."""
     state_dict.setdefault(prefix + "disc_acc_ema", torch.tensor(0.5))
+
+
+def _register_load_pre_hook(module: nn.Module, hook) -> None:
+    """Register ``hook(module, state_dict, prefix, ...)`` to run before ``module.load_state_dict``."""
+    if hasattr(module, "register_load_state_dict_pre_hook"):
+        module.register_load_state_dict_pre_hook(hook)
+    else:  # torch < 2.5 (pyproject allows >= 2.4) has only the private form; with_module gives the same call
+        module._register_load_state_dict_pre_hook(hook, with_module=True)
 
 
 def _standardizer(kind: str, dim: int) -> nn.Module:
@@ -185,7 +193,7 @@ class VQAlign(nn.Module):
         # running mean of the classifier's balanced accuracy on the training batches (reversal_gate's input);
         # a buffer, so a resumed run gates as an uninterrupted one
         self.register_buffer("disc_acc_ema", torch.tensor(0.5))
-        self._register_load_state_dict_pre_hook(_before_the_gate)
+        _register_load_pre_hook(self, _before_the_gate)
         self.classifier = _mlp(config.dim, config.disc_hidden, 1)
         for p in self.classifier.parameters():
             p._lr_scale = config.disc_lr_scale  # read by the training loop's optimiser
