@@ -178,7 +178,7 @@ def test_network_readout_and_its_gated_fusion(cohort, tmp_path):
 
 
 def test_fused_row_is_the_inner_cv_weighted_mean_of_the_unimodal_rows(cohort):
-    """brainsymphony.fusion late (the default): per fold, fused = w fMRI row + (1 - w) SC row with the w its
+    """brainsymphony.fusion late: per fold, fused = w fMRI row + (1 - w) SC row with the w its
     log records (the fMRI row alone without a connectome); the permuted control is refitted the same way."""
     root, *_ = cohort
     preds = _read(root / "out" / "predictions.tsv").set_index(["variant", "fold", "subject"])["score"]
@@ -192,6 +192,35 @@ def test_fused_row_is_the_inner_cv_weighted_mean_of_the_unimodal_rows(cohort):
         np.testing.assert_allclose(fused, expected, atol=1e-12)
     controls = log[log["variant"] == "permuted_probe_symphony_fused"]
     assert len(controls) == FOLDS * PERMUTATIONS and controls["probe"].eq("late fusion").all()
+
+
+def test_mean_fusion_averages_the_two_unimodal_probes(cohort, tmp_path):
+    """brainsymphony.fusion mean (the default): per fold, fused = (fMRI probe + SC probe) / 2, each probe refitted
+    here on the subject-mean embeddings (the fMRI probe alone for a subject without a connectome); no inner CV."""
+    root, _, labels, names, subject = cohort
+    settings = FinetuneSettings(target="response", folds=FOLDS, repeats=1, variants=(), baselines=(), probe=False,
+                                permutations=1, attribution=False, seed=SEED, bootstrap=20)
+    setup_step("agnostic", str(root / "dataset"), str(root / "features"), str(root / "participants.tsv"),
+               str(root / "model.pt"), str(root / "atlas.tsv"), str(tmp_path / "mean"), settings,
+               symphony_dir=str(root / "symphony"))  # the default fusion
+    preds = _read(tmp_path / "mean" / "predictions.tsv")
+    log = _read(tmp_path / "mean" / "training_log.tsv")
+    means = {k: np.load(root / "symphony" / f"{k}.npy").astype(np.float64) for k in ("fmri", "sc")}
+    fmri = {s: means["fmri"][names[subject] == s].mean(0) for s in names}
+    sc = {s: means["sc"][names[subject] == s].mean(0) for s in names if s not in NO_SC}
+    y = pd.Series(labels, index=names)
+    for k, (train, test) in enumerate(StratifiedKFold(FOLDS, shuffle=True, random_state=SEED).split(names, labels)):
+        train, test = list(names[train]), list(names[test])
+        p_f, _ = probe_fit_predict("classification", fmri, y, train, test, SEED)
+        with_sc = [s for s in test if s in sc]
+        p_s, _ = probe_fit_predict("classification", sc, y, [s for s in train if s in sc], with_sc, SEED)
+        expected = pd.Series(p_f, index=test)
+        expected[with_sc] = (expected[with_sc] + p_s) / 2
+        ours = preds[(preds["variant"] == "probe_symphony_fused") & (preds["fold"] == k)].set_index("subject")
+        np.testing.assert_allclose(ours.loc[test, "score"], expected[test], atol=1e-12)
+    fused_log = log[log["variant"].isin(["probe_symphony_fused", "permuted_probe_symphony_fused"])]
+    assert len(fused_log) == 2 * FOLDS and fused_log["probe"].eq("mean fusion").all()
+    assert fused_log["w_fmri"].eq(0.5).all() and fused_log["inner_auroc"].isna().all()
 
 
 def test_early_fusion_is_one_probe_on_the_fused_features(cohort, tmp_path):

@@ -13,4 +13,4 @@ with logged(snakemake.log[0]):
                symphony_dir=str(Path(symphony[0]).parent) if symphony else None,
                recipe_dirs=dict(snakemake.params.recipe_dirs),  # the released models' recipes (config recipes)
                # how BrainSymphony's fused row is made (present only while brainsymphony.enabled)
-               symphony_fusion=snakemake.params.config.get("brainsymphony", {}).get("fusion", "early"))
+               symphony_fusion=snakemake.params.config.get("brainsymphony", {}).get("fusion", "mean"))

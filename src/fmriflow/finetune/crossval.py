@@ -41,7 +41,7 @@ from .trainer import fit, predict
 log = logging.getLogger(__name__)
 PERMUTED = "permuted_"  # prefix of the label-permuted controls
 FUSED = ("concat", "sum", "cross_attention", "moe", "no_pretrain")  # variants with both branches
-FUSIONS = ("late", "early")  # brainsymphony.fusion
+FUSIONS = ("mean", "late", "early")  # brainsymphony.fusion
 
 
 @dataclass(frozen=True)
@@ -59,16 +59,16 @@ class Inputs:
     # frozen-probe rows of other encoders -> subject -> mean embedding ({} when none ran): BrainSymphony's
     # (fmriflow.finetune.symphony.PROBES) and the released models' recipes (fmriflow.finetune.recipe_probe)
     subject_extra: dict[str, dict[str, np.ndarray]] = dataclasses.field(default_factory=dict)
-    # brainsymphony.fusion: how the fused BrainSymphony row combines the modalities (late: the unimodal
-    # probes' scores weighted by inner CV, fmriflow.finetune.fusion; early: one probe on the fused features)
-    symphony_fusion: str = "early"
+    # brainsymphony.fusion: how the fused BrainSymphony row combines the modalities (mean: the unimodal probes'
+    # scores averaged; late: weighted by inner CV, fmriflow.finetune.fusion; early: one probe on the fused features)
+    symphony_fusion: str = "mean"
     # each released model's recipe embeddings on these rows, the time-series branch of its variants ({}: none)
     recipes: dict[str, recipe_fusion.RecipeFeatures] = dataclasses.field(default_factory=dict)
 
 
 def load_inputs(dataset: str, features_dir: str, participants: str, settings: FinetuneSettings,
                 symphony_dir: str | None = None, recipe_dirs: dict[str, dict[str, str]] | None = None,
-                symphony_fusion: str = "early") -> Inputs:
+                symphony_fusion: str = "mean") -> Inputs:
     """The cohort and its features; ``symphony_dir`` / ``recipe_dirs`` (recipe name -> encoder ('pretrained',
     'random') -> its embeddings' folder): the probe rows of BrainSymphony and of the released models'
     recipes, and the recipes' variants, when they ran; ``symphony_fusion``: brainsymphony.fusion (``Inputs``)."""
@@ -369,9 +369,10 @@ def _probe_fitter(name: str, embeddings: dict[str, np.ndarray], inputs: Inputs,
     permuted control): the frozen probe on its embeddings, or late fusion of BrainSymphony's unimodal rows."""
     task, extra = inputs.cohort.task, inputs.subject_extra
     fmri, sc = (extra.get(row) for row in symphony.UNIMODAL)
-    if name == symphony.FUSED_ROW and inputs.symphony_fusion == "late" and fmri is not None and sc is not None:
+    if name == symphony.FUSED_ROW and inputs.symphony_fusion != "early" and fmri is not None and sc is not None:
+        weights = fusion.EQUAL if inputs.symphony_fusion == "mean" else fusion.WEIGHTS
         return lambda labels, train, test, real: fusion.fit_predict(
-            task, fmri, sc, labels, train, test, seed, name if real else PERMUTED + name, warn=real)
+            task, fmri, sc, labels, train, test, seed, name if real else PERMUTED + name, warn=real, weights=weights)
     return lambda labels, train, test, real: probes.fit_predict(
         task, embeddings, labels, train, test, seed, name if real else PERMUTED + name, warn=real)
 

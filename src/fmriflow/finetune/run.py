@@ -62,7 +62,7 @@ def features_step(dataset: str, model: str, coords: str, out_dir: str, seed: int
 
 def setup_step(setup: str, dataset: str, features_dir: str, participants: str, model: str, coords: str,
                out_dir: str, settings: FinetuneSettings, workers: int = 1, symphony_dir: str | None = None,
-               recipe_dirs: dict[str, dict[str, str]] | None = None, symphony_fusion: str = "early") -> None:
+               recipe_dirs: dict[str, dict[str, str]] | None = None, symphony_fusion: str = "mean") -> None:
     """Cross-validate every variant and baseline of ``settings`` on one set-up; write its tables.
 
     ``workers``: processes that train the folds' units side by side (``fmriflow.finetune.pool``);

@@ -32,8 +32,9 @@ The probe (``PROBES``: variant name -> embedding) is the frozen probe of ``fmrif
 (subject mean of the window embeddings, nested-CV linear model, the FC baselines' folds), run by
 ``crossval`` with a label-permuted control per row. A row leaves out of its fits and scores the
 subjects it has no embedding for (``probe_symphony_sc``: those without a connectome). With
-``brainsymphony.fusion: late`` the fused row is not a probe of ``fused`` but the two unimodal probes'
-scores mixed by a weight chosen by inner CV (``fmriflow.finetune.fusion``).
+``brainsymphony.fusion: mean`` (the default) or ``late`` the fused row is not a probe of ``fused`` but the
+two unimodal probes' scores averaged, or mixed by a weight chosen by inner CV (``fmriflow.finetune.fusion``);
+``early`` probes ``fused``.
 """
 
 from __future__ import annotations
