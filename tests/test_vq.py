@@ -321,22 +321,13 @@ def test_gated_reversal_gives_the_encoder_no_domain_gradient_at_or_below_chance(
         torch.testing.assert_close(encoder, -weight * helping, rtol=1e-4, atol=1e-7)
 
 
-def test_weights_from_before_the_gate_load_with_the_running_accuracy_at_chance():
+@pytest.mark.parametrize("public_hook", [True, False], ids=["public-hook", "torch-without-public-hook"])
+def test_weights_from_before_the_gate_load_with_the_running_accuracy_at_chance(public_hook, monkeypatch):
     """A state dict without 'disc_acc_ema' (model files and checkpoints written before the gate) loads strictly;
-    the running accuracy starts at 0.5 and every saved tensor is taken over."""
-    state = _model(seed=1).state_dict()
-    del state["disc_acc_ema"]
-    model = _model(seed=2)
-    model.disc_acc_ema.fill_(0.9)
-    model.load_state_dict(state)
-    assert float(model.disc_acc_ema) == 0.5
-    assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
-
-
-def test_weights_from_before_the_gate_load_on_torch_without_the_public_pre_hook(monkeypatch):
-    """torch < 2.5 (pyproject allows >= 2.4) has no public Module.register_load_state_dict_pre_hook: the private
-    form registered in its place still starts a missing running accuracy at 0.5."""
-    monkeypatch.delattr(torch.nn.Module, "register_load_state_dict_pre_hook")
+    the running accuracy starts at 0.5 and every saved tensor is taken over. Also on torch < 2.5 (pyproject
+    allows >= 2.4), which has no public Module.register_load_state_dict_pre_hook: the private form stands in."""
+    if not public_hook:
+        monkeypatch.delattr(torch.nn.Module, "register_load_state_dict_pre_hook")
     state = _model(seed=1).state_dict()
     del state["disc_acc_ema"]
     model = _model(seed=2)
