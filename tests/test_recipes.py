@@ -131,6 +131,24 @@ def test_voxel_recipe_memory_counts_the_run_as_it_is_loaded(tmp_path, slope, int
     assert recipe_plan.prepare_mem_mb("voxels", str(tmp_path / "runs.tsv"), card) == want
 
 
+def test_voxel_recipe_memory_names_a_run_whose_data_cannot_be_read(tmp_path):
+    """A run whose header reads but whose data stop after it (a truncated copy) is an InputError naming the file
+    when its job is sized, not a bare nibabel error."""
+    import nibabel as nib
+    import pandas as pd
+
+    from fmriflow.errors import InputError
+
+    nib.save(nib.Nifti1Image(np.zeros((4, 4, 4, 3), np.int16), np.eye(4)), tmp_path / "sub-01_bold.nii")
+    whole = (tmp_path / "sub-01_bold.nii").read_bytes()
+    (tmp_path / "sub-01_bold.nii").write_bytes(whole[:352])  # the header and its extension flag, no data
+    pd.DataFrame({"run": ["sub-01"], "role": ["bold"], "path": ["sub-01_bold.nii"]}).to_csv(
+        tmp_path / "runs.tsv", sep="\t", index=False)
+    card = {"input": {"tr": {"target_tr": 0.8}}, "atlas": {"grid": {"shape": [4, 4, 4]}, "regions": []}}
+    with pytest.raises(InputError, match=r"sub-01_bold\.nii: its first voxel could not be read"):
+        recipe_plan.prepare_mem_mb("voxels", str(tmp_path / "runs.tsv"), card)
+
+
 @pytest.mark.parametrize("bad", ["nan", "text"])
 def test_region_runs_are_checked_like_the_dataset_steps(tmp_path, bad):
     """A region with a gap (NaN amid values) or text is an error naming the file, as the dataset step's

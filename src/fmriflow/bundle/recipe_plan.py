@@ -79,7 +79,11 @@ def prepare_mem_mb(kind: str, listing: str, card: Mapping[str, Any]) -> int:
         image = open_nifti(path)
         shape, tr = image.header.get_data_shape(), float(image.header.get_zooms()[3])
         # one voxel through the same proxy the recipe loads the run with: the scaled dtype, read from the file's start
-        loaded = math.prod(shape) * np.asanyarray(image.dataobj[(slice(0, 1),) * len(shape)]).dtype.itemsize
+        try:
+            itemsize = np.asanyarray(image.dataobj[(slice(0, 1),) * len(shape)]).dtype.itemsize
+        except Exception as error:  # a header that reads but data that do not (truncated, corrupt)
+            raise InputError(path, f"its first voxel could not be read ({error}); is the file complete?") from error
+        loaded = math.prod(shape) * itemsize
         frames = round(shape[3] * tr / target) * math.prod(grid) * 4
         largest = max(largest, (2 * loaded + frames) / 1e6)
     return BASE_MB + math.ceil(largest)

@@ -342,8 +342,9 @@ def _probes(fold: Fold, inputs: Inputs, results: Results) -> None:
 def _extra_probes(fold: Fold, inputs: Inputs, settings: FinetuneSettings, results: Results) -> None:
     """Other encoders' embeddings (BrainSymphony's fMRI only, SC only, fused; each released model's
     recipe) under the frozen probe, each with its label-permuted control; a row fits and scores only the
-    fold's subjects it has an embedding for. BrainSymphony's fused row under ``brainsymphony.fusion: late``
-    is the unimodal probes' weighted mean instead (``_probe_fitter``), its control refitted the same way."""
+    fold's subjects it has an embedding for. BrainSymphony's fused row under ``brainsymphony.fusion: mean``
+    or ``late`` is the unimodal probes' (weighted) mean instead (``_probe_fitter``), its control refitted the
+    same way."""
     labels = inputs.cohort.labels
     for name, embeddings in inputs.subject_extra.items():
         part = dataclasses.replace(fold, train=[s for s in fold.train if s in embeddings],

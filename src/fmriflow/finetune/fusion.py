@@ -3,8 +3,8 @@
 Each modality keeps its own frozen probe (``fmriflow.finetune.probe``, fitted on the training subjects
 exactly as the unimodal rows ``probe_symphony_fmri`` / ``probe_symphony_sc`` are), and the fused score of a
 test subject is the weighted mean ``w * p_fMRI + (1 - w) * p_SC`` of the two probes' scores. With ``mean``
-(the default) ``w`` is 0.5; with ``late`` it is chosen by an inner cross-validation on the training subjects only (the outer test fold never informs it):
-on each inner split both probes are refitted (their penalties again by their own nested CV) on the inner
+(the default) ``w`` is 0.5; with ``late`` it is chosen by an inner cross-validation on the training subjects
+only (the outer test fold never informs it): on each inner split both probes are refitted (their penalties again by their own nested CV) on the inner
 training subjects and score the inner validation ones; every ``w`` of ``WEIGHTS`` gets the mean over inner
 folds of the selection metric (``baselines.SELECTION``: AUROC for classes), as the penalties are chosen.
 
@@ -92,6 +92,7 @@ def fit_predict(task: str, fmri: dict, sc: dict, labels, train: list[str], test:
         (log.warning if warn else log.debug)("%s: the inner CV chose w=%.1f, %s (inner %s %.3f; equal weights %.3f)",
                                           name, w, edge, baselines.SELECTION[task], scores[index],
                                           scores[int(np.argmin(np.abs(weights - 0.5)))])
-    info = {"probe": "late fusion" if len(weights) > 1 else "mean fusion", "w_fmri": w, "weight_edge": edge,
+    kind = "late fusion" if len(weights) > 1 else "mean fusion" if w == 0.5 else "fixed-weight fusion"
+    info = {"probe": kind, "w_fmri": w, "weight_edge": edge,
             f"inner_{baselines.SELECTION[task]}": float(scores[index])}
     return weighted(w, p_f, p_s), info
