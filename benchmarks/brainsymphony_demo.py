@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -90,12 +91,10 @@ def paired_difference(preds: pd.DataFrame, a: str, b: str, n_boot: int = 1000) -
     return roc_auc_score(y, sa) - roc_auc_score(y, sb), *np.quantile(draws, [0.025, 0.975])
 
 
-def main(results: Path, networks_tsv: Path | None, n_boot: int = 1000) -> None:
+def load_run(results: Path) -> SimpleNamespace:
+    """A split-demo run's agnostic folds and labels (from the FC baseline's predictions) and, per subject, its
+    FC and transformed SC upper triangles and BrainSymphony's fMRI and SC features (window means)."""
     out = results / "finetune" / "response"
-    table = read_tsv(out / "variants.tsv").set_index("variant")
-    print(table.loc[[r for r in ROWS if r in table.index],
-                    ["n_subjects", "auroc_pooled", "auroc_ci_low", "auroc_ci_high", "auroc_mean", "auroc_sd"]]
-          .to_string(float_format="%.3f"))
     preds = read_tsv(out / "setup-agnostic" / "predictions.tsv", dtype={"subject": str})
     folds = preds[preds["variant"] == "logistic"][["repeat", "fold", "subject"]]
     labels = preds[preds["variant"] == "logistic"].drop_duplicates("subject").set_index("subject")["label"]
@@ -109,9 +108,27 @@ def main(results: Path, networks_tsv: Path | None, n_boot: int = 1000) -> None:
     sc_dir = next((results / "sc").glob("atlas-*/transform-*"))
     sc = {p.name[4:].split("_")[0]: read_tsv(p).to_numpy(float)[iu] for p in sorted(sc_dir.glob("sub-*.tsv"))}
     sym_dir = next((results / "brainsymphony").glob("*/features"))
-    sym_samples = np.load(sym_dir / "samples.npy")
-    sym_subjects = index.loc[sym_samples, "subject"].to_numpy()
+    sym_subjects = index.loc[np.load(sym_dir / "samples.npy"), "subject"].to_numpy()
     sym = {k: subject_means(np.load(sym_dir / f"{k}.npy"), sym_subjects) for k in ("fmri", "sc")}
+    regions = read_tsv(dataset / "scaling.tsv")["region"].astype(str).tolist()
+    return SimpleNamespace(out=out, preds=preds, folds=folds, labels=labels, fc=fc, sc=sc, sym=sym, sym_dir=sym_dir,
+                           iu=iu, regions=regions)
+
+
+def network_codes(regions: list[str], networks_tsv: Path) -> np.ndarray:
+    """Each dataset region's network as 0..K-1, from a TSV of name and network."""
+    lut = read_tsv(networks_tsv).astype({"name": str}).set_index("name")["network"]
+    return np.unique(lut.loc[regions].to_numpy(), return_inverse=True)[1]
+
+
+def main(results: Path, networks_tsv: Path | None, n_boot: int = 1000) -> None:
+    run = load_run(results)
+    out, preds, folds, labels, fc, sc, sym, sym_dir, iu = (run.out, run.preds, run.folds, run.labels, run.fc, run.sc,
+                                                         run.sym, run.sym_dir, run.iu)
+    table = read_tsv(out / "variants.tsv").set_index("variant")
+    print(table.loc[[r for r in ROWS if r in table.index],
+                    ["n_subjects", "auroc_pooled", "auroc_ci_low", "auroc_ci_high", "auroc_mean", "auroc_sd"]]
+          .to_string(float_format="%.3f"))
     refits = [refit("logistic on SC (upper triangle)", [sc], folds, labels),
               refit("logistic on FC + SC (blocks standardised)", [fc, sc], folds, labels),
               refit("logistic on FC again (check: = the table's)", [fc], folds, labels),
@@ -120,9 +137,7 @@ def main(results: Path, networks_tsv: Path | None, n_boot: int = 1000) -> None:
                     late=True),
               refit("late fusion: mean of the FC and SC logistic models", [fc, sc], folds, labels, late=True)]
     if networks_tsv is not None:
-        names = read_tsv(dataset / "scaling.tsv")["region"].astype(str).tolist()
-        lut = read_tsv(networks_tsv).astype({"name": str}).set_index("name")["network"]
-        codes = np.unique(lut.loc[names].to_numpy(), return_inverse=True)[1]
+        codes = network_codes(run.regions, networks_tsv)
         fc_net, sc_net = network_blocks(fc, codes, iu), network_blocks(sc, codes, iu)
         refits += [refit("logistic on FC network blocks", [fc_net], folds, labels),
                    refit("logistic on SC network blocks", [sc_net], folds, labels),

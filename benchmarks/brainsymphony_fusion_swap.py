@@ -24,34 +24,17 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from brainsymphony_demo import network_blocks, refit, standardised, subject_means  # noqa: E402
+from brainsymphony_demo import load_run, network_blocks, network_codes, refit  # noqa: E402
 
 from fmriflow import baselines, evaluation  # noqa: E402
-from fmriflow.io import read_tsv  # noqa: E402
 
 
 def blocks(results: Path, networks_tsv: Path):
     """The run's folds, labels and the four subject-level blocks (A, B, C, D)."""
-    out = results / "finetune" / "response"
-    preds = read_tsv(out / "setup-agnostic" / "predictions.tsv", dtype={"subject": str})
-    base = preds[preds["variant"] == "logistic"]
-    folds, labels = base[["repeat", "fold", "subject"]], base.drop_duplicates("subject").set_index("subject")["label"]
-    dataset = next(p.parent for p in (results / "dataset").rglob("index.tsv"))
-    index = read_tsv(dataset / "index.tsv", dtype={"subject": str}).set_index("sample")
-    samples = np.load(out / "features" / "samples.npy")
-    fc = subject_means(np.load(out / "features" / "fc.npy"), index.loc[samples, "subject"].to_numpy())
-    iu = np.triu_indices(next(iter(fc.values())).shape[0], 1)
-    fc = {s: m[iu] for s, m in fc.items()}
-    sc_dir = next((results / "sc").glob("atlas-*/transform-*"))
-    sc = {p.name[4:].split("_")[0]: read_tsv(p).to_numpy(float)[iu] for p in sorted(sc_dir.glob("sub-*.tsv"))}
-    sym_dir = next((results / "brainsymphony").glob("*/features"))
-    sym_subjects = index.loc[np.load(sym_dir / "samples.npy"), "subject"].to_numpy()
-    sym = {k: subject_means(np.load(sym_dir / f"{k}.npy"), sym_subjects) for k in ("fmri", "sc")}
-    names = read_tsv(dataset / "scaling.tsv")["region"].astype(str).tolist()
-    lut = read_tsv(networks_tsv).astype({"name": str}).set_index("name")["network"]
-    codes = np.unique(lut.loc[names].to_numpy(), return_inverse=True)[1]
-    return folds, labels, {"A": sym["fmri"], "B": sym["sc"], "C": network_blocks(fc, codes, iu),
-                           "D": network_blocks(sc, codes, iu)}
+    run = load_run(results)
+    codes = network_codes(run.regions, networks_tsv)
+    return run.folds, run.labels, {"A": run.sym["fmri"], "B": run.sym["sc"], "C": network_blocks(run.fc, codes, run.iu),
+                                   "D": network_blocks(run.sc, codes, run.iu)}
 
 
 def chosen_penalties(block: dict, folds: pd.DataFrame, labels: pd.Series) -> np.ndarray:
