@@ -128,6 +128,8 @@ def main() -> None:
     parser.add_argument("--train-seed", type=int, default=None, help="the training runs' seed (default: --seed)")
     parser.add_argument("--align-weight", type=float, default=0.5, help="the aligned run's text.vq_align.align_weight")
     parser.add_argument("--lr", type=float, default=1e-3, help="vq-align peak learning rate (text.vq_align.lr)")
+    parser.add_argument("--reversal-gate", type=float, default=None,
+                        help="text.vq_align.reversal_gate (default: the config's, 2; 0: the ungated reversal)")
     parser.add_argument("--runs", nargs="+", default=["aligned", "ablation", "lm"],
                         help="which runs (e.g. aligned and ablation in two processes, then lm); the table needs all three")
     args = parser.parse_args()
@@ -143,6 +145,8 @@ def main() -> None:
                        text_template="sex: {sex}; age: {age}", model="tiny", batch_size=8, max_steps=args.steps,
                        warmup_steps=20, lr=args.lr, eval_every=max(1, args.steps // 10), log_every=10, num_workers=0,
                        checkpoint_every=args.steps, seed=args.seed if args.train_seed is None else args.train_seed)
+    if args.reversal_gate is not None:
+        base = dataclasses.replace(base, reversal_gate=args.reversal_gate)
     seconds = {}
     for name, weight in (("aligned", args.align_weight), ("ablation", 0.0)):
         if name not in args.runs:
