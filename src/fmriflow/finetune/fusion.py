@@ -4,8 +4,8 @@ Each modality keeps its own frozen probe (``fmriflow.finetune.probe``, fitted on
 exactly as the unimodal rows ``probe_symphony_fmri`` / ``probe_symphony_sc`` are), and the fused score of a
 test subject is the weighted mean ``w * p_fMRI + (1 - w) * p_SC`` of the two probes' scores. With ``mean``
 (the default) ``w`` is 0.5; with ``late`` it is chosen by an inner cross-validation on the training subjects
-only (the outer test fold never informs it): on each inner split both probes are refitted (their penalties again by their own nested CV) on the inner
-training subjects and score the inner validation ones; every ``w`` of ``WEIGHTS`` gets the mean over inner
+only (the outer test fold never informs it): on each inner split both probes are refitted (their penalties
+again by their own nested CV) on the inner training subjects and score the inner validation ones; every ``w`` of ``WEIGHTS`` gets the mean over inner
 folds of the selection metric (``baselines.SELECTION``: AUROC for classes), as the penalties are chosen.
 
 Why late and supervised: BrainSymphony's adaptive gate weighs the modalities per task; the unsupervised

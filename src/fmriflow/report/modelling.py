@@ -152,7 +152,8 @@ def _symphony_html(predictions: Sequence[PathLike]) -> str:
     subjects = read_table(path, ["subject", "connectome", "path", "gate_functional"], dtype={"subject": str})
     has = subjects["connectome"].astype(str).str.lower() == "true"
     text = (f"<p>BrainSymphony rows (<code>probe_symphony_fmri</code>: time series only; <code>probe_symphony_sc"
-            f"</code>: structural connectome only; <code>probe_symphony_fused</code>: both, fused as <code>brainsymphony.fusion</code> says: "
+            f"</code>: structural connectome only; <code>probe_symphony_fused</code>: both, fused as "
+            f"<code>brainsymphony.fusion</code> says: "
             f"the two probes' scores averaged (mean), weighed by inner CV (late) or one probe on the gate's mix "
             f"(early)): "
             f"{int(has.sum())} of {len(subjects)} subjects have a structural connectome")
